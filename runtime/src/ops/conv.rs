@@ -1,0 +1,457 @@
+//! Conv and ConvTranspose over NCHW (1-D convs run as 2-D with H = 1), by im2col + GEMM, with
+//! direct paths for 1×1 and depthwise kernels.
+
+use super::matmul::{MatRef, sgemm};
+use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, numel, optional, out, required, unsupported_attr};
+use crate::error::{Result, bail, ensure};
+use crate::tensor::{DataType, Tensor};
+
+/// The ops of this family.
+pub const OPS: &[(&str, Importer)] = &[("Conv", |c| Ok(Box::new(Conv { geom: Geometry::import(c, false)? }))), ("ConvTranspose", import_conv_transpose)];
+
+/// How the auto_pad attribute places padding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum AutoPad {
+    NotSet,
+    SameUpper,
+    SameLower,
+    Valid,
+}
+
+/// Window attributes shared by convolutions and pools.
+#[derive(Debug, Clone)]
+pub(crate) struct Geometry {
+    pub kernel: Option<Vec<usize>>,
+    pub strides: Option<Vec<usize>>,
+    pub dilations: Option<Vec<usize>>,
+    pub pads: Option<Vec<usize>>,
+    pub auto_pad: AutoPad,
+    pub group: usize,
+    pub ceil_mode: bool,
+}
+
+fn positive(v: Option<Vec<i64>>, name: &str, min: i64) -> Result<Option<Vec<usize>>> {
+    v.map(|v| {
+        v.iter()
+            .map(|&x| {
+                ensure!(x >= min && x <= 1 << 20, "attribute {name} value {x} is out of range");
+                Ok(x as usize)
+            })
+            .collect()
+    })
+    .transpose()
+}
+
+/// One spatial axis: (input, kernel, stride, dilation, pad_begin, pad_end).
+pub(crate) type Axis = (usize, usize, usize, usize, usize, usize);
+
+impl Geometry {
+    pub fn import(c: &ImportCtx, pooling: bool) -> Result<Geometry> {
+        let auto_pad = match c.attrs.string("auto_pad", "NOTSET")?.as_str() {
+            "NOTSET" => AutoPad::NotSet,
+            "SAME_UPPER" => AutoPad::SameUpper,
+            "SAME_LOWER" => AutoPad::SameLower,
+            "VALID" => AutoPad::Valid,
+            other => bail!("auto_pad '{other}' is not a valid value"),
+        };
+        let kernel = positive(c.attrs.ints_opt("kernel_shape")?, "kernel_shape", 1)?;
+        if pooling && kernel.is_none() {
+            bail!("attribute kernel_shape is required");
+        }
+        Ok(Geometry {
+            kernel,
+            strides: positive(c.attrs.ints_opt("strides")?, "strides", 1)?,
+            dilations: positive(c.attrs.ints_opt("dilations")?, "dilations", 1)?,
+            pads: positive(c.attrs.ints_opt("pads")?, "pads", 0)?,
+            auto_pad,
+            group: c.attrs.int("group", 1)?.clamp(0, 1 << 20) as usize,
+            ceil_mode: c.attrs.int("ceil_mode", 0)? != 0,
+        })
+    }
+
+    /// Per spatial axis geometry for input spatial dims `input` and kernel dims `kernel`.
+    pub fn axes(&self, input: &[usize], kernel: &[usize]) -> Result<Vec<Axis>> {
+        let n = input.len();
+        ensure!(n == 1 || n == 2, "only 1-D and 2-D windows are supported, got {n} spatial dims");
+        ensure!(kernel.len() == n, "kernel {kernel:?} does not match {n} spatial dims");
+        let pick = |v: &Option<Vec<usize>>, len: usize, default: usize, what: &str| -> Result<Vec<usize>> {
+            match v {
+                Some(v) => {
+                    ensure!(v.len() == len, "{what} {v:?} should have {len} values");
+                    Ok(v.clone())
+                }
+                None => Ok(vec![default; len]),
+            }
+        };
+        let strides = pick(&self.strides, n, 1, "strides")?;
+        let dil = pick(&self.dilations, n, 1, "dilations")?;
+        let pads = pick(&self.pads, 2 * n, 0, "pads")?;
+        (0..n)
+            .map(|i| {
+                let span = (kernel[i] - 1) * dil[i] + 1;
+                let (pb, pe) = match self.auto_pad {
+                    AutoPad::NotSet => (pads[i], pads[i + n]),
+                    AutoPad::Valid => (0, 0),
+                    AutoPad::SameUpper | AutoPad::SameLower => {
+                        let out = input[i].div_ceil(strides[i]);
+                        let total = ((out - 1) * strides[i] + span).saturating_sub(input[i]);
+                        if self.auto_pad == AutoPad::SameUpper { (total / 2, total - total / 2) } else { (total - total / 2, total / 2) }
+                    }
+                };
+                Ok((input[i], kernel[i], strides[i], dil[i], pb, pe))
+            })
+            .collect()
+    }
+}
+
+/// Output length of one axis of a sliding window.
+pub(crate) fn out_len(&(input, kernel, stride, dil, pb, pe): &Axis, ceil_mode: bool) -> Result<usize> {
+    let span = (kernel - 1) * dil + 1;
+    let padded = input + pb + pe;
+    ensure!(padded >= span, "window of {span} does not fit input {input} with pads ({pb}, {pe})");
+    let mut n = if ceil_mode { (padded - span).div_ceil(stride) + 1 } else { (padded - span) / stride + 1 };
+    // With ceil_mode the last window must still start inside the input or its begin pad.
+    if ceil_mode && (n - 1) * stride >= input + pb {
+        n -= 1;
+    }
+    Ok(n)
+}
+
+/// Views `[N, C, L]` as `[N, C, 1, L]` so 1-D convs share the 2-D code.
+fn as_2d(shape: &[usize]) -> Result<(usize, usize, usize, usize)> {
+    match *shape {
+        [n, c, l] => Ok((n, c, 1, l)),
+        [n, c, h, w] => Ok((n, c, h, w)),
+        _ => bail!("expected an [N, C, L] or [N, C, H, W] input, got {shape:?}"),
+    }
+}
+
+/// `Conv(X, W, B?)`.
+#[derive(Debug)]
+pub struct Conv {
+    geom: Geometry,
+}
+
+impl Conv {
+    fn plan(&self, x: &[usize], w: &[usize]) -> Result<(Vec<Axis>, Vec<usize>)> {
+        ensure!(x.len() == w.len() && x.len() >= 3, "input {x:?} and weight {w:?} ranks do not fit a convolution");
+        let group = self.geom.group;
+        ensure!(group >= 1 && x[1] % group == 0 && w[0] % group == 0, "group {group} does not divide input channels {} and output channels {}", x[1], w[0]);
+        ensure!(w[1] * group == x[1], "weight {w:?} expects {} input channels, input {x:?} has {}", w[1] * group, x[1]);
+        if let Some(k) = &self.geom.kernel {
+            ensure!(k[..] == w[2..], "kernel_shape {k:?} disagrees with weight {w:?}");
+        }
+        let axes = self.geom.axes(&x[2..], &w[2..])?;
+        let mut shape = vec![x[0], w[0]];
+        for a in &axes {
+            shape.push(out_len(a, false)?);
+        }
+        Ok((axes, shape))
+    }
+}
+
+impl Op for Conv {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (x, w) = (required(inputs, 0)?, required(inputs, 1)?);
+        expect_dtype(x, &[DataType::F32], "input X")?;
+        expect_dtype(w, &[DataType::F32], "weight W")?;
+        let (_, shape) = self.plan(&x.shape, &w.shape)?;
+        if let Some(b) = optional(inputs, 2) {
+            ensure!(b.shape == [w.shape[0]], "bias {:?} should be [{}]", b.shape, w.shape[0]);
+        }
+        Ok(vec![Fact::new(DataType::F32, shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (x, w) = (required(inputs, 0)?, required(inputs, 1)?);
+        let (axes, shape) = self.plan(x.shape(), w.shape())?;
+        let (n, c, h, wd) = as_2d(x.shape())?;
+        let (m, _, kh, kw) = as_2d(w.shape())?;
+        // 1-D: a fake H axis of size 1, kernel 1, stride 1, no pads.
+        let (ah, aw) = if axes.len() == 1 { ((1, 1, 1, 1, 0, 0), axes[0]) } else { (axes[0], axes[1]) };
+        let (oh, ow) = (out_len(&ah, false)?, out_len(&aw, false)?);
+        let g = self.geom.group;
+        let (cg, mg) = (c / g, m / g);
+        let (xv, wv) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
+        let bias = optional(inputs, 2).map(|b| b.as_slice::<f32>()).transpose()?;
+        let mut y = pool.filled(numel(&shape)?, 0f32);
+        let pointwise = kh == 1 && kw == 1 && ah.2 == 1 && aw.2 == 1 && ah.4 + ah.5 + aw.4 + aw.5 == 0;
+        let depthwise = cg == 1 && mg == 1;
+        let mut col = if pointwise || depthwise { Vec::new() } else { vec![0f32; cg * kh * kw * oh * ow] };
+        for b in 0..n {
+            for gi in 0..g {
+                let xg = &xv[(b * c + gi * cg) * h * wd..(b * c + (gi + 1) * cg) * h * wd];
+                let yg = &mut y[(b * m + gi * mg) * oh * ow..(b * m + (gi + 1) * mg) * oh * ow];
+                let wg = &wv[gi * mg * cg * kh * kw..(gi + 1) * mg * cg * kh * kw];
+                if depthwise {
+                    depthwise_plane(xg, h, wd, wg, kh, kw, &ah, &aw, oh, ow, yg);
+                } else if pointwise {
+                    sgemm(1.0, MatRef::dense(wg, mg, cg), MatRef::dense(xg, cg, h * wd), 0.0, yg);
+                } else {
+                    im2col(xg, cg, h, wd, kh, kw, &ah, &aw, oh, ow, &mut col);
+                    sgemm(1.0, MatRef::dense(wg, mg, cg * kh * kw), MatRef::dense(&col, cg * kh * kw, oh * ow), 0.0, yg);
+                }
+            }
+            if let Some(bias) = bias {
+                for (mi, &bv) in bias.iter().enumerate() {
+                    y[(b * m + mi) * oh * ow..(b * m + mi + 1) * oh * ow].iter_mut().for_each(|v| *v += bv);
+                }
+            }
+        }
+        Ok(vec![out(shape, y)?])
+    }
+}
+
+/// Unfolds input patches into a `[C·kh·kw, oh·ow]` matrix (zeros where the window hits padding).
+#[allow(clippy::too_many_arguments)]
+fn im2col(x: &[f32], c: usize, h: usize, w: usize, kh: usize, kw: usize, ah: &Axis, aw: &Axis, oh: usize, ow: usize, col: &mut [f32]) {
+    let (sh, dh, ph) = (ah.2, ah.3, ah.4 as isize);
+    let (sw, dw, pw) = (aw.2, aw.3, aw.4 as isize);
+    let mut row = 0;
+    for ci in 0..c {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for ki in 0..kh {
+            for kj in 0..kw {
+                let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let iy = (oy * sh + ki * dh) as isize - ph;
+                    let line = &mut dst[oy * ow..(oy + 1) * ow];
+                    if iy < 0 || iy >= h as isize {
+                        line.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                    for (ox, v) in line.iter_mut().enumerate() {
+                        let ix = (ox * sw + kj * dw) as isize - pw;
+                        *v = if ix >= 0 && ix < w as isize { src[ix as usize] } else { 0.0 };
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// One channel convolved with its own `kh × kw` filter (depthwise conv).
+#[allow(clippy::too_many_arguments)]
+fn depthwise_plane(x: &[f32], h: usize, w: usize, k: &[f32], kh: usize, kw: usize, ah: &Axis, aw: &Axis, oh: usize, ow: usize, y: &mut [f32]) {
+    let (sh, dh, ph) = (ah.2, ah.3, ah.4 as isize);
+    let (sw, dw, pw) = (aw.2, aw.3, aw.4 as isize);
+    for ki in 0..kh {
+        for kj in 0..kw {
+            let kv = k[ki * kw + kj];
+            for oy in 0..oh {
+                let iy = (oy * sh + ki * dh) as isize - ph;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let src = &x[iy as usize * w..(iy as usize + 1) * w];
+                let dst = &mut y[oy * ow..(oy + 1) * ow];
+                // Columns whose input index is inside the row.
+                let lo = ((pw - (kj * dw) as isize).max(0) as usize).div_ceil(sw);
+                let hi = (((w as isize + pw - (kj * dw) as isize).max(0) as usize).div_ceil(sw)).min(ow);
+                for ox in lo..hi {
+                    dst[ox] += kv * src[ox * sw + kj * dw - pw as usize];
+                }
+            }
+        }
+    }
+}
+
+/// `ConvTranspose(X, W, B?)`.
+#[derive(Debug)]
+pub struct ConvTranspose {
+    geom: Geometry,
+    output_padding: Option<Vec<usize>>,
+    output_shape: Option<Vec<usize>>,
+}
+
+fn import_conv_transpose(c: &ImportCtx) -> Result<Box<dyn Op>> {
+    let geom = Geometry::import(c, false)?;
+    if geom.auto_pad != AutoPad::NotSet {
+        return Err(unsupported_attr(format!("ConvTranspose auto_pad {:?}", geom.auto_pad)));
+    }
+    Ok(Box::new(ConvTranspose {
+        geom,
+        output_padding: positive(c.attrs.ints_opt("output_padding")?, "output_padding", 0)?,
+        output_shape: positive(c.attrs.ints_opt("output_shape")?, "output_shape", 0)?,
+    }))
+}
+
+impl ConvTranspose {
+    /// Axes with pads resolved, and the output shape.
+    fn plan(&self, x: &[usize], w: &[usize]) -> Result<(Vec<Axis>, Vec<usize>)> {
+        ensure!(x.len() == w.len() && (x.len() == 3 || x.len() == 4), "input {x:?} and weight {w:?} do not fit a 1-D/2-D transposed convolution");
+        let g = self.geom.group;
+        ensure!(g >= 1 && x[1] == w[0] && x[1] % g == 0, "weight {w:?} does not match input channels {} with group {g}", x[1]);
+        let mut axes = self.geom.axes(&x[2..], &w[2..])?;
+        let n = axes.len();
+        let mut shape = vec![x[0], w[1] * g];
+        for (i, a) in axes.iter_mut().enumerate() {
+            let (input, k, s, d, pb, pe) = *a;
+            let op = self.output_padding.as_ref().and_then(|p| p.get(i).copied()).unwrap_or(0);
+            let full = s * (input - 1) + op + (k - 1) * d + 1;
+            let len = match &self.output_shape {
+                Some(os) => {
+                    let want = *os.get(os.len().saturating_sub(n) + i).unwrap_or(&0);
+                    ensure!(want <= full, "output_shape {os:?} is larger than the {full} the input allows");
+                    let total = full - want;
+                    *a = (input, k, s, d, total / 2, total - total / 2);
+                    want
+                }
+                None => {
+                    ensure!(full >= pb + pe, "pads ({pb}, {pe}) exceed the output length {full}");
+                    full - pb - pe
+                }
+            };
+            shape.push(len);
+        }
+        Ok((axes, shape))
+    }
+}
+
+impl Op for ConvTranspose {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (x, w) = (required(inputs, 0)?, required(inputs, 1)?);
+        expect_dtype(x, &[DataType::F32], "input X")?;
+        expect_dtype(w, &[DataType::F32], "weight W")?;
+        Ok(vec![Fact::new(DataType::F32, self.plan(&x.shape, &w.shape)?.1)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (x, w) = (required(inputs, 0)?, required(inputs, 1)?);
+        let (axes, shape) = self.plan(x.shape(), w.shape())?;
+        let (n, c, h, wd) = as_2d(x.shape())?;
+        let (_, mg, kh, kw) = as_2d(w.shape())?;
+        let (ah, aw) = if axes.len() == 1 { ((1, 1, 1, 1, 0, 0), axes[0]) } else { (axes[0], axes[1]) };
+        let (oh, ow) = if shape.len() == 3 { (1, shape[2]) } else { (shape[2], shape[3]) };
+        let g = self.geom.group;
+        let cg = c / g;
+        let m = mg * g;
+        let (xv, wv) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
+        let mut y = pool.filled(numel(&shape)?, 0f32);
+        let mut col = vec![0f32; mg * kh * kw * h * wd];
+        for b in 0..n {
+            for gi in 0..g {
+                let xg = &xv[(b * c + gi * cg) * h * wd..(b * c + (gi + 1) * cg) * h * wd];
+                let wg = &wv[gi * cg * mg * kh * kw..(gi + 1) * cg * mg * kh * kw];
+                // cols[mg·kh·kw, h·w] = Wgᵀ × Xg, then scatter-add each column into the output.
+                sgemm(1.0, MatRef::dense(wg, cg, mg * kh * kw).t(), MatRef::dense(xg, cg, h * wd), 0.0, &mut col);
+                for mi in 0..mg {
+                    let plane = &mut y[(b * m + gi * mg + mi) * oh * ow..(b * m + gi * mg + mi + 1) * oh * ow];
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            let row = &col[((mi * kh + ki) * kw + kj) * h * wd..][..h * wd];
+                            for iy in 0..h {
+                                let oy = (iy * ah.2 + ki * ah.3) as isize - ah.4 as isize;
+                                if oy < 0 || oy >= oh as isize {
+                                    continue;
+                                }
+                                for ix in 0..wd {
+                                    let ox = (ix * aw.2 + kj * aw.3) as isize - aw.4 as isize;
+                                    if ox >= 0 && ox < ow as isize {
+                                        plane[oy as usize * ow + ox as usize] += row[iy * wd + ix];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(bias) = optional(inputs, 2) {
+                for (mi, &bv) in bias.as_slice::<f32>()?.iter().enumerate().take(m) {
+                    y[(b * m + mi) * oh * ow..(b * m + mi + 1) * oh * ow].iter_mut().for_each(|v| *v += bv);
+                }
+            }
+        }
+        Ok(vec![out(shape, y)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::*;
+
+    fn geom(pads: [usize; 4], strides: [usize; 2], group: usize) -> Geometry {
+        Geometry { kernel: None, strides: Some(strides.to_vec()), dilations: None, pads: Some(pads.to_vec()), auto_pad: AutoPad::NotSet, group, ceil_mode: false }
+    }
+
+    /// Direct 2-D convolution, the definition, as the reference.
+    fn naive(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], pad: usize, stride: usize, group: usize) -> (Vec<usize>, Vec<f32>) {
+        let [n, c, h, wd] = xs;
+        let [m, cg, kh, kw] = ws;
+        let oh = (h + 2 * pad - kh) / stride + 1;
+        let ow = (wd + 2 * pad - kw) / stride + 1;
+        let mg = m / group;
+        let mut y = vec![0f32; n * m * oh * ow];
+        for b in 0..n {
+            for mo in 0..m {
+                let gi = mo / mg;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0.0;
+                        for ci in 0..cg {
+                            for ki in 0..kh {
+                                for kj in 0..kw {
+                                    let iy = (oy * stride + ki) as isize - pad as isize;
+                                    let ix = (ox * stride + kj) as isize - pad as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                        acc += x[((b * c + gi * cg + ci) * h + iy as usize) * wd + ix as usize] * w[((mo * cg + ci) * kh + ki) * kw + kj];
+                                    }
+                                }
+                            }
+                        }
+                        y[((b * m + mo) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        (vec![n, m, oh, ow], y)
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 16) % 17) as f32 / 8.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn conv_paths_match_definition() {
+        // (x shape, w shape, pad, stride, group): general, pointwise, depthwise, strided grouped.
+        let cases: &[([usize; 4], [usize; 4], usize, usize, usize)] = &[
+            ([1, 3, 5, 6], [4, 3, 3, 3], 1, 1, 1),
+            ([2, 4, 4, 4], [6, 4, 1, 1], 0, 1, 1),
+            ([1, 4, 7, 5], [4, 1, 3, 3], 1, 2, 4),
+            ([1, 4, 6, 6], [6, 2, 3, 3], 1, 2, 2),
+            ([1, 3, 4, 4], [3, 1, 5, 5], 2, 1, 3),
+        ];
+        for &(xs, ws, pad, stride, group) in cases {
+            let x = pseudo(xs.iter().product(), 1);
+            let w = pseudo(ws.iter().product(), 2);
+            let (shape, expected) = naive(&x, xs, &w, ws, pad, stride, group);
+            let op = Conv { geom: geom([pad; 4], [stride; 2], group) };
+            let y = run(&op, &[f32t(&xs, &x), f32t(&ws, &w)]).unwrap();
+            assert_close(&y[0], &shape, &expected);
+        }
+    }
+
+    #[test]
+    fn conv1d_with_bias() {
+        let op = Conv { geom: Geometry { kernel: None, strides: None, dilations: Some(vec![2]), pads: Some(vec![1, 1]), auto_pad: AutoPad::NotSet, group: 1, ceil_mode: false } };
+        let y = run(&op, &[f32t(&[1, 1, 4], &[1., 2., 3., 4.]), f32t(&[1, 1, 2], &[1., 10.]), f32t(&[1], &[0.5])]).unwrap();
+        // Taps at i-1 and i+1: [0+20, 1+30, 2+40, 3+0].
+        assert_close(&y[0], &[1, 1, 4], &[20.5, 31.5, 42.5, 3.5]);
+        let err = run(&op, &[f32t(&[1, 2, 4], &[0.; 8]), f32t(&[1, 1, 2], &[1., 1.])]).unwrap_err().to_string();
+        assert!(err.contains("input channels"), "{err}");
+    }
+
+    #[test]
+    fn conv_transpose_stride2() {
+        let op = ConvTranspose { geom: geom([0; 4], [2, 2], 1), output_padding: None, output_shape: None };
+        let y = run(&op, &[f32t(&[1, 1, 2, 2], &[1., 2., 3., 4.]), f32t(&[1, 1, 2, 2], &[1., 1., 1., 1.])]).unwrap();
+        assert_close(&y[0], &[1, 1, 4, 4], &[1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]);
+        // Overlapping windows add up; pads crop.
+        let op = ConvTranspose { geom: geom([1, 1, 1, 1], [1, 1], 1), output_padding: None, output_shape: None };
+        let y = run(&op, &[f32t(&[1, 1, 2, 2], &[1., 2., 3., 4.]), f32t(&[1, 1, 3, 3], &[1.; 9])]).unwrap();
+        assert_close(&y[0], &[1, 1, 2, 2], &[10., 10., 10., 10.]);
+    }
+}

@@ -1,0 +1,655 @@
+//! Elementwise ops: unary math and activations, broadcasting binary arithmetic and
+//! comparisons, variadic Min/Max/Sum, Where, and Cast.
+
+use super::{BufferPool, Fact, ImportCtx, Importer, Op, broadcast_shapes, broadcast_strides, expect_dtype, optional, out, required};
+use crate::error::{Result, bail, ensure};
+use crate::tensor::{Bool, DataType, Element, Tensor};
+
+/// The ops of this family.
+pub const OPS: &[(&str, Importer)] = &[
+    ("Sqrt", |_| Ok(Box::new(Unary::Sqrt))),
+    ("Erf", |_| Ok(Box::new(Unary::Erf))),
+    ("Tanh", |_| Ok(Box::new(Unary::Tanh))),
+    ("Sigmoid", |_| Ok(Box::new(Unary::Sigmoid))),
+    ("Relu", |_| Ok(Box::new(Unary::Relu))),
+    ("Exp", |_| Ok(Box::new(Unary::Exp))),
+    ("Log", |_| Ok(Box::new(Unary::Log))),
+    ("Neg", |_| Ok(Box::new(Unary::Neg))),
+    ("Abs", |_| Ok(Box::new(Unary::Abs))),
+    ("Floor", |_| Ok(Box::new(Unary::Floor))),
+    ("Ceil", |_| Ok(Box::new(Unary::Ceil))),
+    ("Reciprocal", |_| Ok(Box::new(Unary::Reciprocal))),
+    ("Softplus", |_| Ok(Box::new(Unary::Softplus))),
+    ("Not", |_| Ok(Box::new(Unary::Not))),
+    ("HardSwish", |_| Ok(Box::new(Unary::HardSwish))),
+    ("HardSigmoid", |c| Ok(Box::new(Unary::HardSigmoid { alpha: c.attrs.float("alpha", 0.2)?, beta: c.attrs.float("beta", 0.5)? }))),
+    ("LeakyRelu", |c| Ok(Box::new(Unary::LeakyRelu { alpha: c.attrs.float("alpha", 0.01)? }))),
+    ("Clip", import_clip),
+    ("Add", |_| Ok(Box::new(Binary::Add))),
+    ("Sub", |_| Ok(Box::new(Binary::Sub))),
+    ("Mul", |_| Ok(Box::new(Binary::Mul))),
+    ("Div", |_| Ok(Box::new(Binary::Div))),
+    ("Pow", |_| Ok(Box::new(Binary::Pow))),
+    ("PRelu", |_| Ok(Box::new(Binary::PRelu))),
+    ("Equal", |_| Ok(Box::new(Binary::Equal))),
+    ("Less", |_| Ok(Box::new(Binary::Less))),
+    ("LessOrEqual", |_| Ok(Box::new(Binary::LessOrEqual))),
+    ("Greater", |_| Ok(Box::new(Binary::Greater))),
+    ("GreaterOrEqual", |_| Ok(Box::new(Binary::GreaterOrEqual))),
+    ("And", |_| Ok(Box::new(Binary::And))),
+    ("Or", |_| Ok(Box::new(Binary::Or))),
+    ("Xor", |_| Ok(Box::new(Binary::Xor))),
+    ("Min", |_| Ok(Box::new(Variadic(Binary::Min)))),
+    ("Max", |_| Ok(Box::new(Variadic(Binary::Max)))),
+    ("Sum", |_| Ok(Box::new(Variadic(Binary::Add)))),
+    ("Where", |_| Ok(Box::new(Where))),
+    ("Cast", import_cast),
+];
+
+/// Arithmetic over the numeric element types.
+pub(crate) trait Num: Element + PartialOrd {
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn div(self, o: Self) -> Result<Self>;
+    fn from_f64(v: f64) -> Self;
+    fn to_i64(self) -> i64;
+    fn from_i64(v: i64) -> Self;
+    const IS_FLOAT: bool;
+}
+
+macro_rules! num_int {
+    ($($t:ty),*) => {$(impl Num for $t {
+        fn add(self, o: Self) -> Self { self.wrapping_add(o) }
+        fn sub(self, o: Self) -> Self { self.wrapping_sub(o) }
+        fn mul(self, o: Self) -> Self { self.wrapping_mul(o) }
+        fn div(self, o: Self) -> Result<Self> {
+            ensure!(o != 0, "integer division by zero");
+            Ok(self.wrapping_div(o))
+        }
+        fn from_f64(v: f64) -> Self { v as $t }
+        fn to_i64(self) -> i64 { self as i64 }
+        fn from_i64(v: i64) -> Self { v as $t }
+        const IS_FLOAT: bool = false;
+    })*};
+}
+num_int!(i8, u8, i32, i64);
+
+macro_rules! num_float {
+    ($($t:ty),*) => {$(impl Num for $t {
+        fn add(self, o: Self) -> Self { self + o }
+        fn sub(self, o: Self) -> Self { self - o }
+        fn mul(self, o: Self) -> Self { self * o }
+        fn div(self, o: Self) -> Result<Self> { Ok(self / o) }
+        fn from_f64(v: f64) -> Self { v as $t }
+        fn to_i64(self) -> i64 { self as i64 }
+        fn from_i64(v: i64) -> Self { v as $t }
+        const IS_FLOAT: bool = true;
+    })*};
+}
+num_float!(f32, f64);
+
+/// Calls `$body` with `$x: &[T]` for numeric tensors (f32, f64, i8, u8, i32, i64).
+macro_rules! with_numeric {
+    ($t:expr, |$x:ident: &[$T:ident]| $body:expr) => {{
+        match $t.dtype() {
+            DataType::F32 => { #[allow(dead_code)] type $T = f32; let $x = $t.as_slice::<f32>()?; $body }
+            DataType::F64 => { #[allow(dead_code)] type $T = f64; let $x = $t.as_slice::<f64>()?; $body }
+            DataType::I64 => { #[allow(dead_code)] type $T = i64; let $x = $t.as_slice::<i64>()?; $body }
+            DataType::I32 => { #[allow(dead_code)] type $T = i32; let $x = $t.as_slice::<i32>()?; $body }
+            DataType::I8 => { #[allow(dead_code)] type $T = i8; let $x = $t.as_slice::<i8>()?; $body }
+            DataType::U8 => { #[allow(dead_code)] type $T = u8; let $x = $t.as_slice::<u8>()?; $body }
+            other => bail!("dtype {other} is not numeric"),
+        }
+    }};
+}
+
+const NUMERIC: &[DataType] = &[DataType::F32, DataType::F64, DataType::I64, DataType::I32, DataType::I8, DataType::U8];
+const FLOAT: &[DataType] = &[DataType::F32, DataType::F64];
+
+// ---- unary ----
+
+/// Single-input elementwise ops; each variant is the ONNX op of the same name.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary {
+    Sqrt,
+    Erf,
+    Tanh,
+    Sigmoid,
+    Relu,
+    Exp,
+    Log,
+    Neg,
+    Abs,
+    Floor,
+    Ceil,
+    Reciprocal,
+    Softplus,
+    Not,
+    HardSwish,
+    HardSigmoid { alpha: f32, beta: f32 },
+    LeakyRelu { alpha: f32 },
+}
+
+/// erf with relative error below 1.2e-7 (Numerical Recipes' Chebyshev fit of erfc), in f64.
+pub fn erf(x: f32) -> f32 {
+    let x = x as f64;
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96 + t * (0.096_784_18 + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    (if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }) as f32
+}
+
+impl Unary {
+    fn f32_fn(self) -> impl Fn(f32) -> f32 {
+        move |x: f32| match self {
+            Unary::Sqrt => x.sqrt(),
+            Unary::Erf => erf(x),
+            Unary::Tanh => x.tanh(),
+            Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Unary::Relu => x.max(0.0),
+            Unary::Exp => x.exp(),
+            Unary::Log => x.ln(),
+            Unary::Neg => -x,
+            Unary::Abs => x.abs(),
+            Unary::Floor => x.floor(),
+            Unary::Ceil => x.ceil(),
+            Unary::Reciprocal => 1.0 / x,
+            Unary::Softplus => if x > 20.0 { x } else { x.exp().ln_1p() },
+            Unary::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Unary::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            Unary::LeakyRelu { alpha } => if x < 0.0 { alpha * x } else { x },
+            Unary::Not => unreachable!("Not is boolean"),
+        }
+    }
+}
+
+impl Op for Unary {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        match self {
+            Unary::Not => expect_dtype(x, &[DataType::Bool], "input")?,
+            Unary::Neg | Unary::Abs => expect_dtype(x, NUMERIC, "input")?,
+            _ => expect_dtype(x, &[DataType::F32], "input")?,
+        }
+        Ok(vec![Fact::new(x.dtype, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let shape = x.shape().to_vec();
+        Ok(vec![match (self, x.dtype()) {
+            (Unary::Not, _) => out(shape, x.as_slice::<Bool>()?.iter().map(|b| Bool(1 - b.0)).collect())?,
+            (_, DataType::F32) => {
+                let f = self.f32_fn();
+                let mut v = pool.take(x.len());
+                v.extend(x.as_slice::<f32>()?.iter().map(|&a| f(a)));
+                out(shape, v)?
+            }
+            (Unary::Neg, _) => with_numeric!(x, |x: &[T]| out(shape, x.iter().map(|&a| T::from_i64(0).sub(a)).collect())?),
+            (Unary::Abs, _) => with_numeric!(x, |x: &[T]| out(shape, x.iter().map(|&a| if a < T::from_i64(0) { T::from_i64(0).sub(a) } else { a }).collect())?),
+            (op, dt) => bail!("{op:?} does not support {dt}"),
+        }])
+    }
+}
+
+/// Clip with bounds from attributes (opset < 11) or optional scalar inputs.
+#[derive(Debug)]
+pub struct Clip {
+    min: Option<f32>,
+    max: Option<f32>,
+}
+
+fn import_clip(c: &ImportCtx) -> Result<Box<dyn Op>> {
+    if c.opset < 11 {
+        Ok(Box::new(Clip { min: Some(c.attrs.float("min", f32::MIN)?), max: Some(c.attrs.float("max", f32::MAX)?) }))
+    } else {
+        Ok(Box::new(Clip { min: None, max: None }))
+    }
+}
+
+impl Op for Clip {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        expect_dtype(x, NUMERIC, "input")?;
+        for i in 1..3 {
+            if let Some(b) = optional(inputs, i) {
+                ensure!(b.dtype == x.dtype && b.shape.iter().product::<usize>() == 1, "bound {i} must be a scalar of the input's dtype");
+            }
+        }
+        Ok(vec![Fact::new(x.dtype, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let shape = x.shape().to_vec();
+        with_numeric!(x, |x: &[T]| {
+            let bound = |i: usize, attr: Option<f32>| -> Result<Option<T>> {
+                Ok(match optional(inputs, i) {
+                    Some(t) => Some(t.as_slice::<T>()?[0]),
+                    None => attr.map(|a| T::from_f64(a as f64)),
+                })
+            };
+            let (lo, hi) = (bound(1, self.min)?, bound(2, self.max)?);
+            let mut v = pool.take(x.len());
+            v.extend(x.iter().map(|&a| {
+                let a = match lo { Some(l) if a < l => l, _ => a };
+                match hi { Some(h) if a > h => h, _ => a }
+            }));
+            Ok(vec![out(shape, v)?])
+        })
+    }
+}
+
+// ---- binary ----
+
+/// Two-input broadcasting ops; each variant is the ONNX op of the same name.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    PRelu,
+    Min,
+    Max,
+    Equal,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+    And,
+    Or,
+    Xor,
+}
+
+impl Binary {
+    fn output_dtype(self, a: DataType, b: DataType) -> Result<DataType> {
+        use Binary::*;
+        match self {
+            And | Or | Xor => {
+                ensure!(a == DataType::Bool && b == DataType::Bool, "{self:?} needs bool inputs, got {a} and {b}");
+                Ok(DataType::Bool)
+            }
+            Pow => {
+                ensure!(FLOAT.contains(&a) && NUMERIC.contains(&b), "Pow needs a float base and numeric exponent, got {a} and {b}");
+                Ok(a)
+            }
+            Equal if a == DataType::Bool && b == DataType::Bool => Ok(DataType::Bool),
+            _ => {
+                ensure!(a == b, "inputs have different dtypes: {a} and {b}");
+                ensure!(NUMERIC.contains(&a), "{self:?} does not support {a}");
+                Ok(if matches!(self, Equal | Less | LessOrEqual | Greater | GreaterOrEqual) { DataType::Bool } else { a })
+            }
+        }
+    }
+
+    /// Evaluates on two tensors with numpy broadcasting.
+    pub(crate) fn apply(self, a: &Tensor, b: &Tensor, pool: &mut BufferPool) -> Result<Tensor> {
+        use Binary::*;
+        self.output_dtype(a.dtype(), b.dtype())?;
+        let shape = broadcast_shapes(a.shape(), b.shape())?;
+        if matches!(self, And | Or | Xor) || (self == Equal && a.dtype() == DataType::Bool) {
+            let v = broadcast_zip(a.as_bools()?, a.shape(), b.as_bools()?, b.shape(), &shape, pool, |x: u8, y: u8| {
+                Bool(match self {
+                    And => x & y,
+                    Or => x | y,
+                    Xor => x ^ y,
+                    _ => (x == y) as u8,
+                })
+            });
+            return out(shape, v);
+        }
+        if self == Pow {
+            let exps = b.to_f32s().or_else(|_| b.to_i64s().map(|v| v.into_iter().map(|e| e as f32).collect()))?;
+            let exps = Tensor::from_vec(b.shape().to_vec(), exps)?;
+            let v = broadcast_zip(a.as_slice::<f32>()?, a.shape(), exps.as_slice::<f32>()?, b.shape(), &shape, pool, |x: f32, e: f32| if e == 2.0 { x * x } else { x.powf(e) });
+            return out(shape, v);
+        }
+        with_numeric!(a, |x: &[T]| {
+            let y = b.as_slice::<T>()?;
+            let mut cmp = |f: fn(&T, &T) -> bool| -> Result<Tensor> { out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| Bool(f(&p, &q) as u8))) };
+            match self {
+                Equal => cmp(|p, q| p == q),
+                Less => cmp(|p, q| p < q),
+                LessOrEqual => cmp(|p, q| p <= q),
+                Greater => cmp(|p, q| p > q),
+                GreaterOrEqual => cmp(|p, q| p >= q),
+                Div if !T::IS_FLOAT => {
+                    ensure!(!y.contains(&T::from_i64(0)), "integer division by zero");
+                    out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| p.div(q).unwrap_or(p)))
+                }
+                _ => {
+                    let f = |p: T, q: T| -> T {
+                        match self {
+                            Add => p.add(q),
+                            Sub => p.sub(q),
+                            Mul => p.mul(q),
+                            Div => p.div(q).unwrap_or(p),
+                            Min => if q < p || q != q { q } else { p },
+                            Max => if q > p || q != q { q } else { p },
+                            PRelu => if p < T::from_i64(0) { p.mul(q) } else { p },
+                            _ => unreachable!(),
+                        }
+                    };
+                    out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, f))
+                }
+            }
+        })
+    }
+}
+
+/// Applies `f` over two broadcast inputs; the innermost dim is a tight loop.
+fn broadcast_zip<A: Copy, B: Copy, O: Element>(a: &[A], a_shape: &[usize], b: &[B], b_shape: &[usize], shape: &[usize], pool: &mut BufferPool, f: impl Fn(A, B) -> O) -> Vec<O> {
+    let n: usize = shape.iter().product();
+    let mut v = pool.take(n);
+    if n == 0 {
+        return v;
+    }
+    if a_shape == b_shape {
+        v.extend(a.iter().zip(b).map(|(&x, &y)| f(x, y)));
+        return v;
+    }
+    if b.len() == 1 {
+        let y = b[0];
+        v.extend(a.iter().map(|&x| f(x, y)));
+        return v;
+    }
+    if a.len() == 1 {
+        let x = a[0];
+        v.extend(b.iter().map(|&y| f(x, y)));
+        return v;
+    }
+    let (dims, sa, sb) = coalesce(shape, &broadcast_strides(a_shape, shape), &broadcast_strides(b_shape, shape));
+    let rank = dims.len();
+    let inner = dims[rank - 1];
+    let (ia, ib) = (sa[rank - 1], sb[rank - 1]);
+    let mut idx = vec![0usize; rank];
+    let (mut oa, mut ob) = (0usize, 0usize);
+    loop {
+        match (ia, ib) {
+            (1, 1) => v.extend(a[oa..oa + inner].iter().zip(&b[ob..ob + inner]).map(|(&x, &y)| f(x, y))),
+            (1, 0) => v.extend(a[oa..oa + inner].iter().map(|&x| f(x, b[ob]))),
+            (0, 1) => v.extend(b[ob..ob + inner].iter().map(|&y| f(a[oa], y))),
+            _ => v.extend((0..inner).map(|j| f(a[oa + j * ia], b[ob + j * ib]))),
+        }
+        let mut d = rank - 1;
+        loop {
+            if d == 0 {
+                return v;
+            }
+            d -= 1;
+            idx[d] += 1;
+            oa += sa[d];
+            ob += sb[d];
+            if idx[d] < dims[d] {
+                break;
+            }
+            oa -= sa[d] * dims[d];
+            ob -= sb[d] * dims[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Merges adjacent dims that both inputs traverse contiguously, so inner loops get longer.
+fn coalesce(shape: &[usize], sa: &[usize], sb: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let (mut dims, mut a, mut b) = (vec![shape[0]], vec![sa[0]], vec![sb[0]]);
+    for i in 1..shape.len() {
+        let last = dims.len() - 1;
+        let mergeable = |s: &[usize], prev: usize| prev == s[i] * shape[i];
+        if mergeable(sa, a[last]) && mergeable(sb, b[last]) {
+            dims[last] *= shape[i];
+            a[last] = sa[i];
+            b[last] = sb[i];
+        } else {
+            dims.push(shape[i]);
+            a.push(sa[i]);
+            b.push(sb[i]);
+        }
+    }
+    (dims, a, b)
+}
+
+impl Op for Binary {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
+        let dtype = self.output_dtype(a.dtype, b.dtype)?;
+        let shape = broadcast_shapes(&a.shape, &b.shape)?;
+        if *self == Binary::PRelu {
+            ensure!(shape == a.shape, "PRelu slope {:?} does not broadcast to the input {:?}", b.shape, a.shape);
+        }
+        Ok(vec![Fact::new(dtype, shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        Ok(vec![self.apply(required(inputs, 0)?, required(inputs, 1)?, pool)?])
+    }
+}
+
+/// Min, Max, Sum over any number of inputs, folded pairwise.
+#[derive(Debug)]
+pub struct Variadic(Binary);
+
+impl Op for Variadic {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let first = required(inputs, 0)?;
+        let mut fact = Fact::new(first.dtype, first.shape.clone());
+        for i in 1..inputs.len() {
+            fact = self.0.infer(&[Some(&fact), Some(required(inputs, i)?)])?.remove(0);
+        }
+        Ok(vec![fact])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let mut acc = required(inputs, 0)?.clone();
+        for i in 1..inputs.len() {
+            acc = self.0.apply(&acc, required(inputs, i)?, pool)?;
+        }
+        Ok(vec![acc])
+    }
+}
+
+/// `Where(cond, x, y)` with three-way broadcasting.
+#[derive(Debug)]
+pub struct Where;
+
+impl Op for Where {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (c, x, y) = (required(inputs, 0)?, required(inputs, 1)?, required(inputs, 2)?);
+        expect_dtype(c, &[DataType::Bool], "condition")?;
+        ensure!(x.dtype == y.dtype, "branches have different dtypes: {} and {}", x.dtype, y.dtype);
+        let shape = broadcast_shapes(&broadcast_shapes(&c.shape, &x.shape)?, &y.shape)?;
+        Ok(vec![Fact::new(x.dtype, shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (c, x, y) = (required(inputs, 0)?, required(inputs, 1)?, required(inputs, 2)?);
+        let shape = broadcast_shapes(&broadcast_shapes(c.shape(), x.shape())?, y.shape())?;
+        // Select in two broadcast passes: first pick x where cond (else a placeholder), then y.
+        let xs = super::array::broadcast_to(x, &shape)?;
+        let ys = super::array::broadcast_to(y, &shape)?;
+        let cs = super::array::broadcast_to(c, &shape)?;
+        let cond = cs.as_bools()?;
+        super::with_elements!(&xs, |xv: &[T]| {
+            let yv = ys.as_slice::<T>()?;
+            let mut v = pool.take(cond.len());
+            v.extend(cond.iter().zip(xv.iter().zip(yv)).map(|(&c, (&a, &b))| if c != 0 { a } else { b }));
+            Ok(vec![out(shape, v)?])
+        })
+    }
+}
+
+// ---- cast ----
+
+/// `Cast(to)`.
+#[derive(Debug)]
+pub struct Cast {
+    to: DataType,
+}
+
+fn import_cast(c: &ImportCtx) -> Result<Box<dyn Op>> {
+    let code = c.attrs.int("to", 0)? as i32;
+    match DataType::from_onnx(code) {
+        Some(to) => Ok(Box::new(Cast { to })),
+        None => Err(super::unsupported_attr(format!("Cast to {}", crate::tensor::onnx_dtype_name(code)))),
+    }
+}
+
+/// Converts a tensor to another dtype (float→int truncates toward zero, like onnxruntime).
+pub fn cast(x: &Tensor, to: DataType) -> Result<Tensor> {
+    if x.dtype() == to {
+        return Ok(x.clone());
+    }
+    let shape = x.shape().to_vec();
+    // Read every source as f64 or i64 (i64 keeps large integers exact), then write.
+    let src_f64: Option<Vec<f64>> = match x.dtype() {
+        DataType::F32 => Some(x.as_slice::<f32>()?.iter().map(|&v| v as f64).collect()),
+        DataType::F64 => Some(x.as_slice::<f64>()?.to_vec()),
+        DataType::F16 => Some(x.as_slice::<u16>()?.iter().map(|&b| half::f16::from_bits(b).to_f64()).collect()),
+        _ => None,
+    };
+    let src_i64: Vec<i64> = match &src_f64 {
+        Some(_) => Vec::new(),
+        None => match x.dtype() {
+            DataType::Bool => x.as_bools()?.iter().map(|&b| b as i64).collect(),
+            _ => with_numeric!(x, |v: &[T]| v.iter().map(|&e| e.to_i64()).collect()),
+        },
+    };
+    let as_f64 = || -> Vec<f64> { src_f64.clone().unwrap_or_else(|| src_i64.iter().map(|&v| v as f64).collect()) };
+    macro_rules! to_num {
+        ($t:ty) => {
+            match &src_f64 {
+                Some(f) => out(shape, f.iter().map(|&v| <$t as Num>::from_f64(v)).collect::<Vec<$t>>()),
+                None => out(shape, src_i64.iter().map(|&v| <$t as Num>::from_i64(v)).collect::<Vec<$t>>()),
+            }
+        };
+    }
+    match to {
+        DataType::F32 => out(shape, as_f64().into_iter().map(|v| v as f32).collect()),
+        DataType::F64 => out(shape, as_f64()),
+        DataType::F16 => out(shape, as_f64().into_iter().map(|v| half::f16::from_f64(v).to_bits()).collect()),
+        DataType::Bool => Tensor::from_bools(shape, as_f64().into_iter().map(|v| v != 0.0).collect()),
+        DataType::I64 => to_num!(i64),
+        DataType::I32 => to_num!(i32),
+        DataType::I8 => to_num!(i8),
+        DataType::U8 => to_num!(u8),
+    }
+}
+
+impl Op for Cast {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        Ok(vec![Fact::new(self.to, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
+        Ok(vec![cast(required(inputs, 0)?, self.to)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::*;
+
+    #[test]
+    fn unary_cases() {
+        let x = f32t(&[4], &[-2.0, -0.5, 0.0, 3.0]);
+        let cases: &[(Unary, [f32; 4])] = &[
+            (Unary::Relu, [0.0, 0.0, 0.0, 3.0]),
+            (Unary::Neg, [2.0, 0.5, 0.0, -3.0]),
+            (Unary::Abs, [2.0, 0.5, 0.0, 3.0]),
+            (Unary::HardSwish, [-2.0 * (1.0 / 6.0), -0.5 * (0.5 - 0.5 / 6.0), 0.0, 3.0]),
+            (Unary::HardSigmoid { alpha: 0.2, beta: 0.5 }, [0.1, 0.4, 0.5, 1.0]),
+            (Unary::LeakyRelu { alpha: 0.1 }, [-0.2, -0.05, 0.0, 3.0]),
+            (Unary::Sigmoid, [0.119_202_92, 0.377_540_67, 0.5, 0.952_574_13]),
+            (Unary::Erf, [-0.995_322_3, -0.520_499_9, 0.0, 0.999_977_9]),
+            (Unary::Tanh, [-0.964_027_6, -0.462_117_16, 0.0, 0.995_054_8]),
+            (Unary::Floor, [-2.0, -1.0, 0.0, 3.0]),
+        ];
+        for (op, expected) in cases {
+            let y = run(op, std::slice::from_ref(&x)).unwrap();
+            assert_close(&y[0], &[4], expected);
+        }
+    }
+
+    #[test]
+    fn erf_matches_reference_values() {
+        // erf values from tables (Abramowitz & Stegun 7.1).
+        for (x, e) in [(0.1f32, 0.112_462_92f32), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (2.0, 0.995_322_3), (-1.5, -0.966_105_1)] {
+            assert!((erf(x) - e).abs() < 2e-7, "erf({x}) = {}, expected {e}", erf(x));
+        }
+    }
+
+    #[test]
+    fn binary_broadcasting() {
+        let a = f32t(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
+        let b = f32t(&[3], &[10., 20., 30.]);
+        let col = f32t(&[2, 1], &[100., 200.]);
+        assert_close(&run(&Binary::Add, &[a.clone(), b.clone()]).unwrap()[0], &[2, 3], &[11., 22., 33., 14., 25., 36.]);
+        assert_close(&run(&Binary::Sub, &[a.clone(), col.clone()]).unwrap()[0], &[2, 3], &[-99., -98., -97., -196., -195., -194.]);
+        assert_close(&run(&Binary::Mul, &[col.clone(), b.clone()]).unwrap()[0], &[2, 3], &[1000., 2000., 3000., 2000., 4000., 6000.]);
+        assert_close(&run(&Binary::Div, &[a.clone(), f32t(&[], &[2.])]).unwrap()[0], &[2, 3], &[0.5, 1., 1.5, 2., 2.5, 3.]);
+        assert_close(&run(&Binary::Pow, &[a.clone(), f32t(&[], &[2.])]).unwrap()[0], &[2, 3], &[1., 4., 9., 16., 25., 36.]);
+        let slope = f32t(&[3], &[0.5, 1., 2.]);
+        assert_close(&run(&Binary::PRelu, &[f32t(&[2, 3], &[-1., -1., -1., 1., 1., 1.]), slope]).unwrap()[0], &[2, 3], &[-0.5, -1., -2., 1., 1., 1.]);
+        let err = run(&Binary::Add, &[a, f32t(&[2], &[1., 2.])]).unwrap_err().to_string();
+        assert!(err.contains("cannot be broadcast"), "{err}");
+    }
+
+    #[test]
+    fn broadcast_middle_dims() {
+        // [2,1,3] * [1,2,1] exercises the general strided path.
+        let a = f32t(&[2, 1, 3], &[1., 2., 3., 4., 5., 6.]);
+        let b = f32t(&[1, 2, 1], &[1., 10.]);
+        assert_close(&run(&Binary::Mul, &[a, b]).unwrap()[0], &[2, 2, 3], &[1., 2., 3., 10., 20., 30., 4., 5., 6., 40., 50., 60.]);
+    }
+
+    #[test]
+    fn integer_arithmetic_and_comparisons() {
+        let a = i64t(&[3], &[7, -7, 9]);
+        let b = i64t(&[3], &[2, 2, 3]);
+        assert_eq!(run(&Binary::Div, &[a.clone(), b.clone()]).unwrap()[0].as_slice::<i64>().unwrap(), &[3, -3, 3]);
+        let eq = run(&Binary::Equal, &[a.clone(), i64t(&[], &[9])]).unwrap();
+        assert_eq!(eq[0].as_bools().unwrap(), &[0, 0, 1]);
+        let ge = run(&Binary::GreaterOrEqual, &[a.clone(), b.clone()]).unwrap();
+        assert_eq!(ge[0].as_bools().unwrap(), &[1, 0, 1]);
+        let err = run(&Binary::Div, &[a.clone(), i64t(&[], &[0])]).unwrap_err().to_string();
+        assert!(err.contains("division by zero"), "{err}");
+        let err = run(&Binary::Add, &[a, f32t(&[3], &[1., 2., 3.])]).unwrap_err().to_string();
+        assert!(err.contains("different dtypes"), "{err}");
+    }
+
+    #[test]
+    fn where_min_max_clip() {
+        let c = Some(Tensor::from_bools(vec![2], vec![true, false]).unwrap());
+        let y = run(&Where, &[c, f32t(&[2, 2], &[1., 2., 3., 4.]), f32t(&[], &[-1.])]).unwrap();
+        assert_close(&y[0], &[2, 2], &[1., -1., 3., -1.]);
+        let m = run(&Variadic(Binary::Max), &[f32t(&[3], &[1., 5., 2.]), f32t(&[3], &[4., 0., 2.]), f32t(&[], &[3.])]).unwrap();
+        assert_close(&m[0], &[3], &[4., 5., 3.]);
+        let clip = Clip { min: None, max: None };
+        let y = run(&clip, &[f32t(&[3], &[-5., 0.5, 9.]), f32t(&[], &[0.]), f32t(&[], &[6.])]).unwrap();
+        assert_close(&y[0], &[3], &[0., 0.5, 6.]);
+        let y = run(&Clip { min: Some(-1.0), max: Some(1.0) }, &[f32t(&[2], &[-3., 3.])]).unwrap();
+        assert_close(&y[0], &[2], &[-1., 1.]);
+    }
+
+    #[test]
+    fn cast_between_types() {
+        let x = Tensor::from_vec(vec![4], vec![-1.7f32, 0.0, 2.9, 300.0]).unwrap();
+        assert_eq!(cast(&x, DataType::I64).unwrap().as_slice::<i64>().unwrap(), &[-1, 0, 2, 300]);
+        assert_eq!(cast(&x, DataType::Bool).unwrap().as_bools().unwrap(), &[1, 0, 1, 1]);
+        let big = Tensor::from_vec(vec![1], vec![(1i64 << 60) + 1]).unwrap();
+        assert_eq!(cast(&big, DataType::I32).unwrap().as_slice::<i32>().unwrap(), &[1]);
+        let h = cast(&x, DataType::F16).unwrap();
+        let back = cast(&h, DataType::F32).unwrap();
+        assert_close(&back, &[4], &[-1.7001953, 0.0, 2.9003906, 300.0]);
+    }
+}

@@ -1,0 +1,202 @@
+//! MatMul (numpy batching) and Gemm on the f32 GEMM.
+
+use super::{BufferPool, Fact, Importer, Op, broadcast_shapes, expect_dtype, numel, optional, out, required};
+use crate::error::{Result, ensure};
+use crate::tensor::{DataType, Tensor};
+
+/// The ops of this family.
+pub const OPS: &[(&str, Importer)] = &[
+    ("MatMul", |_| Ok(Box::new(MatMul))),
+    ("Gemm", |c| {
+        Ok(Box::new(Gemm {
+            alpha: c.attrs.float("alpha", 1.0)?,
+            beta: c.attrs.float("beta", 1.0)?,
+            trans_a: c.attrs.int("transA", 0)? != 0,
+            trans_b: c.attrs.int("transB", 0)? != 0,
+        }))
+    }),
+];
+
+/// A row-major matrix view with arbitrary strides (so transposes cost nothing).
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A dense row-major `rows × cols` matrix.
+    pub fn dense(data: &'a [f32], rows: usize, cols: usize) -> MatRef<'a> {
+        MatRef { data, rows, cols, row_stride: cols as isize, col_stride: 1 }
+    }
+
+    /// The same matrix read transposed.
+    pub fn t(self) -> MatRef<'a> {
+        MatRef { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
+    }
+
+    fn max_index(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            return 0;
+        }
+        ((self.rows - 1) as isize * self.row_stride + (self.cols - 1) as isize * self.col_stride) as usize
+    }
+}
+
+/// `c = alpha · a × b + beta · c` with `c` dense row-major `a.rows × b.cols`.
+pub(crate) fn sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && c.len() == m * n, "gemm shapes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.iter_mut().for_each(|v| *v *= beta);
+        return;
+    }
+    assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm operand out of bounds");
+    // Safety: the asserts above prove every index the kernel reads or writes is in bounds.
+    unsafe {
+        matrixmultiply::sgemm(m, k, n, alpha, a.data.as_ptr(), a.row_stride, a.col_stride, b.data.as_ptr(), b.row_stride, b.col_stride, beta, c.as_mut_ptr(), n as isize, 1);
+    }
+}
+
+/// `MatMul(a, b)` with numpy semantics (1-D promotion, broadcast batch dims).
+#[derive(Debug)]
+pub struct MatMul;
+
+fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    ensure!(!a.is_empty() && !b.is_empty(), "MatMul inputs must have rank >= 1, got {a:?} and {b:?}");
+    let a2 = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
+    let b2 = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
+    let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+    ensure!(k == k2, "inner dims differ: {a:?} × {b:?}");
+    let mut shape = broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
+    if a.len() > 1 {
+        shape.push(m);
+    }
+    if b.len() > 1 {
+        shape.push(n);
+    }
+    Ok(shape)
+}
+
+impl Op for MatMul {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
+        expect_dtype(a, &[DataType::F32], "input A")?;
+        expect_dtype(b, &[DataType::F32], "input B")?;
+        Ok(vec![Fact::new(DataType::F32, matmul_shape(&a.shape, &b.shape)?)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
+        let shape = matmul_shape(a.shape(), b.shape())?;
+        let (av, bv) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
+        let a2 = if a.shape().len() == 1 { vec![1, a.shape()[0]] } else { a.shape().to_vec() };
+        let b2 = if b.shape().len() == 1 { vec![b.shape()[0], 1] } else { b.shape().to_vec() };
+        let (m, k, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
+        let mut c = pool.filled(numel(&shape)?, 0f32);
+        if b2.len() == 2 {
+            // Weights shared by every batch: one tall GEMM instead of many small ones.
+            let rows = av.len() / k.max(1);
+            sgemm(1.0, MatRef::dense(av, rows, k), MatRef::dense(bv, k, n), 0.0, &mut c);
+        } else {
+            let batch = broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
+            let a_batch = super::broadcast_strides(&a2[..a2.len() - 2], &batch);
+            let b_batch = super::broadcast_strides(&b2[..b2.len() - 2], &batch);
+            let batch_strides = super::strides(&batch);
+            for i in 0..numel(&batch)? {
+                let (mut ia, mut ib) = (0, 0);
+                for d in 0..batch.len() {
+                    let idx = (i / batch_strides[d]) % batch[d];
+                    ia += idx * a_batch[d];
+                    ib += idx * b_batch[d];
+                }
+                let (ao, bo) = (ia * m * k, ib * k * n);
+                sgemm(1.0, MatRef::dense(&av[ao..ao + m * k], m, k), MatRef::dense(&bv[bo..bo + k * n], k, n), 0.0, &mut c[i * m * n..(i + 1) * m * n]);
+            }
+        }
+        Ok(vec![out(shape, c)?])
+    }
+}
+
+/// `Gemm(A, B, C?)`: `alpha · A' × B' + beta · C`.
+#[derive(Debug)]
+pub struct Gemm {
+    alpha: f32,
+    beta: f32,
+    trans_a: bool,
+    trans_b: bool,
+}
+
+impl Gemm {
+    fn dims(&self, a: &[usize], b: &[usize]) -> Result<(usize, usize, usize)> {
+        ensure!(a.len() == 2 && b.len() == 2, "Gemm needs 2-D inputs, got {a:?} and {b:?}");
+        let (m, k) = if self.trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
+        let (k2, n) = if self.trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
+        ensure!(k == k2, "inner dims differ: A {a:?} (transA={}) × B {b:?} (transB={})", self.trans_a, self.trans_b);
+        Ok((m, k, n))
+    }
+}
+
+impl Op for Gemm {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
+        expect_dtype(a, &[DataType::F32], "input A")?;
+        expect_dtype(b, &[DataType::F32], "input B")?;
+        let (m, _, n) = self.dims(&a.shape, &b.shape)?;
+        if let Some(c) = optional(inputs, 2) {
+            ensure!(broadcast_shapes(&c.shape, &[m, n])? == [m, n], "C {:?} does not broadcast to [{m}, {n}]", c.shape);
+        }
+        Ok(vec![Fact::new(DataType::F32, vec![m, n])])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
+        let (m, k, n) = self.dims(a.shape(), b.shape())?;
+        let am = MatRef::dense(a.as_slice::<f32>()?, a.shape()[0], a.shape()[1]);
+        let bm = MatRef::dense(b.as_slice::<f32>()?, b.shape()[0], b.shape()[1]);
+        let am = if self.trans_a { am.t() } else { am };
+        let bm = if self.trans_b { bm.t() } else { bm };
+        debug_assert_eq!((am.cols, bm.rows), (k, k));
+        let (mut c, beta) = match optional(inputs, 2) {
+            Some(ct) if self.beta != 0.0 => (super::array::broadcast_to(ct, &[m, n])?.into_vec::<f32>()?, self.beta),
+            _ => (pool.filled(m * n, 0f32), 0.0),
+        };
+        sgemm(self.alpha, am, bm, beta, &mut c);
+        Ok(vec![out(vec![m, n], c)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::*;
+
+    #[test]
+    fn matmul_batched_and_vector() {
+        let a = f32t(&[2, 2, 3], &[1., 2., 3., 4., 5., 6., 1., 0., 0., 0., 1., 0.]);
+        let b = f32t(&[3, 2], &[1., 2., 3., 4., 5., 6.]);
+        let y = run(&MatMul, &[a.clone(), b]).unwrap();
+        assert_close(&y[0], &[2, 2, 2], &[22., 28., 49., 64., 1., 2., 3., 4.]);
+        // Broadcast batch: [2,2,3] × [1,3,1].
+        let y = run(&MatMul, &[a, f32t(&[1, 3, 1], &[1., 1., 1.])]).unwrap();
+        assert_close(&y[0], &[2, 2, 1], &[6., 15., 1., 1.]);
+        let y = run(&MatMul, &[f32t(&[3], &[1., 2., 3.]), f32t(&[3], &[4., 5., 6.])]).unwrap();
+        assert_close(&y[0], &[], &[32.]);
+        assert!(run(&MatMul, &[f32t(&[2], &[1., 2.]), f32t(&[3], &[1., 2., 3.])]).is_err());
+    }
+
+    #[test]
+    fn gemm_transposes_and_bias() {
+        let g = Gemm { alpha: 2.0, beta: 0.5, trans_a: true, trans_b: true };
+        // A' = [[1,2],[3,4]] stored transposed; B' = identity stored transposed.
+        let y = run(&g, &[f32t(&[2, 2], &[1., 3., 2., 4.]), f32t(&[2, 2], &[1., 0., 0., 1.]), f32t(&[2], &[10., 20.])]).unwrap();
+        assert_close(&y[0], &[2, 2], &[7., 14., 11., 18.]);
+    }
+}

@@ -1,0 +1,337 @@
+//! Operators: one file per family, each with its importer (attributes → op struct), its
+//! shape/dtype inference and its fp32 (or generic) evaluation, and case tables at the bottom.
+
+pub mod array;
+pub mod conv;
+pub mod elementwise;
+pub mod matmul;
+pub mod norm;
+pub mod pool;
+pub mod reduce;
+pub mod resize;
+pub mod rnn;
+
+use crate::error::{Error, Result, bail, ensure};
+use crate::onnx::attrs::Attrs;
+use crate::tensor::{DataType, Element, Tensor, checked_numel};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+/// What the planner knows about a value before running: dtype, concrete shape, and the value
+/// itself when it is a constant (initializers and folded shape computations).
+#[derive(Clone, Debug)]
+pub struct Fact {
+    /// Element type.
+    pub dtype: DataType,
+    /// Concrete shape (plans are made for concrete input shapes).
+    pub shape: Vec<usize>,
+    /// The value, when known before running.
+    pub value: Option<Arc<Tensor>>,
+}
+
+impl Fact {
+    /// A fact with no known value.
+    pub fn new(dtype: DataType, shape: Vec<usize>) -> Fact {
+        Fact { dtype, shape, value: None }
+    }
+
+    /// The fact of a known tensor.
+    pub fn of(t: Arc<Tensor>) -> Fact {
+        Fact { dtype: t.dtype(), shape: t.shape().to_vec(), value: Some(t) }
+    }
+
+    /// The constant value as `i64`s; shape-determining inputs must be constant at plan time.
+    pub fn const_i64s(&self, what: &str) -> Result<Vec<i64>> {
+        match &self.value {
+            Some(v) => v.to_i64s(),
+            None => bail!("{what} must be known before running (it depends on input data, which is not supported)"),
+        }
+    }
+
+    /// The constant value as `f32`s.
+    pub fn const_f32s(&self, what: &str) -> Result<Vec<f32>> {
+        match &self.value {
+            Some(v) => v.to_f32s(),
+            None => bail!("{what} must be known before running (it depends on input data, which is not supported)"),
+        }
+    }
+}
+
+/// Recycles the storage of dead activations so that later ops allocate less (the executor
+/// returns each tensor here after its last use, as the plan's liveness says).
+#[derive(Default)]
+pub struct BufferPool {
+    free: Vec<Tensor>,
+    /// Allocations served from recycled storage.
+    pub reused: usize,
+}
+
+impl BufferPool {
+    /// An empty vector with room for at least `len` elements, recycled when possible.
+    pub fn take<T: Element>(&mut self, len: usize) -> Vec<T> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.dtype() == T::DTYPE && t.len() >= len && t.len() <= len.saturating_mul(2).max(64))
+            .min_by_key(|(_, t)| t.len())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            if let Ok(mut v) = self.free.swap_remove(i).into_vec::<T>() {
+                self.reused += 1;
+                v.clear();
+                return v;
+            }
+        }
+        Vec::with_capacity(len)
+    }
+
+    /// A vector of `len` copies of `value`, recycled when possible.
+    pub fn filled<T: Element>(&mut self, len: usize, value: T) -> Vec<T> {
+        let mut v = self.take(len);
+        v.resize(len, value);
+        v
+    }
+
+    /// Hands a dead tensor's storage back (mapped storage is simply dropped).
+    pub fn give(&mut self, t: Tensor) {
+        if !t.is_mapped() && t.len() >= 64 && self.free.len() < 64 {
+            self.free.push(t);
+        }
+    }
+}
+
+/// One operator instance with its attributes.
+pub trait Op: Send + Sync + std::fmt::Debug {
+    /// Output dtypes and shapes from the inputs' (absent optional inputs are `None`).
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>>;
+    /// Computes the outputs.
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>>;
+}
+
+/// What an importer gets: the node's attributes, its input count and the model's opset.
+pub struct ImportCtx<'a> {
+    /// The node's attributes.
+    pub attrs: Attrs<'a>,
+    /// Opset version of the node's domain.
+    pub opset: i64,
+    /// Number of inputs (including empty names for skipped optional ones).
+    pub num_inputs: usize,
+    /// Number of outputs the node declares.
+    pub num_outputs: usize,
+}
+
+/// Builds an op from a node.
+pub type Importer = fn(&ImportCtx) -> Result<Box<dyn Op>>;
+
+fn registry() -> &'static HashMap<&'static str, Importer> {
+    static REGISTRY: OnceLock<HashMap<&'static str, Importer>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut map = HashMap::new();
+        for family in [elementwise::OPS, matmul::OPS, conv::OPS, pool::OPS, norm::OPS, reduce::OPS, array::OPS, resize::OPS, rnn::OPS] {
+            for &(name, importer) in family {
+                map.insert(name, importer);
+            }
+        }
+        map
+    })
+}
+
+/// The importer of a default-domain op type, if the runtime implements it.
+pub fn importer(op_type: &str) -> Option<Importer> {
+    registry().get(op_type).copied()
+}
+
+/// Every op type the runtime implements (sorted), for `inspect` and docs.
+pub fn supported_ops() -> Vec<&'static str> {
+    let mut v: Vec<_> = registry().keys().copied().collect();
+    v.push("Constant");
+    v.push("If");
+    v.sort_unstable();
+    v
+}
+
+// ---- helpers shared by the op families ----
+
+/// The `i`-th input, which the op requires.
+pub(crate) fn required<T: Copy>(inputs: &[Option<T>], i: usize) -> Result<T> {
+    match inputs.get(i) {
+        Some(Some(x)) => Ok(*x),
+        _ => bail!("required input {i} is missing"),
+    }
+}
+
+/// The `i`-th input if present.
+pub(crate) fn optional<T: Copy>(inputs: &[Option<T>], i: usize) -> Option<T> {
+    inputs.get(i).copied().flatten()
+}
+
+/// Resolves a possibly negative axis against `rank`.
+pub(crate) fn normalize_axis(axis: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    ensure!((-r..r.max(1)).contains(&axis) || (rank == 0 && axis == 0), "axis {axis} is out of range for rank {rank}");
+    Ok(if axis < 0 { (axis + r) as usize } else { axis as usize })
+}
+
+/// Numpy-style broadcast of two shapes.
+pub(crate) fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => bail!("shapes {a:?} and {b:?} cannot be broadcast together (dim {i}: {da} vs {db})"),
+        };
+    }
+    Ok(out)
+}
+
+/// Row-major strides of `shape`.
+pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Strides that read `shape` as if broadcast to `out` (0 stride on broadcast dims).
+pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let s = strides(shape);
+    let pad = out.len() - shape.len();
+    (0..out.len()).map(|i| if i < pad || shape[i - pad] == 1 { 0 } else { s[i - pad] }).collect()
+}
+
+/// Gathers `src`, read from `base` with (possibly negative or zero) `src_strides`, into a
+/// dense row-major array of shape `out` appended to `dst`.
+pub(crate) fn strided_copy<T: Copy>(src: &[T], base: usize, out: &[usize], src_strides: &[isize], dst: &mut Vec<T>) {
+    if out.contains(&0) {
+        return;
+    }
+    if out.is_empty() {
+        dst.push(src[base]);
+        return;
+    }
+    let rank = out.len();
+    let inner = out[rank - 1];
+    let inner_stride = src_strides[rank - 1];
+    let mut idx = vec![0usize; rank - 1];
+    let mut offset = base as isize;
+    loop {
+        let o = offset as usize;
+        if inner_stride == 1 {
+            dst.extend_from_slice(&src[o..o + inner]);
+        } else {
+            dst.extend((0..inner).map(|j| src[(offset + j as isize * inner_stride) as usize]));
+        }
+        // Odometer over the outer dims.
+        let mut d = rank - 1;
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            offset += src_strides[d];
+            if idx[d] < out[d] {
+                break;
+            }
+            offset -= src_strides[d] * idx[d] as isize;
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Checks that an input's dtype is one of `allowed`.
+pub(crate) fn expect_dtype(f: &Fact, allowed: &[DataType], what: &str) -> Result<()> {
+    ensure!(allowed.contains(&f.dtype), "{what} has dtype {}, expected one of {:?}", f.dtype, allowed.iter().map(|d| d.name()).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Builds an output tensor, checking the element count.
+pub(crate) fn out<T: Element>(shape: Vec<usize>, data: Vec<T>) -> Result<Tensor> {
+    Tensor::from_vec(shape, data)
+}
+
+/// Checks the element count of a planned shape against memory limits early.
+pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
+    checked_numel(shape)
+}
+
+/// Calls `$body` with `$x` bound to the elements of any-dtype tensor `$t`, as `&[T]`, with
+/// `T` the element type (for data-movement ops that do not care about the dtype).
+macro_rules! with_elements {
+    ($t:expr, |$x:ident: &[$T:ident]| $body:expr) => {{
+        use $crate::tensor::{Bool, DataType};
+        match $t.dtype() {
+            DataType::F32 => { #[allow(dead_code)] type $T = f32; let $x = $t.as_slice::<f32>()?; $body }
+            DataType::U8 => { #[allow(dead_code)] type $T = u8; let $x = $t.as_slice::<u8>()?; $body }
+            DataType::I8 => { #[allow(dead_code)] type $T = i8; let $x = $t.as_slice::<i8>()?; $body }
+            DataType::I32 => { #[allow(dead_code)] type $T = i32; let $x = $t.as_slice::<i32>()?; $body }
+            DataType::I64 => { #[allow(dead_code)] type $T = i64; let $x = $t.as_slice::<i64>()?; $body }
+            DataType::F16 => { #[allow(dead_code)] type $T = u16; let $x = $t.as_slice::<u16>()?; $body }
+            DataType::F64 => { #[allow(dead_code)] type $T = f64; let $x = $t.as_slice::<f64>()?; $body }
+            DataType::Bool => { #[allow(dead_code)] type $T = Bool; let $x = $t.as_slice::<Bool>()?; $body }
+        }
+    }};
+}
+pub(crate) use with_elements;
+
+/// Error for an attribute value the runtime does not implement.
+pub(crate) fn unsupported_attr(what: String) -> Error {
+    Error::Op(format!("unsupported: {what}"))
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+
+    /// Runs an op's inference and evaluation on the given inputs and checks they agree.
+    pub fn run(op: &dyn Op, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
+        let facts: Vec<Option<Fact>> = inputs.iter().map(|t| t.as_ref().map(|t| Fact::new(t.dtype(), t.shape().to_vec()))).collect();
+        let fact_refs: Vec<Option<&Fact>> = facts.iter().map(|f| f.as_ref()).collect();
+        let inferred = op.infer(&fact_refs);
+        let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
+        let outputs = op.eval(&refs, &mut BufferPool::default())?;
+        if let Ok(inferred) = inferred {
+            for (f, t) in inferred.iter().zip(&outputs) {
+                assert_eq!((f.dtype, f.shape.as_slice()), (t.dtype(), t.shape()), "inference disagrees with evaluation");
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Like [`run`] with constant facts, for ops whose shapes depend on input values.
+    pub fn run_const(op: &dyn Op, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
+        let facts: Vec<Option<Fact>> = inputs.iter().map(|t| t.as_ref().map(|t| Fact::of(Arc::new(t.clone())))).collect();
+        let fact_refs: Vec<Option<&Fact>> = facts.iter().map(|f| f.as_ref()).collect();
+        let inferred = op.infer(&fact_refs)?;
+        let refs: Vec<Option<&Tensor>> = inputs.iter().map(|t| t.as_ref()).collect();
+        let outputs = op.eval(&refs, &mut BufferPool::default())?;
+        for (f, t) in inferred.iter().zip(&outputs) {
+            assert_eq!((f.dtype, f.shape.as_slice()), (t.dtype(), t.shape()), "inference disagrees with evaluation");
+        }
+        Ok(outputs)
+    }
+
+    pub fn f32t(shape: &[usize], v: &[f32]) -> Option<Tensor> {
+        Some(Tensor::from_vec(shape.to_vec(), v.to_vec()).unwrap())
+    }
+
+    pub fn i64t(shape: &[usize], v: &[i64]) -> Option<Tensor> {
+        Some(Tensor::from_vec(shape.to_vec(), v.to_vec()).unwrap())
+    }
+
+    pub fn assert_close(t: &Tensor, shape: &[usize], expected: &[f32]) {
+        assert_eq!(t.shape(), shape);
+        let got = t.as_slice::<f32>().unwrap();
+        for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+            assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "element {i}: got {g}, expected {e}\n got {got:?}");
+        }
+        assert_eq!(got.len(), expected.len());
+    }
+}

@@ -1,0 +1,190 @@
+//! Normalizations: BatchNormalization (inference), LayerNormalization, Softmax, LogSoftmax.
+
+use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_axis, optional, out, required};
+use crate::error::{Result, ensure};
+use crate::tensor::{DataType, Tensor};
+
+/// The ops of this family.
+pub const OPS: &[(&str, Importer)] = &[
+    ("BatchNormalization", |c| Ok(Box::new(BatchNorm { epsilon: c.attrs.float("epsilon", 1e-5)? }))),
+    ("LayerNormalization", |c| Ok(Box::new(LayerNorm { axis: c.attrs.int("axis", -1)?, epsilon: c.attrs.float("epsilon", 1e-5)? }))),
+    ("Softmax", |c| import_softmax(c, false)),
+    ("LogSoftmax", |c| import_softmax(c, true)),
+];
+
+/// `BatchNormalization(X, scale, B, mean, var)` in inference mode.
+#[derive(Debug)]
+pub struct BatchNorm {
+    epsilon: f32,
+}
+
+impl Op for BatchNorm {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        expect_dtype(x, &[DataType::F32], "input")?;
+        ensure!(x.shape.len() >= 2, "input {:?} has no channel axis", x.shape);
+        for i in 1..5 {
+            let p = required(inputs, i)?;
+            ensure!(p.shape == [x.shape[1]], "parameter {i} has shape {:?}, expected [{}]", p.shape, x.shape[1]);
+        }
+        Ok(vec![Fact::new(DataType::F32, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let p = (1..5).map(|i| required(inputs, i)?.as_slice::<f32>()).collect::<Result<Vec<_>>>()?;
+        let c = x.shape()[1];
+        let spatial: usize = x.shape()[2..].iter().product();
+        let mut y = pool.take(x.len());
+        for (i, chunk) in x.as_slice::<f32>()?.chunks(spatial.max(1)).enumerate() {
+            let ch = i % c;
+            let k = p[0][ch] / (p[3][ch] + self.epsilon).sqrt();
+            let b = p[1][ch] - p[2][ch] * k;
+            y.extend(chunk.iter().map(|&v| v * k + b));
+        }
+        Ok(vec![out(x.shape().to_vec(), y)?])
+    }
+}
+
+/// `LayerNormalization(X, Scale, B?)` over the axes from `axis` to the end.
+#[derive(Debug)]
+pub struct LayerNorm {
+    axis: i64,
+    epsilon: f32,
+}
+
+impl Op for LayerNorm {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        expect_dtype(x, &[DataType::F32], "input")?;
+        let axis = normalize_axis(self.axis, x.shape.len())?;
+        let norm: usize = x.shape[axis..].iter().product();
+        for i in 1..3 {
+            if let Some(p) = optional(inputs, i) {
+                ensure!(p.shape.iter().product::<usize>() == norm, "parameter {i} of shape {:?} does not cover the normalized shape {:?}", p.shape, &x.shape[axis..]);
+            }
+        }
+        let mut stat = x.shape.clone();
+        stat[axis..].iter_mut().for_each(|d| *d = 1);
+        Ok(vec![Fact::new(DataType::F32, x.shape.clone()), Fact::new(DataType::F32, stat.clone()), Fact::new(DataType::F32, stat)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let axis = normalize_axis(self.axis, x.shape().len())?;
+        let norm: usize = x.shape()[axis..].iter().product();
+        let scale = required(inputs, 1)?.as_slice::<f32>()?;
+        let bias = optional(inputs, 2).map(|b| b.as_slice::<f32>()).transpose()?;
+        let mut y = pool.take(x.len());
+        let (mut means, mut inv_stds) = (Vec::new(), Vec::new());
+        for row in x.as_slice::<f32>()?.chunks(norm.max(1)) {
+            let mean = row.iter().sum::<f32>() / norm as f32;
+            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / norm as f32;
+            let inv = 1.0 / (var + self.epsilon).sqrt();
+            match bias {
+                Some(b) => y.extend(row.iter().zip(scale).zip(b).map(|((&v, &s), &b)| (v - mean) * inv * s + b)),
+                None => y.extend(row.iter().zip(scale).map(|(&v, &s)| (v - mean) * inv * s)),
+            }
+            means.push(mean);
+            inv_stds.push(inv);
+        }
+        let mut stat = x.shape().to_vec();
+        stat[axis..].iter_mut().for_each(|d| *d = 1);
+        Ok(vec![out(x.shape().to_vec(), y)?, out(stat.clone(), means)?, out(stat, inv_stds)?])
+    }
+}
+
+/// `Softmax` / `LogSoftmax`. Before opset 13 the input is coerced to 2-D at `axis`.
+#[derive(Debug)]
+pub struct Softmax {
+    axis: i64,
+    coerce_2d: bool,
+    log: bool,
+}
+
+fn import_softmax(c: &ImportCtx, log: bool) -> Result<Box<dyn Op>> {
+    let coerce_2d = c.opset < 13;
+    Ok(Box::new(Softmax { axis: c.attrs.int("axis", if coerce_2d { 1 } else { -1 })?, coerce_2d, log }))
+}
+
+/// Softmax (or log-softmax) of each `len`-long run with stride `stride`, in place.
+fn softmax_lanes(y: &mut [f32], outer: usize, len: usize, stride: usize, log: bool) {
+    for o in 0..outer {
+        for s in 0..stride {
+            let base = o * len * stride + s;
+            let idx = |i: usize| base + i * stride;
+            let max = (0..len).map(|i| y[idx(i)]).fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for i in 0..len {
+                let e = (y[idx(i)] - max).exp();
+                sum += e;
+                if !log {
+                    y[idx(i)] = e;
+                }
+            }
+            for i in 0..len {
+                y[idx(i)] = if log { y[idx(i)] - max - sum.ln() } else { y[idx(i)] / sum };
+            }
+        }
+    }
+}
+
+impl Op for Softmax {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        expect_dtype(x, &[DataType::F32], "input")?;
+        normalize_axis(self.axis, x.shape.len())?;
+        Ok(vec![Fact::new(DataType::F32, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let axis = normalize_axis(self.axis, x.shape().len())?;
+        let mut y = pool.take(x.len());
+        y.extend_from_slice(x.as_slice::<f32>()?);
+        let shape = x.shape();
+        let outer: usize = shape[..axis].iter().product();
+        if self.coerce_2d {
+            softmax_lanes(&mut y, outer, shape[axis..].iter().product(), 1, self.log);
+        } else {
+            softmax_lanes(&mut y, outer, shape[axis], shape[axis + 1..].iter().product(), self.log);
+        }
+        Ok(vec![out(shape.to_vec(), y)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::*;
+
+    #[test]
+    fn batch_norm_per_channel() {
+        let p = |v: [f32; 2]| f32t(&[2], &v);
+        let y = run(&BatchNorm { epsilon: 0.0 }, &[f32t(&[1, 2, 2], &[1., 2., 3., 4.]), p([2., 1.]), p([0., 1.]), p([1., 3.]), p([4., 1.])]).unwrap();
+        assert_close(&y[0], &[1, 2, 2], &[0., 1., 1., 2.]);
+    }
+
+    #[test]
+    fn layer_norm_rows() {
+        let y = run(&LayerNorm { axis: -1, epsilon: 0.0 }, &[f32t(&[2, 2], &[1., 3., 5., 7.]), f32t(&[2], &[1., 2.]), f32t(&[2], &[0., 1.])]).unwrap();
+        assert_close(&y[0], &[2, 2], &[-1., 3., -1., 3.]);
+        assert_close(&y[1], &[2, 1], &[2., 6.]);
+    }
+
+    #[test]
+    fn softmax_axes_and_coercion() {
+        let x = f32t(&[2, 2], &[0., 0., 1., 3.]);
+        let y = run(&Softmax { axis: 0, coerce_2d: false, log: false }, &[x.clone()]).unwrap();
+        let e1 = 1.0 / (1.0 + 1f32.exp());
+        let e3 = 1.0 / (1.0 + 3f32.exp());
+        assert_close(&y[0], &[2, 2], &[e1, e3, 1. - e1, 1. - e3]);
+        // Opset < 13, axis 0: one softmax over all four values.
+        let y = run(&Softmax { axis: 0, coerce_2d: true, log: false }, &[x.clone()]).unwrap();
+        let s = 2.0 + 1f32.exp() + 3f32.exp();
+        assert_close(&y[0], &[2, 2], &[1. / s, 1. / s, 1f32.exp() / s, 3f32.exp() / s]);
+        let y = run(&Softmax { axis: -1, coerce_2d: false, log: true }, &[x]).unwrap();
+        let l = (1.0 + (-2f32).exp()).ln();
+        assert_close(&y[0], &[2, 2], &[-(2f32.ln()), -(2f32.ln()), -2.0 - l, -l]);
+    }
+}

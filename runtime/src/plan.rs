@@ -1,0 +1,237 @@
+//! The planner: for concrete input shapes, infers every value's dtype and shape, folds
+//! constant subgraphs (shape arithmetic above all) and `If`s with known conditions, orders
+//! the remaining steps, and computes buffer lifetimes and an arena layout from them.
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, NodeKind};
+use crate::ops::{BufferPool, Fact, Op};
+use crate::tensor::{DataType, Tensor};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One op to run: input and output slots.
+#[derive(Debug)]
+pub(crate) struct Step {
+    pub node: String,
+    pub op_type: String,
+    pub op: Arc<dyn Op>,
+    pub inputs: Vec<Option<usize>>,
+    /// `None` for outputs the graph never reads.
+    pub outputs: Vec<Option<usize>>,
+}
+
+/// An executable plan for one set of input shapes.
+#[derive(Debug)]
+pub struct Plan {
+    pub(crate) steps: Vec<Step>,
+    /// Static facts of every slot.
+    pub(crate) facts: Vec<Fact>,
+    /// Slots holding constants (initializers and folded values).
+    pub(crate) constants: Vec<Option<Arc<Tensor>>>,
+    /// Slot of each graph input, in the graph's order.
+    pub(crate) inputs: Vec<(String, usize)>,
+    /// Slot of each graph output, in the graph's order.
+    pub(crate) outputs: Vec<(String, usize)>,
+    /// Slots whose last reader is step `i`: their buffers are recycled after it.
+    pub(crate) free_after: Vec<Vec<usize>>,
+    /// Bytes of the activation arena: every intermediate placed at an offset, buffers whose
+    /// lifetimes do not overlap sharing space.
+    pub arena_bytes: usize,
+    /// Bytes all intermediates would take without sharing.
+    pub unshared_bytes: usize,
+    /// Nodes evaluated at plan time (constant folding, inlined branches).
+    pub folded_nodes: usize,
+}
+
+impl Plan {
+    /// Number of ops that run per inference.
+    pub fn num_steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Shapes of the graph outputs.
+    pub fn output_shapes(&self) -> Vec<(String, DataType, Vec<usize>)> {
+        self.outputs.iter().map(|(n, s)| (n.clone(), self.facts[*s].dtype, self.facts[*s].shape.clone())).collect()
+    }
+
+    /// Op types of the steps, in order (for profiling tables).
+    pub fn step_ops(&self) -> Vec<(&str, &str)> {
+        self.steps.iter().map(|s| (s.node.as_str(), s.op_type.as_str())).collect()
+    }
+}
+
+struct Planner {
+    env: HashMap<String, usize>,
+    facts: Vec<Fact>,
+    constants: Vec<Option<Arc<Tensor>>>,
+    steps: Vec<Step>,
+    folded: usize,
+}
+
+impl Planner {
+    fn slot(&mut self, fact: Fact) -> usize {
+        self.constants.push(fact.value.clone());
+        self.facts.push(fact);
+        self.facts.len() - 1
+    }
+
+    fn lookup(&self, name: &str, node: &str) -> Result<usize> {
+        self.env.get(name).copied().ok_or_else(|| Error::InvalidModel(format!("node '{node}' reads '{name}', which is not defined")))
+    }
+
+    fn graph(&mut self, g: &Graph) -> Result<()> {
+        for (name, t) in &g.initializers {
+            let s = self.slot(Fact::of(t.clone()));
+            self.env.insert(name.clone(), s);
+        }
+        for node in &g.nodes {
+            let inputs = node.inputs.iter().map(|i| if i.is_empty() { Ok(None) } else { self.lookup(i, &node.name).map(Some) }).collect::<Result<Vec<_>>>()?;
+            match &node.kind {
+                NodeKind::If { then_branch, else_branch } => {
+                    let cond = inputs.first().copied().flatten().and_then(|s| self.constants[s].clone());
+                    let cond = match cond {
+                        Some(c) if c.len() == 1 && c.dtype() == DataType::Bool => c.as_bools()?[0] != 0,
+                        Some(c) => return Err(Error::Op(format!("condition must be one bool, got {c:?}")).in_node(&node.name, "If")),
+                        None => return Err(Error::Op("the condition depends on input data; only conditions known from shapes and constants are supported".into()).in_node(&node.name, "If")),
+                    };
+                    let branch = if cond { then_branch } else { else_branch };
+                    self.graph(branch)?;
+                    for (out, bo) in node.outputs.iter().zip(&branch.outputs) {
+                        let s = self.lookup(&bo.name, &node.name)?;
+                        self.env.insert(out.clone(), s);
+                    }
+                    self.folded += 1;
+                }
+                NodeKind::Op(op) => self.op(node.name.as_str(), node.op_type.as_str(), op, inputs, &node.outputs).map_err(|e| e.in_node(&node.name, &node.op_type))?,
+            }
+        }
+        Ok(())
+    }
+
+    fn op(&mut self, name: &str, op_type: &str, op: &Arc<dyn Op>, inputs: Vec<Option<usize>>, outputs: &[String]) -> Result<()> {
+        let in_facts: Vec<Option<&Fact>> = inputs.iter().map(|s| s.map(|s| &self.facts[s])).collect();
+        let mut out_facts = op.infer(&in_facts)?;
+        if outputs.len() > out_facts.len() {
+            return Err(Error::Op(format!("the node declares {} outputs, the op produces {}", outputs.len(), out_facts.len())));
+        }
+        out_facts.truncate(outputs.len());
+        let all_const = inputs.iter().flatten().all(|&s| self.constants[s].is_some());
+        if all_const {
+            let tensors: Vec<Option<&Tensor>> = inputs.iter().map(|s| s.map(|s| self.constants[s].as_deref().expect("checked constant"))).collect();
+            let values = op.eval(&tensors, &mut BufferPool::default())?;
+            for (f, v) in out_facts.iter_mut().zip(values) {
+                check_output(f, &v)?;
+                f.value = Some(Arc::new(v));
+            }
+        }
+        let folded = out_facts.iter().all(|f| f.value.is_some());
+        let mut out_slots = Vec::with_capacity(outputs.len());
+        for (o, f) in outputs.iter().zip(out_facts) {
+            if o.is_empty() {
+                out_slots.push(None);
+                continue;
+            }
+            let s = self.slot(f);
+            self.env.insert(o.clone(), s);
+            out_slots.push(Some(s));
+        }
+        if folded {
+            self.folded += 1;
+        } else {
+            self.steps.push(Step { node: name.to_string(), op_type: op_type.to_string(), op: op.clone(), inputs, outputs: out_slots });
+        }
+        Ok(())
+    }
+}
+
+/// Checks a computed tensor against the planned fact (guards against inference bugs).
+pub(crate) fn check_output(fact: &Fact, t: &Tensor) -> Result<()> {
+    if fact.dtype != t.dtype() || fact.shape != t.shape() {
+        return Err(Error::Op(format!("computed {t:?} but planned {}{:?}", fact.dtype, fact.shape)));
+    }
+    Ok(())
+}
+
+/// Plans `graph` for inputs of the given dtypes and shapes (in graph input order).
+pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)]) -> Result<Plan> {
+    let mut p = Planner { env: HashMap::new(), facts: Vec::new(), constants: Vec::new(), steps: Vec::new(), folded: 0 };
+    let mut input_slots = Vec::new();
+    for (info, (dtype, shape)) in graph.inputs.iter().zip(inputs) {
+        let s = p.slot(Fact::new(*dtype, shape.clone()));
+        p.env.insert(info.name.clone(), s);
+        input_slots.push((info.name.clone(), s));
+    }
+    p.graph(graph)?;
+    let outputs = graph.outputs.iter().map(|o| Ok((o.name.clone(), p.lookup(&o.name, "<graph output>")?))).collect::<Result<Vec<_>>>()?;
+
+    // Lifetimes: a slot lives from the step that writes it (inputs: before step 0) to the
+    // last step that reads it; graph outputs live to the end.
+    let n = p.steps.len();
+    let mut first = vec![usize::MAX; p.facts.len()];
+    let mut last = vec![0usize; p.facts.len()];
+    for &(_, s) in &input_slots {
+        first[s] = 0;
+    }
+    for (i, step) in p.steps.iter().enumerate() {
+        for &s in step.outputs.iter().flatten() {
+            first[s] = i;
+            last[s] = last[s].max(i);
+        }
+        for &s in step.inputs.iter().flatten() {
+            last[s] = last[s].max(i);
+        }
+    }
+    let is_output: Vec<bool> = (0..p.facts.len()).map(|s| outputs.iter().any(|o| o.1 == s)).collect();
+    let mut free_after = vec![Vec::new(); n];
+    let mut intervals = Vec::new();
+    for s in 0..p.facts.len() {
+        if first[s] == usize::MAX || p.constants[s].is_some() {
+            continue;
+        }
+        let end = if is_output[s] { n } else { last[s] };
+        if !is_output[s] && n > 0 {
+            free_after[last[s].min(n - 1)].push(s);
+        }
+        let bytes = p.facts[s].shape.iter().product::<usize>() * p.facts[s].dtype.size();
+        intervals.push((first[s], end, bytes.next_multiple_of(64)));
+    }
+    let unshared_bytes = intervals.iter().map(|i| i.2).sum();
+    let arena_bytes = arena_layout(&mut intervals);
+    Ok(Plan { steps: p.steps, facts: p.facts, constants: p.constants, inputs: input_slots, outputs, free_after, arena_bytes, unshared_bytes, folded_nodes: p.folded })
+}
+
+/// Greedy offset assignment (largest first, lowest free offset): returns the arena size.
+fn arena_layout(intervals: &mut [(usize, usize, usize)]) -> usize {
+    intervals.sort_by(|a, b| b.2.cmp(&a.2));
+    let mut placed: Vec<(usize, usize, usize, usize)> = Vec::new(); // (start, end, offset, bytes)
+    let mut total = 0;
+    for &(start, end, bytes) in intervals.iter() {
+        let mut overlapping: Vec<(usize, usize)> = placed.iter().filter(|p| p.0 <= end && start <= p.1).map(|p| (p.2, p.3)).collect();
+        overlapping.sort_unstable();
+        let mut offset = 0;
+        for (o, b) in overlapping {
+            if offset + bytes <= o {
+                break;
+            }
+            offset = offset.max(o + b);
+        }
+        placed.push((start, end, offset, bytes));
+        total = total.max(offset + bytes);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arena_layout;
+
+    #[test]
+    fn arena_reuses_dead_buffers() {
+        // a chain x0 -> x1 -> x2 -> x3: each buffer dies once the next is computed.
+        let mut chain = vec![(0, 1, 100), (1, 2, 100), (2, 3, 100), (3, 3, 100)];
+        assert_eq!(arena_layout(&mut chain), 200);
+        // Everything alive at once cannot share.
+        let mut all = vec![(0, 3, 64), (0, 3, 128), (1, 3, 64)];
+        assert_eq!(arena_layout(&mut all), 256);
+    }
+}

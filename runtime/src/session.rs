@@ -1,0 +1,207 @@
+//! Loading a model and running it: input validation, a plan per input-shape set (cached),
+//! and the executor that runs the plan's steps and recycles buffers by liveness.
+
+use crate::error::{Error, Result};
+use crate::graph::{Dim, Graph, ValueInfo};
+use crate::onnx::{OnnxFile, import::import_model};
+use crate::ops::BufferPool;
+use crate::plan::{Plan, check_output, plan};
+use crate::tensor::{DataType, Tensor};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// A loaded model: the graph IR with weights mapped from the file.
+pub struct Model {
+    graph: Graph,
+    file: OnnxFile,
+}
+
+impl Model {
+    /// Loads an ONNX file; weights stay in the file's memory map.
+    ///
+    /// ```no_run
+    /// let model = distq_runtime::Model::load("model.onnx")?;
+    /// println!("{} inputs", model.inputs().len());
+    /// # Ok::<(), distq_runtime::Error>(())
+    /// ```
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let file = OnnxFile::open(path.as_ref())?;
+        Self::from_file(file)
+    }
+
+    /// Loads a model held in memory (external data is refused: there is no folder).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Model> {
+        Self::from_file(OnnxFile::decode(bytes.into(), None, "<bytes>".into())?)
+    }
+
+    fn from_file(file: OnnxFile) -> Result<Model> {
+        let graph = import_model(&file)?;
+        Ok(Model { graph, file })
+    }
+
+    /// The graph inputs the caller feeds.
+    pub fn inputs(&self) -> &[ValueInfo] {
+        &self.graph.inputs
+    }
+
+    /// The graph outputs.
+    pub fn outputs(&self) -> &[ValueInfo] {
+        &self.graph.outputs
+    }
+
+    /// The graph IR.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The decoded file (for inspection and re-encoding).
+    pub fn file(&self) -> &OnnxFile {
+        &self.file
+    }
+}
+
+/// Runs a model. Plans are made per set of input shapes and cached; one session may be used
+/// from several threads at once.
+pub struct Session {
+    model: Arc<Model>,
+    plans: Mutex<HashMap<Vec<(DataType, Vec<usize>)>, Arc<Plan>>>,
+}
+
+/// Plans kept per session before the cache is cleared (inputs of ever-new shapes would
+/// otherwise grow it without bound).
+const MAX_CACHED_PLANS: usize = 16;
+
+impl Session {
+    /// A session over a loaded model.
+    pub fn new(model: Model) -> Session {
+        Session { model: Arc::new(model), plans: Mutex::new(HashMap::new()) }
+    }
+
+    /// Loads `path` and makes a session.
+    ///
+    /// ```no_run
+    /// use distq_runtime::{Session, Tensor};
+    /// let session = Session::load("model.onnx")?;
+    /// let x = Tensor::from_vec(vec![1, 4], vec![0.5f32; 4])?;
+    /// let outputs = session.run(vec![("x", x)])?;
+    /// println!("{:?}", outputs[0].1.shape());
+    /// # Ok::<(), distq_runtime::Error>(())
+    /// ```
+    pub fn load(path: impl AsRef<Path>) -> Result<Session> {
+        Ok(Session::new(Model::load(path)?))
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Checks named inputs against the graph's declarations; returns them in graph order.
+    fn order_inputs<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>) -> Result<Vec<Tensor>> {
+        let declared = self.model.inputs();
+        let mut by_name: HashMap<String, Tensor> = HashMap::new();
+        for (name, t) in inputs {
+            let name = name.as_ref();
+            if !declared.iter().any(|d| d.name == name) {
+                let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
+                return Err(Error::Input { name: name.into(), reason: format!("is not an input of this model (its inputs are: {})", names.join(", ")) });
+            }
+            if by_name.insert(name.to_string(), t).is_some() {
+                return Err(Error::Input { name: name.into(), reason: "is given twice".into() });
+            }
+        }
+        let mut symbols: HashMap<&str, (usize, &str)> = HashMap::new();
+        let mut ordered = Vec::with_capacity(declared.len());
+        for d in declared {
+            let t = by_name.remove(&d.name).ok_or_else(|| Error::Input { name: d.name.clone(), reason: "is missing".into() })?;
+            let bad = |reason: String| Error::Input { name: d.name.clone(), reason };
+            if let Some(dt) = d.dtype {
+                if dt != t.dtype() {
+                    return Err(bad(format!("has dtype {}, the model declares {dt}", t.dtype())));
+                }
+            }
+            if let Some(dims) = &d.dims {
+                if dims.len() != t.shape().len() {
+                    return Err(bad(format!("has shape {:?} (rank {}), the model declares rank {}", t.shape(), t.shape().len(), dims.len())));
+                }
+                for (i, (dim, &size)) in dims.iter().zip(t.shape()).enumerate() {
+                    match dim {
+                        Dim::Fixed(f) if *f != size => return Err(bad(format!("dim {i} is {size}, the model declares {f} (shape {:?})", t.shape()))),
+                        Dim::Symbolic(s) => match symbols.get(s.as_str()) {
+                            Some(&(v, other)) if v != size => return Err(bad(format!("dim {i} ('{s}') is {size}, but input '{other}' has '{s}' = {v}"))),
+                            _ => {
+                                symbols.insert(s, (size, &d.name));
+                            }
+                        },
+                        _ => {}
+                    }
+                }
+            }
+            ordered.push(t);
+        }
+        Ok(ordered)
+    }
+
+    /// The plan for inputs of these dtypes and shapes (made once, then cached).
+    pub fn plan_for(&self, inputs: &[(DataType, Vec<usize>)]) -> Result<Arc<Plan>> {
+        let key = inputs.to_vec();
+        if let Some(p) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(plan(&self.model.graph, inputs)?);
+        let mut cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED_PLANS {
+            cache.clear();
+        }
+        cache.insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Runs the model on named inputs; returns the outputs in graph order with their names.
+    pub fn run<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        let inputs = self.order_inputs(inputs)?;
+        let key: Vec<(DataType, Vec<usize>)> = inputs.iter().map(|t| (t.dtype(), t.shape().to_vec())).collect();
+        let plan = self.plan_for(&key)?;
+        execute(&plan, inputs, &mut BufferPool::default())
+    }
+}
+
+/// Runs `plan` on inputs given in graph order.
+pub(crate) fn execute(plan: &Plan, inputs: Vec<Tensor>, pool: &mut BufferPool) -> Result<Vec<(String, Tensor)>> {
+    let mut values: Vec<Option<Tensor>> = vec![None; plan.facts.len()];
+    for ((_, slot), t) in plan.inputs.iter().zip(inputs) {
+        values[*slot] = Some(t);
+    }
+    for (i, step) in plan.steps.iter().enumerate() {
+        let outputs = {
+            let args: Vec<Option<&Tensor>> = step.inputs.iter().map(|s| s.map(|s| values[s].as_ref().or(plan.constants[s].as_deref()).expect("planned value present"))).collect();
+            step.op.eval(&args, pool).map_err(|e| e.in_node(&step.node, &step.op_type))?
+        };
+        for (slot, t) in step.outputs.iter().zip(outputs) {
+            if let Some(s) = *slot {
+                check_output(&plan.facts[s], &t).map_err(|e| e.in_node(&step.node, &step.op_type))?;
+                values[s] = Some(t);
+            }
+        }
+        for &s in &plan.free_after[i] {
+            if let Some(t) = values[s].take() {
+                pool.give(t);
+            }
+        }
+    }
+    plan.outputs
+        .iter()
+        .enumerate()
+        .map(|(j, (name, s))| {
+            let repeated = plan.outputs[j + 1..].iter().any(|o| o.1 == *s);
+            let t = match if repeated { values[*s].clone() } else { values[*s].take() } {
+                Some(t) => t,
+                // Outputs that are constants or inputs passed straight through.
+                None => plan.constants[*s].as_deref().cloned().ok_or_else(|| Error::Op(format!("output '{name}' was not computed")))?,
+            };
+            Ok((name.clone(), t))
+        })
+        .collect()
+}

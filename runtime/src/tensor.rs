@@ -1,0 +1,359 @@
+//! Tensors: a dtype, a shape and storage that is either owned or a zero-copy view into the
+//! memory-mapped model file.
+
+use crate::error::{Error, Result, bail, ensure};
+use bytes::Bytes;
+use std::fmt;
+
+#[cfg(target_endian = "big")]
+compile_error!("ONNX raw data is little-endian; big-endian targets are not supported");
+
+/// Element types the runtime can hold. Numbering follows `onnx.TensorProto.DataType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DataType {
+    /// 32-bit float.
+    F32,
+    /// 8-bit unsigned integer.
+    U8,
+    /// 8-bit signed integer.
+    I8,
+    /// 32-bit signed integer.
+    I32,
+    /// 64-bit signed integer.
+    I64,
+    /// Boolean, one byte per element.
+    Bool,
+    /// 16-bit float (IEEE half), stored as raw bits.
+    F16,
+    /// 64-bit float.
+    F64,
+}
+
+impl DataType {
+    /// Maps an ONNX `TensorProto.DataType` code; `None` for types the runtime cannot hold.
+    pub fn from_onnx(code: i32) -> Option<DataType> {
+        Some(match code {
+            1 => DataType::F32,
+            2 => DataType::U8,
+            3 => DataType::I8,
+            6 => DataType::I32,
+            7 => DataType::I64,
+            9 => DataType::Bool,
+            10 => DataType::F16,
+            11 => DataType::F64,
+            _ => return None,
+        })
+    }
+
+    /// The ONNX `TensorProto.DataType` code.
+    pub fn onnx_code(self) -> i32 {
+        match self {
+            DataType::F32 => 1,
+            DataType::U8 => 2,
+            DataType::I8 => 3,
+            DataType::I32 => 6,
+            DataType::I64 => 7,
+            DataType::Bool => 9,
+            DataType::F16 => 10,
+            DataType::F64 => 11,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DataType::U8 | DataType::I8 | DataType::Bool => 1,
+            DataType::F16 => 2,
+            DataType::F32 | DataType::I32 => 4,
+            DataType::I64 | DataType::F64 => 8,
+        }
+    }
+
+    /// Lower-case name as used in ONNX docs (`float`, `int64`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::F32 => "float",
+            DataType::U8 => "uint8",
+            DataType::I8 => "int8",
+            DataType::I32 => "int32",
+            DataType::I64 => "int64",
+            DataType::Bool => "bool",
+            DataType::F16 => "float16",
+            DataType::F64 => "double",
+        }
+    }
+}
+
+/// Name of an ONNX dtype code, including the ones the runtime cannot hold (for messages).
+pub fn onnx_dtype_name(code: i32) -> String {
+    match DataType::from_onnx(code) {
+        Some(dt) => dt.name().to_string(),
+        None => format!("dtype code {code}"),
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Number of elements of `shape`, or an error if the product overflows `usize`.
+pub fn checked_numel(shape: &[usize]) -> Result<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| Error::Op(format!("shape {shape:?} has more elements than fit in memory")))
+}
+
+/// A plain-old-data element type. Implemented only for types where every bit pattern is a
+/// valid value, which is what makes the zero-copy views over file bytes sound.
+pub trait Element: Copy + Default + Send + Sync + PartialEq + fmt::Debug + 'static {
+    /// The dtype tag for this element type.
+    const DTYPE: DataType;
+    #[doc(hidden)]
+    fn wrap(buf: Buffer<Self>) -> TensorData;
+    #[doc(hidden)]
+    fn view(data: &TensorData) -> Option<&Buffer<Self>>;
+}
+
+/// Storage of one dtype: an owned vector or an aligned slice of the mapped model file.
+#[derive(Clone)]
+pub enum Buffer<T> {
+    /// Computed at run time, or copied because the file bytes were misaligned.
+    Owned(Vec<T>),
+    /// Bytes of the model file (or its external data file), used in place.
+    Mapped(Bytes),
+}
+
+impl<T: Element> Buffer<T> {
+    fn from_le_bytes(bytes: Bytes) -> Result<Buffer<T>> {
+        let size = std::mem::size_of::<T>();
+        ensure!(bytes.len() % size == 0, "raw data of {} bytes is not a whole number of {}-byte elements", bytes.len(), size);
+        if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
+            Ok(Buffer::Mapped(bytes))
+        } else {
+            let mut v = vec![T::default(); bytes.len() / size];
+            // Safety: T is plain old data (see `Element`) and the lengths match exactly.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
+            Ok(Buffer::Owned(v))
+        }
+    }
+
+    fn as_slice(&self) -> &[T] {
+        match self {
+            Buffer::Owned(v) => v,
+            // Safety: `from_le_bytes` checked alignment and length; every bit pattern is a valid
+            // T (see `Element`), and Bytes keeps the mapping alive as long as the slice.
+            Buffer::Mapped(b) => unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len() / std::mem::size_of::<T>()) },
+        }
+    }
+}
+
+macro_rules! elements {
+    ($($t:ty => $variant:ident),* $(,)?) => {
+        /// Type-tagged storage of a tensor.
+        #[derive(Clone)]
+        pub enum TensorData { $(
+            #[doc = concat!("Elements of type `", stringify!($t), "`.")]
+            $variant(Buffer<$t>),
+        )*
+            /// Booleans (always owned).
+            Bool(Vec<Bool>),
+        }
+        $(impl Element for $t {
+            const DTYPE: DataType = DataType::$variant;
+            fn wrap(buf: Buffer<Self>) -> TensorData { TensorData::$variant(buf) }
+            fn view(data: &TensorData) -> Option<&Buffer<Self>> {
+                match data { TensorData::$variant(b) => Some(b), #[allow(unreachable_patterns)] _ => None }
+            }
+        })*
+        impl TensorData {
+            fn dtype(&self) -> DataType { match self { $(TensorData::$variant(_) => DataType::$variant,)* TensorData::Bool(_) => DataType::Bool } }
+            fn len(&self) -> usize { match self { $(TensorData::$variant(b) => b.as_slice().len(),)* TensorData::Bool(v) => v.len() } }
+            fn is_mapped(&self) -> bool { match self { $(TensorData::$variant(b) => matches!(b, Buffer::Mapped(_)),)* TensorData::Bool(_) => false } }
+            fn from_le_bytes(dtype: DataType, bytes: Bytes) -> Result<TensorData> {
+                match dtype {
+                    $(DataType::$variant => Ok(TensorData::$variant(Buffer::from_le_bytes(bytes)?)),)*
+                    DataType::Bool => bail!("bool tensors are decoded elementwise"),
+                }
+            }
+        }
+    };
+}
+
+elements!(f32 => F32, u8 => U8, i8 => I8, i32 => I32, i64 => I64, u16 => F16, f64 => F64);
+
+/// A bool is not plain old data (only 0 and 1 are valid), so bool tensors are always owned
+/// and built through [`Tensor::from_bools`]; ops see them as `u8` 0/1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Bool(pub u8);
+
+impl Element for Bool {
+    const DTYPE: DataType = DataType::Bool;
+    fn wrap(buf: Buffer<Self>) -> TensorData {
+        match buf {
+            Buffer::Owned(v) => TensorData::Bool(v),
+            Buffer::Mapped(_) => unreachable!("bool tensors are never mapped"),
+        }
+    }
+    fn view(_: &TensorData) -> Option<&Buffer<Self>> {
+        None
+    }
+}
+
+/// An n-dimensional array. Cheap to clone when its storage is mapped.
+#[derive(Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: TensorData,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor<{}>{:?}", self.dtype(), self.shape)
+    }
+}
+
+impl Tensor {
+    /// Builds a tensor from a vector; fails if the element count does not match the shape.
+    ///
+    /// ```
+    /// use distq_runtime::Tensor;
+    /// let t = Tensor::from_vec(vec![2, 2], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+    /// assert_eq!(t.shape(), &[2, 2]);
+    /// assert_eq!(t.as_slice::<f32>().unwrap()[3], 4.0);
+    /// ```
+    pub fn from_vec<T: Element>(shape: Vec<usize>, data: Vec<T>) -> Result<Tensor> {
+        let n = checked_numel(&shape)?;
+        ensure!(n == data.len(), "shape {shape:?} needs {n} elements, got {}", data.len());
+        Ok(Tensor { shape, data: T::wrap(Buffer::Owned(data)) })
+    }
+
+    /// A bool tensor from 0/1 bytes.
+    pub fn from_bools(shape: Vec<usize>, data: Vec<bool>) -> Result<Tensor> {
+        let n = checked_numel(&shape)?;
+        ensure!(n == data.len(), "shape {shape:?} needs {n} elements, got {}", data.len());
+        Ok(Tensor { shape, data: TensorData::Bool(data.into_iter().map(|b| Bool(b as u8)).collect()) })
+    }
+
+    /// A tensor of one element.
+    pub fn scalar<T: Element>(value: T) -> Tensor {
+        Tensor { shape: vec![], data: T::wrap(Buffer::Owned(vec![value])) }
+    }
+
+    /// Interprets little-endian bytes (ONNX `raw_data`) as `dtype` elements, in place when the
+    /// bytes are suitably aligned.
+    pub fn from_le_bytes(dtype: DataType, shape: Vec<usize>, bytes: Bytes) -> Result<Tensor> {
+        let n = checked_numel(&shape)?;
+        let expected = n.checked_mul(dtype.size()).ok_or_else(|| Error::Op(format!("shape {shape:?} is too large")))?;
+        ensure!(bytes.len() == expected, "shape {shape:?} of {dtype} needs {expected} bytes of raw data, got {}", bytes.len());
+        if dtype == DataType::Bool {
+            ensure!(bytes.iter().all(|&b| b <= 1), "bool raw data holds a byte other than 0 or 1");
+            return Ok(Tensor { shape, data: TensorData::Bool(bytes.iter().map(|&b| Bool(b)).collect()) });
+        }
+        Ok(Tensor { shape, data: TensorData::from_le_bytes(dtype, bytes)? })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DataType {
+        self.data.dtype()
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True when the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of element data.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.dtype().size()
+    }
+
+    /// True when the data is read in place from the model file.
+    pub fn is_mapped(&self) -> bool {
+        self.data.is_mapped()
+    }
+
+    /// The elements, if the dtype is `T`.
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        if T::DTYPE == DataType::Bool {
+            if let TensorData::Bool(v) = &self.data {
+                // Safety: T is Bool here (the only Element with DTYPE Bool).
+                return Ok(unsafe { std::slice::from_raw_parts(v.as_ptr() as *const T, v.len()) });
+            }
+        }
+        match T::view(&self.data) {
+            Some(buf) => Ok(buf.as_slice()),
+            None => bail!("expected a {} tensor, got {}", T::DTYPE, self.dtype()),
+        }
+    }
+
+    /// The elements as `u8` 0/1, if the dtype is bool.
+    pub fn as_bools(&self) -> Result<&[u8]> {
+        match &self.data {
+            // Safety: Bool is repr(transparent) over u8.
+            TensorData::Bool(v) => Ok(unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }),
+            _ => bail!("expected a bool tensor, got {}", self.dtype()),
+        }
+    }
+
+    /// Takes the elements out as an owned vector (copies only mapped storage).
+    pub fn into_vec<T: Element>(self) -> Result<Vec<T>> {
+        ensure!(self.dtype() == T::DTYPE, "expected a {} tensor, got {}", T::DTYPE, self.dtype());
+        if self.is_mapped() {
+            return Ok(self.as_slice::<T>()?.to_vec());
+        }
+        fn same_type<U, T>(v: Vec<U>) -> Vec<T> {
+            assert!(std::mem::size_of::<U>() == std::mem::size_of::<T>() && std::mem::align_of::<U>() == std::mem::align_of::<T>());
+            let mut v = std::mem::ManuallyDrop::new(v);
+            // Safety: the dtype check above proves U and T are the same element type.
+            unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity()) }
+        }
+        Ok(match self.data {
+            TensorData::F32(Buffer::Owned(v)) => same_type(v),
+            TensorData::U8(Buffer::Owned(v)) => same_type(v),
+            TensorData::I8(Buffer::Owned(v)) => same_type(v),
+            TensorData::I32(Buffer::Owned(v)) => same_type(v),
+            TensorData::I64(Buffer::Owned(v)) => same_type(v),
+            TensorData::F16(Buffer::Owned(v)) => same_type(v),
+            TensorData::F64(Buffer::Owned(v)) => same_type(v),
+            TensorData::Bool(v) => same_type(v),
+            _ => unreachable!("mapped storage handled above"),
+        })
+    }
+
+    /// Reinterprets with a new shape of the same element count (no copy).
+    pub fn reshaped(self, shape: Vec<usize>) -> Result<Tensor> {
+        let n = checked_numel(&shape)?;
+        ensure!(n == self.len(), "cannot reshape {:?} ({} elements) to {shape:?} ({n} elements)", self.shape, self.len());
+        Ok(Tensor { shape, data: self.data })
+    }
+
+    /// The elements converted to `i64` (for index-like inputs: shapes, axes, indices).
+    pub fn to_i64s(&self) -> Result<Vec<i64>> {
+        Ok(match self.dtype() {
+            DataType::I64 => self.as_slice::<i64>()?.to_vec(),
+            DataType::I32 => self.as_slice::<i32>()?.iter().map(|&v| v as i64).collect(),
+            other => bail!("expected an int64 or int32 tensor, got {other}"),
+        })
+    }
+
+    /// The elements converted to `f32` (for scale-like inputs).
+    pub fn to_f32s(&self) -> Result<Vec<f32>> {
+        Ok(match self.dtype() {
+            DataType::F32 => self.as_slice::<f32>()?.to_vec(),
+            DataType::F64 => self.as_slice::<f64>()?.iter().map(|&v| v as f32).collect(),
+            other => bail!("expected a float tensor, got {other}"),
+        })
+    }
+}

@@ -161,24 +161,47 @@ impl Session {
 
     /// Runs the model on named inputs; returns the outputs in graph order with their names.
     pub fn run<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        Ok(self.run_profiled(inputs, false)?.0)
+    }
+
+    /// Like [`Session::run`], also returning each step's node, op type and time when `profile`
+    /// is set.
+    pub fn run_profiled<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>, profile: bool) -> Result<(Vec<(String, Tensor)>, Vec<StepTime>)> {
         let inputs = self.order_inputs(inputs)?;
         let key: Vec<(DataType, Vec<usize>)> = inputs.iter().map(|t| (t.dtype(), t.shape().to_vec())).collect();
         let plan = self.plan_for(&key)?;
-        execute(&plan, inputs, &mut BufferPool::default())
+        let mut times = Vec::new();
+        let outputs = execute(&plan, inputs, &mut BufferPool::with_budget(plan.arena_bytes), profile.then_some(&mut times))?;
+        Ok((outputs, times))
     }
 }
 
+/// How long one step took.
+#[derive(Debug, Clone)]
+pub struct StepTime {
+    /// Node name.
+    pub node: String,
+    /// Op type.
+    pub op_type: String,
+    /// Wall time.
+    pub duration: std::time::Duration,
+}
+
 /// Runs `plan` on inputs given in graph order.
-pub(crate) fn execute(plan: &Plan, inputs: Vec<Tensor>, pool: &mut BufferPool) -> Result<Vec<(String, Tensor)>> {
+pub(crate) fn execute(plan: &Plan, inputs: Vec<Tensor>, pool: &mut BufferPool, mut profile: Option<&mut Vec<StepTime>>) -> Result<Vec<(String, Tensor)>> {
     let mut values: Vec<Option<Tensor>> = vec![None; plan.facts.len()];
     for ((_, slot), t) in plan.inputs.iter().zip(inputs) {
         values[*slot] = Some(t);
     }
     for (i, step) in plan.steps.iter().enumerate() {
+        let started = std::time::Instant::now();
         let outputs = {
             let args: Vec<Option<&Tensor>> = step.inputs.iter().map(|s| s.map(|s| values[s].as_ref().or(plan.constants[s].as_deref()).expect("planned value present"))).collect();
             step.op.eval(&args, pool).map_err(|e| e.in_node(&step.node, &step.op_type))?
         };
+        if let Some(times) = profile.as_deref_mut() {
+            times.push(StepTime { node: step.node.clone(), op_type: step.op_type.clone(), duration: started.elapsed() });
+        }
         for (slot, t) in step.outputs.iter().zip(outputs) {
             if let Some(s) = *slot {
                 check_output(&plan.facts[s], &t).map_err(|e| e.in_node(&step.node, &step.op_type))?;

@@ -2,7 +2,7 @@
 //! never a silent default.
 
 use super::proto::{AttributeProto, NodeProto, attribute_proto::AttributeType};
-use super::{ExternalData, tensor_from_proto};
+use super::{WeightFiles, tensor_from_proto};
 use crate::error::{Result, bail};
 use crate::tensor::Tensor;
 
@@ -79,7 +79,7 @@ impl<'a> Attrs<'a> {
     pub fn tensor_opt(&self, name: &str) -> Result<Option<Tensor>> {
         match self.get(name, AttributeType::Tensor)? {
             Some(a) => match &a.t {
-                Some(t) => Ok(Some(tensor_from_proto(t, &mut ExternalData::new(None))?)),
+                Some(t) => Ok(Some(tensor_from_proto(t, &mut WeightFiles::new(None, None))?)),
                 None => bail!("attribute '{name}' holds no tensor"),
             },
             None => Ok(None),

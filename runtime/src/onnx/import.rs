@@ -4,7 +4,7 @@
 
 use super::attrs::Attrs;
 use super::proto::{GraphProto, NodeProto, ValueInfoProto, type_proto};
-use super::{ExternalData, MAX_DIM, OnnxFile, tensor_from_proto};
+use super::{MAX_DIM, OnnxFile, WeightFiles, tensor_from_proto};
 use crate::error::{Error, Result};
 use crate::graph::{Dim, Graph, Node, NodeKind, ValueInfo, topological_sort};
 use crate::ops::{ImportCtx, importer};
@@ -19,13 +19,13 @@ const MAX_NESTING: usize = 16;
 /// Imports the main graph of `file`.
 pub fn import_model(file: &OnnxFile) -> Result<Graph> {
     let graph = file.proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("no graph".into()))?;
-    let mut ctx = Importer { opset: file.opset(), external: ExternalData::new(file.base_dir.clone()), names: HashSet::new() };
+    let mut ctx = Importer { opset: file.opset(), files: WeightFiles::new(file.base_dir.clone(), file.map.clone()), names: HashSet::new() };
     ctx.graph(graph, &HashSet::new(), 0)
 }
 
 struct Importer {
     opset: i64,
-    external: ExternalData,
+    files: WeightFiles,
     /// Node names seen so far, to make unnamed nodes unique.
     names: HashSet<String>,
 }
@@ -41,7 +41,7 @@ impl Importer {
             if name.is_empty() {
                 return Err(Error::InvalidModel("an initializer has no name".into()));
             }
-            let tensor = tensor_from_proto(t, &mut self.external)?;
+            let tensor = tensor_from_proto(t, &mut self.files)?;
             if initializers.insert(name.clone(), Arc::new(tensor)).is_some() {
                 return Err(Error::InvalidModel(format!("initializer '{name}' is defined twice")));
             }
@@ -148,7 +148,7 @@ impl Importer {
         let attrs = Attrs::new(n);
         let key = a.name.as_deref().unwrap_or("");
         let tensor = match key {
-            "value" => tensor_from_proto(a.t.as_ref().ok_or_else(|| Error::Op("Constant value holds no tensor".into()))?, &mut self.external)?,
+            "value" => tensor_from_proto(a.t.as_ref().ok_or_else(|| Error::Op("Constant value holds no tensor".into()))?, &mut self.files)?,
             "value_float" => Tensor::scalar(attrs.float(key, 0.0)?),
             "value_int" => Tensor::scalar(attrs.int(key, 0)?),
             "value_floats" => {
@@ -200,6 +200,8 @@ fn value_info(v: &ValueInfoProto) -> Result<ValueInfo> {
                     }
                     Ok(Dim::Fixed(*v as usize))
                 }
+                // "?" (and "") is how some exporters spell "unknown", not a shared symbol.
+                Some(super::proto::tensor_shape_proto::dimension::Value::DimParam(p)) if p.is_empty() || p == "?" => Ok(Dim::Unknown),
                 Some(super::proto::tensor_shape_proto::dimension::Value::DimParam(p)) => Ok(Dim::Symbolic(p.clone())),
                 None => Ok(Dim::Unknown),
             })

@@ -3,7 +3,7 @@
 
 pub mod attrs;
 pub mod import;
-pub mod external_data;
+pub mod weight_files;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto;
 
@@ -12,8 +12,9 @@ use crate::tensor::{DataType, Tensor, checked_numel, onnx_dtype_name};
 use bytes::Bytes;
 use prost::Message;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-pub use external_data::ExternalData;
+pub use weight_files::{SharedMap, WeightFiles};
 pub use proto::ModelProto;
 
 /// Largest tensor dimension accepted from a file: beyond this no real model goes, and products
@@ -28,6 +29,8 @@ pub struct OnnxFile {
     pub base_dir: Option<PathBuf>,
     /// Where the model came from, for messages.
     pub origin: String,
+    /// The file's map, when the model was mapped from a file.
+    pub map: Option<Arc<memmap2::Mmap>>,
 }
 
 impl OnnxFile {
@@ -37,9 +40,11 @@ impl OnnxFile {
         let file = std::fs::File::open(path).map_err(io_err)?;
         // Safety: the map is read-only; a model file changed underneath us while mapped would
         // be undefined behaviour, the same contract every mmap-based loader has.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?);
         let base_dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
-        Self::decode(Bytes::from_owner(map), base_dir, path.display().to_string())
+        let mut decoded = Self::decode(Bytes::from_owner(SharedMap(map.clone())), base_dir, path.display().to_string())?;
+        decoded.map = Some(map);
+        Ok(decoded)
     }
 
     /// Decodes a model held in memory; external data is then resolved against `base_dir`.
@@ -60,7 +65,7 @@ impl OnnxFile {
         if proto.opset_import.is_empty() && proto.ir_version.unwrap_or(0) >= 3 {
             return Err(decode_err("no opset_import".into()));
         }
-        Ok(OnnxFile { proto, base_dir, origin })
+        Ok(OnnxFile { proto, base_dir, origin, map: None })
     }
 
     /// Encodes the model back to protobuf bytes.
@@ -77,6 +82,15 @@ impl OnnxFile {
             .and_then(|o| o.version)
             .unwrap_or(1)
     }
+}
+
+/// A tensor over file bytes; when they had to be copied, their pages are released.
+fn from_file_bytes(files: &WeightFiles, dtype: DataType, shape: Vec<usize>, bytes: Bytes) -> Result<Tensor> {
+    let t = Tensor::from_le_bytes(dtype, shape, bytes.clone())?;
+    if !t.is_mapped() {
+        files.release(&bytes);
+    }
+    Ok(t)
 }
 
 /// Converts declared dims (from a TensorProto) to sizes, rejecting negative and absurd ones.
@@ -97,8 +111,8 @@ pub fn checked_dims(dims: &[i64], what: &str) -> Result<Vec<usize>> {
 }
 
 /// Turns a `TensorProto` into a tensor: raw data in place, typed fields copied, external data
-/// resolved through `external`.
-pub fn tensor_from_proto(t: &proto::TensorProto, external: &mut ExternalData) -> Result<Tensor> {
+/// resolved through `files`.
+pub fn tensor_from_proto(t: &proto::TensorProto, files: &mut WeightFiles) -> Result<Tensor> {
     let name = t.name.clone().unwrap_or_default();
     let what = format!("tensor '{name}'");
     let shape = checked_dims(&t.dims, &what)?;
@@ -110,11 +124,11 @@ pub fn tensor_from_proto(t: &proto::TensorProto, external: &mut ExternalData) ->
         other => other,
     };
     if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
-        let bytes = external.resolve(&name, &t.external_data)?;
-        return Tensor::from_le_bytes(dtype, shape, bytes).map_err(in_node);
+        let bytes = files.resolve(&name, &t.external_data)?;
+        return from_file_bytes(files, dtype, shape, bytes).map_err(in_node);
     }
     if let Some(raw) = &t.raw_data {
-        return Tensor::from_le_bytes(dtype, shape, raw.clone()).map_err(in_node);
+        return from_file_bytes(files, dtype, shape, raw.clone()).map_err(in_node);
     }
     let n = checked_numel(&shape).map_err(in_node)?;
     let count_err = |got: usize| Error::InvalidModel(format!("{what}: shape {shape:?} needs {n} elements, the typed data holds {got}"));

@@ -4,6 +4,7 @@
 pub mod array;
 pub mod conv;
 pub mod elementwise;
+pub mod math;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
@@ -62,11 +63,19 @@ impl Fact {
 #[derive(Default)]
 pub struct BufferPool {
     free: Vec<Tensor>,
+    free_bytes: usize,
+    /// Most bytes kept for reuse (the plan's arena size): beyond it dead buffers are freed.
+    budget: usize,
     /// Allocations served from recycled storage.
     pub reused: usize,
 }
 
 impl BufferPool {
+    /// A pool keeping at most `budget` bytes of dead buffers.
+    pub fn with_budget(budget: usize) -> BufferPool {
+        BufferPool { budget, ..Default::default() }
+    }
+
     /// An empty vector with room for at least `len` elements, recycled when possible.
     pub fn take<T: Element>(&mut self, len: usize) -> Vec<T> {
         let best = self
@@ -77,7 +86,9 @@ impl BufferPool {
             .min_by_key(|(_, t)| t.len())
             .map(|(i, _)| i);
         if let Some(i) = best {
-            if let Ok(mut v) = self.free.swap_remove(i).into_vec::<T>() {
+            let t = self.free.swap_remove(i);
+            self.free_bytes -= t.byte_len();
+            if let Ok(mut v) = t.into_vec::<T>() {
                 self.reused += 1;
                 v.clear();
                 return v;
@@ -95,7 +106,8 @@ impl BufferPool {
 
     /// Hands a dead tensor's storage back (mapped storage is simply dropped).
     pub fn give(&mut self, t: Tensor) {
-        if !t.is_mapped() && t.len() >= 64 && self.free.len() < 64 {
+        if !t.is_mapped() && t.len() >= 64 && self.free_bytes + t.byte_len() <= self.budget {
+            self.free_bytes += t.byte_len();
             self.free.push(t);
         }
     }

@@ -107,24 +107,33 @@ fn import_softmax(c: &ImportCtx, log: bool) -> Result<Box<dyn Op>> {
     Ok(Box::new(Softmax { axis: c.attrs.int("axis", if coerce_2d { 1 } else { -1 })?, coerce_2d, log }))
 }
 
+/// Softmax (or log-softmax) of one contiguous lane, in place.
+fn softmax_lane(lane: &mut [f32], log: bool) {
+    let max = lane.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if log {
+        let sum: f32 = lane.iter().map(|&v| super::math::exp(v - max)).sum();
+        let shift = max + sum.ln();
+        lane.iter_mut().for_each(|v| *v -= shift);
+    } else {
+        lane.iter_mut().for_each(|v| *v = super::math::exp(*v - max));
+        let inv = 1.0 / lane.iter().sum::<f32>();
+        lane.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
 /// Softmax (or log-softmax) of each `len`-long run with stride `stride`, in place.
 fn softmax_lanes(y: &mut [f32], outer: usize, len: usize, stride: usize, log: bool) {
+    if stride == 1 {
+        y.chunks_mut(len.max(1)).for_each(|lane| softmax_lane(lane, log));
+        return;
+    }
+    let mut lane = vec![0f32; len];
     for o in 0..outer {
         for s in 0..stride {
             let base = o * len * stride + s;
-            let idx = |i: usize| base + i * stride;
-            let max = (0..len).map(|i| y[idx(i)]).fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for i in 0..len {
-                let e = (y[idx(i)] - max).exp();
-                sum += e;
-                if !log {
-                    y[idx(i)] = e;
-                }
-            }
-            for i in 0..len {
-                y[idx(i)] = if log { y[idx(i)] - max - sum.ln() } else { y[idx(i)] / sum };
-            }
+            lane.iter_mut().enumerate().for_each(|(i, v)| *v = y[base + i * stride]);
+            softmax_lane(&mut lane, log);
+            lane.iter().enumerate().for_each(|(i, &v)| y[base + i * stride] = v);
         }
     }
 }

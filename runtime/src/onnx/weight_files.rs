@@ -1,4 +1,9 @@
-//! External tensor data (`location` / `offset` / `length`), memory-mapped and bounds-checked.
+//! The files weights come from: the model file and its external data files
+//! (`location` / `offset` / `length`), each memory-mapped once and bounds-checked.
+//!
+//! Tensors whose bytes are suitably aligned are used in place. Misaligned ones (protobuf
+//! puts raw_data wherever it falls) are copied, and their pages of the map are then dropped
+//! from memory (`MADV_DONTNEED`) so that resident memory stays near the file size.
 //!
 //! A model file is untrusted input: onnx's own loader had path-traversal CVEs here
 //! (CVE-2022-25882, CVE-2024-27318). A location must be a relative path that stays inside the
@@ -9,17 +14,52 @@ use crate::error::{Error, Result};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-/// Resolves and maps external data files, each mapped once.
-pub struct ExternalData {
-    base_dir: Option<PathBuf>,
-    maps: HashMap<PathBuf, Bytes>,
+/// A shared memory map that `Bytes` can own.
+#[derive(Clone)]
+pub struct SharedMap(pub Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
-impl ExternalData {
-    /// `base_dir` is the model's folder; `None` forbids external data (in-memory models).
-    pub fn new(base_dir: Option<PathBuf>) -> ExternalData {
-        ExternalData { base_dir, maps: HashMap::new() }
+/// Maps external data files (each once) and releases pages of copied tensors.
+pub struct WeightFiles {
+    base_dir: Option<PathBuf>,
+    maps: HashMap<PathBuf, Bytes>,
+    /// Every map weights may come from, the model file's included.
+    all_maps: Vec<Arc<memmap2::Mmap>>,
+}
+
+impl WeightFiles {
+    /// `base_dir` is the model's folder (`None` forbids external data: in-memory models);
+    /// `main` is the model file's map, if it was mapped.
+    pub fn new(base_dir: Option<PathBuf>, main: Option<Arc<memmap2::Mmap>>) -> WeightFiles {
+        WeightFiles { base_dir, maps: HashMap::new(), all_maps: main.into_iter().collect() }
+    }
+
+    /// Tells the OS that `bytes` (a slice of one of our maps, now copied) will not be read
+    /// again, so their pages stop counting as resident. Only whole pages inside the slice.
+    pub fn release(&self, bytes: &[u8]) {
+        #[cfg(unix)]
+        for map in &self.all_maps {
+            let base = map.as_ptr() as usize;
+            let start = bytes.as_ptr() as usize;
+            if start < base || start + bytes.len() > base + map.len() {
+                continue;
+            }
+            const PAGE: usize = 4096;
+            let (lo, hi) = ((start - base).next_multiple_of(PAGE), (start - base + bytes.len()) / PAGE * PAGE);
+            if hi > lo {
+                // Safety: the map is a read-only shared file mapping; DONTNEED only drops its
+                // page cache residency, and a later read would fault the pages back in.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
+            }
+            return;
+        }
     }
 
     /// The bytes of one tensor's external data.
@@ -46,8 +86,9 @@ impl ExternalData {
             None => {
                 let file = std::fs::File::open(&path).map_err(|e| err(format!("file '{location}': {e}")))?;
                 // Safety: read-only map of a file inside the model folder (see OnnxFile::open).
-                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("file '{location}': {e}")))?;
-                let b = Bytes::from_owner(map);
+                let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("file '{location}': {e}")))?);
+                self.all_maps.push(map.clone());
+                let b = Bytes::from_owner(SharedMap(map));
                 self.maps.insert(path.clone(), b.clone());
                 b
             }

@@ -1,0 +1,39 @@
+//! Argument parsing and dispatch; one file per subcommand.
+
+mod inspect;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// distq: distill, quantize and run ONNX models on phones.
+#[derive(Parser)]
+#[command(name = "distq", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's opset, inputs, outputs, op histogram, parameters and bytes per dtype.
+    Inspect(inspect::Args),
+    /// Run a model on inputs from .npz/.npy files and print or save its outputs.
+    Run(run::Args),
+}
+
+/// Entry point of the binary: parses arguments, runs the subcommand, prints errors.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Run(a) => run::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

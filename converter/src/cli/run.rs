@@ -1,0 +1,87 @@
+//! `distq run MODEL --input IN.npz [--output OUT.npz]`.
+
+use super::inspect::dims_text;
+use crate::npz::{read_npy, read_npz, write_npz};
+use crate::sysinfo::peak_rss_bytes;
+use anyhow::{Context, Result, bail};
+use distq_runtime::{Session, Tensor};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Inputs: an .npz whose arrays are named like the model inputs, or NAME=FILE.npy
+    /// (repeatable).
+    #[arg(long, short, required = true)]
+    input: Vec<String>,
+    /// Write the outputs to this .npz (arrays named like the model outputs).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Run this many times and report the median (the first run plans and warms up).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+}
+
+fn load_inputs(specs: &[String]) -> Result<Vec<(String, Tensor)>> {
+    let mut inputs = Vec::new();
+    for spec in specs {
+        match spec.split_once('=') {
+            Some((name, path)) => inputs.push((name.to_string(), read_npy(path.as_ref())?)),
+            None if spec.ends_with(".npy") => bail!("{spec}: give .npy inputs as NAME={spec}"),
+            None => inputs.extend(read_npz(spec.as_ref())?),
+        }
+    }
+    Ok(inputs)
+}
+
+fn summary(t: &Tensor) -> String {
+    let values: Vec<f64> = match t.dtype() {
+        distq_runtime::DataType::F32 => t.as_slice::<f32>().map(|v| v.iter().map(|&x| x as f64).collect()).unwrap_or_default(),
+        distq_runtime::DataType::I64 => t.as_slice::<i64>().map(|v| v.iter().map(|&x| x as f64).collect()).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if values.is_empty() {
+        return String::new();
+    }
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let head: Vec<String> = values.iter().take(4).map(|v| format!("{v:.5}")).collect();
+    format!("mean {mean:.6}  first [{}{}]", head.join(", "), if values.len() > 4 { ", …" } else { "" })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
+    let t0 = Instant::now();
+    let session = Session::load(&args.model)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let inputs = load_inputs(&args.input)?;
+    for i in session.model().inputs() {
+        if !inputs.iter().any(|(n, _)| n == &i.name) {
+            bail!("input '{}' ({} {}) is missing from {}", i.name, i.dtype.map_or("?", |d| d.name()), dims_text(&i.dims), args.input.join(", "));
+        }
+    }
+    let mut times = Vec::with_capacity(args.repeat);
+    let mut outputs = Vec::new();
+    for _ in 0..args.repeat {
+        let t = Instant::now();
+        outputs = session.run(inputs.clone()).with_context(|| format!("running {}", args.model.display()))?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let first_ms = times[0];
+    times.sort_by(f64::total_cmp);
+    for (name, t) in &outputs {
+        println!("{name}: {} {:?}  {}", t.dtype(), t.shape(), summary(t));
+    }
+    let median = times[times.len() / 2];
+    println!(
+        "load {load_ms:.1} ms, first run {first_ms:.1} ms{}, peak RSS {:.1} MB",
+        if args.repeat > 1 { format!(", median of {} runs {median:.1} ms", args.repeat) } else { String::new() },
+        peak_rss_bytes().unwrap_or(0) as f64 / 1e6
+    );
+    if let Some(path) = &args.output {
+        write_npz(path, &outputs)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! `.npz` / `.npy` reading and writing (numpy's formats) for model inputs and outputs.
+
+use crate::fsutil::write_atomically;
+use anyhow::{Context, Result, bail};
+use distq_runtime::{DataType, Tensor};
+use npyz::WriterBuilder;
+use std::path::Path;
+
+/// Reads every array of an `.npz` file, in archive order, as tensors.
+///
+/// ```
+/// use distq_converter::npz::{read_npz, write_npz};
+/// use distq_runtime::Tensor;
+/// let path = std::env::temp_dir().join(format!("doc-{}.npz", std::process::id()));
+/// let t = Tensor::from_vec(vec![2], vec![1.5f32, -2.0])?;
+/// write_npz(&path, &[("x".to_string(), t)])?;
+/// let back = read_npz(&path)?;
+/// assert_eq!(back[0].0, "x");
+/// assert_eq!(back[0].1.as_slice::<f32>()?, &[1.5, -2.0]);
+/// # std::fs::remove_file(path)?;
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let mut archive = npyz::npz::NpzArchive::open(path).with_context(|| format!("{}: cannot open as .npz", path.display()))?;
+    let names: Vec<String> = archive.array_names().map(str::to_string).collect();
+    if names.is_empty() {
+        bail!("{}: the archive holds no arrays", path.display());
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let file = archive.by_name(&name)?.with_context(|| format!("array '{name}' vanished"))?;
+            let t = npy_to_tensor(file).with_context(|| format!("{}: array '{name}'", path.display()))?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
+/// Reads one `.npy` file as a tensor.
+pub fn read_npy(path: &Path) -> Result<Tensor> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).with_context(|| format!("{}: not a .npy file", path.display()))?;
+    npy_to_tensor(npy).with_context(|| path.display().to_string())
+}
+
+fn npy_to_tensor<R: std::io::Read>(npy: npyz::NpyFile<R>) -> Result<Tensor> {
+    if npy.order() == npyz::Order::Fortran {
+        bail!("Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>()?;
+    let descr = npy.dtype().descr();
+    let t = match descr.trim_matches('\'').trim_start_matches(['<', '|', '=']) {
+        "f4" => Tensor::from_vec(shape, npy.into_vec::<f32>()?)?,
+        "f8" => Tensor::from_vec(shape, npy.into_vec::<f64>()?)?,
+        "f2" => Tensor::from_vec(shape, npy.into_vec::<half::f16>()?.into_iter().map(|h| h.to_bits()).collect())?,
+        "i8" => Tensor::from_vec(shape, npy.into_vec::<i64>()?)?,
+        "i4" => Tensor::from_vec(shape, npy.into_vec::<i32>()?)?,
+        "i1" => Tensor::from_vec(shape, npy.into_vec::<i8>()?)?,
+        "u1" => Tensor::from_vec(shape, npy.into_vec::<u8>()?)?,
+        "b1" => Tensor::from_bools(shape, npy.into_vec::<bool>()?)?,
+        _ => bail!("unsupported dtype '{descr}' (supported: float32/64/16, int64/32/8, uint8, bool, little-endian)"),
+    };
+    Ok(t)
+}
+
+/// Writes tensors as an `.npz` archive, atomically (a temp file renamed into place).
+pub fn write_npz(path: &Path, arrays: &[(String, Tensor)]) -> Result<()> {
+    write_atomically(path, |file| {
+        let mut npz = npyz::npz::NpzWriter::new(std::io::BufWriter::new(file));
+        for (name, t) in arrays {
+            let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+            let opts = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+            macro_rules! put {
+                ($ty:ty, $data:expr) => {{
+                    let mut w = npz.array::<$ty>(name, opts)?.default_dtype().shape(&shape).begin_nd()?;
+                    w.extend($data)?;
+                    w.finish()?;
+                }};
+            }
+            match t.dtype() {
+                DataType::F32 => put!(f32, t.as_slice::<f32>()?.iter().copied()),
+                DataType::F64 => put!(f64, t.as_slice::<f64>()?.iter().copied()),
+                DataType::F16 => put!(half::f16, t.as_slice::<u16>()?.iter().map(|&b| half::f16::from_bits(b))),
+                DataType::I64 => put!(i64, t.as_slice::<i64>()?.iter().copied()),
+                DataType::I32 => put!(i32, t.as_slice::<i32>()?.iter().copied()),
+                DataType::I8 => put!(i8, t.as_slice::<i8>()?.iter().copied()),
+                DataType::U8 => put!(u8, t.as_slice::<u8>()?.iter().copied()),
+                DataType::Bool => put!(bool, t.as_bools()?.iter().map(|&b| b != 0)),
+                other => bail!("cannot write {other} arrays"),
+            }
+        }
+        npz.zip_writer().finish()?;
+        Ok(())
+    })
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env python3
+"""Runs a model in onnxruntime (CPU, 1 thread) and saves its outputs: the peer reference
+for the parity tests. Usage: ort_reference.py MODEL.onnx INPUTS.npz OUTPUTS.npz"""
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+
+def main(model, inputs, outputs):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    feed = dict(np.load(inputs))
+    names = [o.name for o in session.get_outputs()]
+    results = session.run(names, feed)
+    np.savez(outputs, **dict(zip(names, results)))
+    print(f"onnxruntime {ort.__version__}: {model}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -3,5 +3,6 @@
 
 pub mod cli;
 pub mod fsutil;
+pub mod models;
 pub mod npz;
 pub mod sysinfo;

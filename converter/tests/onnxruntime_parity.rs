@@ -24,7 +24,11 @@ fn parity(model_rel: &str, input: &str) {
     for (name, a) in &ours {
         let b = &theirs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("onnxruntime gave no output '{name}'")).1;
         let (diff, scale) = max_diff(a, b);
-        println!("{model_rel} output '{name}' {:?}: max |ours - onnxruntime| = {diff:.3e} (scale {scale:.3e}, relative {:.3e})", a.shape(), diff / scale.max(1e-6));
+        println!(
+            "{model_rel} output '{name}' {:?}: max |ours - onnxruntime| = {diff:.3e} (scale {scale:.3e}, relative {:.3e})",
+            a.shape(),
+            diff / scale.max(1e-6)
+        );
         assert!(diff <= TOLERANCE * scale.max(1e-3), "{model_rel} output '{name}': max diff {diff} exceeds {TOLERANCE} × scale {scale}");
     }
 }
@@ -62,7 +66,13 @@ fn silero_vad_matches_onnxruntime() {
 #[test]
 #[ignore = "real models: run by tools/test.sh"]
 fn decode_encode_is_byte_identical() {
-    for rel in ["minilm/all-MiniLM-L6-v2.onnx", "ppocr/ch_PP-OCRv4_det_infer.onnx", "ppocr/ch_PP-OCRv4_rec_infer.onnx", "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", "silero_vad/silero_vad_16k_op15.onnx"] {
+    for rel in [
+        "minilm/all-MiniLM-L6-v2.onnx",
+        "ppocr/ch_PP-OCRv4_det_infer.onnx",
+        "ppocr/ch_PP-OCRv4_rec_infer.onnx",
+        "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "silero_vad/silero_vad_16k_op15.onnx",
+    ] {
         let path = model(rel);
         let original = std::fs::read(&path).unwrap();
         let file = distq_runtime::onnx::OnnxFile::open(&path).unwrap();

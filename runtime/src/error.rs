@@ -87,7 +87,12 @@ macro_rules! bail {
 
 /// Returns early with an [`Error::Op`] unless the condition holds.
 macro_rules! ensure {
-    ($cond:expr, $($arg:tt)*) => { if !$cond { $crate::error::bail!($($arg)*) } };
+    ($cond:expr, $($arg:tt)*) => {
+        match $cond {
+            true => {}
+            false => $crate::error::bail!($($arg)*),
+        }
+    };
 }
 
 pub(crate) use {bail, ensure};

@@ -112,7 +112,9 @@ impl Node {
     pub fn branch_captures(&self) -> Vec<String> {
         match &self.kind {
             NodeKind::Op(_) => Vec::new(),
-            NodeKind::If { then_branch, else_branch } => then_branch.captured_names().into_iter().chain(else_branch.captured_names()).collect(),
+            NodeKind::If { then_branch, else_branch } => {
+                then_branch.captured_names().into_iter().chain(else_branch.captured_names()).collect()
+            }
         }
     }
 }
@@ -125,10 +127,16 @@ pub fn topological_sort(nodes: Vec<Node>, available: &HashSet<String>) -> Result
     for (i, n) in nodes.iter().enumerate() {
         for o in n.outputs.iter().filter(|o| !o.is_empty()) {
             if available.contains(o) {
-                return Err(Error::InvalidModel(format!("node '{}' ({}) writes '{o}', which is already a graph input or initializer", n.name, n.op_type)));
+                return Err(Error::InvalidModel(format!(
+                    "node '{}' ({}) writes '{o}', which is already a graph input or initializer",
+                    n.name, n.op_type
+                )));
             }
             if let Some(&other) = producer.get(o.as_str()) {
-                return Err(Error::InvalidModel(format!("value '{o}' is produced by both node '{}' and node '{}'", nodes[other].name, n.name)));
+                return Err(Error::InvalidModel(format!(
+                    "value '{o}' is produced by both node '{}' and node '{}'",
+                    nodes[other].name, n.name
+                )));
             }
             producer.insert(o, i);
         }
@@ -141,7 +149,12 @@ pub fn topological_sort(nodes: Vec<Node>, available: &HashSet<String>) -> Result
                 match producer.get(i.as_str()) {
                     Some(&p) => d.push(p),
                     None if available.contains(&i) => {}
-                    None => return Err(Error::InvalidModel(format!("node '{}' ({}) reads '{i}', which no node, initializer or graph input defines", n.name, n.op_type))),
+                    None => {
+                        return Err(Error::InvalidModel(format!(
+                            "node '{}' ({}) reads '{i}', which no node, initializer or graph input defines",
+                            n.name, n.op_type
+                        )));
+                    }
                 }
             }
             Ok(d)

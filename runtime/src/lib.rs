@@ -26,5 +26,5 @@ pub mod testing;
 
 pub use error::{Error, Result};
 pub use plan::Plan;
-pub use session::{Model, Session, StepTime};
+pub use session::{Model, NamedTensors, Session, StepTime};
 pub use tensor::{DataType, Tensor};

@@ -85,14 +85,23 @@ impl Planner {
             self.env.insert(name.clone(), s);
         }
         for node in &g.nodes {
-            let inputs = node.inputs.iter().map(|i| if i.is_empty() { Ok(None) } else { self.lookup(i, &node.name).map(Some) }).collect::<Result<Vec<_>>>()?;
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|i| if i.is_empty() { Ok(None) } else { self.lookup(i, &node.name).map(Some) })
+                .collect::<Result<Vec<_>>>()?;
             match &node.kind {
                 NodeKind::If { then_branch, else_branch } => {
                     let cond = inputs.first().copied().flatten().and_then(|s| self.constants[s].clone());
                     let cond = match cond {
                         Some(c) if c.len() == 1 && c.dtype() == DataType::Bool => c.as_bools()?[0] != 0,
                         Some(c) => return Err(Error::Op(format!("condition must be one bool, got {c:?}")).in_node(&node.name, "If")),
-                        None => return Err(Error::Op("the condition depends on input data; only conditions known from shapes and constants are supported".into()).in_node(&node.name, "If")),
+                        None => {
+                            return Err(Error::Op(
+                                "the condition depends on input data; only conditions known from shapes and constants are supported".into(),
+                            )
+                            .in_node(&node.name, "If"));
+                        }
                     };
                     let branch = if cond { then_branch } else { else_branch };
                     self.graph(branch)?;
@@ -102,7 +111,9 @@ impl Planner {
                     }
                     self.folded += 1;
                 }
-                NodeKind::Op(op) => self.op(node.name.as_str(), node.op_type.as_str(), op, inputs, &node.outputs).map_err(|e| e.in_node(&node.name, &node.op_type))?,
+                NodeKind::Op(op) => self
+                    .op(node.name.as_str(), node.op_type.as_str(), op, inputs, &node.outputs)
+                    .map_err(|e| e.in_node(&node.name, &node.op_type))?,
             }
         }
         Ok(())
@@ -117,7 +128,8 @@ impl Planner {
         out_facts.truncate(outputs.len());
         let all_const = inputs.iter().flatten().all(|&s| self.constants[s].is_some());
         if all_const {
-            let tensors: Vec<Option<&Tensor>> = inputs.iter().map(|s| s.map(|s| self.constants[s].as_deref().expect("checked constant"))).collect();
+            let tensors: Vec<Option<&Tensor>> =
+                inputs.iter().map(|s| s.map(|s| self.constants[s].as_deref().expect("checked constant"))).collect();
             let values = op.eval(&tensors, &mut BufferPool::default())?;
             for (f, v) in out_facts.iter_mut().zip(values) {
                 check_output(f, &v)?;
@@ -197,12 +209,22 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)]) -> Result<P
     }
     let unshared_bytes = intervals.iter().map(|i| i.2).sum();
     let arena_bytes = arena_layout(&mut intervals);
-    Ok(Plan { steps: p.steps, facts: p.facts, constants: p.constants, inputs: input_slots, outputs, free_after, arena_bytes, unshared_bytes, folded_nodes: p.folded })
+    Ok(Plan {
+        steps: p.steps,
+        facts: p.facts,
+        constants: p.constants,
+        inputs: input_slots,
+        outputs,
+        free_after,
+        arena_bytes,
+        unshared_bytes,
+        folded_nodes: p.folded,
+    })
 }
 
 /// Greedy offset assignment (largest first, lowest free offset): returns the arena size.
 fn arena_layout(intervals: &mut [(usize, usize, usize)]) -> usize {
-    intervals.sort_by(|a, b| b.2.cmp(&a.2));
+    intervals.sort_by_key(|i| std::cmp::Reverse(i.2));
     let mut placed: Vec<(usize, usize, usize, usize)> = Vec::new(); // (start, end, offset, bytes)
     let mut total = 0;
     for &(start, end, bytes) in intervals.iter() {

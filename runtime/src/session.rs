@@ -66,8 +66,14 @@ impl Model {
 /// from several threads at once.
 pub struct Session {
     model: Arc<Model>,
-    plans: Mutex<HashMap<Vec<(DataType, Vec<usize>)>, Arc<Plan>>>,
+    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
 }
+
+/// Dtype and shape of each input, in graph order: what a plan is made for.
+type PlanKey = Vec<(DataType, Vec<usize>)>;
+
+/// Tensors with their names.
+pub type NamedTensors = Vec<(String, Tensor)>;
 
 /// Plans kept per session before the cache is cleared (inputs of ever-new shapes would
 /// otherwise grow it without bound).
@@ -106,7 +112,10 @@ impl Session {
             let name = name.as_ref();
             if !declared.iter().any(|d| d.name == name) {
                 let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
-                return Err(Error::Input { name: name.into(), reason: format!("is not an input of this model (its inputs are: {})", names.join(", ")) });
+                return Err(Error::Input {
+                    name: name.into(),
+                    reason: format!("is not an input of this model (its inputs are: {})", names.join(", ")),
+                });
             }
             if by_name.insert(name.to_string(), t).is_some() {
                 return Err(Error::Input { name: name.into(), reason: "is given twice".into() });
@@ -117,20 +126,29 @@ impl Session {
         for d in declared {
             let t = by_name.remove(&d.name).ok_or_else(|| Error::Input { name: d.name.clone(), reason: "is missing".into() })?;
             let bad = |reason: String| Error::Input { name: d.name.clone(), reason };
-            if let Some(dt) = d.dtype {
-                if dt != t.dtype() {
-                    return Err(bad(format!("has dtype {}, the model declares {dt}", t.dtype())));
-                }
+            if let Some(dt) = d.dtype
+                && dt != t.dtype()
+            {
+                return Err(bad(format!("has dtype {}, the model declares {dt}", t.dtype())));
             }
             if let Some(dims) = &d.dims {
                 if dims.len() != t.shape().len() {
-                    return Err(bad(format!("has shape {:?} (rank {}), the model declares rank {}", t.shape(), t.shape().len(), dims.len())));
+                    return Err(bad(format!(
+                        "has shape {:?} (rank {}), the model declares rank {}",
+                        t.shape(),
+                        t.shape().len(),
+                        dims.len()
+                    )));
                 }
                 for (i, (dim, &size)) in dims.iter().zip(t.shape()).enumerate() {
                     match dim {
-                        Dim::Fixed(f) if *f != size => return Err(bad(format!("dim {i} is {size}, the model declares {f} (shape {:?})", t.shape()))),
+                        Dim::Fixed(f) if *f != size => {
+                            return Err(bad(format!("dim {i} is {size}, the model declares {f} (shape {:?})", t.shape())));
+                        }
                         Dim::Symbolic(s) => match symbols.get(s.as_str()) {
-                            Some(&(v, other)) if v != size => return Err(bad(format!("dim {i} ('{s}') is {size}, but input '{other}' has '{s}' = {v}"))),
+                            Some(&(v, other)) if v != size => {
+                                return Err(bad(format!("dim {i} ('{s}') is {size}, but input '{other}' has '{s}' = {v}")));
+                            }
                             _ => {
                                 symbols.insert(s, (size, &d.name));
                             }
@@ -160,13 +178,13 @@ impl Session {
     }
 
     /// Runs the model on named inputs; returns the outputs in graph order with their names.
-    pub fn run<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+    pub fn run<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>) -> Result<NamedTensors> {
         Ok(self.run_profiled(inputs, false)?.0)
     }
 
     /// Like [`Session::run`], also returning each step's node, op type and time when `profile`
     /// is set.
-    pub fn run_profiled<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>, profile: bool) -> Result<(Vec<(String, Tensor)>, Vec<StepTime>)> {
+    pub fn run_profiled<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>, profile: bool) -> Result<(NamedTensors, Vec<StepTime>)> {
         let inputs = self.order_inputs(inputs)?;
         let key: Vec<(DataType, Vec<usize>)> = inputs.iter().map(|t| (t.dtype(), t.shape().to_vec())).collect();
         let plan = self.plan_for(&key)?;
@@ -188,7 +206,12 @@ pub struct StepTime {
 }
 
 /// Runs `plan` on inputs given in graph order.
-pub(crate) fn execute(plan: &Plan, inputs: Vec<Tensor>, pool: &mut BufferPool, mut profile: Option<&mut Vec<StepTime>>) -> Result<Vec<(String, Tensor)>> {
+pub(crate) fn execute(
+    plan: &Plan,
+    inputs: Vec<Tensor>,
+    pool: &mut BufferPool,
+    mut profile: Option<&mut Vec<StepTime>>,
+) -> Result<Vec<(String, Tensor)>> {
     let mut values: Vec<Option<Tensor>> = vec![None; plan.facts.len()];
     for ((_, slot), t) in plan.inputs.iter().zip(inputs) {
         values[*slot] = Some(t);
@@ -196,7 +219,11 @@ pub(crate) fn execute(plan: &Plan, inputs: Vec<Tensor>, pool: &mut BufferPool, m
     for (i, step) in plan.steps.iter().enumerate() {
         let started = std::time::Instant::now();
         let outputs = {
-            let args: Vec<Option<&Tensor>> = step.inputs.iter().map(|s| s.map(|s| values[s].as_ref().or(plan.constants[s].as_deref()).expect("planned value present"))).collect();
+            let args: Vec<Option<&Tensor>> = step
+                .inputs
+                .iter()
+                .map(|s| s.map(|s| values[s].as_ref().or(plan.constants[s].as_deref()).expect("planned value present")))
+                .collect();
             step.op.eval(&args, pool).map_err(|e| e.in_node(&step.node, &step.op_type))?
         };
         if let Some(times) = profile.as_deref_mut() {

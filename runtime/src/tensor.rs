@@ -101,7 +101,10 @@ impl fmt::Display for DataType {
 
 /// Number of elements of `shape`, or an error if the product overflows `usize`.
 pub fn checked_numel(shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| Error::Op(format!("shape {shape:?} has more elements than fit in memory")))
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::Op(format!("shape {shape:?} has more elements than fit in memory")))
 }
 
 /// A plain-old-data element type. Implemented only for types where every bit pattern is a
@@ -127,7 +130,7 @@ pub enum Buffer<T> {
 impl<T: Element> Buffer<T> {
     fn from_le_bytes(bytes: Bytes) -> Result<Buffer<T>> {
         let size = std::mem::size_of::<T>();
-        ensure!(bytes.len() % size == 0, "raw data of {} bytes is not a whole number of {}-byte elements", bytes.len(), size);
+        ensure!(bytes.len().is_multiple_of(size), "raw data of {} bytes is not a whole number of {}-byte elements", bytes.len(), size);
         if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             Ok(Buffer::Mapped(bytes))
         } else {
@@ -286,11 +289,11 @@ impl Tensor {
 
     /// The elements, if the dtype is `T`.
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
-        if T::DTYPE == DataType::Bool {
-            if let TensorData::Bool(v) = &self.data {
-                // Safety: T is Bool here (the only Element with DTYPE Bool).
-                return Ok(unsafe { std::slice::from_raw_parts(v.as_ptr() as *const T, v.len()) });
-            }
+        if T::DTYPE == DataType::Bool
+            && let TensorData::Bool(v) = &self.data
+        {
+            // Safety: T is Bool here (the only Element with DTYPE Bool).
+            return Ok(unsafe { std::slice::from_raw_parts(v.as_ptr() as *const T, v.len()) });
         }
         match T::view(&self.data) {
             Some(buf) => Ok(buf.as_slice()),

@@ -13,7 +13,8 @@
 //! ```
 
 use crate::onnx::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_shape_proto, type_proto,
 };
 use crate::tensor::{DataType, Tensor};
 use prost::Message;
@@ -43,12 +44,22 @@ fn value_info(name: &str, dtype: DataType, dims: &[i64]) -> ValueInfoProto {
     let shape = TensorShapeProto {
         dim: dims
             .iter()
-            .map(|&d| tensor_shape_proto::Dimension { value: Some(if d >= 0 { tensor_shape_proto::dimension::Value::DimValue(d) } else { tensor_shape_proto::dimension::Value::DimParam(format!("d{}", -d)) }), ..Default::default() })
+            .map(|&d| tensor_shape_proto::Dimension {
+                value: Some(if d >= 0 {
+                    tensor_shape_proto::dimension::Value::DimValue(d)
+                } else {
+                    tensor_shape_proto::dimension::Value::DimParam(format!("d{}", -d))
+                }),
+                ..Default::default()
+            })
             .collect(),
     };
     ValueInfoProto {
         name: Some(name.into()),
-        r#type: Some(TypeProto { value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(dtype.onnx_code()), shape: Some(shape) })), ..Default::default() }),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(dtype.onnx_code()), shape: Some(shape) })),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -65,7 +76,13 @@ pub fn tensor_proto(name: &str, t: &Tensor) -> TensorProto {
         DataType::F16 => t.as_slice::<u16>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
         DataType::F64 => t.as_slice::<f64>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
     };
-    TensorProto { name: Some(name.into()), dims: t.shape().iter().map(|&d| d as i64).collect(), data_type: Some(t.dtype().onnx_code()), raw_data: Some(raw.into()), ..Default::default() }
+    TensorProto {
+        name: Some(name.into()),
+        dims: t.shape().iter().map(|&d| d as i64).collect(),
+        data_type: Some(t.dtype().onnx_code()),
+        raw_data: Some(raw.into()),
+        ..Default::default()
+    }
 }
 
 impl ModelBuilder {

@@ -8,8 +8,7 @@ use std::path::Path;
 #[test]
 fn checked_in_proto_code_is_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let descriptors = protox::compile([root.join("proto/onnx.proto")], [root.join("proto")])
-        .expect("onnx.proto compiles");
+    let descriptors = protox::compile([root.join("proto/onnx.proto")], [root.join("proto")]).expect("onnx.proto compiles");
     let out = tempdir();
     prost_build::Config::new()
         // Every `bytes` field (raw_data above all) becomes `bytes::Bytes`: decoding from a
@@ -27,10 +26,7 @@ fn checked_in_proto_code_is_current() {
         std::fs::write(&checked_in, &expected).unwrap();
     }
     let current = std::fs::read_to_string(&checked_in).unwrap_or_default();
-    assert!(
-        current == expected,
-        "src/onnx/proto.rs is stale: rerun with DISTQ_BLESS=1"
-    );
+    assert!(current == expected, "src/onnx/proto.rs is stale: rerun with DISTQ_BLESS=1");
     std::fs::remove_dir_all(out).ok();
 }
 

@@ -100,7 +100,9 @@ fn report(path: &PathBuf) -> Result<Report> {
         file_bytes: std::fs::metadata(path)?.len(),
         ir_version: file.proto.ir_version.unwrap_or(0),
         opset: file.opset(),
-        producer: format!("{} {}", file.proto.producer_name.as_deref().unwrap_or(""), file.proto.producer_version.as_deref().unwrap_or("")).trim().to_string(),
+        producer: format!("{} {}", file.proto.producer_name.as_deref().unwrap_or(""), file.proto.producer_version.as_deref().unwrap_or(""))
+            .trim()
+            .to_string(),
         inputs: graph.input.iter().filter(|i| !init_names.contains(i.name.as_deref().unwrap_or(""))).map(value).collect(),
         outputs: graph.output.iter().map(value).collect(),
         nodes,
@@ -123,7 +125,14 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    println!("{}  ({:.1} MB, IR {}, opset {}, {})", r.path, r.file_bytes as f64 / 1e6, r.ir_version, r.opset, if r.producer.is_empty() { "unknown producer" } else { &r.producer });
+    println!(
+        "{}  ({:.1} MB, IR {}, opset {}, {})",
+        r.path,
+        r.file_bytes as f64 / 1e6,
+        r.ir_version,
+        r.opset,
+        if r.producer.is_empty() { "unknown producer" } else { &r.producer }
+    );
     for (kind, values) in [("input ", &r.inputs), ("output", &r.outputs)] {
         for v in values {
             println!("  {kind} {:<28} {:<8} {}", v.name, v.dtype, shape_text(&v.shape));

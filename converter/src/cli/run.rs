@@ -58,7 +58,13 @@ pub fn run(args: Args) -> Result<()> {
     let inputs = load_inputs(&args.input)?;
     for i in session.model().inputs() {
         if !inputs.iter().any(|(n, _)| n == &i.name) {
-            bail!("input '{}' ({} {}) is missing from {}", i.name, i.dtype.map_or("?", |d| d.name()), dims_text(&i.dims), args.input.join(", "));
+            bail!(
+                "input '{}' ({} {}) is missing from {}",
+                i.name,
+                i.dtype.map_or("?", |d| d.name()),
+                dims_text(&i.dims),
+                args.input.join(", ")
+            );
         }
     }
     let mut times = Vec::with_capacity(args.repeat);

@@ -21,10 +21,13 @@ impl<'a> Attrs<'a> {
     fn get(&self, name: &str, want: AttributeType) -> Result<Option<&'a AttributeProto>> {
         let Some(a) = self.node.attribute.iter().find(|a| a.name.as_deref() == Some(name)) else { return Ok(None) };
         // Old exporters leave `type` unset; then trust the field that is populated.
-        if let Some(t) = a.r#type {
-            if t != want as i32 {
-                bail!("attribute '{name}' has type {:?}, expected {want:?}", AttributeType::try_from(t).map(|t| format!("{t:?}")).unwrap_or_else(|_| t.to_string()));
-            }
+        if let Some(t) = a.r#type
+            && t != want as i32
+        {
+            bail!(
+                "attribute '{name}' has type {:?}, expected {want:?}",
+                AttributeType::try_from(t).map(|t| format!("{t:?}")).unwrap_or_else(|_| t.to_string())
+            );
         }
         Ok(Some(a))
     }

@@ -50,7 +50,12 @@ impl Importer {
             return Err(Error::InvalidModel("sparse initializers are not supported".into()));
         }
         // Before IR 4, initializers were also listed as inputs; they are not caller inputs.
-        let inputs = g.input.iter().filter(|i| !initializers.contains_key(i.name.as_deref().unwrap_or(""))).map(value_info).collect::<Result<Vec<_>>>()?;
+        let inputs = g
+            .input
+            .iter()
+            .filter(|i| !initializers.contains_key(i.name.as_deref().unwrap_or("")))
+            .map(value_info)
+            .collect::<Result<Vec<_>>>()?;
         let outputs = g.output.iter().map(value_info).collect::<Result<Vec<_>>>()?;
         let mut seen_inputs = HashSet::new();
         for i in &inputs {
@@ -123,12 +128,22 @@ impl Importer {
         }
         if op_type == "If" {
             let branch = |this: &mut Self, key: &str| -> Result<Arc<Graph>> {
-                let g = n.attribute.iter().find(|a| a.name.as_deref() == Some(key)).and_then(|a| a.g.as_ref()).ok_or_else(|| Error::Op(format!("attribute '{key}' (a graph) is missing")))?;
+                let g = n
+                    .attribute
+                    .iter()
+                    .find(|a| a.name.as_deref() == Some(key))
+                    .and_then(|a| a.g.as_ref())
+                    .ok_or_else(|| Error::Op(format!("attribute '{key}' (a graph) is missing")))?;
                 Ok(Arc::new(this.graph(g, scope, depth + 1)?))
             };
             let (then_branch, else_branch) = (branch(self, "then_branch")?, branch(self, "else_branch")?);
             if then_branch.outputs.len() != n.output.len() || else_branch.outputs.len() != n.output.len() {
-                return Err(Error::Op(format!("branches have {} and {} outputs, the node {}", then_branch.outputs.len(), else_branch.outputs.len(), n.output.len())));
+                return Err(Error::Op(format!(
+                    "branches have {} and {} outputs, the node {}",
+                    then_branch.outputs.len(),
+                    else_branch.outputs.len(),
+                    n.output.len()
+                )));
             }
             return Ok(NodeKind::If { then_branch, else_branch });
         }
@@ -182,7 +197,10 @@ fn value_info(v: &ValueInfoProto) -> Result<ValueInfo> {
     let mut info = ValueInfo { name: name.clone(), dtype: None, dims: None };
     let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) else { return Ok(info) };
     if let Some(code) = t.elem_type.filter(|&c| c != 0) {
-        info.dtype = Some(DataType::from_onnx(code).ok_or_else(|| Error::InvalidModel(format!("value '{name}' has unsupported element type {}", onnx_dtype_name(code))))?);
+        info.dtype = Some(
+            DataType::from_onnx(code)
+                .ok_or_else(|| Error::InvalidModel(format!("value '{name}' has unsupported element type {}", onnx_dtype_name(code))))?,
+        );
     }
     if let Some(shape) = &t.shape {
         let dims = shape

@@ -3,9 +3,10 @@
 
 pub mod attrs;
 pub mod import;
-pub mod weight_files;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
+#[rustfmt::skip]
 pub mod proto;
+pub mod weight_files;
 
 use crate::error::{Error, Result};
 use crate::tensor::{DataType, Tensor, checked_numel, onnx_dtype_name};
@@ -14,8 +15,8 @@ use prost::Message;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use weight_files::{SharedMap, WeightFiles};
 pub use proto::ModelProto;
+pub use weight_files::{SharedMap, WeightFiles};
 
 /// Largest tensor dimension accepted from a file: beyond this no real model goes, and products
 /// of such dims are where overflow bugs live.
@@ -53,7 +54,8 @@ impl OnnxFile {
         if bytes.is_empty() {
             return Err(decode_err("the file is empty".into()));
         }
-        let proto = ModelProto::decode(bytes).map_err(|e| decode_err(format!("protobuf decoding failed ({e}); the file is truncated or not ONNX")))?;
+        let proto = ModelProto::decode(bytes)
+            .map_err(|e| decode_err(format!("protobuf decoding failed ({e}); the file is truncated or not ONNX")))?;
         // Random bytes can parse as a protobuf made only of unknown fields: demand the parts
         // every ONNX model has.
         if proto.ir_version.unwrap_or(0) <= 0 {

@@ -70,7 +70,9 @@ impl WeightFiles {
         let mut length = None;
         for e in entries {
             let value = e.value.as_deref().unwrap_or("");
-            let number = || value.parse::<u64>().map_err(|_| err(format!("{} '{value}' is not a non-negative integer", e.key.as_deref().unwrap_or(""))));
+            let number = || {
+                value.parse::<u64>().map_err(|_| err(format!("{} '{value}' is not a non-negative integer", e.key.as_deref().unwrap_or(""))))
+            };
             match e.key.as_deref() {
                 Some("location") => location = Some(value.to_string()),
                 Some("offset") => offset = number()?,
@@ -79,7 +81,8 @@ impl WeightFiles {
             }
         }
         let location = location.ok_or_else(|| err("has no location".into()))?;
-        let base = self.base_dir.clone().ok_or_else(|| err(format!("location '{location}' cannot be resolved for a model loaded from memory")))?;
+        let base =
+            self.base_dir.clone().ok_or_else(|| err(format!("location '{location}' cannot be resolved for a model loaded from memory")))?;
         let path = confined_path(&base, &location).map_err(err)?;
         let bytes = match self.maps.get(&path) {
             Some(b) => b.clone(),

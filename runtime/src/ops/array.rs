@@ -2,7 +2,10 @@
 //! Split, Slice, Gather, Expand, Tile, Pad, Shape, Size, ConstantOfShape, Range, Identity.
 //! They work on any dtype; shape-determining inputs must be constants at plan time.
 
-use super::{BufferPool, Fact, ImportCtx, Importer, Op, broadcast_shapes, broadcast_strides, normalize_axis, numel, optional, out, required, strided_copy, strides, with_elements};
+use super::{
+    BufferPool, Fact, ImportCtx, Importer, Op, broadcast_shapes, broadcast_strides, normalize_axis, numel, optional, out, required,
+    strided_copy, strides, with_elements,
+};
 use crate::error::{Error, Result, bail, ensure};
 use crate::tensor::{DataType, Tensor};
 use std::sync::Arc;
@@ -23,7 +26,11 @@ pub const OPS: &[(&str, Importer)] = &[
     ("Pad", import_pad),
     ("Shape", |c| Ok(Box::new(ShapeOf { start: c.attrs.int("start", 0)?, end: c.attrs.int_opt("end")? }))),
     ("Size", |_| Ok(Box::new(Size))),
-    ("ConstantOfShape", |c| Ok(Box::new(ConstantOfShape { value: c.attrs.tensor_opt("value")?.unwrap_or_else(|| Tensor::from_vec(vec![1], vec![0f32]).unwrap()) }))),
+    ("ConstantOfShape", |c| {
+        Ok(Box::new(ConstantOfShape {
+            value: c.attrs.tensor_opt("value")?.unwrap_or_else(|| Tensor::from_vec(vec![1], vec![0f32]).unwrap()),
+        }))
+    }),
     ("Range", |_| Ok(Box::new(Range))),
     ("Identity", |_| Ok(Box::new(Identity))),
 ];
@@ -84,7 +91,9 @@ impl Op for Reshape {
                     infer_at = Some(i);
                     1
                 }
-                0 if !self.allow_zero => *x.shape.get(i).ok_or_else(|| Error::Op(format!("target shape {spec:?} copies dim {i} of input {:?}, which has no such dim", x.shape)))?,
+                0 if !self.allow_zero => *x.shape.get(i).ok_or_else(|| {
+                    Error::Op(format!("target shape {spec:?} copies dim {i} of input {:?}, which has no such dim", x.shape))
+                })?,
                 d if d < 0 => bail!("target shape {spec:?} has dim {d}"),
                 d => d as usize,
             });
@@ -139,7 +148,13 @@ impl Op for Squeeze {
         for &a in &axes {
             ensure!(x.shape[a] == 1, "cannot squeeze axis {a} of shape {:?}: its size is not 1", x.shape);
         }
-        let shape = x.shape.iter().enumerate().filter(|&(i, &d)| if axes.is_empty() { d != 1 } else { !axes.contains(&i) }).map(|(_, &d)| d).collect();
+        let shape = x
+            .shape
+            .iter()
+            .enumerate()
+            .filter(|&(i, &d)| if axes.is_empty() { d != 1 } else { !axes.contains(&i) })
+            .map(|(_, &d)| d)
+            .collect();
         Ok(vec![Fact::new(x.dtype, shape)])
     }
 
@@ -336,7 +351,10 @@ impl Op for Concat {
         let outer: usize = shape[..axis].iter().product();
         let first = required(inputs, 0)?;
         with_elements!(first, |_v: &[T]| {
-            let parts = inputs.iter().map(|t| Ok((t.unwrap().as_slice::<T>()?, t.unwrap().shape()[axis..].iter().product::<usize>()))).collect::<Result<Vec<_>>>()?;
+            let parts = inputs
+                .iter()
+                .map(|t| Ok((t.unwrap().as_slice::<T>()?, t.unwrap().shape()[axis..].iter().product::<usize>())))
+                .collect::<Result<Vec<_>>>()?;
             let mut dst = pool.take(numel(&shape)?);
             for o in 0..outer {
                 for (data, chunk) in &parts {
@@ -370,7 +388,11 @@ impl Split {
         };
         match split {
             Some(s) => {
-                ensure!(s.len() == self.num_outputs && s.iter().all(|&v| v >= 0) && s.iter().sum::<i64>() == dim as i64, "split {s:?} does not divide dim {dim} into {} parts", self.num_outputs);
+                ensure!(
+                    s.len() == self.num_outputs && s.iter().all(|&v| v >= 0) && s.iter().sum::<i64>() == dim as i64,
+                    "split {s:?} does not divide dim {dim} into {} parts",
+                    self.num_outputs
+                );
                 Ok(s.iter().map(|&v| v as usize).collect())
             }
             None => {
@@ -421,13 +443,21 @@ impl Op for Split {
 /// `Slice(data, starts, ends, axes?, steps?)` (attributes before opset 10).
 #[derive(Debug)]
 pub struct Slice {
-    attrs: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)>,
+    attrs: Option<SliceAttrs>,
+}
+
+/// Starts, ends and axes given as attributes (opset < 10).
+#[derive(Debug)]
+struct SliceAttrs {
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    axes: Option<Vec<i64>>,
 }
 
 fn import_slice(c: &ImportCtx) -> Result<Box<dyn Op>> {
     let attrs = if c.opset < 10 {
         let get = |n: &str| c.attrs.ints_opt(n)?.ok_or_else(|| Error::Op(format!("attribute '{n}' is required")));
-        Some((get("starts")?, get("ends")?, c.attrs.ints_opt("axes")?))
+        Some(SliceAttrs { starts: get("starts")?, ends: get("ends")?, axes: c.attrs.ints_opt("axes")? })
     } else {
         None
     };
@@ -435,7 +465,13 @@ fn import_slice(c: &ImportCtx) -> Result<Box<dyn Op>> {
 }
 
 /// Per-axis (start, step, len) of a slice, following the ONNX clamping rules.
-fn slice_ranges(shape: &[usize], starts: &[i64], ends: &[i64], axes: Option<Vec<i64>>, steps: Option<Vec<i64>>) -> Result<Vec<(i64, i64, usize)>> {
+fn slice_ranges(
+    shape: &[usize],
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<Vec<i64>>,
+    steps: Option<Vec<i64>>,
+) -> Result<Vec<(i64, i64, usize)>> {
     ensure!(starts.len() == ends.len(), "starts {starts:?} and ends {ends:?} differ in length");
     let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
     let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
@@ -447,7 +483,11 @@ fn slice_ranges(shape: &[usize], starts: &[i64], ends: &[i64], axes: Option<Vec<
         let step = steps[i];
         ensure!(step != 0, "slice step is 0");
         let fix = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
-        let (start, end) = if step > 0 { (fix(starts[i]).clamp(0, dim), fix(ends[i]).clamp(0, dim)) } else { (fix(starts[i]).clamp(0, dim - 1), fix(ends[i]).clamp(-1, dim - 1)) };
+        let (start, end) = if step > 0 {
+            (fix(starts[i]).clamp(0, dim), fix(ends[i]).clamp(0, dim))
+        } else {
+            (fix(starts[i]).clamp(0, dim - 1), fix(ends[i]).clamp(-1, dim - 1))
+        };
         let len = if step > 0 { (end - start + step - 1).div_euclid(step) } else { (start - end + (-step) - 1).div_euclid(-step) };
         ranges[axis] = (start, step, len.max(0) as usize);
     }
@@ -458,10 +498,16 @@ impl Slice {
     fn ranges(&self, inputs: &[Option<&Fact>]) -> Result<Vec<(i64, i64, usize)>> {
         let x = required(inputs, 0)?;
         match &self.attrs {
-            Some((s, e, a)) => slice_ranges(&x.shape, s, e, a.clone(), None),
+            Some(a) => slice_ranges(&x.shape, &a.starts, &a.ends, a.axes.clone(), None),
             None => {
                 let get = |i: usize, what: &str| optional(inputs, i).map(|f| f.const_i64s(what)).transpose();
-                slice_ranges(&x.shape, &required(inputs, 1)?.const_i64s("starts")?, &required(inputs, 2)?.const_i64s("ends")?, get(3, "axes")?, get(4, "steps")?)
+                slice_ranges(
+                    &x.shape,
+                    &required(inputs, 1)?.const_i64s("starts")?,
+                    &required(inputs, 2)?.const_i64s("ends")?,
+                    get(3, "axes")?,
+                    get(4, "steps")?,
+                )
             }
         }
     }
@@ -476,7 +522,11 @@ impl Op for Slice {
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let x = required(inputs, 0)?;
-        let fs: Vec<Option<Fact>> = inputs.iter().enumerate().map(|(i, t)| t.map(|t| if i == 0 { Fact::new(t.dtype(), t.shape().to_vec()) } else { Fact::of(Arc::new(t.clone())) })).collect();
+        let fs: Vec<Option<Fact>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.map(|t| if i == 0 { Fact::new(t.dtype(), t.shape().to_vec()) } else { Fact::of(Arc::new(t.clone())) }))
+            .collect();
         let refs: Vec<Option<&Fact>> = fs.iter().map(|f| f.as_ref()).collect();
         let ranges = self.ranges(&refs)?;
         let st = strides(x.shape());
@@ -601,7 +651,11 @@ impl Op for Pad {
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
         let x = required(inputs, 0)?;
-        let fs: Vec<Option<Fact>> = inputs.iter().enumerate().map(|(i, t)| t.map(|t| if i == 0 { Fact::new(t.dtype(), t.shape().to_vec()) } else { Fact::of(Arc::new(t.clone())) })).collect();
+        let fs: Vec<Option<Fact>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.map(|t| if i == 0 { Fact::new(t.dtype(), t.shape().to_vec()) } else { Fact::of(Arc::new(t.clone())) }))
+            .collect();
         let refs: Vec<Option<&Fact>> = fs.iter().map(|f| f.as_ref()).collect();
         let pads = self.pads(&refs)?;
         let shape: Vec<usize> = x.shape().iter().zip(&pads).map(|(&d, &(b, e))| (d as i64 + b + e) as usize).collect();

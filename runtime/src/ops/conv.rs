@@ -7,7 +7,8 @@ use crate::error::{Result, bail, ensure};
 use crate::tensor::{DataType, Tensor};
 
 /// The ops of this family.
-pub const OPS: &[(&str, Importer)] = &[("Conv", |c| Ok(Box::new(Conv { geom: Geometry::import(c, false)? }))), ("ConvTranspose", import_conv_transpose)];
+pub const OPS: &[(&str, Importer)] =
+    &[("Conv", |c| Ok(Box::new(Conv { geom: Geometry::import(c, false)? }))), ("ConvTranspose", import_conv_transpose)];
 
 /// How the auto_pad attribute places padding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,7 +137,12 @@ impl Conv {
     fn plan(&self, x: &[usize], w: &[usize]) -> Result<(Vec<Axis>, Vec<usize>)> {
         ensure!(x.len() == w.len() && x.len() >= 3, "input {x:?} and weight {w:?} ranks do not fit a convolution");
         let group = self.geom.group;
-        ensure!(group >= 1 && x[1] % group == 0 && w[0] % group == 0, "group {group} does not divide input channels {} and output channels {}", x[1], w[0]);
+        ensure!(
+            group >= 1 && x[1].is_multiple_of(group) && w[0].is_multiple_of(group),
+            "group {group} does not divide input channels {} and output channels {}",
+            x[1],
+            w[0]
+        );
         ensure!(w[1] * group == x[1], "weight {w:?} expects {} input channels, input {x:?} has {}", w[1] * group, x[1]);
         if let Some(k) = &self.geom.kernel {
             ensure!(k[..] == w[2..], "kernel_shape {k:?} disagrees with weight {w:?}");
@@ -234,7 +240,19 @@ fn im2col(x: &[f32], c: usize, h: usize, w: usize, kh: usize, kw: usize, ah: &Ax
 
 /// One channel convolved with its own `kh × kw` filter (depthwise conv).
 #[allow(clippy::too_many_arguments)]
-fn depthwise_plane(x: &[f32], h: usize, w: usize, k: &[f32], kh: usize, kw: usize, ah: &Axis, aw: &Axis, oh: usize, ow: usize, y: &mut [f32]) {
+fn depthwise_plane(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    k: &[f32],
+    kh: usize,
+    kw: usize,
+    ah: &Axis,
+    aw: &Axis,
+    oh: usize,
+    ow: usize,
+    y: &mut [f32],
+) {
     let (sh, dh, ph) = (ah.2, ah.3, ah.4 as isize);
     let (sw, dw, pw) = (aw.2, aw.3, aw.4 as isize);
     for ki in 0..kh {
@@ -281,9 +299,12 @@ fn import_conv_transpose(c: &ImportCtx) -> Result<Box<dyn Op>> {
 impl ConvTranspose {
     /// Axes with pads resolved, and the output shape.
     fn plan(&self, x: &[usize], w: &[usize]) -> Result<(Vec<Axis>, Vec<usize>)> {
-        ensure!(x.len() == w.len() && (x.len() == 3 || x.len() == 4), "input {x:?} and weight {w:?} do not fit a 1-D/2-D transposed convolution");
+        ensure!(
+            x.len() == w.len() && (x.len() == 3 || x.len() == 4),
+            "input {x:?} and weight {w:?} do not fit a 1-D/2-D transposed convolution"
+        );
         let g = self.geom.group;
-        ensure!(g >= 1 && x[1] == w[0] && x[1] % g == 0, "weight {w:?} does not match input channels {} with group {g}", x[1]);
+        ensure!(g >= 1 && x[1] == w[0] && x[1].is_multiple_of(g), "weight {w:?} does not match input channels {} with group {g}", x[1]);
         let mut axes = self.geom.axes(&x[2..], &w[2..])?;
         let n = axes.len();
         let mut shape = vec![x[0], w[1] * g];
@@ -374,7 +395,15 @@ mod tests {
     use super::*;
 
     fn geom(pads: [usize; 4], strides: [usize; 2], group: usize) -> Geometry {
-        Geometry { kernel: None, strides: Some(strides.to_vec()), dilations: None, pads: Some(pads.to_vec()), auto_pad: AutoPad::NotSet, group, ceil_mode: false }
+        Geometry {
+            kernel: None,
+            strides: Some(strides.to_vec()),
+            dilations: None,
+            pads: Some(pads.to_vec()),
+            auto_pad: AutoPad::NotSet,
+            group,
+            ceil_mode: false,
+        }
     }
 
     /// Direct 2-D convolution, the definition, as the reference.
@@ -397,7 +426,8 @@ mod tests {
                                     let iy = (oy * stride + ki) as isize - pad as isize;
                                     let ix = (ox * stride + kj) as isize - pad as isize;
                                     if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                        acc += x[((b * c + gi * cg + ci) * h + iy as usize) * wd + ix as usize] * w[((mo * cg + ci) * kh + ki) * kw + kj];
+                                        acc += x[((b * c + gi * cg + ci) * h + iy as usize) * wd + ix as usize]
+                                            * w[((mo * cg + ci) * kh + ki) * kw + kj];
                                     }
                                 }
                             }
@@ -417,7 +447,8 @@ mod tests {
     #[test]
     fn conv_paths_match_definition() {
         // (x shape, w shape, pad, stride, group): general, pointwise, depthwise, strided grouped.
-        let cases: &[([usize; 4], [usize; 4], usize, usize, usize)] = &[
+        type Case = ([usize; 4], [usize; 4], usize, usize, usize);
+        let cases: &[Case] = &[
             ([1, 3, 5, 6], [4, 3, 3, 3], 1, 1, 1),
             ([2, 4, 4, 4], [6, 4, 1, 1], 0, 1, 1),
             ([1, 4, 7, 5], [4, 1, 3, 3], 1, 2, 4),
@@ -436,7 +467,17 @@ mod tests {
 
     #[test]
     fn conv1d_with_bias() {
-        let op = Conv { geom: Geometry { kernel: None, strides: None, dilations: Some(vec![2]), pads: Some(vec![1, 1]), auto_pad: AutoPad::NotSet, group: 1, ceil_mode: false } };
+        let op = Conv {
+            geom: Geometry {
+                kernel: None,
+                strides: None,
+                dilations: Some(vec![2]),
+                pads: Some(vec![1, 1]),
+                auto_pad: AutoPad::NotSet,
+                group: 1,
+                ceil_mode: false,
+            },
+        };
         let y = run(&op, &[f32t(&[1, 1, 4], &[1., 2., 3., 4.]), f32t(&[1, 1, 2], &[1., 10.]), f32t(&[1], &[0.5])]).unwrap();
         // Taps at i-1 and i+1: [0+20, 1+30, 2+40, 3+0].
         assert_close(&y[0], &[1, 1, 4], &[20.5, 31.5, 42.5, 3.5]);

@@ -1,7 +1,7 @@
 //! Elementwise ops: unary math and activations, broadcasting binary arithmetic and
 //! comparisons, variadic Min/Max/Sum, Where, and Cast.
 
-use super::{BufferPool, math, Fact, ImportCtx, Importer, Op, broadcast_shapes, broadcast_strides, expect_dtype, optional, out, required};
+use super::{BufferPool, Fact, ImportCtx, Importer, Op, broadcast_shapes, broadcast_strides, expect_dtype, math, optional, out, required};
 use crate::error::{Result, bail, ensure};
 use crate::tensor::{Bool, DataType, Element, Tensor};
 
@@ -55,6 +55,7 @@ pub(crate) trait Num: Element + PartialOrd {
     fn from_f64(v: f64) -> Self;
     fn to_i64(self) -> i64;
     fn from_i64(v: i64) -> Self;
+    fn is_nan(self) -> bool;
     const IS_FLOAT: bool;
 }
 
@@ -70,6 +71,7 @@ macro_rules! num_int {
         fn from_f64(v: f64) -> Self { v as $t }
         fn to_i64(self) -> i64 { self as i64 }
         fn from_i64(v: i64) -> Self { v as $t }
+        fn is_nan(self) -> bool { false }
         const IS_FLOAT: bool = false;
     })*};
 }
@@ -84,6 +86,7 @@ macro_rules! num_float {
         fn from_f64(v: f64) -> Self { v as $t }
         fn to_i64(self) -> i64 { self as i64 }
         fn from_i64(v: i64) -> Self { v as $t }
+        fn is_nan(self) -> bool { <$t>::is_nan(self) }
         const IS_FLOAT: bool = true;
     })*};
 }
@@ -93,12 +96,42 @@ num_float!(f32, f64);
 macro_rules! with_numeric {
     ($t:expr, |$x:ident: &[$T:ident]| $body:expr) => {{
         match $t.dtype() {
-            DataType::F32 => { #[allow(dead_code)] type $T = f32; let $x = $t.as_slice::<f32>()?; $body }
-            DataType::F64 => { #[allow(dead_code)] type $T = f64; let $x = $t.as_slice::<f64>()?; $body }
-            DataType::I64 => { #[allow(dead_code)] type $T = i64; let $x = $t.as_slice::<i64>()?; $body }
-            DataType::I32 => { #[allow(dead_code)] type $T = i32; let $x = $t.as_slice::<i32>()?; $body }
-            DataType::I8 => { #[allow(dead_code)] type $T = i8; let $x = $t.as_slice::<i8>()?; $body }
-            DataType::U8 => { #[allow(dead_code)] type $T = u8; let $x = $t.as_slice::<u8>()?; $body }
+            DataType::F32 => {
+                #[allow(dead_code)]
+                type $T = f32;
+                let $x = $t.as_slice::<f32>()?;
+                $body
+            }
+            DataType::F64 => {
+                #[allow(dead_code)]
+                type $T = f64;
+                let $x = $t.as_slice::<f64>()?;
+                $body
+            }
+            DataType::I64 => {
+                #[allow(dead_code)]
+                type $T = i64;
+                let $x = $t.as_slice::<i64>()?;
+                $body
+            }
+            DataType::I32 => {
+                #[allow(dead_code)]
+                type $T = i32;
+                let $x = $t.as_slice::<i32>()?;
+                $body
+            }
+            DataType::I8 => {
+                #[allow(dead_code)]
+                type $T = i8;
+                let $x = $t.as_slice::<i8>()?;
+                $body
+            }
+            DataType::U8 => {
+                #[allow(dead_code)]
+                type $T = u8;
+                let $x = $t.as_slice::<u8>()?;
+                $body
+            }
             other => bail!("dtype {other} is not numeric"),
         }
     }};
@@ -186,7 +219,10 @@ impl Op for Unary {
             (Unary::Not, _) => out(shape, x.as_slice::<Bool>()?.iter().map(|b| Bool(1 - b.0)).collect())?,
             (_, DataType::F32) => out(shape, self.apply_f32(x.as_slice::<f32>()?, pool))?,
             (Unary::Neg, _) => with_numeric!(x, |x: &[T]| out(shape, x.iter().map(|&a| T::from_i64(0).sub(a)).collect())?),
-            (Unary::Abs, _) => with_numeric!(x, |x: &[T]| out(shape, x.iter().map(|&a| if a < T::from_i64(0) { T::from_i64(0).sub(a) } else { a }).collect())?),
+            (Unary::Abs, _) => with_numeric!(x, |x: &[T]| out(
+                shape,
+                x.iter().map(|&a| if a < T::from_i64(0) { T::from_i64(0).sub(a) } else { a }).collect()
+            )?),
             (op, dt) => bail!("{op:?} does not support {dt}"),
         }])
     }
@@ -232,8 +268,14 @@ impl Op for Clip {
             let (lo, hi) = (bound(1, self.min)?, bound(2, self.max)?);
             let mut v = pool.take(x.len());
             v.extend(x.iter().map(|&a| {
-                let a = match lo { Some(l) if a < l => l, _ => a };
-                match hi { Some(h) if a > h => h, _ => a }
+                let a = match lo {
+                    Some(l) if a < l => l,
+                    _ => a,
+                };
+                match hi {
+                    Some(h) if a > h => h,
+                    _ => a,
+                }
             }));
             Ok(vec![out(shape, v)?])
         })
@@ -304,12 +346,16 @@ impl Binary {
         if self == Pow {
             let exps = b.to_f32s().or_else(|_| b.to_i64s().map(|v| v.into_iter().map(|e| e as f32).collect()))?;
             let exps = Tensor::from_vec(b.shape().to_vec(), exps)?;
-            let v = broadcast_zip(a.as_slice::<f32>()?, a.shape(), exps.as_slice::<f32>()?, b.shape(), &shape, pool, |x: f32, e: f32| if e == 2.0 { x * x } else { x.powf(e) });
+            let v = broadcast_zip(a.as_slice::<f32>()?, a.shape(), exps.as_slice::<f32>()?, b.shape(), &shape, pool, |x: f32, e: f32| {
+                if e == 2.0 { x * x } else { x.powf(e) }
+            });
             return out(shape, v);
         }
         with_numeric!(a, |x: &[T]| {
             let y = b.as_slice::<T>()?;
-            let mut cmp = |f: fn(&T, &T) -> bool| -> Result<Tensor> { out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| Bool(f(&p, &q) as u8))) };
+            let mut cmp = |f: fn(&T, &T) -> bool| -> Result<Tensor> {
+                out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| Bool(f(&p, &q) as u8)))
+            };
             match self {
                 Equal => cmp(|p, q| p == q),
                 Less => cmp(|p, q| p < q),
@@ -325,9 +371,18 @@ impl Binary {
                 Sub => out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| p.sub(q))),
                 Mul => out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| p.mul(q))),
                 Div => out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| p.div(q).unwrap_or(p))),
-                Min => out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| if q < p || q != q { q } else { p })),
-                Max => out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| if q > p || q != q { q } else { p })),
-                PRelu => out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| if p < T::from_i64(0) { p.mul(q) } else { p })),
+                Min => out(
+                    shape.clone(),
+                    broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| if q < p || q.is_nan() { q } else { p }),
+                ),
+                Max => out(
+                    shape.clone(),
+                    broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| if q > p || q.is_nan() { q } else { p }),
+                ),
+                PRelu => out(
+                    shape.clone(),
+                    broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| if p < T::from_i64(0) { p.mul(q) } else { p }),
+                ),
                 And | Or | Xor | Pow => unreachable!("handled above"),
             }
         })
@@ -335,7 +390,15 @@ impl Binary {
 }
 
 /// Applies `f` over two broadcast inputs; the innermost dim is a tight loop.
-fn broadcast_zip<A: Copy, B: Copy, O: Element>(a: &[A], a_shape: &[usize], b: &[B], b_shape: &[usize], shape: &[usize], pool: &mut BufferPool, f: impl Fn(A, B) -> O) -> Vec<O> {
+fn broadcast_zip<A: Copy, B: Copy, O: Element>(
+    a: &[A],
+    a_shape: &[usize],
+    b: &[B],
+    b_shape: &[usize],
+    shape: &[usize],
+    pool: &mut BufferPool,
+    f: impl Fn(A, B) -> O,
+) -> Vec<O> {
     let n: usize = shape.iter().product();
     let mut v = pool.take(n);
     if n == 0 {
@@ -580,7 +643,11 @@ mod tests {
         assert_close(&run(&Binary::Div, &[a.clone(), f32t(&[], &[2.])]).unwrap()[0], &[2, 3], &[0.5, 1., 1.5, 2., 2.5, 3.]);
         assert_close(&run(&Binary::Pow, &[a.clone(), f32t(&[], &[2.])]).unwrap()[0], &[2, 3], &[1., 4., 9., 16., 25., 36.]);
         let slope = f32t(&[3], &[0.5, 1., 2.]);
-        assert_close(&run(&Binary::PRelu, &[f32t(&[2, 3], &[-1., -1., -1., 1., 1., 1.]), slope]).unwrap()[0], &[2, 3], &[-0.5, -1., -2., 1., 1., 1.]);
+        assert_close(
+            &run(&Binary::PRelu, &[f32t(&[2, 3], &[-1., -1., -1., 1., 1., 1.]), slope]).unwrap()[0],
+            &[2, 3],
+            &[-0.5, -1., -2., 1., 1., 1.],
+        );
         let err = run(&Binary::Add, &[a, f32t(&[2], &[1., 2.])]).unwrap_err().to_string();
         assert!(err.contains("cannot be broadcast"), "{err}");
     }

@@ -60,7 +60,22 @@ pub(crate) fn sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) 
     assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm operand out of bounds");
     // Safety: the asserts above prove every index the kernel reads or writes is in bounds.
     unsafe {
-        matrixmultiply::sgemm(m, k, n, alpha, a.data.as_ptr(), a.row_stride, a.col_stride, b.data.as_ptr(), b.row_stride, b.col_stride, beta, c.as_mut_ptr(), n as isize, 1);
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.data.as_ptr(),
+            a.row_stride,
+            a.col_stride,
+            b.data.as_ptr(),
+            b.row_stride,
+            b.col_stride,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
     }
 }
 
@@ -118,7 +133,13 @@ impl Op for MatMul {
                     ib += idx * b_batch[d];
                 }
                 let (ao, bo) = (ia * m * k, ib * k * n);
-                sgemm(1.0, MatRef::dense(&av[ao..ao + m * k], m, k), MatRef::dense(&bv[bo..bo + k * n], k, n), 0.0, &mut c[i * m * n..(i + 1) * m * n]);
+                sgemm(
+                    1.0,
+                    MatRef::dense(&av[ao..ao + m * k], m, k),
+                    MatRef::dense(&bv[bo..bo + k * n], k, n),
+                    0.0,
+                    &mut c[i * m * n..(i + 1) * m * n],
+                );
             }
         }
         Ok(vec![out(shape, c)?])

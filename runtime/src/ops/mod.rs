@@ -260,7 +260,12 @@ pub(crate) fn strided_copy<T: Copy>(src: &[T], base: usize, out: &[usize], src_s
 
 /// Checks that an input's dtype is one of `allowed`.
 pub(crate) fn expect_dtype(f: &Fact, allowed: &[DataType], what: &str) -> Result<()> {
-    ensure!(allowed.contains(&f.dtype), "{what} has dtype {}, expected one of {:?}", f.dtype, allowed.iter().map(|d| d.name()).collect::<Vec<_>>());
+    ensure!(
+        allowed.contains(&f.dtype),
+        "{what} has dtype {}, expected one of {:?}",
+        f.dtype,
+        allowed.iter().map(|d| d.name()).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
@@ -280,14 +285,54 @@ macro_rules! with_elements {
     ($t:expr, |$x:ident: &[$T:ident]| $body:expr) => {{
         use $crate::tensor::{Bool, DataType};
         match $t.dtype() {
-            DataType::F32 => { #[allow(dead_code)] type $T = f32; let $x = $t.as_slice::<f32>()?; $body }
-            DataType::U8 => { #[allow(dead_code)] type $T = u8; let $x = $t.as_slice::<u8>()?; $body }
-            DataType::I8 => { #[allow(dead_code)] type $T = i8; let $x = $t.as_slice::<i8>()?; $body }
-            DataType::I32 => { #[allow(dead_code)] type $T = i32; let $x = $t.as_slice::<i32>()?; $body }
-            DataType::I64 => { #[allow(dead_code)] type $T = i64; let $x = $t.as_slice::<i64>()?; $body }
-            DataType::F16 => { #[allow(dead_code)] type $T = u16; let $x = $t.as_slice::<u16>()?; $body }
-            DataType::F64 => { #[allow(dead_code)] type $T = f64; let $x = $t.as_slice::<f64>()?; $body }
-            DataType::Bool => { #[allow(dead_code)] type $T = Bool; let $x = $t.as_slice::<Bool>()?; $body }
+            DataType::F32 => {
+                #[allow(dead_code)]
+                type $T = f32;
+                let $x = $t.as_slice::<f32>()?;
+                $body
+            }
+            DataType::U8 => {
+                #[allow(dead_code)]
+                type $T = u8;
+                let $x = $t.as_slice::<u8>()?;
+                $body
+            }
+            DataType::I8 => {
+                #[allow(dead_code)]
+                type $T = i8;
+                let $x = $t.as_slice::<i8>()?;
+                $body
+            }
+            DataType::I32 => {
+                #[allow(dead_code)]
+                type $T = i32;
+                let $x = $t.as_slice::<i32>()?;
+                $body
+            }
+            DataType::I64 => {
+                #[allow(dead_code)]
+                type $T = i64;
+                let $x = $t.as_slice::<i64>()?;
+                $body
+            }
+            DataType::F16 => {
+                #[allow(dead_code)]
+                type $T = u16;
+                let $x = $t.as_slice::<u16>()?;
+                $body
+            }
+            DataType::F64 => {
+                #[allow(dead_code)]
+                type $T = f64;
+                let $x = $t.as_slice::<f64>()?;
+                $body
+            }
+            DataType::Bool => {
+                #[allow(dead_code)]
+                type $T = Bool;
+                let $x = $t.as_slice::<Bool>()?;
+                $body
+            }
         }
     }};
 }

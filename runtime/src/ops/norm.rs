@@ -61,7 +61,12 @@ impl Op for LayerNorm {
         let norm: usize = x.shape[axis..].iter().product();
         for i in 1..3 {
             if let Some(p) = optional(inputs, i) {
-                ensure!(p.shape.iter().product::<usize>() == norm, "parameter {i} of shape {:?} does not cover the normalized shape {:?}", p.shape, &x.shape[axis..]);
+                ensure!(
+                    p.shape.iter().product::<usize>() == norm,
+                    "parameter {i} of shape {:?} does not cover the normalized shape {:?}",
+                    p.shape,
+                    &x.shape[axis..]
+                );
             }
         }
         let mut stat = x.shape.clone();
@@ -170,13 +175,17 @@ mod tests {
     #[test]
     fn batch_norm_per_channel() {
         let p = |v: [f32; 2]| f32t(&[2], &v);
-        let y = run(&BatchNorm { epsilon: 0.0 }, &[f32t(&[1, 2, 2], &[1., 2., 3., 4.]), p([2., 1.]), p([0., 1.]), p([1., 3.]), p([4., 1.])]).unwrap();
+        let y =
+            run(&BatchNorm { epsilon: 0.0 }, &[f32t(&[1, 2, 2], &[1., 2., 3., 4.]), p([2., 1.]), p([0., 1.]), p([1., 3.]), p([4., 1.])])
+                .unwrap();
         assert_close(&y[0], &[1, 2, 2], &[0., 1., 1., 2.]);
     }
 
     #[test]
     fn layer_norm_rows() {
-        let y = run(&LayerNorm { axis: -1, epsilon: 0.0 }, &[f32t(&[2, 2], &[1., 3., 5., 7.]), f32t(&[2], &[1., 2.]), f32t(&[2], &[0., 1.])]).unwrap();
+        let y =
+            run(&LayerNorm { axis: -1, epsilon: 0.0 }, &[f32t(&[2, 2], &[1., 3., 5., 7.]), f32t(&[2], &[1., 2.]), f32t(&[2], &[0., 1.])])
+                .unwrap();
         assert_close(&y[0], &[2, 2], &[-1., 3., -1., 3.]);
         assert_close(&y[1], &[2, 1], &[2., 6.]);
     }
@@ -184,12 +193,12 @@ mod tests {
     #[test]
     fn softmax_axes_and_coercion() {
         let x = f32t(&[2, 2], &[0., 0., 1., 3.]);
-        let y = run(&Softmax { axis: 0, coerce_2d: false, log: false }, &[x.clone()]).unwrap();
+        let y = run(&Softmax { axis: 0, coerce_2d: false, log: false }, std::slice::from_ref(&x)).unwrap();
         let e1 = 1.0 / (1.0 + 1f32.exp());
         let e3 = 1.0 / (1.0 + 3f32.exp());
         assert_close(&y[0], &[2, 2], &[e1, e3, 1. - e1, 1. - e3]);
         // Opset < 13, axis 0: one softmax over all four values.
-        let y = run(&Softmax { axis: 0, coerce_2d: true, log: false }, &[x.clone()]).unwrap();
+        let y = run(&Softmax { axis: 0, coerce_2d: true, log: false }, std::slice::from_ref(&x)).unwrap();
         let s = 2.0 + 1f32.exp() + 3f32.exp();
         assert_close(&y[0], &[2, 2], &[1. / s, 1. / s, 1f32.exp() / s, 3f32.exp() / s]);
         let y = run(&Softmax { axis: -1, coerce_2d: false, log: true }, &[x]).unwrap();

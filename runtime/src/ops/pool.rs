@@ -66,7 +66,8 @@ impl Op for Pool {
             let plane = &xv[p * h * w..(p + 1) * h * w];
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let (mut acc, mut count, mut padded_count) = (if matches!(self.kind, PoolKind::Max) { f32::NEG_INFINITY } else { 0.0 }, 0usize, 0usize);
+                    let (mut acc, mut count, mut padded_count) =
+                        (if matches!(self.kind, PoolKind::Max) { f32::NEG_INFINITY } else { 0.0 }, 0usize, 0usize);
                     for ki in 0..ah.1 {
                         let iy = (oy * ah.2 + ki * ah.3) as isize - ah.4 as isize;
                         for kj in 0..aw.1 {
@@ -135,19 +136,30 @@ mod tests {
     use super::*;
 
     fn pool(kind: PoolKind, k: usize, s: usize, p: usize, ceil_mode: bool) -> Pool {
-        Pool { geom: Geometry { kernel: Some(vec![k, k]), strides: Some(vec![s, s]), dilations: None, pads: Some(vec![p; 4]), auto_pad: AutoPad::NotSet, group: 1, ceil_mode }, kind }
+        Pool {
+            geom: Geometry {
+                kernel: Some(vec![k, k]),
+                strides: Some(vec![s, s]),
+                dilations: None,
+                pads: Some(vec![p; 4]),
+                auto_pad: AutoPad::NotSet,
+                group: 1,
+                ceil_mode,
+            },
+            kind,
+        }
     }
 
     #[test]
     fn max_and_average() {
         let x = f32t(&[1, 1, 3, 3], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]);
-        let y = run(&pool(PoolKind::Max, 2, 1, 0, false), &[x.clone()]).unwrap();
+        let y = run(&pool(PoolKind::Max, 2, 1, 0, false), std::slice::from_ref(&x)).unwrap();
         assert_close(&y[0], &[1, 1, 2, 2], &[5., 6., 8., 9.]);
-        let y = run(&pool(PoolKind::Max, 2, 2, 0, true), &[x.clone()]).unwrap();
+        let y = run(&pool(PoolKind::Max, 2, 2, 0, true), std::slice::from_ref(&x)).unwrap();
         assert_close(&y[0], &[1, 1, 2, 2], &[5., 6., 8., 9.]);
-        let y = run(&pool(PoolKind::Average { count_include_pad: false }, 3, 1, 1, false), &[x.clone()]).unwrap();
+        let y = run(&pool(PoolKind::Average { count_include_pad: false }, 3, 1, 1, false), std::slice::from_ref(&x)).unwrap();
         assert_close(&y[0], &[1, 1, 3, 3], &[3., 3.5, 4., 4.5, 5., 5.5, 6., 6.5, 7.]);
-        let y = run(&pool(PoolKind::Average { count_include_pad: true }, 3, 1, 1, false), &[x.clone()]).unwrap();
+        let y = run(&pool(PoolKind::Average { count_include_pad: true }, 3, 1, 1, false), std::slice::from_ref(&x)).unwrap();
         assert_close(&y[0], &[1, 1, 3, 3], &[12. / 9., 21. / 9., 16. / 9., 27. / 9., 5., 33. / 9., 24. / 9., 39. / 9., 28. / 9.]);
         let g = run(&GlobalPool { max: false }, &[x]).unwrap();
         assert_close(&g[0], &[1, 1, 1, 1], &[5.]);

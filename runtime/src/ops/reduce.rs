@@ -34,7 +34,12 @@ pub struct Reduce {
 
 fn import(c: &ImportCtx, kind: Reduction, axes_input_since: i64) -> Result<Box<dyn Op>> {
     let axes = if c.opset < axes_input_since { Some(c.attrs.ints_opt("axes")?.unwrap_or_default()) } else { None };
-    Ok(Box::new(Reduce { kind, axes, keep_dims: c.attrs.int("keepdims", 1)? != 0, noop_with_empty_axes: c.attrs.int("noop_with_empty_axes", 0)? != 0 }))
+    Ok(Box::new(Reduce {
+        kind,
+        axes,
+        keep_dims: c.attrs.int("keepdims", 1)? != 0,
+        noop_with_empty_axes: c.attrs.int("noop_with_empty_axes", 0)? != 0,
+    }))
 }
 
 impl Reduce {
@@ -117,7 +122,12 @@ pub struct ArgExtreme {
 }
 
 fn import_arg(c: &ImportCtx, max: bool) -> Result<Box<dyn Op>> {
-    Ok(Box::new(ArgExtreme { max, axis: c.attrs.int("axis", 0)?, keep_dims: c.attrs.int("keepdims", 1)? != 0, select_last: c.attrs.int("select_last_index", 0)? != 0 }))
+    Ok(Box::new(ArgExtreme {
+        max,
+        axis: c.attrs.int("axis", 0)?,
+        keep_dims: c.attrs.int("keepdims", 1)? != 0,
+        select_last: c.attrs.int("select_last_index", 0)? != 0,
+    }))
 }
 
 impl ArgExtreme {

@@ -100,8 +100,20 @@ impl Resize {
         let o = o as f32;
         match self.coord {
             Coord::HalfPixel => (o + 0.5) / scale - 0.5,
-            Coord::PytorchHalfPixel => if len_out > 1 { (o + 0.5) / scale - 0.5 } else { 0.0 },
-            Coord::AlignCorners => if len_out > 1 { o * (len_in as f32 - 1.0) / (len_out as f32 - 1.0) } else { 0.0 },
+            Coord::PytorchHalfPixel => {
+                if len_out > 1 {
+                    (o + 0.5) / scale - 0.5
+                } else {
+                    0.0
+                }
+            }
+            Coord::AlignCorners => {
+                if len_out > 1 {
+                    o * (len_in as f32 - 1.0) / (len_out as f32 - 1.0)
+                } else {
+                    0.0
+                }
+            }
             Coord::Asymmetric => o / scale,
             Coord::TfHalfPixelForNn => (o + 0.5) / scale,
         }
@@ -109,7 +121,13 @@ impl Resize {
 
     fn nearest(&self, x: f32, len_in: usize) -> usize {
         let i = match self.rounding {
-            Rounding::RoundPreferFloor => if x.fract() == 0.5 { x.floor() } else { x.round() },
+            Rounding::RoundPreferFloor => {
+                if x.fract() == 0.5 {
+                    x.floor()
+                } else {
+                    x.round()
+                }
+            }
             Rounding::RoundPreferCeil => x.round(),
             Rounding::Floor => x.floor(),
             Rounding::Ceil => x.ceil(),

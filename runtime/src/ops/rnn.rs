@@ -35,7 +35,12 @@ fn import_lstm(c: &ImportCtx) -> Result<Box<dyn Op>> {
     if c.attrs.int("layout", 0)? != 0 {
         return Err(unsupported_attr("LSTM layout 1".into()));
     }
-    Ok(Box::new(Lstm { hidden: hidden as usize, directions, clip: c.attrs.has("clip").then(|| c.attrs.float("clip", 0.0)).transpose()?, input_forget: c.attrs.int("input_forget", 0)? != 0 }))
+    Ok(Box::new(Lstm {
+        hidden: hidden as usize,
+        directions,
+        clip: c.attrs.has("clip").then(|| c.attrs.float("clip", 0.0)).transpose()?,
+        input_forget: c.attrs.int("input_forget", 0)? != 0,
+    }))
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -72,7 +77,11 @@ impl Op for Lstm {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (seq, batch, _) = self.check(inputs)?;
         let (d, h) = (self.directions.len(), self.hidden);
-        Ok(vec![Fact::new(DataType::F32, vec![seq, d, batch, h]), Fact::new(DataType::F32, vec![d, batch, h]), Fact::new(DataType::F32, vec![d, batch, h])])
+        Ok(vec![
+            Fact::new(DataType::F32, vec![seq, d, batch, h]),
+            Fact::new(DataType::F32, vec![d, batch, h]),
+            Fact::new(DataType::F32, vec![d, batch, h]),
+        ])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {

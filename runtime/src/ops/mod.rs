@@ -279,62 +279,33 @@ pub(crate) fn numel(shape: &[usize]) -> Result<usize> {
     checked_numel(shape)
 }
 
+/// Matches a tensor's dtype against the listed `DataType => element type` arms, binding
+/// `$x: &[T]` with `T` the element type in `$body`; other dtypes go to `$fallback`.
+macro_rules! dispatch_dtype {
+    ($t:expr, |$x:ident: &[$T:ident]| $body:expr, [$($dt:ident => $ty:ty),*], $other:ident => $fallback:expr) => {{
+        use $crate::tensor::DataType;
+        match $t.dtype() {
+            $(DataType::$dt => {
+                #[allow(dead_code)]
+                type $T = $ty;
+                let $x = $t.as_slice::<$ty>()?;
+                $body
+            })*
+            #[allow(unreachable_patterns)]
+            $other => $fallback,
+        }
+    }};
+}
+pub(crate) use dispatch_dtype;
+
 /// Calls `$body` with `$x` bound to the elements of any-dtype tensor `$t`, as `&[T]`, with
 /// `T` the element type (for data-movement ops that do not care about the dtype).
 macro_rules! with_elements {
-    ($t:expr, |$x:ident: &[$T:ident]| $body:expr) => {{
-        use $crate::tensor::{Bool, DataType};
-        match $t.dtype() {
-            DataType::F32 => {
-                #[allow(dead_code)]
-                type $T = f32;
-                let $x = $t.as_slice::<f32>()?;
-                $body
-            }
-            DataType::U8 => {
-                #[allow(dead_code)]
-                type $T = u8;
-                let $x = $t.as_slice::<u8>()?;
-                $body
-            }
-            DataType::I8 => {
-                #[allow(dead_code)]
-                type $T = i8;
-                let $x = $t.as_slice::<i8>()?;
-                $body
-            }
-            DataType::I32 => {
-                #[allow(dead_code)]
-                type $T = i32;
-                let $x = $t.as_slice::<i32>()?;
-                $body
-            }
-            DataType::I64 => {
-                #[allow(dead_code)]
-                type $T = i64;
-                let $x = $t.as_slice::<i64>()?;
-                $body
-            }
-            DataType::F16 => {
-                #[allow(dead_code)]
-                type $T = u16;
-                let $x = $t.as_slice::<u16>()?;
-                $body
-            }
-            DataType::F64 => {
-                #[allow(dead_code)]
-                type $T = f64;
-                let $x = $t.as_slice::<f64>()?;
-                $body
-            }
-            DataType::Bool => {
-                #[allow(dead_code)]
-                type $T = Bool;
-                let $x = $t.as_slice::<Bool>()?;
-                $body
-            }
-        }
-    }};
+    ($t:expr, |$x:ident: &[$T:ident]| $body:expr) => {
+        $crate::ops::dispatch_dtype!($t, |$x: &[$T]| $body,
+            [F32 => f32, U8 => u8, I8 => i8, I32 => i32, I64 => i64, F16 => u16, F64 => f64, Bool => $crate::tensor::Bool],
+            other => unreachable!("every dtype is listed, {other:?} too"))
+    };
 }
 pub(crate) use with_elements;
 

@@ -5,6 +5,7 @@ use crate::npz::{read_npy, read_npz, write_npz};
 use crate::sysinfo::peak_rss_bytes;
 use anyhow::{Context, Result, bail};
 use distq_runtime::{Session, Tensor};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,6 +23,9 @@ pub struct Args {
     /// Run this many times and report the median (the first run plans and warms up).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Print time per op type (over all runs).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn load_inputs(specs: &[String]) -> Result<Vec<(String, Tensor)>> {
@@ -69,11 +73,27 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut times = Vec::with_capacity(args.repeat);
     let mut outputs = Vec::new();
+    let mut per_op: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for _ in 0..args.repeat {
         let t = Instant::now();
-        outputs = session.run(inputs.clone()).with_context(|| format!("running {}", args.model.display()))?;
+        let (out, steps) =
+            session.run_profiled(inputs.clone(), args.profile).with_context(|| format!("running {}", args.model.display()))?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
+        outputs = out;
+        for s in steps {
+            let e = per_op.entry(s.op_type).or_default();
+            e.0 += s.duration.as_secs_f64() * 1e3 / args.repeat as f64;
+            e.1 += 1;
+        }
     }
+    let shapes: Vec<_> = session
+        .model()
+        .inputs()
+        .iter()
+        .filter_map(|i| inputs.iter().find(|(n, _)| n == &i.name))
+        .map(|(_, t)| (t.dtype(), t.shape().to_vec()))
+        .collect();
+    let plan = session.plan_for(&shapes)?;
     let first_ms = times[0];
     times.sort_by(f64::total_cmp);
     for (name, t) in &outputs {
@@ -85,6 +105,21 @@ pub fn run(args: Args) -> Result<()> {
         if args.repeat > 1 { format!(", median of {} runs {median:.1} ms", args.repeat) } else { String::new() },
         peak_rss_bytes().unwrap_or(0) as f64 / 1e6
     );
+    println!(
+        "plan: {} steps ({} nodes folded at plan time), activation arena {:.2} MB ({:.2} MB without buffer reuse)",
+        plan.num_steps(),
+        plan.folded_nodes,
+        plan.arena_bytes as f64 / 1e6,
+        plan.unshared_bytes as f64 / 1e6
+    );
+    if args.profile {
+        let mut rows: Vec<_> = per_op.into_iter().collect();
+        rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+        println!("{:<24} {:>10} {:>8}", "op", "ms/run", "nodes");
+        for (op, (ms, n)) in rows {
+            println!("{op:<24} {ms:>10.3} {:>8}", n / args.repeat);
+        }
+    }
     if let Some(path) = &args.output {
         write_npz(path, &outputs)?;
         println!("wrote {}", path.display());

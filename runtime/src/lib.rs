@@ -17,6 +17,7 @@
 
 pub mod error;
 pub mod graph;
+pub mod kernels;
 pub mod onnx;
 pub mod ops;
 pub mod plan;

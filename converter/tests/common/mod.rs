@@ -17,18 +17,24 @@ pub fn data(name: &str) -> PathBuf {
     distq_converter::models::data_path(name)
 }
 
-/// Runs `model` on `inputs` in onnxruntime through `$DISTQ_PYTHON` (the test script's venv).
-pub fn onnxruntime_outputs(model: &Path, inputs: &Path) -> Vec<(String, Tensor)> {
-    let python = std::env::var("DISTQ_PYTHON").expect("DISTQ_PYTHON must name a python with onnxruntime (tools/test.sh sets it)");
-    let out = std::env::temp_dir().join(format!("distq-ort-{}-{}.npz", std::process::id(), model.file_stem().unwrap().to_string_lossy()));
-    let status = Command::new(python)
-        .arg(distq_converter::models::workspace_root().join("tools/ort_reference.py"))
-        .arg(model)
-        .arg(inputs)
-        .arg(&out)
+fn python() -> String {
+    std::env::var("DISTQ_PYTHON").expect("DISTQ_PYTHON must name a python with onnxruntime (tools/test.sh sets it)")
+}
+
+/// Runs one of the `tools/` Python scripts with `$DISTQ_PYTHON`.
+pub fn python_tool(script: &str, args: &[&std::ffi::OsStr]) {
+    let status = Command::new(python())
+        .arg(distq_converter::models::workspace_root().join("tools").join(script))
+        .args(args)
         .status()
         .expect("python runs");
-    assert!(status.success(), "onnxruntime failed on {}", model.display());
+    assert!(status.success(), "tools/{script} failed");
+}
+
+/// Runs `model` on `inputs` in onnxruntime through `$DISTQ_PYTHON` (the test script's venv).
+pub fn onnxruntime_outputs(model: &Path, inputs: &Path) -> Vec<(String, Tensor)> {
+    let out = std::env::temp_dir().join(format!("distq-ort-{}-{}.npz", std::process::id(), model.file_stem().unwrap().to_string_lossy()));
+    python_tool("ort_reference.py", &[model.as_os_str(), inputs.as_os_str(), out.as_os_str()]);
     let outputs = distq_converter::npz::read_npz(&out).unwrap();
     std::fs::remove_file(out).ok();
     outputs
@@ -41,4 +47,27 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
     let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
     (diff, scale)
+}
+
+/// Mean-pooled (over the attention mask) sentence embeddings of a [batch, seq, hidden] output.
+pub fn pooled(hidden: &Tensor, mask: &Tensor) -> Vec<Vec<f32>> {
+    let (h, m) = (hidden.as_slice::<f32>().unwrap(), mask.as_slice::<i64>().unwrap());
+    let (batch, seq, dim) = (hidden.shape()[0], hidden.shape()[1], hidden.shape()[2]);
+    (0..batch)
+        .map(|b| {
+            let mut acc = vec![0f32; dim];
+            let count = (0..seq).filter(|&t| m[b * seq + t] != 0).count().max(1) as f32;
+            for t in (0..seq).filter(|&t| m[b * seq + t] != 0) {
+                acc.iter_mut().zip(&h[(b * seq + t) * dim..][..dim]).for_each(|(a, &v)| *a += v);
+            }
+            acc.iter().map(|v| v / count).collect()
+        })
+        .collect()
+}
+
+/// Cosine similarity of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
 }

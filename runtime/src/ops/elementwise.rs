@@ -55,6 +55,7 @@ pub(crate) trait Num: Element + PartialOrd {
     fn from_f64(v: f64) -> Self;
     fn to_i64(self) -> i64;
     fn from_i64(v: i64) -> Self;
+    fn to_f64(self) -> f64;
     fn is_nan(self) -> bool;
     const IS_FLOAT: bool;
 }
@@ -71,6 +72,7 @@ macro_rules! num_int {
         fn from_f64(v: f64) -> Self { v as $t }
         fn to_i64(self) -> i64 { self as i64 }
         fn from_i64(v: i64) -> Self { v as $t }
+        fn to_f64(self) -> f64 { self as f64 }
         fn is_nan(self) -> bool { false }
         const IS_FLOAT: bool = false;
     })*};
@@ -86,6 +88,7 @@ macro_rules! num_float {
         fn from_f64(v: f64) -> Self { v as $t }
         fn to_i64(self) -> i64 { self as i64 }
         fn from_i64(v: i64) -> Self { v as $t }
+        fn to_f64(self) -> f64 { self as f64 }
         fn is_nan(self) -> bool { <$t>::is_nan(self) }
         const IS_FLOAT: bool = true;
     })*};
@@ -518,45 +521,43 @@ fn import_cast(c: &ImportCtx) -> Result<Box<dyn Op>> {
     }
 }
 
-/// Converts a tensor to another dtype (float→int truncates toward zero, like onnxruntime).
+/// Converts elements between numeric types: through i64 between integers (exact), through
+/// f64 when either side is a float (float → int truncates toward zero and saturates, like
+/// onnxruntime).
+fn convert<S: Num, D: Num>(v: &[S]) -> Vec<D> {
+    if S::IS_FLOAT || D::IS_FLOAT {
+        v.iter().map(|&e| D::from_f64(e.to_f64())).collect()
+    } else {
+        v.iter().map(|&e| D::from_i64(e.to_i64())).collect()
+    }
+}
+
+/// Converts a tensor to another dtype.
 pub fn cast(x: &Tensor, to: DataType) -> Result<Tensor> {
     if x.dtype() == to {
         return Ok(x.clone());
     }
     let shape = x.shape().to_vec();
-    // Read every source as f64 or i64 (i64 keeps large integers exact), then write.
-    let src_f64: Option<Vec<f64>> = match x.dtype() {
-        DataType::F32 => Some(x.as_slice::<f32>()?.iter().map(|&v| v as f64).collect()),
-        DataType::F64 => Some(x.as_slice::<f64>()?.to_vec()),
-        DataType::F16 => Some(x.as_slice::<u16>()?.iter().map(|&b| half::f16::from_bits(b).to_f64()).collect()),
+    // Bool and f16 go through f32; every numeric pair converts directly.
+    let as_f32 = match x.dtype() {
+        DataType::Bool => Some(x.as_bools()?.iter().map(|&b| b as f32).collect::<Vec<f32>>()),
+        DataType::F16 => Some(x.as_slice::<u16>()?.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect()),
         _ => None,
     };
-    let src_i64: Vec<i64> = match &src_f64 {
-        Some(_) => Vec::new(),
-        None => match x.dtype() {
-            DataType::Bool => x.as_bools()?.iter().map(|&b| b as i64).collect(),
-            _ => with_numeric!(x, |v: &[T]| v.iter().map(|&e| e.to_i64()).collect()),
-        },
+    let src = match &as_f32 {
+        Some(v) => Tensor::from_vec(shape.clone(), v.clone())?,
+        None => x.clone(),
     };
-    let as_f64 = || -> Vec<f64> { src_f64.clone().unwrap_or_else(|| src_i64.iter().map(|&v| v as f64).collect()) };
-    macro_rules! to_num {
-        ($t:ty) => {
-            match &src_f64 {
-                Some(f) => out(shape, f.iter().map(|&v| <$t as Num>::from_f64(v)).collect::<Vec<$t>>()),
-                None => out(shape, src_i64.iter().map(|&v| <$t as Num>::from_i64(v)).collect::<Vec<$t>>()),
-            }
-        };
-    }
-    match to {
-        DataType::F32 => out(shape, as_f64().into_iter().map(|v| v as f32).collect()),
-        DataType::F64 => out(shape, as_f64()),
-        DataType::F16 => out(shape, as_f64().into_iter().map(|v| half::f16::from_f64(v).to_bits()).collect()),
-        DataType::Bool => Tensor::from_bools(shape, as_f64().into_iter().map(|v| v != 0.0).collect()),
-        DataType::I64 => to_num!(i64),
-        DataType::I32 => to_num!(i32),
-        DataType::I8 => to_num!(i8),
-        DataType::U8 => to_num!(u8),
-    }
+    with_numeric!(&src, |v: &[S]| match to {
+        DataType::F32 => out(shape, convert::<S, f32>(v)),
+        DataType::F64 => out(shape, convert::<S, f64>(v)),
+        DataType::I64 => out(shape, convert::<S, i64>(v)),
+        DataType::I32 => out(shape, convert::<S, i32>(v)),
+        DataType::I8 => out(shape, convert::<S, i8>(v)),
+        DataType::U8 => out(shape, convert::<S, u8>(v)),
+        DataType::F16 => out(shape, convert::<S, f32>(v).into_iter().map(|f| half::f16::from_f32(f).to_bits()).collect()),
+        DataType::Bool => Tensor::from_bools(shape, v.iter().map(|&e| e.to_f64() != 0.0).collect()),
+    })
 }
 
 impl Op for Cast {

@@ -8,6 +8,7 @@ pub mod math;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
+pub mod quant;
 pub mod reduce;
 pub mod resize;
 pub mod rnn;
@@ -140,7 +141,9 @@ fn registry() -> &'static HashMap<&'static str, Importer> {
     static REGISTRY: OnceLock<HashMap<&'static str, Importer>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         let mut map = HashMap::new();
-        for family in [elementwise::OPS, matmul::OPS, conv::OPS, pool::OPS, norm::OPS, reduce::OPS, array::OPS, resize::OPS, rnn::OPS] {
+        for family in
+            [elementwise::OPS, matmul::OPS, conv::OPS, pool::OPS, norm::OPS, reduce::OPS, array::OPS, resize::OPS, rnn::OPS, quant::OPS]
+        {
             for &(name, importer) in family {
                 map.insert(name, importer);
             }

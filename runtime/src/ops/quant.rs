@@ -1,0 +1,355 @@
+//! Quantization ops: QuantizeLinear, DequantizeLinear (per tensor or per axis),
+//! DynamicQuantizeLinear, and MatMulInteger on the integer dot kernels.
+
+use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_axis, numel, optional, out, required, unsupported_attr};
+use crate::error::{Result, bail, ensure};
+use crate::kernels::{best_dot_u8i8, gemm_u8i8};
+use crate::tensor::{DataType, Tensor};
+use std::sync::{Arc, Mutex};
+
+/// The ops of this family.
+pub const OPS: &[(&str, Importer)] = &[
+    ("QuantizeLinear", |c| Ok(Box::new(QuantizeLinear { axis: axis_attr(c)? }))),
+    ("DequantizeLinear", |c| Ok(Box::new(DequantizeLinear { axis: axis_attr(c)? }))),
+    ("DynamicQuantizeLinear", |_| Ok(Box::new(DynamicQuantizeLinear))),
+    ("MatMulInteger", |_| Ok(Box::new(MatMulInteger::default()))),
+];
+
+fn axis_attr(c: &ImportCtx) -> Result<i64> {
+    if c.attrs.int("block_size", 0)? != 0 {
+        return Err(unsupported_attr("blocked quantization (block_size)".into()));
+    }
+    c.attrs.int("axis", 1)
+}
+
+/// Per-element (scale, zero point) lookup for per-tensor or per-axis parameters.
+struct QuantParams {
+    scales: Vec<f32>,
+    zeros: Vec<i32>,
+    /// Elements sharing one parameter (product of dims after the axis); 0 for per-tensor.
+    inner: usize,
+}
+
+impl QuantParams {
+    fn new(shape: &[usize], axis: i64, scale: &Tensor, zero: Option<&Tensor>) -> Result<QuantParams> {
+        let scales = scale.to_f32s()?;
+        let zeros: Vec<i32> = match zero {
+            Some(z) => match z.dtype() {
+                DataType::U8 => z.as_slice::<u8>()?.iter().map(|&v| v as i32).collect(),
+                DataType::I8 => z.as_slice::<i8>()?.iter().map(|&v| v as i32).collect(),
+                DataType::I32 => z.as_slice::<i32>()?.to_vec(),
+                other => bail!("zero point has dtype {other}, expected uint8, int8 or int32"),
+            },
+            None => vec![0; scales.len()],
+        };
+        ensure!(zeros.len() == scales.len(), "scale has {} values, zero point {}", scales.len(), zeros.len());
+        ensure!(scales.iter().all(|s| s.is_finite()), "scale holds a NaN or infinite value");
+        if scales.len() == 1 && scale.shape().len() <= 1 {
+            return Ok(QuantParams { scales, zeros, inner: 0 });
+        }
+        let axis = normalize_axis(axis, shape.len())?;
+        ensure!(
+            scale.shape().len() == 1 && shape[axis] == scales.len(),
+            "per-axis scale of {} values does not match axis {axis} of {shape:?}",
+            scales.len()
+        );
+        Ok(QuantParams { scales, zeros, inner: shape[axis + 1..].iter().product() })
+    }
+
+    fn at(&self, i: usize) -> (f32, i32) {
+        let c = if self.inner == 0 { 0 } else { (i / self.inner) % self.scales.len() };
+        (self.scales[c], self.zeros[c])
+    }
+}
+
+/// `DequantizeLinear(x, scale, zero_point?)`: `(x − zero_point) · scale`.
+#[derive(Debug)]
+pub struct DequantizeLinear {
+    axis: i64,
+}
+
+impl Op for DequantizeLinear {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        expect_dtype(x, &[DataType::U8, DataType::I8, DataType::I32], "input")?;
+        expect_dtype(required(inputs, 1)?, &[DataType::F32], "scale")?;
+        if let Some(z) = optional(inputs, 2) {
+            ensure!(z.dtype == x.dtype, "zero point has dtype {}, the input {}", z.dtype, x.dtype);
+        }
+        Ok(vec![Fact::new(DataType::F32, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let p = QuantParams::new(x.shape(), self.axis, required(inputs, 1)?, optional(inputs, 2))?;
+        let values: Vec<i32> = match x.dtype() {
+            DataType::U8 => x.as_slice::<u8>()?.iter().map(|&v| v as i32).collect(),
+            DataType::I8 => x.as_slice::<i8>()?.iter().map(|&v| v as i32).collect(),
+            _ => x.as_slice::<i32>()?.to_vec(),
+        };
+        let mut y = pool.take(values.len());
+        y.extend(values.iter().enumerate().map(|(i, &v)| {
+            let (s, z) = p.at(i);
+            (v - z) as f32 * s
+        }));
+        Ok(vec![out(x.shape().to_vec(), y)?])
+    }
+}
+
+/// `QuantizeLinear(x, scale, zero_point?)`: `saturate(round_half_even(x / scale) + zero_point)`.
+#[derive(Debug)]
+pub struct QuantizeLinear {
+    axis: i64,
+}
+
+/// Quantizes one value to the range `[lo, hi]`, rounding half to even.
+#[inline(always)]
+fn quantize(x: f32, scale: f32, zero: i32, lo: i32, hi: i32) -> i32 {
+    // Clamp first (the result saturates anyway), then round half to even by adding and
+    // subtracting 1.5·2^23: exact below 2^22 and vectorizable, unlike `round_ties_even`,
+    // which is a libm call without SSE4.1.
+    const ROUNDER: f32 = 12_582_912.0;
+    let v = (x / scale).clamp(-4_194_304.0, 4_194_304.0);
+    let q = (v + ROUNDER) - ROUNDER + zero as f32;
+    q.clamp(lo as f32, hi as f32) as i32
+}
+
+impl Op for QuantizeLinear {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        expect_dtype(x, &[DataType::F32], "input")?;
+        let dtype = optional(inputs, 2).map_or(DataType::U8, |z| z.dtype);
+        ensure!(matches!(dtype, DataType::U8 | DataType::I8), "zero point dtype {dtype} is not uint8 or int8");
+        Ok(vec![Fact::new(dtype, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let zero = optional(inputs, 2);
+        let p = QuantParams::new(x.shape(), self.axis, required(inputs, 1)?, zero)?;
+        ensure!(p.scales.iter().all(|&s| s != 0.0), "scale is 0");
+        let xs = x.as_slice::<f32>()?;
+        let shape = x.shape().to_vec();
+        Ok(vec![match zero.map_or(DataType::U8, |z| z.dtype()) {
+            DataType::I8 => out(
+                shape,
+                xs.iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let (s, z) = p.at(i);
+                        quantize(v, s, z, -128, 127) as i8
+                    })
+                    .collect(),
+            )?,
+            _ => out(
+                shape,
+                xs.iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let (s, z) = p.at(i);
+                        quantize(v, s, z, 0, 255) as u8
+                    })
+                    .collect(),
+            )?,
+        }])
+    }
+}
+
+/// `DynamicQuantizeLinear(x)`: u8 with scale and zero point from the data's range
+/// (which always includes 0).
+#[derive(Debug)]
+pub struct DynamicQuantizeLinear;
+
+impl Op for DynamicQuantizeLinear {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        expect_dtype(x, &[DataType::F32], "input")?;
+        Ok(vec![Fact::new(DataType::U8, x.shape.clone()), Fact::new(DataType::F32, vec![]), Fact::new(DataType::U8, vec![])])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let xs = x.as_slice::<f32>()?;
+        let (lo, hi) = xs.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        ensure!(lo.is_finite() && hi.is_finite(), "input holds NaN or infinite values");
+        let scale = (hi - lo) / 255.0;
+        let mut q = pool.take(xs.len());
+        let zero = if scale == 0.0 {
+            // All zeros: every value quantizes to the zero point 0.
+            q.resize(xs.len(), 0u8);
+            0
+        } else {
+            let zero = quantize(-lo, scale, 0, 0, 255);
+            q.extend(xs.iter().map(|&v| quantize(v, scale, zero, 0, 255) as u8));
+            zero
+        };
+        Ok(vec![out(x.shape().to_vec(), q)?, Tensor::scalar(scale), Tensor::scalar(zero as u8)])
+    }
+}
+
+/// Weights packed for the dot kernel: i8 rows per output column, their sums, zero points.
+struct PackedB {
+    rows: Vec<i8>,
+    sums: Vec<i32>,
+    zeros: Vec<i8>,
+}
+
+/// `MatMulInteger(A, B, a_zero_point?, b_zero_point?)` → i32, numpy batching over A.
+/// Every u8/i8 combination runs on the u8·i8 kernel: i8 activations shift by +128 (zero
+/// point too), u8 weights by −128, which leaves every difference (x − zero) unchanged.
+#[derive(Default)]
+pub struct MatMulInteger {
+    /// B packed once when it is a constant (keyed by its address and length).
+    packed: Mutex<Option<(usize, usize, Arc<PackedB>)>>,
+}
+
+impl std::fmt::Debug for MatMulInteger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MatMulInteger")
+    }
+}
+
+fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedB> {
+    let (k, n) = (b.shape()[0], b.shape()[1]);
+    let shift_u8 = |v: u8| (v as i32 - 128) as i8;
+    let values: Vec<i8> = match b.dtype() {
+        DataType::I8 => b.as_slice::<i8>()?.to_vec(),
+        _ => b.as_slice::<u8>()?.iter().map(|&v| shift_u8(v)).collect(),
+    };
+    let zeros: Vec<i8> = match zero {
+        None => vec![if b.dtype() == DataType::U8 { -128 } else { 0 }; n],
+        Some(z) => {
+            let zs: Vec<i8> = match z.dtype() {
+                DataType::I8 => z.as_slice::<i8>()?.to_vec(),
+                _ => z.as_slice::<u8>()?.iter().map(|&v| shift_u8(v)).collect(),
+            };
+            match zs.len() {
+                1 => vec![zs[0]; n],
+                len if len == n => zs,
+                len => bail!("b_zero_point has {len} values; B has {n} columns"),
+            }
+        }
+    };
+    let mut rows = vec![0i8; n * k];
+    for (p, row) in values.chunks_exact(n.max(1)).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            rows[j * k + p] = v;
+        }
+    }
+    let sums = rows.chunks_exact(k.max(1)).map(|r| r.iter().map(|&v| v as i32).sum()).collect::<Vec<_>>();
+    let sums = if k == 0 { vec![0; n] } else { sums };
+    Ok(PackedB { rows, sums, zeros })
+}
+
+impl Op for MatMulInteger {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
+        expect_dtype(a, &[DataType::U8, DataType::I8], "A")?;
+        expect_dtype(b, &[DataType::U8, DataType::I8], "B")?;
+        ensure!(b.shape.len() == 2, "B must be 2-D (weights), got {:?}", b.shape);
+        ensure!(a.shape.len() >= 2 && a.shape[a.shape.len() - 1] == b.shape[0], "inner dims differ: A {:?} × B {:?}", a.shape, b.shape);
+        if let Some(z) = optional(inputs, 2) {
+            ensure!(
+                z.dtype == a.dtype && z.shape.iter().product::<usize>() == 1,
+                "a_zero_point must be one {} value (per-row zero points are not supported)",
+                a.dtype
+            );
+        }
+        let mut shape = a.shape.clone();
+        *shape.last_mut().unwrap_or(&mut 0) = b.shape[1];
+        Ok(vec![Fact::new(DataType::I32, shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
+        let (k, n) = (b.shape()[0], b.shape()[1]);
+        let key = (b.as_slice::<u8>().map(|s| s.as_ptr() as usize).or_else(|_| b.as_slice::<i8>().map(|s| s.as_ptr() as usize))?, b.len());
+        let packed = {
+            let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.as_ref() {
+                Some((ptr, len, p)) if (*ptr, *len) == key => p.clone(),
+                _ => {
+                    let p = Arc::new(pack_b(b, optional(inputs, 3))?);
+                    *cache = Some((key.0, key.1, p.clone()));
+                    p
+                }
+            }
+        };
+        let (a_u8, a_zero): (Vec<u8>, u8) = match a.dtype() {
+            DataType::U8 => {
+                (a.as_slice::<u8>()?.to_vec(), optional(inputs, 2).map(|z| z.as_slice::<u8>().map(|v| v[0])).transpose()?.unwrap_or(0))
+            }
+            _ => {
+                let z = optional(inputs, 2).map(|z| z.as_slice::<i8>().map(|v| v[0])).transpose()?.unwrap_or(0);
+                (a.as_slice::<i8>()?.iter().map(|&v| (v as i32 + 128) as u8).collect(), (z as i32 + 128) as u8)
+            }
+        };
+        let mut shape = a.shape().to_vec();
+        *shape.last_mut().unwrap_or(&mut 0) = n;
+        let mut c = pool.filled(numel(&shape)?, 0i32);
+        gemm_u8i8(best_dot_u8i8(), &a_u8, k, a_zero, &packed.rows, &packed.zeros, &packed.sums, &mut c);
+        Ok(vec![out(shape, c)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::*;
+
+    #[test]
+    fn quantize_dequantize_round_trip() {
+        let x = f32t(&[5], &[-1.0, -0.26, 0.0, 0.25, 1.27]);
+        let scale = f32t(&[], &[0.01]);
+        let zero = Some(Tensor::scalar(-3i8));
+        let q = run(&QuantizeLinear { axis: 1 }, &[x, scale.clone(), zero.clone()]).unwrap();
+        // −1/0.01 − 3 = −103; −26 − 3; 0 − 3; 25 − 3 (half to even: 25 exactly); 127 − 3.
+        assert_eq!(q[0].as_slice::<i8>().unwrap(), &[-103, -29, -3, 22, 124]);
+        let d = run(&DequantizeLinear { axis: 1 }, &[Some(q[0].clone()), scale, zero]).unwrap();
+        assert_close(&d[0], &[5], &[-1.0, -0.26, 0.0, 0.25, 1.27]);
+        // Saturation and per-axis parameters.
+        let q = run(
+            &QuantizeLinear { axis: 0 },
+            &[f32t(&[2, 2], &[1000., -1000., 1., 1.]), f32t(&[2], &[1., 0.5]), Some(Tensor::from_vec(vec![2], vec![0u8, 10]).unwrap())],
+        )
+        .unwrap();
+        assert_eq!(q[0].as_slice::<u8>().unwrap(), &[255, 0, 12, 12]);
+    }
+
+    #[test]
+    fn dynamic_quantize_matches_the_spec_example() {
+        // The ONNX spec's example: x = [0, 2, -3, -2.5, 1.34, 0.5].
+        let y = run(&DynamicQuantizeLinear, &[f32t(&[6], &[0., 2., -3., -2.5, 1.34, 0.5])]).unwrap();
+        assert_eq!(y[0].as_slice::<u8>().unwrap(), &[153, 255, 0, 26, 221, 179]);
+        assert!((y[1].as_slice::<f32>().unwrap()[0] - 0.019_607_844).abs() < 1e-9);
+        assert_eq!(y[2].as_slice::<u8>().unwrap(), &[153]);
+    }
+
+    #[test]
+    fn matmul_integer_all_dtype_combinations() {
+        let a_u8 = Tensor::from_vec(vec![2, 3], vec![10u8, 200, 0, 255, 1, 128]).unwrap();
+        let b_i8 = Tensor::from_vec(vec![3, 2], vec![1i8, -128, 127, 0, -5, 3]).unwrap();
+        let (az, bz) = (7i32, [2i32, -1]);
+        let want: Vec<i32> = (0..2)
+            .flat_map(|i| {
+                let (a, b) = (a_u8.as_slice::<u8>().unwrap(), b_i8.as_slice::<i8>().unwrap());
+                (0..2).map(move |j| (0..3).map(|p| (a[i * 3 + p] as i32 - az) * (b[p * 2 + j] as i32 - bz[j])).sum()).collect::<Vec<i32>>()
+            })
+            .collect();
+        let y = run(
+            &MatMulInteger::default(),
+            &[Some(a_u8.clone()), Some(b_i8.clone()), Some(Tensor::scalar(7u8)), Some(Tensor::from_vec(vec![2], vec![2i8, -1]).unwrap())],
+        )
+        .unwrap();
+        assert_eq!(y[0].as_slice::<i32>().unwrap(), want.as_slice());
+        // The same values as i8 activations and u8 weights (shifted by ∓128 with their zero points).
+        let a_i8 = Tensor::from_vec(vec![2, 3], a_u8.as_slice::<u8>().unwrap().iter().map(|&v| (v as i32 - 128) as i8).collect()).unwrap();
+        let b_u8 = Tensor::from_vec(vec![3, 2], b_i8.as_slice::<i8>().unwrap().iter().map(|&v| (v as i32 + 128) as u8).collect()).unwrap();
+        let y = run(
+            &MatMulInteger::default(),
+            &[Some(a_i8), Some(b_u8), Some(Tensor::scalar((7 - 128) as i8)), Some(Tensor::from_vec(vec![2], vec![130u8, 127]).unwrap())],
+        )
+        .unwrap();
+        assert_eq!(y[0].as_slice::<i32>().unwrap(), want.as_slice());
+    }
+}

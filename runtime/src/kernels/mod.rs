@@ -89,26 +89,54 @@ pub fn best_dot_u8i8() -> &'static dyn DotU8I8 {
     .as_ref()
 }
 
-/// `c[m, n] = Σ_k (a[m, k] − a_zero) · (b[n, k] − b_zero[n])` for u8 `a` (`rows × k`,
-/// row-major) and i8 weights `b` stored per output column (`cols × k`), exact in i32.
-/// `b_sums[n] = Σ_k b[n, k]` (precomputed once with the packed weights).
-pub fn gemm_u8i8(kernel: &dyn DotU8I8, a: &[u8], k: usize, a_zero: u8, b: &[i8], b_zero: &[i8], b_sums: &[i32], c: &mut [i32]) {
-    let cols = b_zero.len();
-    assert!(b.len() == cols * k && b_sums.len() == cols && c.len() * k == a.len() * cols, "gemm_u8i8 shapes");
-    // Split k so that each kernel call stays exact; partial sums add in i32 (wrapping, as
-    // the hardware does, so every kernel agrees even past the exact range).
+/// i8 weights laid out for the dot kernels: one row of `k` values per output column, with
+/// each row's sum and zero point (prepared once per weight tensor).
+pub struct PackedI8 {
+    /// `cols × k`, row-major.
+    pub rows: Vec<i8>,
+    /// Σ of each row (for the activation zero-point correction).
+    pub sums: Vec<i32>,
+    /// Zero point of each column.
+    pub zeros: Vec<i8>,
+    /// Reduction length.
+    pub k: usize,
+}
+
+impl PackedI8 {
+    /// Packs column-major weights given as `cols` rows of `k` values.
+    ///
+    /// # Panics
+    /// When `rows.len() != zeros.len() · k`.
+    pub fn new(rows: Vec<i8>, zeros: Vec<i8>, k: usize) -> PackedI8 {
+        assert_eq!(rows.len(), zeros.len() * k, "packed weights shape");
+        let sums = if k == 0 { vec![0; zeros.len()] } else { rows.chunks_exact(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect() };
+        PackedI8 { rows, sums, zeros, k }
+    }
+
+    /// Number of output columns.
+    pub fn cols(&self) -> usize {
+        self.zeros.len()
+    }
+}
+
+/// `c[m, n] = Σ_k (a[m, k] − a_zero) · (b[n, k] − b.zeros[n])` for u8 activations `a`
+/// (`rows × b.k`, row-major), exact in i32 (wrapping past it, as the hardware does).
+pub fn gemm_u8i8(kernel: &dyn DotU8I8, a: &[u8], a_zero: u8, b: &PackedI8, c: &mut [i32]) {
+    let (k, cols) = (b.k, b.cols());
+    assert!(c.len() * k == a.len() * cols, "gemm_u8i8 shapes");
+    let mut part = vec![0i32; cols];
     for (row, c_row) in a.chunks_exact(k.max(1)).zip(c.chunks_exact_mut(cols.max(1))) {
         let a_sum: i32 = row.iter().map(|&v| v as i32).sum();
         c_row.fill(0);
-        let mut part = vec![0i32; cols];
+        // Split k so that each kernel call stays exact.
         let mut start = 0;
         while start < k {
             let end = (start + MAX_DOT_LEN).min(k);
             let slab: Vec<i8>;
             let b_slab: &[i8] = if start == 0 && end == k {
-                b
+                &b.rows
             } else {
-                slab = b.chunks_exact(k).flat_map(|r| r[start..end].iter().copied()).collect();
+                slab = b.rows.chunks_exact(k).flat_map(|r| r[start..end].iter().copied()).collect();
                 &slab
             };
             kernel.dot_rows(&row[start..end], b_slab, &mut part);
@@ -117,10 +145,10 @@ pub fn gemm_u8i8(kernel: &dyn DotU8I8, a: &[u8], k: usize, a_zero: u8, b: &[i8],
         }
         let (za, kk) = (a_zero as i32, k as i32);
         for n in 0..cols {
-            let zb = b_zero[n] as i32;
+            let zb = b.zeros[n] as i32;
             // Σ(a−za)(b−zb) = Σab − za·Σb − zb·Σa + k·za·zb
             c_row[n] = c_row[n]
-                .wrapping_sub(za.wrapping_mul(b_sums[n]))
+                .wrapping_sub(za.wrapping_mul(b.sums[n]))
                 .wrapping_sub(zb.wrapping_mul(a_sum))
                 .wrapping_add(kk.wrapping_mul(za).wrapping_mul(zb));
         }

@@ -2,7 +2,7 @@
 //! on random data and on edge shapes and values.
 
 use super::reference::Reference;
-use super::{DotU8I8, dot_u8i8_kernels, gemm_u8i8};
+use super::{DotU8I8, PackedI8, dot_u8i8_kernels, gemm_u8i8};
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 fn bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -78,11 +78,11 @@ fn gemm_applies_zero_points_exactly() {
     let a = bytes(m * k, 5);
     let b: Vec<i8> = bytes(n * k, 6).into_iter().map(|v| v as i8).collect();
     let b_zero: Vec<i8> = vec![0, 3, -7, 127, -128];
-    let b_sums: Vec<i32> = b.chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
+    let packed = PackedI8::new(b.clone(), b_zero.clone(), k);
     for kernel in dot_u8i8_kernels() {
         for a_zero in [0u8, 1, 128, 255] {
             let mut c = vec![0i32; m * n];
-            gemm_u8i8(kernel.as_ref(), &a, k, a_zero, &b, &b_zero, &b_sums, &mut c);
+            gemm_u8i8(kernel.as_ref(), &a, a_zero, &packed, &mut c);
             for i in 0..m {
                 for j in 0..n {
                     let want: i32 = (0..k).map(|p| (a[i * k + p] as i32 - a_zero as i32) * (b[j * k + p] as i32 - b_zero[j] as i32)).sum();

@@ -3,7 +3,7 @@
 
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_axis, numel, optional, out, required, unsupported_attr};
 use crate::error::{Result, bail, ensure};
-use crate::kernels::{best_dot_u8i8, gemm_u8i8};
+use crate::kernels::{PackedI8, best_dot_u8i8, gemm_u8i8};
 use crate::tensor::{DataType, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -57,7 +57,7 @@ impl QuantParams {
     }
 
     fn at(&self, i: usize) -> (f32, i32) {
-        let c = if self.inner == 0 { 0 } else { (i / self.inner) % self.scales.len() };
+        let c = i.checked_div(self.inner).map_or(0, |block| block % self.scales.len());
         (self.scales[c], self.zeros[c])
     }
 }
@@ -187,20 +187,13 @@ impl Op for DynamicQuantizeLinear {
     }
 }
 
-/// Weights packed for the dot kernel: i8 rows per output column, their sums, zero points.
-struct PackedB {
-    rows: Vec<i8>,
-    sums: Vec<i32>,
-    zeros: Vec<i8>,
-}
-
 /// `MatMulInteger(A, B, a_zero_point?, b_zero_point?)` → i32, numpy batching over A.
 /// Every u8/i8 combination runs on the u8·i8 kernel: i8 activations shift by +128 (zero
 /// point too), u8 weights by −128, which leaves every difference (x − zero) unchanged.
 #[derive(Default)]
 pub struct MatMulInteger {
     /// B packed once when it is a constant (keyed by its address and length).
-    packed: Mutex<Option<(usize, usize, Arc<PackedB>)>>,
+    packed: Mutex<Option<(usize, usize, Arc<PackedI8>)>>,
 }
 
 impl std::fmt::Debug for MatMulInteger {
@@ -209,7 +202,7 @@ impl std::fmt::Debug for MatMulInteger {
     }
 }
 
-fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedB> {
+fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedI8> {
     let (k, n) = (b.shape()[0], b.shape()[1]);
     let shift_u8 = |v: u8| (v as i32 - 128) as i8;
     let values: Vec<i8> = match b.dtype() {
@@ -236,9 +229,7 @@ fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedB> {
             rows[j * k + p] = v;
         }
     }
-    let sums = rows.chunks_exact(k.max(1)).map(|r| r.iter().map(|&v| v as i32).sum()).collect::<Vec<_>>();
-    let sums = if k == 0 { vec![0; n] } else { sums };
-    Ok(PackedB { rows, sums, zeros })
+    Ok(PackedI8::new(rows, zeros, k))
 }
 
 impl Op for MatMulInteger {
@@ -262,7 +253,7 @@ impl Op for MatMulInteger {
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
-        let (k, n) = (b.shape()[0], b.shape()[1]);
+        let n = b.shape()[1];
         let key = (b.as_slice::<u8>().map(|s| s.as_ptr() as usize).or_else(|_| b.as_slice::<i8>().map(|s| s.as_ptr() as usize))?, b.len());
         let packed = {
             let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
@@ -287,7 +278,7 @@ impl Op for MatMulInteger {
         let mut shape = a.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = n;
         let mut c = pool.filled(numel(&shape)?, 0i32);
-        gemm_u8i8(best_dot_u8i8(), &a_u8, k, a_zero, &packed.rows, &packed.zeros, &packed.sums, &mut c);
+        gemm_u8i8(best_dot_u8i8(), &a_u8, a_zero, &packed, &mut c);
         Ok(vec![out(shape, c)?])
     }
 }

@@ -144,11 +144,11 @@ pub fn gemm_u8i8(kernel: &dyn DotU8I8, a: &[u8], a_zero: u8, b: &PackedI8, c: &m
             start = end;
         }
         let (za, kk) = (a_zero as i32, k as i32);
-        for n in 0..cols {
-            let zb = b.zeros[n] as i32;
+        for ((c, &zb), &b_sum) in c_row.iter_mut().zip(&b.zeros).zip(&b.sums) {
+            let zb = zb as i32;
             // Σ(a−za)(b−zb) = Σab − za·Σb − zb·Σa + k·za·zb
-            c_row[n] = c_row[n]
-                .wrapping_sub(za.wrapping_mul(b.sums[n]))
+            *c = c
+                .wrapping_sub(za.wrapping_mul(b_sum))
                 .wrapping_sub(zb.wrapping_mul(a_sum))
                 .wrapping_add(kk.wrapping_mul(za).wrapping_mul(zb));
         }

@@ -1,5 +1,6 @@
 //! `distq inspect MODEL [--json]`.
 
+use super::say;
 use anyhow::Result;
 use distq_runtime::graph::Dim;
 use distq_runtime::onnx::OnnxFile;
@@ -68,6 +69,10 @@ fn walk(g: &GraphProto, ops: &mut BTreeMap<String, usize>, nodes: &mut usize, te
             Some(d) => format!("{d}::{}", n.op_type.as_deref().unwrap_or("")),
         };
         *ops.entry(op).or_default() += 1;
+        // Some exporters (paddle2onnx) store weights as Constant nodes, not initializers.
+        if n.op_type.as_deref() == Some("Constant") {
+            tensors.extend(n.attribute.iter().filter_map(|a| a.t.clone()));
+        }
         for a in &n.attribute {
             for sub in a.g.iter().chain(&a.graphs) {
                 walk(sub, ops, nodes, tensors);
@@ -122,10 +127,10 @@ fn shape_text(shape: &[serde_json::Value]) -> String {
 pub fn run(args: Args) -> Result<()> {
     let r = report(&args.model)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        say!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    println!(
+    say!(
         "{}  ({:.1} MB, IR {}, opset {}, {})",
         r.path,
         r.file_bytes as f64 / 1e6,
@@ -135,20 +140,20 @@ pub fn run(args: Args) -> Result<()> {
     );
     for (kind, values) in [("input ", &r.inputs), ("output", &r.outputs)] {
         for v in values {
-            println!("  {kind} {:<28} {:<8} {}", v.name, v.dtype, shape_text(&v.shape));
+            say!("  {kind} {:<28} {:<8} {}", v.name, v.dtype, shape_text(&v.shape));
         }
     }
-    println!("  {} nodes, {} parameters", r.nodes, r.parameters);
+    say!("  {} nodes, {} parameters", r.nodes, r.parameters);
     for (dtype, bytes) in &r.bytes_by_dtype {
-        println!("  weights {dtype:<8} {:>12} bytes", bytes);
+        say!("  weights {dtype:<8} {:>12} bytes", bytes);
     }
     let mut ops: Vec<_> = r.ops.iter().collect();
     ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let line: Vec<String> = ops.iter().map(|(op, n)| format!("{op}×{n}")).collect();
-    println!("  ops: {}", line.join(" "));
+    say!("  ops: {}", line.join(" "));
     match &r.load_error {
-        None => println!("  runtime: loads"),
-        Some(e) => println!("  runtime: cannot load: {e}"),
+        None => say!("  runtime: loads"),
+        Some(e) => say!("  runtime: cannot load: {e}"),
     }
     Ok(())
 }

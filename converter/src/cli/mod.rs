@@ -22,6 +22,20 @@ enum Command {
     Run(run::Args),
 }
 
+/// Writes one line to stdout. A closed pipe (`distq inspect m.onnx | head`) is not an
+/// error worth a panic: the rest of the output is dropped.
+pub(crate) fn emit(line: String) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
+
+/// `println!` that tolerates a closed stdout (see [`emit`]).
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::cli::emit(format!($($arg)*)) };
+}
+pub(crate) use say;
+
 /// Entry point of the binary: parses arguments, runs the subcommand, prints errors.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

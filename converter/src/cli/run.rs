@@ -1,6 +1,7 @@
 //! `distq run MODEL --input IN.npz [--output OUT.npz]`.
 
 use super::inspect::dims_text;
+use super::say;
 use crate::npz::{read_npy, read_npz, write_npz};
 use crate::sysinfo::peak_rss_bytes;
 use anyhow::{Context, Result, bail};
@@ -97,15 +98,15 @@ pub fn run(args: Args) -> Result<()> {
     let first_ms = times[0];
     times.sort_by(f64::total_cmp);
     for (name, t) in &outputs {
-        println!("{name}: {} {:?}  {}", t.dtype(), t.shape(), summary(t));
+        say!("{name}: {} {:?}  {}", t.dtype(), t.shape(), summary(t));
     }
     let median = times[times.len() / 2];
-    println!(
+    say!(
         "load {load_ms:.1} ms, first run {first_ms:.1} ms{}, peak RSS {:.1} MB",
         if args.repeat > 1 { format!(", median of {} runs {median:.1} ms", args.repeat) } else { String::new() },
         peak_rss_bytes().unwrap_or(0) as f64 / 1e6
     );
-    println!(
+    say!(
         "plan: {} steps ({} nodes folded at plan time), activation arena {:.2} MB ({:.2} MB without buffer reuse)",
         plan.num_steps(),
         plan.folded_nodes,
@@ -115,14 +116,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.profile {
         let mut rows: Vec<_> = per_op.into_iter().collect();
         rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
-        println!("{:<24} {:>10} {:>8}", "op", "ms/run", "nodes");
+        say!("{:<24} {:>10} {:>8}", "op", "ms/run", "nodes");
         for (op, (ms, n)) in rows {
-            println!("{op:<24} {ms:>10.3} {:>8}", n / args.repeat);
+            say!("{op:<24} {ms:>10.3} {:>8}", n / args.repeat);
         }
     }
     if let Some(path) = &args.output {
         write_npz(path, &outputs)?;
-        println!("wrote {}", path.display());
+        say!("wrote {}", path.display());
     }
     Ok(())
 }

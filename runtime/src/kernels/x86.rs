@@ -77,15 +77,45 @@ impl DotU8I8 for Avx512Vnni {
     fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]) {
         let k = a.len();
         assert_eq!(b.len(), out.len() * k, "dot_rows shapes");
-        for (o, row) in out.iter_mut().zip(b.chunks_exact(k.max(1))) {
-            // Safety: constructing `Avx512Vnni` proved the features; loads are in bounds or
-            // masked to the slice's end.
-            *o = unsafe { dot_vnni(a, row) };
-        }
         if k == 0 {
             out.fill(0);
+            return;
+        }
+        // Four weight rows per pass share each activation load and keep four independent
+        // accumulators in flight.
+        let mut outs = out.chunks_exact_mut(4);
+        let mut rows = b.chunks_exact(4 * k);
+        for (o, quad) in (&mut outs).zip(&mut rows) {
+            // Safety: constructing `Avx512Vnni` proved the features; loads are in bounds or
+            // masked to the slices' ends.
+            o.copy_from_slice(&unsafe { dot4_vnni(a, quad) });
+        }
+        for (o, row) in outs.into_remainder().iter_mut().zip(rows.remainder().chunks_exact(k)) {
+            // Safety: as above.
+            *o = unsafe { dot_vnni(a, row) };
         }
     }
+}
+
+/// Four dot products of `a` with the consecutive rows of `b` (`4 · a.len()` values).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot4_vnni(a: &[u8], b: &[i8]) -> [i32; 4] {
+    let n = a.len();
+    let r: [&[i8]; 4] = [&b[..n], &b[n..2 * n], &b[2 * n..3 * n], &b[3 * n..4 * n]];
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let mut i = 0;
+    while i < n {
+        let mask: __mmask64 = if n - i >= 64 { u64::MAX } else { (1u64 << (n - i)) - 1 };
+        // Safety: masked loads read only the first n − i bytes from offset i.
+        let va = unsafe { _mm512_maskz_loadu_epi8(mask, a.as_ptr().add(i) as *const i8) };
+        for j in 0..4 {
+            // Safety: as above, on row j.
+            let vb = unsafe { _mm512_maskz_loadu_epi8(mask, r[j].as_ptr().add(i)) };
+            acc[j] = _mm512_dpbusd_epi32(acc[j], va, vb);
+        }
+        i += 64;
+    }
+    acc.map(|v| _mm512_reduce_add_epi32(v))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]

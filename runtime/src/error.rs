@@ -68,6 +68,10 @@ pub enum Error {
     /// Shapes, dtypes or attribute values that an op cannot accept.
     #[error("{0}")]
     Op(String),
+    /// A valid attribute value or variant of an op that the runtime does not implement
+    /// (turned into [`Error::Unsupported`] with the node's identity at import).
+    #[error("unsupported: {0}")]
+    UnsupportedFeature(String),
 }
 
 impl Error {

@@ -222,8 +222,16 @@ pub(crate) fn execute(
             let args: Vec<Option<&Tensor>> = step
                 .inputs
                 .iter()
-                .map(|s| s.map(|s| values[s].as_ref().or(plan.constants[s].as_deref()).expect("planned value present")))
-                .collect();
+                .map(|s| {
+                    s.map(|s| {
+                        values[s]
+                            .as_ref()
+                            .or(plan.constants[s].as_deref())
+                            .ok_or_else(|| Error::Op(format!("slot {s} has no value (planner bug)")))
+                    })
+                    .transpose()
+                })
+                .collect::<Result<_>>()?;
             step.op.eval(&args, pool).map_err(|e| e.in_node(&step.node, &step.op_type))?
         };
         if let Some(times) = profile.as_deref_mut() {

@@ -78,7 +78,7 @@ impl Importer {
             let name = self.node_name(n);
             let op_type = n.op_type.clone().unwrap_or_default();
             let wrap = |e: Error| match e {
-                Error::Op(msg) => Error::Node { node: name.clone(), op: op_type.clone(), source: Box::new(Error::Op(msg)) },
+                e @ (Error::Op(_) | Error::UnsupportedFeature(_)) => e.in_node(&name, &op_type),
                 other => other,
             };
             if op_type == "Constant" && is_default_domain(n) {
@@ -150,7 +150,7 @@ impl Importer {
         let Some(build) = importer(op_type) else { return Err(unsupported(String::new())) };
         let ctx = ImportCtx { attrs: Attrs::new(n), opset: self.opset, num_inputs: n.input.len(), num_outputs: n.output.len() };
         let op = build(&ctx).map_err(|e| match e {
-            Error::Op(msg) if msg.starts_with("unsupported: ") => unsupported(format!(": {}", &msg["unsupported: ".len()..])),
+            Error::UnsupportedFeature(what) => unsupported(format!(": {what}")),
             other => other,
         })?;
         Ok(NodeKind::Op(Arc::from(op)))
@@ -174,7 +174,7 @@ impl Importer {
                 let v = attrs.ints_opt(key)?.unwrap_or_default();
                 Tensor::from_vec(vec![v.len()], v)?
             }
-            other => return Err(Error::Op(format!("unsupported: Constant attribute '{other}'"))),
+            other => return Err(Error::UnsupportedFeature(format!("Constant attribute '{other}'"))),
         };
         Ok((out, tensor))
     }

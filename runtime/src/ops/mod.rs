@@ -314,7 +314,7 @@ pub(crate) use with_elements;
 
 /// Error for an attribute value the runtime does not implement.
 pub(crate) fn unsupported_attr(what: String) -> Error {
-    Error::Op(format!("unsupported: {what}"))
+    Error::UnsupportedFeature(what)
 }
 
 #[cfg(test)]

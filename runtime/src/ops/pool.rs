@@ -2,7 +2,7 @@
 
 use super::conv::{Axis, Geometry, out_len};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, numel, out, required};
-use crate::error::{Result, bail, ensure};
+use crate::error::{Result, ensure};
 use crate::tensor::{DataType, Tensor};
 
 /// The ops of this family.
@@ -21,7 +21,7 @@ enum PoolKind {
 
 fn import(c: &ImportCtx, kind: PoolKind) -> Result<Box<dyn Op>> {
     if c.attrs.int("storage_order", 0)? != 0 {
-        bail!("unsupported: MaxPool storage_order 1");
+        return Err(super::unsupported_attr("MaxPool storage_order 1".into()));
     }
     Ok(Box::new(Pool { geom: Geometry::import(c, true)?, kind }))
 }

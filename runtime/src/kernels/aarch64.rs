@@ -2,21 +2,10 @@
 //! (`usdot`). `sdot`/`usdot` intrinsics are not stable Rust, so those two use `asm!` inside
 //! functions compiled for the feature.
 
-use super::DotU8I8;
+use super::{DotU8I8, dot_each_row};
 use std::arch::aarch64::*;
 use std::arch::asm;
 use std::arch::is_aarch64_feature_detected;
-
-fn rows(a: &[u8], b: &[i8], out: &mut [i32], dot: impl Fn(&[u8], &[i8]) -> i32) {
-    let k = a.len();
-    assert_eq!(b.len(), out.len() * k, "dot_rows shapes");
-    for (o, row) in out.iter_mut().zip(b.chunks_exact(k.max(1))) {
-        *o = dot(a, row);
-    }
-    if k == 0 {
-        out.fill(0);
-    }
-}
 
 fn tail(a: &[u8], b: &[i8], from: usize, total: i32) -> i32 {
     a[from..].iter().zip(&b[from..]).fold(total, |acc, (&x, &w)| acc.wrapping_add(x as i32 * w as i32))
@@ -39,7 +28,7 @@ impl DotU8I8 for Neon {
 
     fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]) {
         // Safety: constructing `Neon` proved the feature; loads stay in bounds.
-        rows(a, b, out, |a, b| unsafe { dot_neon(a, b) })
+        dot_each_row(a, b, out, |a, b| unsafe { dot_neon(a, b) })
     }
 }
 
@@ -80,7 +69,7 @@ impl DotU8I8 for DotProd {
 
     fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]) {
         // Safety: constructing `DotProd` proved the feature; loads stay in bounds.
-        rows(a, b, out, |a, b| unsafe { dot_sdot(a, b) })
+        dot_each_row(a, b, out, |a, b| unsafe { dot_sdot(a, b) })
     }
 }
 
@@ -123,7 +112,7 @@ impl DotU8I8 for I8mm {
 
     fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]) {
         // Safety: constructing `I8mm` proved the feature; loads stay in bounds.
-        rows(a, b, out, |a, b| unsafe { dot_usdot(a, b) })
+        dot_each_row(a, b, out, |a, b| unsafe { dot_usdot(a, b) })
     }
 }
 

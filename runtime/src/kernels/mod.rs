@@ -43,6 +43,19 @@ pub trait DotU8I8: Send + Sync {
     fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]);
 }
 
+/// Applies a single-row `dot` to each row of `b` (the shared body of the simple kernels).
+pub(crate) fn dot_each_row(a: &[u8], b: &[i8], out: &mut [i32], dot: impl Fn(&[u8], &[i8]) -> i32) {
+    let k = a.len();
+    assert_eq!(b.len(), out.len() * k, "dot_rows: b holds {} values, not {} rows of {k}", b.len(), out.len());
+    if k == 0 {
+        out.fill(0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(b.chunks_exact(k)) {
+        *o = dot(a, row);
+    }
+}
+
 /// Every u8·i8 dot kernel this CPU can run, best first; the reference is always last.
 pub fn dot_u8i8_kernels() -> Vec<Box<dyn DotU8I8>> {
     let mut v: Vec<Box<dyn DotU8I8>> = Vec::new();

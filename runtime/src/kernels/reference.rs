@@ -1,6 +1,6 @@
 //! Scalar reference kernels: the test oracle and the fallback on every CPU.
 
-use super::DotU8I8;
+use super::{DotU8I8, dot_each_row};
 
 /// Plain Rust loops.
 pub struct Reference;
@@ -11,13 +11,6 @@ impl DotU8I8 for Reference {
     }
 
     fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]) {
-        let k = a.len();
-        assert_eq!(b.len(), out.len() * k, "dot_rows: b holds {} values, not {} rows of {k}", b.len(), out.len());
-        for (o, row) in out.iter_mut().zip(b.chunks_exact(k.max(1))) {
-            *o = a.iter().zip(row).fold(0i32, |acc, (&x, &w)| acc.wrapping_add(x as i32 * w as i32));
-        }
-        if k == 0 {
-            out.fill(0);
-        }
+        dot_each_row(a, b, out, |a, row| a.iter().zip(row).fold(0i32, |acc, (&x, &w)| acc.wrapping_add(x as i32 * w as i32)));
     }
 }

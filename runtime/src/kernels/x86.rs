@@ -1,6 +1,6 @@
 //! x86-64 kernels: AVX2 (exact i16 widening + `vpmaddwd`) and AVX-512 VNNI (`vpdpbusd`).
 
-use super::DotU8I8;
+use super::{DotU8I8, dot_each_row};
 use std::arch::x86_64::*;
 
 /// AVX2: u8 and i8 widened to i16, multiplied pairwise into i32 (`vpmaddwd`). Exact, unlike
@@ -20,16 +20,8 @@ impl DotU8I8 for Avx2 {
     }
 
     fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]) {
-        let k = a.len();
-        assert_eq!(b.len(), out.len() * k, "dot_rows shapes");
-        for (o, row) in out.iter_mut().zip(b.chunks_exact(k.max(1))) {
-            // Safety: constructing `Avx2` proved the CPU has AVX2; slices are bounds-checked
-            // above and the loads stay inside them.
-            *o = unsafe { dot_avx2(a, row) };
-        }
-        if k == 0 {
-            out.fill(0);
-        }
+        // Safety: constructing `Avx2` proved the CPU has AVX2; the loads stay in the slices.
+        dot_each_row(a, b, out, |a, row| unsafe { dot_avx2(a, row) });
     }
 }
 
@@ -90,10 +82,8 @@ impl DotU8I8 for Avx512Vnni {
             // masked to the slices' ends.
             o.copy_from_slice(&unsafe { dot4_vnni(a, quad) });
         }
-        for (o, row) in outs.into_remainder().iter_mut().zip(rows.remainder().chunks_exact(k)) {
-            // Safety: as above.
-            *o = unsafe { dot_vnni(a, row) };
-        }
+        // Safety: as above.
+        dot_each_row(a, rows.remainder(), outs.into_remainder(), |a, row| unsafe { dot_vnni(a, row) });
     }
 }
 

@@ -5,6 +5,7 @@ use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_a
 use crate::error::{Result, bail, ensure};
 use crate::kernels::{PackedI8, best_dot_u8i8, gemm_u8i8};
 use crate::tensor::{DataType, Tensor};
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 /// The ops of this family.
@@ -266,13 +267,15 @@ impl Op for MatMulInteger {
                 }
             }
         };
-        let (a_u8, a_zero): (Vec<u8>, u8) = match a.dtype() {
-            DataType::U8 => {
-                (a.as_slice::<u8>()?.to_vec(), optional(inputs, 2).map(|z| z.as_slice::<u8>().map(|v| v[0])).transpose()?.unwrap_or(0))
-            }
+        // u8 activations are used in place; only i8 ones need the shifted copy.
+        let (a_u8, a_zero): (Cow<[u8]>, u8) = match a.dtype() {
+            DataType::U8 => (
+                Cow::Borrowed(a.as_slice::<u8>()?),
+                optional(inputs, 2).map(|z| z.as_slice::<u8>().map(|v| v[0])).transpose()?.unwrap_or(0),
+            ),
             _ => {
                 let z = optional(inputs, 2).map(|z| z.as_slice::<i8>().map(|v| v[0])).transpose()?.unwrap_or(0);
-                (a.as_slice::<i8>()?.iter().map(|&v| (v as i32 + 128) as u8).collect(), (z as i32 + 128) as u8)
+                (Cow::Owned(a.as_slice::<i8>()?.iter().map(|&v| (v as i32 + 128) as u8).collect()), (z as i32 + 128) as u8)
             }
         };
         let mut shape = a.shape().to_vec();

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+mod fuse;
 pub mod graph;
 pub mod kernels;
 pub mod onnx;

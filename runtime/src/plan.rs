@@ -175,6 +175,8 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)]) -> Result<P
     }
     p.graph(graph)?;
     let outputs = graph.outputs.iter().map(|o| Ok((o.name.clone(), p.lookup(&o.name, "<graph output>")?))).collect::<Result<Vec<_>>>()?;
+    let output_slots: Vec<usize> = outputs.iter().map(|o| o.1).collect();
+    p.steps = crate::fuse::fuse(std::mem::take(&mut p.steps), &p.facts, &output_slots);
 
     // Lifetimes: a slot lives from the step that writes it (inputs: before step 0) to the
     // last step that reads it; graph outputs live to the end.

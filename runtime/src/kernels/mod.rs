@@ -1,24 +1,30 @@
 //! Integer kernels. A kernel family is one trait; each ISA implements it in its own module,
 //! proves its CPU features at construction (`new() -> Option<Self>`), and is tested against
-//! the scalar reference by the shared table in `tests.rs`.
+//! a scalar oracle by the shared table in `tests.rs`.
 //!
-//! Family [`DotU8I8`]: u8 activations · i8 weights, accumulated exactly in i32 — the inner
-//! product of `MatMulInteger` and of quantized MatMul/Conv. Exactness matters: AVX2's
+//! Family [`GemmU8I8`]: the GEMM micro-kernel of u8 activations · i8 weights, accumulated
+//! exactly in i32 (wrapping past it, as every ISA does) — the inner loop of `MatMulInteger`
+//! and of quantized MatMul/Conv. A kernel computes one tile: up to `mr` activation rows
+//! against one panel of `nr` weight columns, packed once at load in groups of 4 consecutive
+//! `k` values per column (`[k/4][nr][4]`), the operand shape of `vpdpbusd` and `sdot`.
+//! [`gemm::gemm_u8i8`] drives the tiles and applies zero points. Exactness matters: AVX2's
 //! `vpmaddubsw` saturates at i16, so the AVX2 kernel widens to i16 first instead.
 //!
 //! ```
-//! use distq_runtime::kernels::{best_dot_u8i8, reference::Reference, DotU8I8};
-//! let (a, b) = ([255u8; 40], [-128i8; 80]);
-//! let mut fast = [0i32; 2];
-//! let mut exact = [0i32; 2];
-//! best_dot_u8i8().dot_rows(&a, &b, &mut fast);
-//! Reference.dot_rows(&a, &b, &mut exact);
-//! assert_eq!(fast, exact);
-//! assert_eq!(exact[0], 40 * 255 * -128);
+//! use distq_runtime::kernels::{best_gemm_u8i8, gemm::{gemm_u8i8, PackedI8}};
+//! let (m, k, n) = (2, 5, 3);
+//! let a = [255u8; 10]; // m × k
+//! let b = [-128i8; 15]; // k × n, as MatMul stores it
+//! let kernel = best_gemm_u8i8();
+//! let packed = PackedI8::new(kernel, &b, k, vec![0; n]);
+//! let mut c = [0i32; 6];
+//! gemm_u8i8(kernel, &a, 0, &packed, &mut c);
+//! assert_eq!(c, [5 * 255 * -128; 6]);
 //! ```
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod gemm;
 pub mod reference;
 #[cfg(test)]
 mod tests;
@@ -27,41 +33,52 @@ pub mod x86;
 
 use std::sync::OnceLock;
 
-/// Longest `k` for which Σ u8·i8 cannot overflow i32 (255 · 128 · k < 2^31).
-pub const MAX_DOT_LEN: usize = 65_793;
-
-/// Dot products of one u8 row with several i8 rows.
-pub trait DotU8I8: Send + Sync {
-    /// Kernel name, `isa-family` (e.g. `x86-avx512vnni-dot-u8i8`).
+/// One GEMM tile of u8 activations · packed i8 weights.
+pub trait GemmU8I8: Send + Sync {
+    /// Kernel name, `isa-family` (e.g. `x86-avx512vnni-gemm-u8i8`).
     fn name(&self) -> &'static str;
 
-    /// `out[j] = Σ_i a[i] · b[j·k + i]` with `k = a.len()` and `out.len()` rows in `b`.
-    /// Exact for `k ≤ MAX_DOT_LEN`.
+    /// Weight columns per packed panel (a multiple of 4).
+    fn nr(&self) -> usize;
+
+    /// Most activation rows per tile.
+    fn mr(&self) -> usize;
+
+    /// What the kernel subtracts from every activation before multiplying: 128 for kernels
+    /// built on i8·i8 instructions (`sdot`), which shift u8 activations into i8 range; the
+    /// driver adds `a_bias · Σb` back.
+    fn a_bias(&self) -> i32 {
+        0
+    }
+
+    /// `acc[r·nr + j] = Σ_{p < 4·k4} (a[r·lda + p] − a_bias) · panel[(p/4·nr + j)·4 + p%4]`
+    /// for every `r < rows`, wrapping in i32.
     ///
     /// # Panics
-    /// When `b.len() != out.len() · a.len()`.
-    fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]);
+    /// When the slices are too short for the shapes (see [`check_tile`]) or `rows > mr`.
+    fn tile(&self, a: &[u8], lda: usize, rows: usize, panel: &[i8], k4: usize, acc: &mut [i32]);
 }
 
-/// Applies a single-row `dot` to each row of `b` (the shared body of the simple kernels).
-pub(crate) fn dot_each_row(a: &[u8], b: &[i8], out: &mut [i32], dot: impl Fn(&[u8], &[i8]) -> i32) {
-    let k = a.len();
-    assert_eq!(b.len(), out.len() * k, "dot_rows: b holds {} values, not {} rows of {k}", b.len(), out.len());
-    if k == 0 {
-        out.fill(0);
-        return;
-    }
-    for (o, row) in out.iter_mut().zip(b.chunks_exact(k)) {
-        *o = dot(a, row);
-    }
+/// The bounds every kernel checks before its unchecked loads: `rows ≤ mr`, each of the `rows`
+/// activation rows holds `4·k4` bytes at stride `lda`, the panel is `k4·nr·4` bytes, and
+/// `acc` holds `rows·nr` values.
+pub fn check_tile(kernel: &dyn GemmU8I8, a: &[u8], lda: usize, rows: usize, panel: &[i8], k4: usize, acc: &[i32]) {
+    let nr = kernel.nr();
+    assert!((1..=kernel.mr()).contains(&rows), "{}: {rows} rows in a tile of {}", kernel.name(), kernel.mr());
+    assert!(lda >= 4 * k4 && a.len() >= (rows - 1) * lda + 4 * k4, "{}: activations too short", kernel.name());
+    assert_eq!(panel.len(), k4 * nr * 4, "{}: panel size", kernel.name());
+    assert!(acc.len() >= rows * nr, "{}: accumulator too short", kernel.name());
 }
 
-/// Every u8·i8 dot kernel this CPU can run, best first; the reference is always last.
-pub fn dot_u8i8_kernels() -> Vec<Box<dyn DotU8I8>> {
-    let mut v: Vec<Box<dyn DotU8I8>> = Vec::new();
+/// Every u8·i8 GEMM kernel this CPU can run, best first; the reference is always last.
+pub fn gemm_u8i8_kernels() -> Vec<Box<dyn GemmU8I8>> {
+    let mut v: Vec<Box<dyn GemmU8I8>> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(k) = x86::Avx512Vnni::new() {
+            v.push(Box::new(k));
+        }
+        if let Some(k) = x86::AvxVnni::new() {
             v.push(Box::new(k));
         }
         if let Some(k) = x86::Avx2::new() {
@@ -87,10 +104,10 @@ pub fn dot_u8i8_kernels() -> Vec<Box<dyn DotU8I8>> {
 /// The kernel used by the ops: the best this CPU runs, probed once, unless
 /// `DISTQ_KERNEL=<name>` picks another (for tests and benches; an unknown or unsupported
 /// name falls back to the best, with a message on stderr).
-pub fn best_dot_u8i8() -> &'static dyn DotU8I8 {
-    static BEST: OnceLock<Box<dyn DotU8I8>> = OnceLock::new();
+pub fn best_gemm_u8i8() -> &'static dyn GemmU8I8 {
+    static BEST: OnceLock<Box<dyn GemmU8I8>> = OnceLock::new();
     BEST.get_or_init(|| {
-        let mut all = dot_u8i8_kernels();
+        let mut all = gemm_u8i8_kernels();
         if let Ok(want) = std::env::var("DISTQ_KERNEL") {
             match all.iter().position(|k| k.name() == want) {
                 Some(i) => return all.swap_remove(i),
@@ -102,68 +119,49 @@ pub fn best_dot_u8i8() -> &'static dyn DotU8I8 {
     .as_ref()
 }
 
-/// i8 weights laid out for the dot kernels: one row of `k` values per output column, with
-/// each row's sum and zero point (prepared once per weight tensor).
-pub struct PackedI8 {
-    /// `cols × k`, row-major.
-    pub rows: Vec<i8>,
-    /// Σ of each row (for the activation zero-point correction).
-    pub sums: Vec<i32>,
-    /// Zero point of each column.
-    pub zeros: Vec<i8>,
-    /// Reduction length.
-    pub k: usize,
-}
+/// Implements [`GemmU8I8`] for a kernel type whose tile function is
+/// `unsafe fn tile<const R: usize>(a: *const u8, lda, panel: *const i8, k4, acc: *mut i32)`
+/// (rows as a const parameter so the accumulators live in registers).
+macro_rules! impl_gemm_kernel {
+    ($ty:ty, $name:literal, nr = $nr:literal, mr = $mr:literal, a_bias = $bias:literal, $tile:ident) => {
+        impl $crate::kernels::GemmU8I8 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
 
-impl PackedI8 {
-    /// Packs column-major weights given as `cols` rows of `k` values.
-    ///
-    /// # Panics
-    /// When `rows.len() != zeros.len() · k`.
-    pub fn new(rows: Vec<i8>, zeros: Vec<i8>, k: usize) -> PackedI8 {
-        assert_eq!(rows.len(), zeros.len() * k, "packed weights shape");
-        let sums = if k == 0 { vec![0; zeros.len()] } else { rows.chunks_exact(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect() };
-        PackedI8 { rows, sums, zeros, k }
-    }
+            fn nr(&self) -> usize {
+                $nr
+            }
 
-    /// Number of output columns.
-    pub fn cols(&self) -> usize {
-        self.zeros.len()
-    }
-}
+            fn mr(&self) -> usize {
+                $mr
+            }
 
-/// `c[m, n] = Σ_k (a[m, k] − a_zero) · (b[n, k] − b.zeros[n])` for u8 activations `a`
-/// (`rows × b.k`, row-major), exact in i32 (wrapping past it, as the hardware does).
-pub fn gemm_u8i8(kernel: &dyn DotU8I8, a: &[u8], a_zero: u8, b: &PackedI8, c: &mut [i32]) {
-    let (k, cols) = (b.k, b.cols());
-    assert!(c.len() * k == a.len() * cols, "gemm_u8i8 shapes");
-    let mut part = vec![0i32; cols];
-    for (row, c_row) in a.chunks_exact(k.max(1)).zip(c.chunks_exact_mut(cols.max(1))) {
-        let a_sum: i32 = row.iter().map(|&v| v as i32).sum();
-        c_row.fill(0);
-        // Split k so that each kernel call stays exact.
-        let mut start = 0;
-        while start < k {
-            let end = (start + MAX_DOT_LEN).min(k);
-            let slab: Vec<i8>;
-            let b_slab: &[i8] = if start == 0 && end == k {
-                &b.rows
-            } else {
-                slab = b.rows.chunks_exact(k).flat_map(|r| r[start..end].iter().copied()).collect();
-                &slab
-            };
-            kernel.dot_rows(&row[start..end], b_slab, &mut part);
-            c_row.iter_mut().zip(&part).for_each(|(c, &p)| *c = c.wrapping_add(p));
-            start = end;
+            fn a_bias(&self) -> i32 {
+                $bias
+            }
+
+            fn tile(&self, a: &[u8], lda: usize, rows: usize, panel: &[i8], k4: usize, acc: &mut [i32]) {
+                $crate::kernels::check_tile(self, a, lda, rows, panel, k4, acc);
+                let (a, panel, acc) = (a.as_ptr(), panel.as_ptr(), acc.as_mut_ptr());
+                // Safety: constructing the kernel proved its CPU features; `check_tile` proved
+                // the bounds its loads and stores assume.
+                unsafe {
+                    match rows {
+                        1 => $tile::<1>(a, lda, panel, k4, acc),
+                        2 => $tile::<2>(a, lda, panel, k4, acc),
+                        3 => $tile::<3>(a, lda, panel, k4, acc),
+                        4 => $tile::<4>(a, lda, panel, k4, acc),
+                        5 if $mr >= 5 => $tile::<5>(a, lda, panel, k4, acc),
+                        6 if $mr >= 6 => $tile::<6>(a, lda, panel, k4, acc),
+                        7 if $mr >= 7 => $tile::<7>(a, lda, panel, k4, acc),
+                        8 if $mr >= 8 => $tile::<8>(a, lda, panel, k4, acc),
+                        _ => unreachable!("check_tile bounds rows by mr ≤ 8"),
+                    }
+                }
+            }
         }
-        let (za, kk) = (a_zero as i32, k as i32);
-        for ((c, &zb), &b_sum) in c_row.iter_mut().zip(&b.zeros).zip(&b.sums) {
-            let zb = zb as i32;
-            // Σ(a−za)(b−zb) = Σab − za·Σb − zb·Σa + k·za·zb
-            *c = c
-                .wrapping_sub(za.wrapping_mul(b_sum))
-                .wrapping_sub(zb.wrapping_mul(a_sum))
-                .wrapping_add(kk.wrapping_mul(za).wrapping_mul(zb));
-        }
-    }
+    };
 }
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use impl_gemm_kernel;

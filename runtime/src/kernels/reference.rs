@@ -1,16 +1,34 @@
-//! Scalar reference kernels: the test oracle and the fallback on every CPU.
+//! Scalar reference kernel: the fallback on every CPU (and a second oracle in the tests).
 
-use super::{DotU8I8, dot_each_row};
+use super::{GemmU8I8, check_tile};
 
-/// Plain Rust loops.
+/// Plain Rust loops over a 3 × 4 tile (odd sizes exercise the driver's edges).
 pub struct Reference;
 
-impl DotU8I8 for Reference {
+impl GemmU8I8 for Reference {
     fn name(&self) -> &'static str {
-        "reference-dot-u8i8"
+        "reference-gemm-u8i8"
     }
 
-    fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]) {
-        dot_each_row(a, b, out, |a, row| a.iter().zip(row).fold(0i32, |acc, (&x, &w)| acc.wrapping_add(x as i32 * w as i32)));
+    fn nr(&self) -> usize {
+        4
+    }
+
+    fn mr(&self) -> usize {
+        3
+    }
+
+    fn tile(&self, a: &[u8], lda: usize, rows: usize, panel: &[i8], k4: usize, acc: &mut [i32]) {
+        check_tile(self, a, lda, rows, panel, k4, acc);
+        let nr = self.nr();
+        for r in 0..rows {
+            for j in 0..nr {
+                let mut sum = 0i32;
+                for p in 0..4 * k4 {
+                    sum = sum.wrapping_add(a[r * lda + p] as i32 * panel[(p / 4 * nr + j) * 4 + p % 4] as i32);
+                }
+                acc[r * nr + j] = sum;
+            }
+        }
     }
 }

@@ -1,8 +1,8 @@
-//! The shared table: every kernel this CPU runs against the scalar reference, bit for bit,
-//! on random data and on edge shapes and values.
+//! The shared table: every kernel this CPU runs, driven by the GEMM driver, against a naive
+//! triple loop, bit for bit, on random data and on edge shapes and values.
 
-use super::reference::Reference;
-use super::{DotU8I8, PackedI8, dot_u8i8_kernels, gemm_u8i8};
+use super::gemm::{PackedI8, gemm_u8i8};
+use super::{GemmU8I8, gemm_u8i8_kernels};
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 fn bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -17,85 +17,120 @@ fn bytes(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// (k, rows): k around every SIMD width boundary, long rows, 1 row, many rows.
-const SHAPES: &[(usize, usize)] = &[
-    (0, 3),
-    (1, 1),
-    (15, 2),
-    (16, 4),
-    (17, 3),
-    (31, 1),
-    (32, 5),
-    (33, 2),
-    (63, 3),
-    (64, 4),
-    (65, 2),
-    (127, 1),
-    (255, 7),
-    (384, 3),
-    (1000, 2),
-    (4099, 1),
-];
-
-fn check(kernel: &dyn DotU8I8, a: &[u8], b: &[i8], rows: usize, what: &str) {
-    let (mut got, mut want) = (vec![7i32; rows], vec![0i32; rows]);
-    kernel.dot_rows(a, b, &mut got);
-    Reference.dot_rows(a, b, &mut want);
-    assert_eq!(got, want, "{} differs from the reference on {what} (k = {})", kernel.name(), a.len());
+/// The oracle: Σ (a − za)(b − zb) per output, wrapping in i32 like the hardware.
+fn naive(a: &[u8], a_zero: u8, b: &[i8], b_zero: &[i8], m: usize, k: usize) -> Vec<i32> {
+    let n = b_zero.len();
+    let mut c = vec![0i32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).fold(0i32, |s, p| {
+                s.wrapping_add((a[i * k + p] as i32 - a_zero as i32).wrapping_mul(b[p * n + j] as i32 - b_zero[j] as i32))
+            });
+        }
+    }
+    c
 }
 
+struct Case<'a> {
+    a: &'a [u8],
+    a_zero: u8,
+    b: &'a [i8],
+    b_zero: &'a [i8],
+    m: usize,
+    k: usize,
+    what: &'a str,
+}
+
+fn check(kernel: &dyn GemmU8I8, case: &Case) {
+    let Case { a, a_zero, b, b_zero, m, k, what } = *case;
+    let packed = PackedI8::new(kernel, b, k, b_zero.to_vec());
+    let mut got = vec![7i32; m * b_zero.len()];
+    gemm_u8i8(kernel, a, a_zero, &packed, &mut got);
+    let want = naive(a, a_zero, b, b_zero, m, k);
+    if let Some(i) = got.iter().zip(&want).position(|(g, w)| g != w) {
+        let n = b_zero.len();
+        panic!(
+            "{} differs on {what} (m {m}, k {k}, n {n}, a_zero {a_zero}) at c[{}, {}]: {} vs {}",
+            kernel.name(),
+            i / n,
+            i % n,
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// k around every group and register width; rows and columns around every tile size
+/// (mr ∈ {3, 4, 6, 8}, nr ∈ {4, 8, 16, 48}), including M = 1 and N = 1.
+const K: &[usize] = &[0, 1, 3, 4, 5, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 255, 384, 1000, 4099];
+const M: &[usize] = &[1, 2, 3, 4, 5, 7, 8, 9, 13, 17];
+const N: &[usize] = &[1, 3, 4, 5, 8, 9, 16, 17, 47, 48, 49, 100];
+
 #[test]
-fn every_kernel_matches_reference_on_random_data() {
-    for kernel in dot_u8i8_kernels() {
-        for &(k, rows) in SHAPES {
-            let a = bytes(k, k as u64 + 1);
-            let b: Vec<i8> = bytes(k * rows, k as u64 + 99).into_iter().map(|v| v as i8).collect();
-            check(kernel.as_ref(), &a, &b, rows, "random data");
+fn every_kernel_matches_the_oracle_on_random_data() {
+    for kernel in gemm_u8i8_kernels() {
+        for (i, &k) in K.iter().enumerate() {
+            for t in 0..3 {
+                let (m, n) = (M[(i + 3 * t) % M.len()], N[(i * 5 + t) % N.len()]);
+                let seed = (k * 131 + m * 7 + n) as u64;
+                let a = bytes(m * k, seed);
+                let b: Vec<i8> = bytes(k * n, seed + 1).into_iter().map(|v| v as i8).collect();
+                let b_zero: Vec<i8> = bytes(n, seed + 2).into_iter().map(|v| v as i8).collect();
+                let a_zero = [0u8, 1, 128, 255][(i + t) % 4];
+                check(kernel.as_ref(), &Case { a: &a, a_zero, b: &b, b_zero: &b_zero, m, k, what: "random data" });
+            }
         }
     }
 }
 
 #[test]
 fn every_kernel_is_exact_at_the_value_limits() {
-    // 255 · −128 everywhere is where vpmaddubsw-style kernels saturate; 255 · 127 the
-    // positive side; mixed signs cancel.
-    for kernel in dot_u8i8_kernels() {
-        for &(k, rows) in SHAPES {
-            for (av, bv) in [(255u8, -128i8), (255, 127), (0, -128), (128, -1)] {
-                check(kernel.as_ref(), &vec![av; k], &vec![bv; k * rows], rows, &format!("a = {av}, b = {bv}"));
+    // 255 · −128 everywhere is where vpmaddubsw-style kernels saturate; 255 · 127 the positive
+    // side; alternating signs cancel; zero points at both ends.
+    for kernel in gemm_u8i8_kernels() {
+        for &k in K {
+            let (m, n) = (9, 17);
+            for (av, bv, a_zero, b_zero) in
+                [(255u8, -128i8, 0u8, 0i8), (255, 127, 0, 0), (0, -128, 255, 127), (128, -1, 128, -128), (255, -128, 0, 127)]
+            {
+                let what = format!("a = {av}, b = {bv}, zero points {a_zero}/{b_zero}");
+                let (a, b, zb) = (vec![av; m * k], vec![bv; k * n], vec![b_zero; n]);
+                check(kernel.as_ref(), &Case { a: &a, a_zero, b: &b, b_zero: &zb, m, k, what: &what });
             }
-            let alternating: Vec<i8> = (0..k * rows).map(|i| if i % 2 == 0 { 127 } else { -128 }).collect();
-            check(kernel.as_ref(), &vec![255; k], &alternating, rows, "alternating signs");
+            let alternating: Vec<i8> = (0..k * 5).map(|i| if i % 2 == 0 { 127 } else { -128 }).collect();
+            check(
+                kernel.as_ref(),
+                &Case { a: &vec![255; 3 * k], a_zero: 0, b: &alternating, b_zero: &[0; 5], m: 3, k, what: "alternating signs" },
+            );
         }
-        let k = super::MAX_DOT_LEN;
-        check(kernel.as_ref(), &vec![255; k], &vec![-128; k], 1, "the longest exact k");
     }
 }
 
 #[test]
-fn gemm_applies_zero_points_exactly() {
-    let (m, k, n) = (3, 37, 5);
-    let a = bytes(m * k, 5);
-    let b: Vec<i8> = bytes(n * k, 6).into_iter().map(|v| v as i8).collect();
-    let b_zero: Vec<i8> = vec![0, 3, -7, 127, -128];
-    let packed = PackedI8::new(b.clone(), b_zero.clone(), k);
-    for kernel in dot_u8i8_kernels() {
-        for a_zero in [0u8, 1, 128, 255] {
-            let mut c = vec![0i32; m * n];
-            gemm_u8i8(kernel.as_ref(), &a, a_zero, &packed, &mut c);
-            for i in 0..m {
-                for j in 0..n {
-                    let want: i32 = (0..k).map(|p| (a[i * k + p] as i32 - a_zero as i32) * (b[j * k + p] as i32 - b_zero[j] as i32)).sum();
-                    assert_eq!(c[i * n + j], want, "{} c[{i}, {j}] with a_zero {a_zero}", kernel.name());
-                }
-            }
+fn every_kernel_wraps_like_the_oracle_past_i32() {
+    // 255 · 128 · k passes 2^31 at k = 65,794: the sums wrap, identically everywhere.
+    for kernel in gemm_u8i8_kernels() {
+        for k in [65_793, 70_001] {
+            let (a, b) = (vec![255u8; 2 * k], vec![-128i8; k * 3]);
+            check(kernel.as_ref(), &Case { a: &a, a_zero: 0, b: &b, b_zero: &[0, 0, 1], m: 2, k, what: "long k" });
         }
+    }
+}
+
+#[test]
+fn packed_weights_belong_to_their_kernel() {
+    let kernels = gemm_u8i8_kernels();
+    let reference = kernels.last().unwrap();
+    let packed = PackedI8::new(reference.as_ref(), &[1, 2], 1, vec![0, 0]);
+    for kernel in kernels.iter().filter(|k| k.name() != reference.name()) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gemm_u8i8(kernel.as_ref(), &[1], 0, &packed, &mut [0; 2])));
+        assert!(result.is_err(), "{} ran weights packed for the reference", kernel.name());
     }
 }
 
 #[test]
 fn kernels_report_what_runs_here() {
-    let names: Vec<&str> = dot_u8i8_kernels().iter().map(|k| k.name()).collect();
-    println!("u8·i8 dot kernels on this CPU: {names:?}");
-    assert_eq!(names.last(), Some(&"reference-dot-u8i8"));
+    let names: Vec<&str> = gemm_u8i8_kernels().iter().map(|k| k.name()).collect();
+    println!("u8·i8 GEMM kernels on this CPU: {names:?}");
+    assert_eq!(names.last(), Some(&"reference-gemm-u8i8"));
 }

@@ -1,10 +1,22 @@
-//! x86-64 kernels: AVX2 (exact i16 widening + `vpmaddwd`) and AVX-512 VNNI (`vpdpbusd`).
+//! x86-64 GEMM tiles: AVX2 (exact i16 widening + `vpmaddwd`), AVX-VNNI (`vpdpbusd` on ymm,
+//! CPUs without AVX-512) and AVX-512 VNNI (`vpdpbusd` on zmm). Each group of 4 `k` values of
+//! a column is one i32 lane; an activation row's 4 bytes are broadcast to every lane.
 
-use super::{DotU8I8, dot_each_row};
+use super::impl_gemm_kernel;
 use std::arch::x86_64::*;
 
-/// AVX2: u8 and i8 widened to i16, multiplied pairwise into i32 (`vpmaddwd`). Exact, unlike
-/// `vpmaddubsw`, which saturates pairs at i16.
+/// The 4 activation bytes `a[r·lda + 4g ..][..4]` as one i32.
+///
+/// # Safety
+/// The 4 bytes must be readable.
+#[inline(always)]
+unsafe fn group(a: *const u8, offset: usize) -> i32 {
+    // Safety: the caller guarantees the 4 bytes are in bounds.
+    unsafe { a.add(offset).cast::<i32>().read_unaligned() }
+}
+
+/// AVX2 (8 columns × 4 rows): u8 and i8 widened to i16, multiplied pairwise into i32
+/// (`vpmaddwd`). Exact, unlike `vpmaddubsw`, which saturates pairs at i16.
 pub struct Avx2(());
 
 impl Avx2 {
@@ -14,43 +26,69 @@ impl Avx2 {
     }
 }
 
-impl DotU8I8 for Avx2 {
-    fn name(&self) -> &'static str {
-        "x86-avx2-dot-u8i8"
-    }
-
-    fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]) {
-        // Safety: constructing `Avx2` proved the CPU has AVX2; the loads stay in the slices.
-        dot_each_row(a, b, out, |a, row| unsafe { dot_avx2(a, row) });
-    }
-}
+impl_gemm_kernel!(Avx2, "x86-avx2-gemm-u8i8", nr = 8, mr = 4, a_bias = 0, tile_avx2);
 
 #[target_feature(enable = "avx2")]
-fn dot_avx2(a: &[u8], b: &[i8]) -> i32 {
-    let n = a.len();
-    let mut acc = _mm256_setzero_si256();
-    let mut i = 0;
-    while i + 16 <= n {
-        // Safety: i + 16 ≤ len for both slices.
-        let (va, vb) =
-            unsafe { (_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i), _mm_loadu_si128(b.as_ptr().add(i) as *const __m128i)) };
-        let prod = _mm256_madd_epi16(_mm256_cvtepu8_epi16(va), _mm256_cvtepi8_epi16(vb));
-        acc = _mm256_add_epi32(acc, prod);
-        i += 16;
+unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, acc: *mut i32) {
+    // Per row: columns 0–3 and 4–7, each i32 pair = (k0·k1, k2·k3) of one column.
+    let mut lo = [_mm256_setzero_si256(); R];
+    let mut hi = [_mm256_setzero_si256(); R];
+    for g in 0..k4 {
+        // Safety: the panel holds k4 groups of 32 bytes.
+        let b = unsafe { _mm256_loadu_si256(panel.add(32 * g).cast()) };
+        let (b_lo, b_hi) = (_mm256_cvtepi8_epi16(_mm256_castsi256_si128(b)), _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(b)));
+        for r in 0..R {
+            // Safety: row r holds 4·k4 bytes.
+            let a16 = _mm256_cvtepu8_epi16(_mm_set1_epi32(unsafe { group(a, r * lda + 4 * g) }));
+            lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(a16, b_lo));
+            hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(a16, b_hi));
+        }
     }
-    let sum128 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256::<1>(acc));
-    let sum64 = _mm_add_epi32(sum128, _mm_shuffle_epi32::<0b01_00_11_10>(sum128));
-    let sum32 = _mm_add_epi32(sum64, _mm_shuffle_epi32::<0b10_11_00_01>(sum64));
-    let mut total = _mm_cvtsi128_si32(sum32);
-    while i < n {
-        total = total.wrapping_add(a[i] as i32 * b[i] as i32);
-        i += 1;
+    for r in 0..R {
+        // hadd gives columns [0 1 4 5 | 2 3 6 7]; the permute restores 0..7.
+        let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo[r], hi[r]));
+        // Safety: acc holds R rows of 8.
+        unsafe { _mm256_storeu_si256(acc.add(8 * r).cast(), sums) };
     }
-    total
 }
 
-/// AVX-512 VNNI: `vpdpbusd` multiplies 4 u8·i8 pairs into each i32 lane without saturation;
-/// the tail uses masked loads.
+/// AVX-VNNI (16 columns × 6 rows): `vpdpbusd` on ymm, for CPUs with VNNI but no AVX-512.
+pub struct AvxVnni(());
+
+impl AvxVnni {
+    /// `Some` only on a CPU with AVX-VNNI.
+    pub fn new() -> Option<AvxVnni> {
+        is_x86_feature_detected!("avxvnni").then_some(AvxVnni(()))
+    }
+}
+
+impl_gemm_kernel!(AvxVnni, "x86-avxvnni-gemm-u8i8", nr = 16, mr = 6, a_bias = 0, tile_avxvnni);
+
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn tile_avxvnni<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, acc: *mut i32) {
+    let mut c = [[_mm256_setzero_si256(); 2]; R];
+    for g in 0..k4 {
+        // Safety: the panel holds k4 groups of 64 bytes.
+        let (b0, b1) = unsafe { (_mm256_loadu_si256(panel.add(64 * g).cast()), _mm256_loadu_si256(panel.add(64 * g + 32).cast())) };
+        for (r, c) in c.iter_mut().enumerate() {
+            // Safety: row r holds 4·k4 bytes.
+            let av = _mm256_set1_epi32(unsafe { group(a, r * lda + 4 * g) });
+            c[0] = _mm256_dpbusd_avx_epi32(c[0], av, b0);
+            c[1] = _mm256_dpbusd_avx_epi32(c[1], av, b1);
+        }
+    }
+    for (r, c) in c.iter().enumerate() {
+        // Safety: acc holds R rows of 16.
+        unsafe {
+            _mm256_storeu_si256(acc.add(16 * r).cast(), c[0]);
+            _mm256_storeu_si256(acc.add(16 * r + 8).cast(), c[1]);
+        }
+    }
+}
+
+/// AVX-512 VNNI (48 columns × 8 rows): 24 zmm accumulators, 3 panel loads and 8 broadcasts
+/// per 24 `vpdpbusd` (two issue per cycle on Sapphire Rapids; fewer loads than that would
+/// starve them).
 pub struct Avx512Vnni(());
 
 impl Avx512Vnni {
@@ -61,70 +99,29 @@ impl Avx512Vnni {
     }
 }
 
-impl DotU8I8 for Avx512Vnni {
-    fn name(&self) -> &'static str {
-        "x86-avx512vnni-dot-u8i8"
-    }
-
-    fn dot_rows(&self, a: &[u8], b: &[i8], out: &mut [i32]) {
-        let k = a.len();
-        assert_eq!(b.len(), out.len() * k, "dot_rows shapes");
-        if k == 0 {
-            out.fill(0);
-            return;
-        }
-        // Four weight rows per pass share each activation load and keep four independent
-        // accumulators in flight.
-        let mut outs = out.chunks_exact_mut(4);
-        let mut rows = b.chunks_exact(4 * k);
-        for (o, quad) in (&mut outs).zip(&mut rows) {
-            // Safety: constructing `Avx512Vnni` proved the features; loads are in bounds or
-            // masked to the slices' ends.
-            o.copy_from_slice(&unsafe { dot4_vnni(a, quad) });
-        }
-        // Safety: as above.
-        dot_each_row(a, rows.remainder(), outs.into_remainder(), |a, row| unsafe { dot_vnni(a, row) });
-    }
-}
-
-/// Four dot products of `a` with the consecutive rows of `b` (`4 · a.len()` values).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot4_vnni(a: &[u8], b: &[i8]) -> [i32; 4] {
-    let n = a.len();
-    let r: [&[i8]; 4] = [&b[..n], &b[n..2 * n], &b[2 * n..3 * n], &b[3 * n..4 * n]];
-    let mut acc = [_mm512_setzero_si512(); 4];
-    let mut i = 0;
-    while i < n {
-        let mask: __mmask64 = if n - i >= 64 { u64::MAX } else { (1u64 << (n - i)) - 1 };
-        // Safety: masked loads read only the first n − i bytes from offset i.
-        let va = unsafe { _mm512_maskz_loadu_epi8(mask, a.as_ptr().add(i) as *const i8) };
-        for j in 0..4 {
-            // Safety: as above, on row j.
-            let vb = unsafe { _mm512_maskz_loadu_epi8(mask, r[j].as_ptr().add(i)) };
-            acc[j] = _mm512_dpbusd_epi32(acc[j], va, vb);
-        }
-        i += 64;
-    }
-    acc.map(|v| _mm512_reduce_add_epi32(v))
-}
+impl_gemm_kernel!(Avx512Vnni, "x86-avx512vnni-gemm-u8i8", nr = 48, mr = 8, a_bias = 0, tile_avx512vnni);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_vnni(a: &[u8], b: &[i8]) -> i32 {
-    let n = a.len();
-    let mut acc = _mm512_setzero_si512();
-    let mut i = 0;
-    while i + 64 <= n {
-        // Safety: i + 64 ≤ len for both slices.
-        let (va, vb) = unsafe { (_mm512_loadu_si512(a.as_ptr().add(i) as *const _), _mm512_loadu_si512(b.as_ptr().add(i) as *const _)) };
-        acc = _mm512_dpbusd_epi32(acc, va, vb);
-        i += 64;
+unsafe fn tile_avx512vnni<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, acc: *mut i32) {
+    let mut c = [[_mm512_setzero_si512(); 3]; R];
+    for g in 0..k4 {
+        // Safety: the panel holds k4 groups of 192 bytes.
+        let b = unsafe {
+            let p = panel.add(192 * g);
+            [_mm512_loadu_si512(p.cast()), _mm512_loadu_si512(p.add(64).cast()), _mm512_loadu_si512(p.add(128).cast())]
+        };
+        for (r, c) in c.iter_mut().enumerate() {
+            // Safety: row r holds 4·k4 bytes.
+            let av = _mm512_set1_epi32(unsafe { group(a, r * lda + 4 * g) });
+            for (c, &b) in c.iter_mut().zip(&b) {
+                *c = _mm512_dpbusd_epi32(*c, av, b);
+            }
+        }
     }
-    if i < n {
-        let mask: __mmask64 = (1u64 << (n - i)) - 1;
-        // Safety: masked-off bytes are not read.
-        let (va, vb) =
-            unsafe { (_mm512_maskz_loadu_epi8(mask, a.as_ptr().add(i) as *const i8), _mm512_maskz_loadu_epi8(mask, b.as_ptr().add(i))) };
-        acc = _mm512_dpbusd_epi32(acc, va, vb);
+    for (r, c) in c.iter().enumerate() {
+        for (v, &c) in c.iter().enumerate() {
+            // Safety: acc holds R rows of 48.
+            unsafe { _mm512_storeu_si512(acc.add(48 * r + 16 * v).cast(), c) };
+        }
     }
-    _mm512_reduce_add_epi32(acc)
 }

@@ -115,7 +115,8 @@ impl BufferPool {
 }
 
 /// One operator instance with its attributes.
-pub trait Op: Send + Sync + std::fmt::Debug {
+/// `Any` lets plan-time passes recognize an op's concrete type (fusion).
+pub trait Op: std::any::Any + Send + Sync + std::fmt::Debug {
     /// Output dtypes and shapes from the inputs' (absent optional inputs are `None`).
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>>;
     /// Computes the outputs.

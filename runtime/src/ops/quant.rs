@@ -3,7 +3,8 @@
 
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_axis, numel, optional, out, required, unsupported_attr};
 use crate::error::{Result, bail, ensure};
-use crate::kernels::{PackedI8, best_dot_u8i8, gemm_u8i8};
+use crate::kernels::best_gemm_u8i8;
+use crate::kernels::gemm::{PackedI8, gemm_u8i8_with};
 use crate::tensor::{DataType, Tensor};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -112,7 +113,28 @@ fn quantize(x: f32, scale: f32, zero: i32, lo: i32, hi: i32) -> i32 {
     const ROUNDER: f32 = 12_582_912.0;
     let v = (x / scale).clamp(-4_194_304.0, 4_194_304.0);
     let q = (v + ROUNDER) - ROUNDER + zero as f32;
-    q.clamp(lo as f32, hi as f32) as i32
+    // `max` then `min` (unlike `clamp`) turn NaN into `lo`, so the value is always in range
+    // and the unchecked conversion (which vectorizes, unlike `as`) is sound.
+    let q = q.max(lo as f32).min(hi as f32);
+    // Safety: q is finite and within [lo, hi] ⊂ i32.
+    unsafe { q.to_int_unchecked::<i32>() }
+}
+
+/// The smallest and largest value, in 16 independent lanes so the loop vectorizes (a single
+/// `f32::min` chain cannot be reordered). NaN is ignored, as by `f32::min`.
+fn min_max(xs: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([f32::INFINITY; 16], [f32::NEG_INFINITY; 16]);
+    let mut chunks = xs.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            lo[i] = lo[i].min(c[i]);
+            hi[i] = hi[i].max(c[i]);
+        }
+    }
+    let tail = chunks.remainder().iter();
+    let lo = lo.iter().chain(tail.clone()).fold(f32::INFINITY, |a, &b| a.min(b));
+    let hi = hi.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    (lo, hi)
 }
 
 impl Op for QuantizeLinear {
@@ -171,8 +193,9 @@ impl Op for DynamicQuantizeLinear {
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let x = required(inputs, 0)?;
         let xs = x.as_slice::<f32>()?;
-        let (lo, hi) = xs.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        ensure!(lo.is_finite() && hi.is_finite(), "input holds NaN or infinite values");
+        let (lo, hi) = min_max(xs);
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        ensure!(lo.is_finite() && hi.is_finite(), "input holds infinite values");
         let scale = (hi - lo) / 255.0;
         let mut q = pool.take(xs.len());
         let zero = if scale == 0.0 {
@@ -206,10 +229,6 @@ impl std::fmt::Debug for MatMulInteger {
 fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedI8> {
     let (k, n) = (b.shape()[0], b.shape()[1]);
     let shift_u8 = |v: u8| (v as i32 - 128) as i8;
-    let values: Vec<i8> = match b.dtype() {
-        DataType::I8 => b.as_slice::<i8>()?.to_vec(),
-        _ => b.as_slice::<u8>()?.iter().map(|&v| shift_u8(v)).collect(),
-    };
     let zeros: Vec<i8> = match zero {
         None => vec![if b.dtype() == DataType::U8 { -128 } else { 0 }; n],
         Some(z) => {
@@ -224,13 +243,14 @@ fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedI8> {
             }
         }
     };
-    let mut rows = vec![0i8; n * k];
-    for (p, row) in values.chunks_exact(n.max(1)).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            rows[j * k + p] = v;
+    let kernel = best_gemm_u8i8();
+    Ok(match b.dtype() {
+        DataType::I8 => PackedI8::new(kernel, b.as_slice::<i8>()?, k, zeros),
+        _ => {
+            let values = b.as_slice::<u8>()?;
+            PackedI8::from_fn(kernel, k, zeros, |p, j| shift_u8(values[p * n + j]))
         }
-    }
-    Ok(PackedI8::new(rows, zeros, k))
+    })
 }
 
 impl Op for MatMulInteger {
@@ -253,8 +273,25 @@ impl Op for MatMulInteger {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let shape = self.output_shape(inputs)?;
+        let mut c = pool.filled(numel(&shape)?, 0i32);
+        self.gemm(inputs, &mut c, |_, _, acc, out| out.copy_from_slice(acc))?;
+        Ok(vec![out(shape, c)?])
+    }
+}
+
+impl MatMulInteger {
+    fn output_shape(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<usize>> {
+        let mut shape = required(inputs, 0)?.shape().to_vec();
+        *shape.last_mut().unwrap_or(&mut 0) = required(inputs, 1)?.shape()[1];
+        Ok(shape)
+    }
+
+    /// Runs the GEMM of inputs `(A, B, a_zero_point?, b_zero_point?)` into `c` through an
+    /// epilogue (see [`gemm_u8i8_with`]); B is packed on first use and kept while it is the
+    /// same constant.
+    fn gemm<T>(&self, inputs: &[Option<&Tensor>], c: &mut [T], epilogue: impl FnMut(usize, usize, &[i32], &mut [T])) -> Result<()> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
-        let n = b.shape()[1];
         let key = (b.as_slice::<u8>().map(|s| s.as_ptr() as usize).or_else(|_| b.as_slice::<i8>().map(|s| s.as_ptr() as usize))?, b.len());
         let packed = {
             let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
@@ -278,11 +315,56 @@ impl Op for MatMulInteger {
                 (Cow::Owned(a.as_slice::<i8>()?.iter().map(|&v| (v as i32 + 128) as u8).collect()), (z as i32 + 128) as u8)
             }
         };
-        let mut shape = a.shape().to_vec();
-        *shape.last_mut().unwrap_or(&mut 0) = n;
-        let mut c = pool.filled(numel(&shape)?, 0i32);
-        gemm_u8i8(best_dot_u8i8(), &a_u8, a_zero, &packed, &mut c);
-        Ok(vec![out(shape, c)?])
+        gemm_u8i8_with(best_gemm_u8i8(), &a_u8, a_zero, &packed, c, epilogue);
+        Ok(())
+    }
+}
+
+/// `MatMulInteger → Cast(float) → Mul(scale) [→ Add(bias)]` as one step (the shape
+/// onnxruntime's dynamic quantizer emits): `y = f32(acc) · scale[j] + bias[j]` applied to
+/// each tile as it leaves the kernel, in the unfused graph's operation order, so the result
+/// is bit-identical to it. Made by the planner's fusion pass, not imported.
+/// Inputs: `(A, B, a_zero_point?, b_zero_point?, scale, bias?)`, scale and bias holding
+/// one value or one per column.
+#[derive(Debug)]
+pub struct MatMulIntegerToFloat {
+    /// The fused node's op (its packed weights are shared with it).
+    pub matmul: Arc<MatMulInteger>,
+}
+
+impl Op for MatMulIntegerToFloat {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let facts = self.matmul.infer(&inputs[..4])?;
+        let n = *facts[0].shape.last().unwrap_or(&1);
+        for (i, what) in [(4, "scale"), (5, "bias")] {
+            if let Some(f) = optional(inputs, i) {
+                expect_dtype(f, &[DataType::F32], what)?;
+                let len: usize = f.shape.iter().product();
+                ensure!(len == 1 || len == n, "{what} holds {len} values for {n} columns");
+            }
+        }
+        required(inputs, 4)?;
+        Ok(vec![Fact::new(DataType::F32, facts[0].shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let shape = self.matmul.output_shape(inputs)?;
+        let n = *shape.last().unwrap_or(&1);
+        let per_column = |t: Option<&Tensor>| -> Result<Vec<f32>> {
+            Ok(match t {
+                None => vec![0.0; n],
+                Some(t) if t.len() == 1 => vec![t.as_slice::<f32>()?[0]; n],
+                Some(t) => t.as_slice::<f32>()?.to_vec(),
+            })
+        };
+        let (scale, bias) = (per_column(optional(inputs, 4))?, per_column(optional(inputs, 5))?);
+        let mut y = pool.filled(numel(&shape)?, 0f32);
+        self.matmul.gemm(&inputs[..4], &mut y, |_, col0, acc, out| {
+            for (((y, &v), &s), &b) in out.iter_mut().zip(acc).zip(&scale[col0..]).zip(&bias[col0..]) {
+                *y = v as f32 * s + b;
+            }
+        })?;
+        Ok(vec![out(shape, y)?])
     }
 }
 

@@ -4,6 +4,8 @@
 //! graph output. The fused step takes the place of the chain's last step, where all of its
 //! inputs exist.
 
+use crate::ops::chain::{Chain, ChainStep, chains_binary};
+use crate::ops::elementwise::{Binary, Unary};
 use crate::ops::quant::{MatMulInteger, MatMulIntegerToFloat};
 use crate::ops::{Fact, Op};
 use crate::plan::Step;
@@ -38,7 +40,8 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize]) ->
     let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
     let readers = Readers::new(&steps, facts.len(), graph_outputs);
     for i in 0..steps.len() {
-        if let Some((absorbed, fused)) = matmul_integer_to_float(&steps, i, facts, &readers) {
+        let fused = matmul_integer_to_float(&steps, i, facts, &readers).or_else(|| elementwise_chain(&steps, i, facts, &readers));
+        if let Some((absorbed, fused)) = fused {
             for &j in &absorbed {
                 steps[j] = None;
             }
@@ -94,6 +97,63 @@ fn matmul_integer_to_float(steps: &[Option<Step>], i: usize, facts: &[Fact], rea
     Some((absorbed, Step { node: step.node.clone(), op_type: "MatMulIntegerToFloat".into(), op: fused, inputs, outputs: vec![Some(out)] }))
 }
 
+/// `step` as a chain step on the running value `v`, given the chain's input `x` (`None` for
+/// the first step): f32 in, same shape out; binary ops need a scalar constant or `x` as their
+/// other operand.
+fn as_chain_step(step: &Step, v: usize, x: Option<usize>, facts: &[Fact]) -> Option<ChainStep> {
+    let out = match step.outputs.as_slice() {
+        [Some(o)] => *o,
+        _ => return None,
+    };
+    if facts[v].dtype != DataType::F32 || facts[out].dtype != DataType::F32 || facts[out].shape != facts[v].shape {
+        return None;
+    }
+    let op: &dyn Any = step.op.as_ref();
+    if let Some(&u) = op.downcast_ref::<Unary>() {
+        return (u.takes_f32() && step.inputs == [Some(v)]).then_some(ChainStep::Unary(u));
+    }
+    let op = *op.downcast_ref::<Binary>().filter(|&&b| chains_binary(b))?;
+    let (w, other_first) = match step.inputs.as_slice() {
+        [Some(a), Some(b)] if *a == v && *b != v => (*b, false),
+        [Some(a), Some(b)] if *b == v && *a != v => (*a, true),
+        _ => return None,
+    };
+    match &facts[w].value {
+        Some(c) if c.dtype() == DataType::F32 && c.len() == 1 => {
+            Some(ChainStep::Scalar { op, value: c.as_slice::<f32>().ok()?[0], scalar_first: other_first })
+        }
+        _ if Some(w) == x => Some(ChainStep::Input { op, input_first: other_first }),
+        _ => None,
+    }
+}
+
+/// Two or more elementwise f32 steps in a row, each the sole reader of the last → [`Chain`].
+fn elementwise_chain(steps: &[Option<Step>], i: usize, facts: &[Fact], readers: &Readers) -> Option<(Vec<usize>, Step)> {
+    let first = steps[i].as_ref()?;
+    let (x, head) = first.inputs.iter().flatten().find_map(|&v| Some((v, as_chain_step(first, v, None, facts)?)))?;
+    let (mut chain, mut absorbed, mut value) = (vec![head], vec![i], first.outputs[0]?);
+    while let Some(j) = readers.sole[value] {
+        let Some(next) = steps[j].as_ref() else { break };
+        let Some(step) = as_chain_step(next, value, Some(x), facts) else { break };
+        chain.push(step);
+        absorbed.push(j);
+        value = next.outputs[0]?;
+    }
+    if chain.len() < 2 {
+        return None;
+    }
+    let ops: Vec<&str> = absorbed.iter().filter_map(|&j| steps[j].as_ref().map(|s| s.op_type.as_str())).collect();
+    let fused: Arc<dyn Op> = Arc::new(Chain::new(chain));
+    let step = Step {
+        node: first.node.clone(),
+        op_type: format!("Chain({})", ops.join("→")),
+        op: fused,
+        inputs: vec![Some(x)],
+        outputs: vec![Some(value)],
+    };
+    Some((absorbed, step))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::testing::ModelBuilder;
@@ -137,5 +197,39 @@ mod tests {
         let b0: Vec<i32> = (0..5).map(|p| (p * 3 * 37) % 100 - 50).collect();
         let acc: i32 = [0, 255, 7, 100, 3].iter().zip(&b0).map(|(&a, &b)| (a - 7) * b).sum();
         assert_eq!(y.as_slice::<f32>().unwrap()[0], acc as f32 * 0.013 + 0.5);
+    }
+
+    /// GELU as exported from PyTorch; with `expose`, the Erf output is also a graph output,
+    /// which must split the chain.
+    fn gelu(expose: bool) -> Session {
+        let c = |v: f32| Tensor::scalar(v);
+        let mut m = ModelBuilder::new(17)
+            .input("x", DataType::F32, &[3, 700])
+            .initializer("sqrt2", &c(std::f32::consts::SQRT_2))
+            .initializer("one", &c(1.0))
+            .initializer("half", &c(0.5))
+            .node("Div", &["x", "sqrt2"], &["d"], vec![])
+            .node("Erf", &["d"], &["e"], vec![])
+            .node("Add", &["e", "one"], &["a"], vec![])
+            .node("Mul", &["x", "a"], &["m"], vec![])
+            .node("Mul", &["m", "half"], &["y"], vec![])
+            .output("y", DataType::F32, &[3, 700]);
+        if expose {
+            m = m.output("e", DataType::F32, &[3, 700]);
+        }
+        Session::new(Model::from_bytes(m.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn elementwise_chains_fuse_bit_identically() {
+        let x = Tensor::from_vec(vec![3, 700], (0..2100).map(|i| (i as f32 - 1000.0) * 0.007).collect()).unwrap();
+        let shapes = [(DataType::F32, vec![3, 700])];
+        let ops = |s: &Session| s.plan_for(&shapes).unwrap().step_ops().iter().map(|(_, op)| op.to_string()).collect::<Vec<_>>();
+        let (fused, split) = (gelu(false), gelu(true));
+        assert_eq!(ops(&fused), ["Chain(Div→Erf→Add→Mul→Mul)"]);
+        assert_eq!(ops(&split), ["Chain(Div→Erf)", "Add", "Mul", "Mul"]);
+        let y = fused.run(vec![("x", x.clone())]).unwrap().remove(0).1;
+        let want = split.run(vec![("x", x)]).unwrap().remove(0).1;
+        assert_eq!(y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
     }
 }

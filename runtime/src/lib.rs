@@ -23,6 +23,7 @@ pub mod onnx;
 pub mod ops;
 pub mod plan;
 mod session;
+mod simd;
 pub mod tensor;
 pub mod testing;
 

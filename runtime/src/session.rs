@@ -67,6 +67,9 @@ impl Model {
 pub struct Session {
     model: Arc<Model>,
     plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+    /// Dead activation buffers kept between runs, so steady-state runs allocate (and the OS
+    /// zeroes pages) almost nothing. A run that finds it busy (another thread) uses its own.
+    pool: Mutex<BufferPool>,
 }
 
 /// Dtype and shape of each input, in graph order: what a plan is made for.
@@ -82,7 +85,7 @@ const MAX_CACHED_PLANS: usize = 16;
 impl Session {
     /// A session over a loaded model.
     pub fn new(model: Model) -> Session {
-        Session { model: Arc::new(model), plans: Mutex::new(HashMap::new()) }
+        Session { model: Arc::new(model), plans: Mutex::new(HashMap::new()), pool: Mutex::new(BufferPool::default()) }
     }
 
     /// Loads `path` and makes a session.
@@ -189,7 +192,11 @@ impl Session {
         let key: Vec<(DataType, Vec<usize>)> = inputs.iter().map(|t| (t.dtype(), t.shape().to_vec())).collect();
         let plan = self.plan_for(&key)?;
         let mut times = Vec::new();
-        let outputs = execute(&plan, inputs, &mut BufferPool::with_budget(plan.arena_bytes), profile.then_some(&mut times))?;
+        let mut own = BufferPool::default();
+        let mut shared = self.pool.try_lock().ok();
+        let pool = shared.as_deref_mut().unwrap_or(&mut own);
+        pool.raise_budget(plan.arena_bytes);
+        let outputs = execute(&plan, inputs, pool, profile.then_some(&mut times))?;
         Ok((outputs, times))
     }
 }

@@ -1,6 +1,7 @@
 //! Elementwise ops: unary math and activations, broadcasting binary arithmetic and
 //! comparisons, variadic Min/Max/Sum, Where, and Cast.
 
+use super::chain::ChainStep;
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, broadcast_shapes, broadcast_strides, expect_dtype, math, optional, out, required};
 use crate::error::{Result, bail, ensure};
 use crate::tensor::{Bool, DataType, Element, Tensor};
@@ -133,13 +134,21 @@ pub enum Unary {
 }
 
 impl Unary {
-    /// Applies the op to f32 elements; one monomorphic loop per op so each vectorizes.
-    fn apply_f32(self, x: &[f32], pool: &mut BufferPool) -> Vec<f32> {
-        let mut v = pool.take(x.len());
+    /// Whether the op is defined on f32 (all but `Not`).
+    pub(crate) fn takes_f32(self) -> bool {
+        self != Unary::Not
+    }
+
+    /// Applies the op to f32 elements in place; one monomorphic loop per op so each
+    /// vectorizes (inlined, so callers inside [`crate::simd::widest`] get wide vectors).
+    #[inline(always)]
+    pub(crate) fn apply_f32(self, v: &mut [f32]) {
         macro_rules! each {
             ($f:expr) => {{
                 let f = $f;
-                v.extend(x.iter().map(|&a| f(a)))
+                for a in v.iter_mut() {
+                    *a = f(*a);
+                }
             }};
         }
         match self {
@@ -164,7 +173,6 @@ impl Unary {
             Unary::Softplus => each!(|a: f32| if a > 20.0 { a } else { a.exp().ln_1p() }),
             Unary::Not => unreachable!("Not is boolean"),
         }
-        v
     }
 }
 
@@ -184,7 +192,7 @@ impl Op for Unary {
         let shape = x.shape().to_vec();
         Ok(vec![match (self, x.dtype()) {
             (Unary::Not, _) => out(shape, x.as_slice::<Bool>()?.iter().map(|b| Bool(1 - b.0)).collect())?,
-            (_, DataType::F32) => out(shape, self.apply_f32(x.as_slice::<f32>()?, pool))?,
+            (_, DataType::F32) => out(shape, super::chain::Chain::one(ChainStep::Unary(*self)).apply(x.as_slice::<f32>()?, pool))?,
             (Unary::Neg, _) => with_numeric!(x, |x: &[T]| out(shape, x.iter().map(|&a| T::from_i64(0).sub(a)).collect())?),
             (Unary::Abs, _) => with_numeric!(x, |x: &[T]| out(
                 shape,

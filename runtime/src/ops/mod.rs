@@ -2,6 +2,7 @@
 //! shape/dtype inference and its fp32 (or generic) evaluation, and case tables at the bottom.
 
 pub mod array;
+pub mod chain;
 pub mod conv;
 pub mod elementwise;
 pub mod math;
@@ -72,9 +73,10 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
-    /// A pool keeping at most `budget` bytes of dead buffers.
-    pub fn with_budget(budget: usize) -> BufferPool {
-        BufferPool { budget, ..Default::default() }
+    /// Lets the pool keep at least `budget` bytes (a session's pool grows to its largest plan's
+    /// arena).
+    pub fn raise_budget(&mut self, budget: usize) {
+        self.budget = self.budget.max(budget);
     }
 
     /// An empty vector with room for at least `len` elements, recycled when possible.

@@ -1,6 +1,6 @@
 //! Normalizations: BatchNormalization (inference), LayerNormalization, Softmax, LogSoftmax.
 
-use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_axis, optional, out, required};
+use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, math, normalize_axis, optional, out, required};
 use crate::error::{Result, ensure};
 use crate::tensor::{DataType, Tensor};
 
@@ -82,20 +82,43 @@ impl Op for LayerNorm {
         let bias = optional(inputs, 2).map(|b| b.as_slice::<f32>()).transpose()?;
         let mut y = pool.take(x.len());
         let (mut means, mut inv_stds) = (Vec::new(), Vec::new());
-        for row in x.as_slice::<f32>()?.chunks(norm.max(1)) {
-            let mean = row.iter().sum::<f32>() / norm as f32;
-            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / norm as f32;
-            let inv = 1.0 / (var + self.epsilon).sqrt();
-            match bias {
-                Some(b) => y.extend(row.iter().zip(scale).zip(b).map(|((&v, &s), &b)| (v - mean) * inv * s + b)),
-                None => y.extend(row.iter().zip(scale).map(|(&v, &s)| (v - mean) * inv * s)),
+        layer_norm_rows(x.as_slice::<f32>()?, norm, scale, bias, self.epsilon, &mut y, &mut means, &mut inv_stds);
+        let mut stat = x.shape().to_vec();
+        stat[axis..].iter_mut().for_each(|d| *d = 1);
+        Ok(vec![out(x.shape().to_vec(), y)?, out(stat.clone(), means)?, out(stat, inv_stds)?])
+    }
+}
+
+crate::simd::widest_fn! {
+    /// Normalizes each `norm`-long row of `x` into `y`, recording each row's mean and 1/σ.
+    fn layer_norm_rows(
+        x: &[f32],
+        norm: usize,
+        scale: &[f32],
+        bias: Option<&[f32]>,
+        epsilon: f32,
+        y: &mut Vec<f32>,
+        means: &mut Vec<f32>,
+        inv_stds: &mut Vec<f32>,
+    ) {
+        for row in x.chunks(norm.max(1)) {
+            let mean = math::sum(row) / norm as f32;
+            let var = math::fold_lanes(row, 0.0, |acc, v| acc + (v - mean) * (v - mean), |a, b| a + b) / norm as f32;
+            let inv = 1.0 / (var + epsilon).sqrt();
+            let start = y.len();
+            y.resize(start + row.len(), 0.0);
+            let out = &mut y[start..];
+            for ((o, &v), &s) in out.iter_mut().zip(row).zip(scale) {
+                *o = (v - mean) * inv * s;
+            }
+            if let Some(b) = bias {
+                for (o, &b) in out.iter_mut().zip(b) {
+                    *o += b;
+                }
             }
             means.push(mean);
             inv_stds.push(inv);
         }
-        let mut stat = x.shape().to_vec();
-        stat[axis..].iter_mut().for_each(|d| *d = 1);
-        Ok(vec![out(x.shape().to_vec(), y)?, out(stat.clone(), means)?, out(stat, inv_stds)?])
     }
 }
 
@@ -113,32 +136,43 @@ fn import_softmax(c: &ImportCtx, log: bool) -> Result<Box<dyn Op>> {
 }
 
 /// Softmax (or log-softmax) of one contiguous lane, in place.
+#[inline(always)]
 fn softmax_lane(lane: &mut [f32], log: bool) {
-    let max = lane.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = math::max(lane);
+    // `for` loops rather than `for_each`, which may stay out of line (see simd.rs).
     if log {
-        let sum: f32 = lane.iter().map(|&v| super::math::exp(v - max)).sum();
-        let shift = max + sum.ln();
-        lane.iter_mut().for_each(|v| *v -= shift);
+        let shift = max + math::fold_lanes(lane, 0.0, |acc, v| acc + math::exp(v - max), |a, b| a + b).ln();
+        for v in lane.iter_mut() {
+            *v -= shift;
+        }
     } else {
-        lane.iter_mut().for_each(|v| *v = super::math::exp(*v - max));
-        let inv = 1.0 / lane.iter().sum::<f32>();
-        lane.iter_mut().for_each(|v| *v *= inv);
+        for v in lane.iter_mut() {
+            *v = math::exp(*v - max);
+        }
+        let inv = 1.0 / math::sum(lane);
+        for v in lane.iter_mut() {
+            *v *= inv;
+        }
     }
 }
 
-/// Softmax (or log-softmax) of each `len`-long run with stride `stride`, in place.
-fn softmax_lanes(y: &mut [f32], outer: usize, len: usize, stride: usize, log: bool) {
-    if stride == 1 {
-        y.chunks_mut(len.max(1)).for_each(|lane| softmax_lane(lane, log));
-        return;
-    }
-    let mut lane = vec![0f32; len];
-    for o in 0..outer {
-        for s in 0..stride {
-            let base = o * len * stride + s;
-            lane.iter_mut().enumerate().for_each(|(i, v)| *v = y[base + i * stride]);
-            softmax_lane(&mut lane, log);
-            lane.iter().enumerate().for_each(|(i, &v)| y[base + i * stride] = v);
+crate::simd::widest_fn! {
+    /// Softmax (or log-softmax) of each `len`-long run with stride `stride`, in place.
+    fn softmax_lanes(y: &mut [f32], outer: usize, len: usize, stride: usize, log: bool) {
+        if stride == 1 {
+            for lane in y.chunks_mut(len.max(1)) {
+                softmax_lane(lane, log);
+            }
+            return;
+        }
+        let mut lane = vec![0f32; len];
+        for o in 0..outer {
+            for s in 0..stride {
+                let base = o * len * stride + s;
+                lane.iter_mut().enumerate().for_each(|(i, v)| *v = y[base + i * stride]);
+                softmax_lane(&mut lane, log);
+                lane.iter().enumerate().for_each(|(i, &v)| y[base + i * stride] = v);
+            }
         }
     }
 }

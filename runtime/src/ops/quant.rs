@@ -1,7 +1,9 @@
 //! Quantization ops: QuantizeLinear, DequantizeLinear (per tensor or per axis),
 //! DynamicQuantizeLinear, and MatMulInteger on the integer dot kernels.
 
-use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_axis, numel, optional, out, required, unsupported_attr};
+use super::{
+    BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, math, normalize_axis, numel, optional, out, required, unsupported_attr,
+};
 use crate::error::{Result, bail, ensure};
 use crate::kernels::best_gemm_u8i8;
 use crate::kernels::gemm::{PackedI8, gemm_u8i8_with};
@@ -120,21 +122,24 @@ fn quantize(x: f32, scale: f32, zero: i32, lo: i32, hi: i32) -> i32 {
     unsafe { q.to_int_unchecked::<i32>() }
 }
 
-/// The smallest and largest value, in 16 independent lanes so the loop vectorizes (a single
-/// `f32::min` chain cannot be reordered). NaN is ignored, as by `f32::min`.
-fn min_max(xs: &[f32]) -> (f32, f32) {
-    let (mut lo, mut hi) = ([f32::INFINITY; 16], [f32::NEG_INFINITY; 16]);
-    let mut chunks = xs.chunks_exact(16);
-    for c in &mut chunks {
-        for i in 0..16 {
-            lo[i] = lo[i].min(c[i]);
-            hi[i] = hi[i].max(c[i]);
+crate::simd::widest_fn! {
+    /// min and max of `xs`, widened to include 0 (DynamicQuantizeLinear's range).
+    fn range(xs: &[f32]) -> (f32, f32) {
+        (math::min(xs).min(0.0), math::max(xs).max(0.0))
+    }
+}
+
+crate::simd::widest_fn! {
+    /// Appends `xs` quantized to u8 with one scale (0 → every value is the zero point).
+    fn quantize_u8(xs: &[f32], scale: f32, zero: i32, q: &mut Vec<u8>) {
+        let start = q.len();
+        q.resize(start + xs.len(), zero as u8);
+        if scale != 0.0 {
+            for (q, &v) in q[start..].iter_mut().zip(xs) {
+                *q = quantize(v, scale, zero, 0, 255) as u8;
+            }
         }
     }
-    let tail = chunks.remainder().iter();
-    let lo = lo.iter().chain(tail.clone()).fold(f32::INFINITY, |a, &b| a.min(b));
-    let hi = hi.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    (lo, hi)
 }
 
 impl Op for QuantizeLinear {
@@ -193,20 +198,13 @@ impl Op for DynamicQuantizeLinear {
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let x = required(inputs, 0)?;
         let xs = x.as_slice::<f32>()?;
-        let (lo, hi) = min_max(xs);
-        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let (lo, hi) = range(xs);
         ensure!(lo.is_finite() && hi.is_finite(), "input holds infinite values");
         let scale = (hi - lo) / 255.0;
         let mut q = pool.take(xs.len());
-        let zero = if scale == 0.0 {
-            // All zeros: every value quantizes to the zero point 0.
-            q.resize(xs.len(), 0u8);
-            0
-        } else {
-            let zero = quantize(-lo, scale, 0, 0, 255);
-            q.extend(xs.iter().map(|&v| quantize(v, scale, zero, 0, 255) as u8));
-            zero
-        };
+        // All zeros (scale 0): every value quantizes to the zero point 0.
+        let zero = if scale == 0.0 { 0 } else { quantize(-lo, scale, 0, 0, 255) };
+        quantize_u8(xs, scale, zero, &mut q);
         Ok(vec![out(x.shape().to_vec(), q)?, Tensor::scalar(scale), Tensor::scalar(zero as u8)])
     }
 }

@@ -11,6 +11,9 @@ def main(model, inputs, outputs):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    # int4 DequantizeLinear -> MatMul is otherwise fused into MatMulNBits with 8-bit
+    # activations; level 0 keeps it exact (f32), the semantics the runtime implements.
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feed = dict(np.load(inputs))
     names = [o.name for o in session.get_outputs()]

@@ -19,6 +19,7 @@ pub mod error;
 mod fuse;
 pub mod graph;
 pub mod kernels;
+pub mod nibbles;
 pub mod onnx;
 pub mod ops;
 pub mod plan;

@@ -195,7 +195,7 @@ impl Session {
         let mut own = BufferPool::default();
         let mut shared = self.pool.try_lock().ok();
         let pool = shared.as_deref_mut().unwrap_or(&mut own);
-        pool.raise_budget(plan.arena_bytes);
+        pool.raise_budget(2 * plan.arena_bytes);
         let outputs = execute(&plan, inputs, pool, profile.then_some(&mut times))?;
         Ok((outputs, times))
     }

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result, bail, ensure};
 use bytes::Bytes;
 use std::fmt;
+use std::sync::Arc;
 
 #[cfg(target_endian = "big")]
 compile_error!("ONNX raw data is little-endian; big-endian targets are not supported");
@@ -121,8 +122,9 @@ pub trait Element: Copy + Default + Send + Sync + PartialEq + fmt::Debug + 'stat
 /// Storage of one dtype: an owned vector or an aligned slice of the mapped model file.
 #[derive(Clone)]
 pub enum Buffer<T> {
-    /// Computed at run time, or copied because the file bytes were misaligned.
-    Owned(Vec<T>),
+    /// Computed at run time, or copied because the file bytes were misaligned. Shared, so
+    /// that reshapes and identities are free; taken back out only when unshared.
+    Owned(Arc<Vec<T>>),
     /// Bytes of the model file (or its external data file), used in place.
     Mapped(Bytes),
 }
@@ -137,13 +139,13 @@ impl<T: Element> Buffer<T> {
             let mut v = vec![T::default(); bytes.len() / size];
             // Safety: T is plain old data (see `Element`) and the lengths match exactly.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
-            Ok(Buffer::Owned(v))
+            Ok(Buffer::Owned(Arc::new(v)))
         }
     }
 
     fn as_slice(&self) -> &[T] {
         match self {
-            Buffer::Owned(v) => v,
+            Buffer::Owned(v) => v.as_slice(),
             // Safety: `from_le_bytes` checked alignment and length; every bit pattern is a valid
             // T (see `Element`), and Bytes keeps the mapping alive as long as the slice.
             Buffer::Mapped(b) => unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len() / std::mem::size_of::<T>()) },
@@ -185,6 +187,11 @@ macro_rules! elements {
 
 elements!(f32 => F32, u8 => U8, i8 => I8, i32 => I32, i64 => I64, u16 => F16, f64 => F64);
 
+/// The vector itself when unshared, else a copy.
+fn unshare<T: Clone>(v: Arc<Vec<T>>) -> Vec<T> {
+    Arc::try_unwrap(v).unwrap_or_else(|shared| shared.as_ref().clone())
+}
+
 /// A bool is not plain old data (only 0 and 1 are valid), so bool tensors are always owned
 /// and built through [`Tensor::from_bools`]; ops see them as `u8` 0/1.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -195,7 +202,7 @@ impl Element for Bool {
     const DTYPE: DataType = DataType::Bool;
     fn wrap(buf: Buffer<Self>) -> TensorData {
         match buf {
-            Buffer::Owned(v) => TensorData::Bool(v),
+            Buffer::Owned(v) => TensorData::Bool(unshare(v)),
             Buffer::Mapped(_) => unreachable!("bool tensors are never mapped"),
         }
     }
@@ -204,7 +211,7 @@ impl Element for Bool {
     }
 }
 
-/// An n-dimensional array. Cheap to clone when its storage is mapped.
+/// An n-dimensional array. Cheap to clone (storage is shared), except for bool tensors.
 #[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -229,7 +236,7 @@ impl Tensor {
     pub fn from_vec<T: Element>(shape: Vec<usize>, data: Vec<T>) -> Result<Tensor> {
         let n = checked_numel(&shape)?;
         ensure!(n == data.len(), "shape {shape:?} needs {n} elements, got {}", data.len());
-        Ok(Tensor { shape, data: T::wrap(Buffer::Owned(data)) })
+        Ok(Tensor { shape, data: T::wrap(Buffer::Owned(Arc::new(data))) })
     }
 
     /// A bool tensor from 0/1 bytes.
@@ -241,7 +248,7 @@ impl Tensor {
 
     /// A tensor of one element.
     pub fn scalar<T: Element>(value: T) -> Tensor {
-        Tensor { shape: vec![], data: T::wrap(Buffer::Owned(vec![value])) }
+        Tensor { shape: vec![], data: T::wrap(Buffer::Owned(Arc::new(vec![value]))) }
     }
 
     /// Interprets little-endian bytes (ONNX `raw_data`) as `dtype` elements, in place when the
@@ -310,7 +317,22 @@ impl Tensor {
         }
     }
 
-    /// Takes the elements out as an owned vector (copies only mapped storage).
+    /// Whether the storage is owned by this tensor alone (not mapped, not shared with a
+    /// reshaped alias): only such storage may be recycled.
+    pub fn is_unique(&self) -> bool {
+        macro_rules! unique {
+            ($($v:ident),*) => {
+                match &self.data {
+                    $(TensorData::$v(Buffer::Owned(v)) => Arc::strong_count(v) == 1,)*
+                    TensorData::Bool(_) => true,
+                    _ => false,
+                }
+            };
+        }
+        unique!(F32, U8, I8, I32, I64, F16, F64)
+    }
+
+    /// Takes the elements out as an owned vector (copies mapped or shared storage).
     pub fn into_vec<T: Element>(self) -> Result<Vec<T>> {
         ensure!(self.dtype() == T::DTYPE, "expected a {} tensor, got {}", T::DTYPE, self.dtype());
         if self.is_mapped() {
@@ -323,13 +345,13 @@ impl Tensor {
             unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity()) }
         }
         Ok(match self.data {
-            TensorData::F32(Buffer::Owned(v)) => same_type(v),
-            TensorData::U8(Buffer::Owned(v)) => same_type(v),
-            TensorData::I8(Buffer::Owned(v)) => same_type(v),
-            TensorData::I32(Buffer::Owned(v)) => same_type(v),
-            TensorData::I64(Buffer::Owned(v)) => same_type(v),
-            TensorData::F16(Buffer::Owned(v)) => same_type(v),
-            TensorData::F64(Buffer::Owned(v)) => same_type(v),
+            TensorData::F32(Buffer::Owned(v)) => same_type(unshare(v)),
+            TensorData::U8(Buffer::Owned(v)) => same_type(unshare(v)),
+            TensorData::I8(Buffer::Owned(v)) => same_type(unshare(v)),
+            TensorData::I32(Buffer::Owned(v)) => same_type(unshare(v)),
+            TensorData::I64(Buffer::Owned(v)) => same_type(unshare(v)),
+            TensorData::F16(Buffer::Owned(v)) => same_type(unshare(v)),
+            TensorData::F64(Buffer::Owned(v)) => same_type(unshare(v)),
             TensorData::Bool(v) => same_type(v),
             _ => unreachable!("mapped storage handled above"),
         })

@@ -123,10 +123,7 @@ impl Importer {
 
     fn node_kind(&mut self, n: &NodeProto, name: &str, op_type: &str, scope: &HashSet<String>, depth: usize) -> Result<NodeKind> {
         let unsupported = |detail: String| Error::Unsupported { node: name.to_string(), op: qualified(n), detail };
-        if !is_default_domain(n) {
-            return Err(unsupported(String::new()));
-        }
-        if op_type == "If" {
+        if op_type == "If" && is_default_domain(n) {
             let branch = |this: &mut Self, key: &str| -> Result<Arc<Graph>> {
                 let g = n
                     .attribute
@@ -147,7 +144,7 @@ impl Importer {
             }
             return Ok(NodeKind::If { then_branch, else_branch });
         }
-        let Some(build) = importer(op_type) else { return Err(unsupported(String::new())) };
+        let Some(build) = importer(&qualified(n)) else { return Err(unsupported(String::new())) };
         let ctx = ImportCtx { attrs: Attrs::new(n), opset: self.opset, num_inputs: n.input.len(), num_outputs: n.output.len() };
         let op = build(&ctx).map_err(|e| match e {
             Error::UnsupportedFeature(what) => unsupported(format!(": {what}")),

@@ -7,6 +7,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod math;
 pub mod matmul;
+pub mod matmul_nbits;
 pub mod norm;
 pub mod pool;
 pub mod quant;
@@ -18,7 +19,7 @@ use crate::error::{Error, Result, bail, ensure};
 use crate::onnx::attrs::Attrs;
 use crate::tensor::{DataType, Element, Tensor, checked_numel};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What the planner knows about a value before running: dtype, concrete shape, and the value
 /// itself when it is a constant (initializers and folded shape computations).
@@ -107,9 +108,9 @@ impl BufferPool {
         v
     }
 
-    /// Hands a dead tensor's storage back (mapped storage is simply dropped).
+    /// Hands a dead tensor's storage back (mapped or still shared storage is simply dropped).
     pub fn give(&mut self, t: Tensor) {
-        if !t.is_mapped() && t.len() >= 64 && self.free_bytes + t.byte_len() <= self.budget {
+        if t.is_unique() && t.len() >= 64 && self.free_bytes + t.byte_len() <= self.budget {
             self.free_bytes += t.byte_len();
             self.free.push(t);
         }
@@ -144,9 +145,19 @@ fn registry() -> &'static HashMap<&'static str, Importer> {
     static REGISTRY: OnceLock<HashMap<&'static str, Importer>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         let mut map = HashMap::new();
-        for family in
-            [elementwise::OPS, matmul::OPS, conv::OPS, pool::OPS, norm::OPS, reduce::OPS, array::OPS, resize::OPS, rnn::OPS, quant::OPS]
-        {
+        for family in [
+            elementwise::OPS,
+            matmul::OPS,
+            conv::OPS,
+            pool::OPS,
+            norm::OPS,
+            reduce::OPS,
+            array::OPS,
+            resize::OPS,
+            rnn::OPS,
+            quant::OPS,
+            matmul_nbits::OPS,
+        ] {
             for &(name, importer) in family {
                 map.insert(name, importer);
             }
@@ -155,7 +166,8 @@ fn registry() -> &'static HashMap<&'static str, Importer> {
     })
 }
 
-/// The importer of a default-domain op type, if the runtime implements it.
+/// The importer of an op type (`domain::Op` outside the default domain), if the runtime
+/// implements it.
 pub fn importer(op_type: &str) -> Option<Importer> {
     registry().get(op_type).copied()
 }
@@ -170,6 +182,46 @@ pub fn supported_ops() -> Vec<&'static str> {
 }
 
 // ---- helpers shared by the op families ----
+
+/// Weights prepared once from a constant input (packed, dequantized) and kept while the
+/// input is the same tensor (same storage address and length), so every plan and run of a
+/// session shares them.
+pub(crate) struct PreparedWeights<T>(Mutex<Option<(SourceKey, Arc<T>)>>);
+
+/// Address and length of a source tensor's storage.
+type SourceKey = (usize, usize);
+
+impl<T> std::fmt::Debug for PreparedWeights<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparedWeights")
+    }
+}
+
+impl<T> Default for PreparedWeights<T> {
+    fn default() -> Self {
+        PreparedWeights(Mutex::new(None))
+    }
+}
+
+impl<T> PreparedWeights<T> {
+    /// The prepared form of `source` (a u8 or i8 tensor), made by `prepare` on first use.
+    pub(crate) fn get(&self, source: &Tensor, prepare: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let address = match source.as_slice::<u8>() {
+            Ok(s) => s.as_ptr() as usize,
+            Err(_) => source.as_slice::<i8>()?.as_ptr() as usize,
+        };
+        let key = (address, source.len());
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.as_ref() {
+            Some((k, prepared)) if *k == key => Ok(prepared.clone()),
+            _ => {
+                let prepared = Arc::new(prepare()?);
+                *cache = Some((key, prepared.clone()));
+                Ok(prepared)
+            }
+        }
+    }
+}
 
 /// The `i`-th input, which the op requires.
 pub(crate) fn required<T: Copy>(inputs: &[Option<T>], i: usize) -> Result<T> {

@@ -81,8 +81,7 @@ impl Op for LayerNorm {
         let scale = required(inputs, 1)?.as_slice::<f32>()?;
         let bias = optional(inputs, 2).map(|b| b.as_slice::<f32>()).transpose()?;
         let mut y = pool.take(x.len());
-        let (mut means, mut inv_stds) = (Vec::new(), Vec::new());
-        layer_norm_rows(x.as_slice::<f32>()?, norm, scale, bias, self.epsilon, &mut y, &mut means, &mut inv_stds);
+        let (means, inv_stds) = layer_norm_rows(x.as_slice::<f32>()?, norm, scale, bias, self.epsilon, &mut y);
         let mut stat = x.shape().to_vec();
         stat[axis..].iter_mut().for_each(|d| *d = 1);
         Ok(vec![out(x.shape().to_vec(), y)?, out(stat.clone(), means)?, out(stat, inv_stds)?])
@@ -90,17 +89,9 @@ impl Op for LayerNorm {
 }
 
 crate::simd::widest_fn! {
-    /// Normalizes each `norm`-long row of `x` into `y`, recording each row's mean and 1/σ.
-    fn layer_norm_rows(
-        x: &[f32],
-        norm: usize,
-        scale: &[f32],
-        bias: Option<&[f32]>,
-        epsilon: f32,
-        y: &mut Vec<f32>,
-        means: &mut Vec<f32>,
-        inv_stds: &mut Vec<f32>,
-    ) {
+    /// Normalizes each `norm`-long row of `x` into `y`; returns each row's mean and 1/σ.
+    fn layer_norm_rows(x: &[f32], norm: usize, scale: &[f32], bias: Option<&[f32]>, epsilon: f32, y: &mut Vec<f32>) -> (Vec<f32>, Vec<f32>) {
+        let (mut means, mut inv_stds) = (Vec::new(), Vec::new());
         for row in x.chunks(norm.max(1)) {
             let mean = math::sum(row) / norm as f32;
             let var = math::fold_lanes(row, 0.0, |acc, v| acc + (v - mean) * (v - mean), |a, b| a + b) / norm as f32;
@@ -119,6 +110,7 @@ crate::simd::widest_fn! {
             means.push(mean);
             inv_stds.push(inv);
         }
+        (means, inv_stds)
     }
 }
 

@@ -2,66 +2,102 @@
 //! DynamicQuantizeLinear, and MatMulInteger on the integer dot kernels.
 
 use super::{
-    BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, math, normalize_axis, numel, optional, out, required, unsupported_attr,
+    BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, math, normalize_axis, numel, optional, out, required,
 };
 use crate::error::{Result, bail, ensure};
 use crate::kernels::best_gemm_u8i8;
 use crate::kernels::gemm::{PackedI8, gemm_u8i8_with};
 use crate::tensor::{DataType, Tensor};
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The ops of this family.
 pub const OPS: &[(&str, Importer)] = &[
-    ("QuantizeLinear", |c| Ok(Box::new(QuantizeLinear { axis: axis_attr(c)? }))),
-    ("DequantizeLinear", |c| Ok(Box::new(DequantizeLinear { axis: axis_attr(c)? }))),
+    ("QuantizeLinear", |c| Ok(Box::new(QuantizeLinear { axis: Axis::import(c)? }))),
+    ("DequantizeLinear", |c| Ok(Box::new(DequantizeLinear { axis: Axis::import(c)? }))),
     ("DynamicQuantizeLinear", |_| Ok(Box::new(DynamicQuantizeLinear))),
     ("MatMulInteger", |_| Ok(Box::new(MatMulInteger::default()))),
 ];
 
-fn axis_attr(c: &ImportCtx) -> Result<i64> {
-    if c.attrs.int("block_size", 0)? != 0 {
-        return Err(unsupported_attr("blocked quantization (block_size)".into()));
-    }
-    c.attrs.int("axis", 1)
+/// The `axis` and `block_size` attributes of QuantizeLinear / DequantizeLinear.
+#[derive(Debug, Clone, Copy)]
+pub struct Axis {
+    axis: i64,
+    /// 0: per tensor or per axis; otherwise blocks of this many along the axis (opset 21).
+    block: usize,
 }
 
-/// Per-element (scale, zero point) lookup for per-tensor or per-axis parameters.
+impl Axis {
+    fn import(c: &ImportCtx) -> Result<Axis> {
+        let block = c.attrs.int("block_size", 0)?;
+        ensure!(block >= 0, "block_size is {block}");
+        Ok(Axis { axis: c.attrs.int("axis", 1)?, block: block as usize })
+    }
+}
+
+/// Per-element (scale, zero point) lookup for per-tensor, per-axis or blocked parameters.
+/// With the tensor seen as `[outer, len, inner]` around the axis, element `(o, a, i)` uses
+/// parameter `a` (per axis) or `(o, a / block, i)` (blocked).
 struct QuantParams {
     scales: Vec<f32>,
     zeros: Vec<i32>,
-    /// Elements sharing one parameter (product of dims after the axis); 0 for per-tensor.
-    inner: usize,
+    layout: Layout,
+}
+
+enum Layout {
+    Tensor,
+    Axis { len: usize, inner: usize },
+    Blocked { len: usize, inner: usize, block: usize, blocks: usize },
 }
 
 impl QuantParams {
-    fn new(shape: &[usize], axis: i64, scale: &Tensor, zero: Option<&Tensor>) -> Result<QuantParams> {
+    fn new(shape: &[usize], axis: Axis, scale: &Tensor, zero: Option<&Tensor>) -> Result<QuantParams> {
         let scales = scale.to_f32s()?;
         let zeros: Vec<i32> = match zero {
             Some(z) => match z.dtype() {
                 DataType::U8 => z.as_slice::<u8>()?.iter().map(|&v| v as i32).collect(),
                 DataType::I8 => z.as_slice::<i8>()?.iter().map(|&v| v as i32).collect(),
                 DataType::I32 => z.as_slice::<i32>()?.to_vec(),
-                other => bail!("zero point has dtype {other}, expected uint8, int8 or int32"),
+                other => bail!("zero point has dtype {other}, expected uint8, int8 or int32 (or int4/uint4)"),
             },
             None => vec![0; scales.len()],
         };
         ensure!(zeros.len() == scales.len(), "scale has {} values, zero point {}", scales.len(), zeros.len());
         ensure!(scales.iter().all(|s| s.is_finite()), "scale holds a NaN or infinite value");
-        if scales.len() == 1 && scale.shape().len() <= 1 {
-            return Ok(QuantParams { scales, zeros, inner: 0 });
+        if axis.block == 0 && scales.len() == 1 && scale.shape().len() <= 1 {
+            return Ok(QuantParams { scales, zeros, layout: Layout::Tensor });
         }
-        let axis = normalize_axis(axis, shape.len())?;
+        let a = normalize_axis(axis.axis, shape.len())?;
+        let (len, inner) = (shape[a], shape[a + 1..].iter().product());
+        if axis.block == 0 {
+            ensure!(
+                scale.shape().len() == 1 && len == scales.len(),
+                "per-axis scale of {} values does not match axis {a} of {shape:?}",
+                scales.len()
+            );
+            return Ok(QuantParams { scales, zeros, layout: Layout::Axis { len, inner } });
+        }
+        let blocks = len.div_ceil(axis.block);
+        let mut want = shape.to_vec();
+        want[a] = blocks;
         ensure!(
-            scale.shape().len() == 1 && shape[axis] == scales.len(),
-            "per-axis scale of {} values does not match axis {axis} of {shape:?}",
-            scales.len()
+            scale.shape() == want,
+            "blocked scale has shape {:?}; input {shape:?} in blocks of {} along axis {a} needs {want:?}",
+            scale.shape(),
+            axis.block
         );
-        Ok(QuantParams { scales, zeros, inner: shape[axis + 1..].iter().product() })
+        Ok(QuantParams { scales, zeros, layout: Layout::Blocked { len, inner, block: axis.block, blocks } })
     }
 
     fn at(&self, i: usize) -> (f32, i32) {
-        let c = i.checked_div(self.inner).map_or(0, |block| block % self.scales.len());
+        let c = match self.layout {
+            Layout::Tensor => 0,
+            Layout::Axis { len, inner } => i / inner.max(1) % len,
+            Layout::Blocked { len, inner, block, blocks } => {
+                let (rest, within) = (i / inner, i % inner);
+                ((rest / len) * blocks + rest % len / block) * inner + within
+            }
+        };
         (self.scales[c], self.zeros[c])
     }
 }
@@ -69,7 +105,7 @@ impl QuantParams {
 /// `DequantizeLinear(x, scale, zero_point?)`: `(x − zero_point) · scale`.
 #[derive(Debug)]
 pub struct DequantizeLinear {
-    axis: i64,
+    axis: Axis,
 }
 
 impl Op for DequantizeLinear {
@@ -103,7 +139,7 @@ impl Op for DequantizeLinear {
 /// `QuantizeLinear(x, scale, zero_point?)`: `saturate(round_half_even(x / scale) + zero_point)`.
 #[derive(Debug)]
 pub struct QuantizeLinear {
-    axis: i64,
+    axis: Axis,
 }
 
 /// Quantizes one value to the range `[lo, hi]`, rounding half to even.
@@ -212,16 +248,10 @@ impl Op for DynamicQuantizeLinear {
 /// `MatMulInteger(A, B, a_zero_point?, b_zero_point?)` → i32, numpy batching over A.
 /// Every u8/i8 combination runs on the u8·i8 kernel: i8 activations shift by +128 (zero
 /// point too), u8 weights by −128, which leaves every difference (x − zero) unchanged.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct MatMulInteger {
-    /// B packed once when it is a constant (keyed by its address and length).
-    packed: Mutex<Option<(usize, usize, Arc<PackedI8>)>>,
-}
-
-impl std::fmt::Debug for MatMulInteger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MatMulInteger")
-    }
+    /// B packed once when it is a constant.
+    packed: PreparedWeights<PackedI8>,
 }
 
 fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedI8> {
@@ -290,18 +320,7 @@ impl MatMulInteger {
     /// same constant.
     fn gemm<T>(&self, inputs: &[Option<&Tensor>], c: &mut [T], epilogue: impl FnMut(usize, usize, &[i32], &mut [T])) -> Result<()> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
-        let key = (b.as_slice::<u8>().map(|s| s.as_ptr() as usize).or_else(|_| b.as_slice::<i8>().map(|s| s.as_ptr() as usize))?, b.len());
-        let packed = {
-            let mut cache = self.packed.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.as_ref() {
-                Some((ptr, len, p)) if (*ptr, *len) == key => p.clone(),
-                _ => {
-                    let p = Arc::new(pack_b(b, optional(inputs, 3))?);
-                    *cache = Some((key.0, key.1, p.clone()));
-                    p
-                }
-            }
-        };
+        let packed = self.packed.get(b, || pack_b(b, optional(inputs, 3)))?;
         // u8 activations are used in place; only i8 ones need the shifted copy.
         let (a_u8, a_zero): (Cow<[u8]>, u8) = match a.dtype() {
             DataType::U8 => (
@@ -376,18 +395,35 @@ mod tests {
         let x = f32t(&[5], &[-1.0, -0.26, 0.0, 0.25, 1.27]);
         let scale = f32t(&[], &[0.01]);
         let zero = Some(Tensor::scalar(-3i8));
-        let q = run(&QuantizeLinear { axis: 1 }, &[x, scale.clone(), zero.clone()]).unwrap();
+        let q = run(&QuantizeLinear { axis: Axis { axis: 1, block: 0 } }, &[x, scale.clone(), zero.clone()]).unwrap();
         // −1/0.01 − 3 = −103; −26 − 3; 0 − 3; 25 − 3 (half to even: 25 exactly); 127 − 3.
         assert_eq!(q[0].as_slice::<i8>().unwrap(), &[-103, -29, -3, 22, 124]);
-        let d = run(&DequantizeLinear { axis: 1 }, &[Some(q[0].clone()), scale, zero]).unwrap();
+        let d = run(&DequantizeLinear { axis: Axis { axis: 1, block: 0 } }, &[Some(q[0].clone()), scale, zero]).unwrap();
         assert_close(&d[0], &[5], &[-1.0, -0.26, 0.0, 0.25, 1.27]);
         // Saturation and per-axis parameters.
         let q = run(
-            &QuantizeLinear { axis: 0 },
+            &QuantizeLinear { axis: Axis { axis: 0, block: 0 } },
             &[f32t(&[2, 2], &[1000., -1000., 1., 1.]), f32t(&[2], &[1., 0.5]), Some(Tensor::from_vec(vec![2], vec![0u8, 10]).unwrap())],
         )
         .unwrap();
         assert_eq!(q[0].as_slice::<u8>().unwrap(), &[255, 0, 12, 12]);
+    }
+
+    #[test]
+    fn blocked_dequantize_uses_one_scale_per_block() {
+        // [2, 5] int4 values in blocks of 2 along axis 1: 3 blocks per row, the last one short.
+        let x = Tensor::from_vec(vec![2, 5], vec![1i8, 2, 3, 4, 5, -1, -2, -3, -4, -8]).unwrap();
+        let scale = f32t(&[2, 3], &[1., 10., 100., 0.5, 0.25, 2.]);
+        let zero = Some(Tensor::from_vec(vec![2, 3], vec![0i8, 1, 2, 0, -1, 0]).unwrap());
+        let y = run(&DequantizeLinear { axis: Axis { axis: 1, block: 2 } }, &[Some(x.clone()), scale, zero]).unwrap();
+        assert_close(&y[0], &[2, 5], &[1., 2., 20., 30., 300., -0.5, -1., -0.5, -0.75, -16.]);
+        // Along axis 0 (rows in blocks of 1 = per row, per column parameters).
+        let scale = f32t(&[2, 5], &[1., 1., 1., 1., 1., 2., 2., 2., 2., 2.]);
+        let y = run(&DequantizeLinear { axis: Axis { axis: 0, block: 1 } }, &[Some(x.clone()), scale, None]).unwrap();
+        assert_close(&y[0], &[2, 5], &[1., 2., 3., 4., 5., -2., -4., -6., -8., -16.]);
+        // A scale of the wrong shape is an error naming both shapes.
+        let err = run(&DequantizeLinear { axis: Axis { axis: 1, block: 2 } }, &[Some(x), f32t(&[2, 2], &[1.; 4]), None]).unwrap_err();
+        assert!(err.to_string().contains("[2, 3]"), "{err}");
     }
 
     #[test]

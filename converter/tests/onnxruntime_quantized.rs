@@ -1,4 +1,4 @@
-//! Models made by onnxruntime's own quantizer run here on the integer kernels.
+//! Models made by onnxruntime's own quantizer run here and match it.
 //!
 //! The dynamic int8 MiniLM (MatMulInteger + DynamicQuantizeLinear, quantized embeddings) is
 //! numerically chaotic: a 1e-6 float difference flips a dynamic quantization step, and the
@@ -47,4 +47,33 @@ fn minilm_dynamic_int8_from_onnxruntime_quantizer() {
     assert!(ours_fp32 >= theirs_fp32 - 0.002, "ours tracks fp32 at {ours_fp32}, onnxruntime's int8 at {theirs_fp32}");
     assert!(ours_fp32 >= 0.99, "ours↔fp32 {ours_fp32}");
     assert!(ours_theirs >= 0.99, "ours↔onnxruntime int8 {ours_theirs}");
+}
+
+/// int4 block-32 weight-only MiniLM in both of onnxruntime's forms (com.microsoft
+/// MatMulNBits, and opset-21 DequantizeLinear(int4, block_size) → MatMul), against
+/// onnxruntime at accuracy level 0 (exact f32 dequantization): every sentence's pooled
+/// embedding at cosine ≥ 0.999.
+#[test]
+#[ignore = "real models + onnxruntime: run by tools/test.sh"]
+fn minilm_int4_block32_from_onnxruntime_quantizer() {
+    let fp32 = model("minilm/all-MiniLM-L6-v2.onnx");
+    let inputs_path = data("minilm_8x64.npz");
+    let inputs = read_npz(&inputs_path).unwrap();
+    let mask = inputs.iter().find(|(n, _)| n == "attention_mask").unwrap().1.clone();
+    let reference = pooled(&onnxruntime_outputs(&fp32, &inputs_path)[0].1, &mask);
+    for kind in ["int4", "int4-qdq"] {
+        let int4 = std::env::temp_dir().join(format!("distq-minilm-{kind}-{}.onnx", std::process::id()));
+        python_tool("ort_quantize.py", &[kind.as_ref(), fp32.as_os_str(), int4.as_os_str()]);
+        let ours = &Session::load(&int4).unwrap().run(inputs.clone()).unwrap()[0].1;
+        let theirs = &onnxruntime_outputs(&int4, &inputs_path)[0].1;
+        std::fs::remove_file(&int4).ok();
+        let (ours, theirs) = (pooled(ours, &mask), pooled(theirs, &mask));
+        let ours_theirs = min_cosine(&ours, &theirs);
+        println!(
+            "{kind} block-32 MiniLM, pooled cosine: ours↔onnxruntime (min) {ours_theirs:.6}, ours↔fp32 {:.4}, onnxruntime↔fp32 {:.4}",
+            mean_cosine(&ours, &reference),
+            mean_cosine(&theirs, &reference)
+        );
+        assert!(ours_theirs >= 0.999, "{kind}: ours↔onnxruntime {ours_theirs}");
+    }
 }

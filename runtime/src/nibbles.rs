@@ -1,0 +1,49 @@
+//! 4-bit values packed two per byte, low nibble first: the layout of ONNX INT4/UINT4
+//! tensors and of com.microsoft MatMulNBits weights and zero points. The runtime widens them
+//! to one byte per value when a tensor is loaded (int8/uint8 tensors holding values in
+//! −8..=7 / 0..=15), which is what the integer kernels consume.
+//!
+//! ```
+//! use distq_runtime::nibbles::{unpack_i4, unpack_u4};
+//! assert_eq!(unpack_u4(&[0x21, 0x0f], 3).unwrap(), [1, 2, 15]);
+//! assert_eq!(unpack_i4(&[0xf8], 2).unwrap(), [-8, -1]);
+//! ```
+
+use crate::error::{Result, ensure};
+
+/// The `n` unsigned 4-bit values in `packed` (exactly `⌈n/2⌉` bytes).
+pub fn unpack_u4(packed: &[u8], n: usize) -> Result<Vec<u8>> {
+    ensure!(packed.len() == n.div_ceil(2), "{n} 4-bit values need {} bytes, the data holds {}", n.div_ceil(2), packed.len());
+    let mut out = Vec::with_capacity(n + 1);
+    for &b in packed {
+        out.extend([b & 0x0f, b >> 4]);
+    }
+    out.truncate(n);
+    Ok(out)
+}
+
+/// The `n` signed (two's complement) 4-bit values in `packed` (exactly `⌈n/2⌉` bytes).
+pub fn unpack_i4(packed: &[u8], n: usize) -> Result<Vec<i8>> {
+    // Shift the nibble to the top and back, arithmetically, to sign-extend it.
+    Ok(unpack_u4(packed, n)?.into_iter().map(|v| ((v << 4) as i8) >> 4).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_nibble_value_round_trips() {
+        let packed: Vec<u8> = (0..=255).collect();
+        let u = unpack_u4(&packed, 512).unwrap();
+        let i = unpack_i4(&packed, 512).unwrap();
+        for (j, &b) in packed.iter().enumerate() {
+            assert_eq!((u[2 * j], u[2 * j + 1]), (b & 15, b >> 4));
+            assert_eq!(i[2 * j] as i32 & 15, (b & 15) as i32);
+            assert!((-8..=7).contains(&i[2 * j]) && (-8..=7).contains(&i[2 * j + 1]));
+        }
+        assert!(unpack_u4(&[1, 2], 5).is_err(), "odd count needs 3 bytes");
+        assert!(unpack_u4(&[1, 2], 2).is_err(), "too many bytes");
+        assert_eq!(unpack_i4(&[0x7f], 1).unwrap(), [-1]);
+    }
+}

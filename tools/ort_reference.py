@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
 """Runs a model in onnxruntime (CPU, 1 thread) and saves its outputs: the peer reference
-for the parity tests. Usage: ort_reference.py MODEL.onnx INPUTS.npz OUTPUTS.npz"""
+for the parity tests. Usage: ort_reference.py MODEL.onnx INPUTS.npz OUTPUTS.npz [unoptimized]
+(unoptimized: graph optimizations off, so Q/DQ pairs run as written instead of fused
+integer kernels)"""
 import sys
 
 import numpy as np
 import onnxruntime as ort
 
 
-def main(model, inputs, outputs):
+def main(model, inputs, outputs, mode="optimized"):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     # int4 DequantizeLinear -> MatMul is otherwise fused into MatMulNBits with 8-bit
     # activations; level 0 keeps it exact (f32), the semantics the runtime implements.
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    opts.log_severity_level = 3
+    if mode == "unoptimized":
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feed = dict(np.load(inputs))
     names = [o.name for o in session.get_outputs()]

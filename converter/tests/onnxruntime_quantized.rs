@@ -145,7 +145,10 @@ fn ppocr_static_qdq_int8_from_onnxruntime_quantizer() {
             assert!(max_fused <= tolerance && max_unfused <= tolerance, "cls differs by more than one step");
         } else {
             let margin = 0.25 * theirs + 1e-4;
-            assert!(vs_fused <= theirs + margin && vs_unfused <= theirs + margin, "{name}: ours disagrees more than onnxruntime with itself");
+            assert!(
+                vs_fused <= theirs + margin && vs_unfused <= theirs + margin,
+                "{name}: ours disagrees more than onnxruntime with itself"
+            );
         }
     }
 }

@@ -39,7 +39,8 @@ pub fn onnxruntime_outputs(model: &Path, inputs: &Path) -> Vec<(String, Tensor)>
 /// [`onnxruntime_outputs`] with onnxruntime's graph optimizations `"optimized"` (default) or
 /// `"unoptimized"` (Q/DQ pairs run as written).
 pub fn onnxruntime_outputs_in(model: &Path, inputs: &Path, mode: &str) -> Vec<(String, Tensor)> {
-    let out = std::env::temp_dir().join(format!("distq-ort-{}-{}-{mode}.npz", std::process::id(), model.file_stem().unwrap().to_string_lossy()));
+    let out =
+        std::env::temp_dir().join(format!("distq-ort-{}-{}-{mode}.npz", std::process::id(), model.file_stem().unwrap().to_string_lossy()));
     python_tool("ort_reference.py", &[model.as_os_str(), inputs.as_os_str(), out.as_os_str(), mode.as_ref()]);
     let outputs = distq_converter::npz::read_npz(&out).unwrap();
     std::fs::remove_file(out).ok();

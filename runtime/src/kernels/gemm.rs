@@ -109,11 +109,17 @@ pub fn gemm_u8i8_with<T>(
         for row0 in (0..m).step_by(mr) {
             let rows = mr.min(m - row0);
             kernel.tile(&a[row0 * lda..], lda, rows, panel, k4, &mut acc);
+            let (terms, zeros) = (&col_terms[col0..col0 + cols], &b.zeros[col0..col0 + cols]);
             for (r, values) in acc.chunks_exact_mut(nr).take(rows).enumerate() {
                 let (row, values) = (row0 + r, &mut values[..cols]);
-                let a_sum = a_sums[row];
-                for ((v, &term), &zb) in values.iter_mut().zip(&col_terms[col0..]).zip(&b.zeros[col0..]) {
-                    *v = v.wrapping_add(term).wrapping_sub((zb as i32).wrapping_mul(a_sum));
+                for (v, &term) in values.iter_mut().zip(terms) {
+                    *v = v.wrapping_add(term);
+                }
+                if any_b_zero {
+                    let a_sum = a_sums[row];
+                    for (v, &zb) in values.iter_mut().zip(zeros) {
+                        *v = v.wrapping_sub((zb as i32).wrapping_mul(a_sum));
+                    }
                 }
                 epilogue(row, col0, values, &mut c[row * n + col0..][..cols]);
             }

@@ -17,6 +17,7 @@ pub const OPS: &[(&str, Importer)] = &[
     ("DequantizeLinear", |c| Ok(Box::new(DequantizeLinear { axis: Axis::import(c)? }))),
     ("DynamicQuantizeLinear", |_| Ok(Box::new(DynamicQuantizeLinear))),
     ("MatMulInteger", |_| Ok(Box::new(MatMulInteger::default()))),
+    ("QLinearMatMul", |_| Ok(Box::new(QLinearMatMul::default()))),
 ];
 
 /// The `axis` and `block_size` attributes of QuantizeLinear / DequantizeLinear.
@@ -385,6 +386,66 @@ impl Op for MatMulIntegerToFloat {
     }
 }
 
+/// `QLinearMatMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
+/// y_zero_point)`: the integer GEMM requantized in its epilogue,
+/// `y = saturate(round_half_even(acc · a_scale · b_scale[j] / y_scale) + y_zero_point)`
+/// (b_scale and b_zero_point per tensor or per column).
+#[derive(Debug, Default)]
+pub struct QLinearMatMul {
+    matmul: MatMulInteger,
+}
+
+impl QLinearMatMul {
+    /// The MatMulInteger inputs `(A, B, a_zero_point, b_zero_point)`.
+    fn gemm_inputs<'a>(inputs: &[Option<&'a Tensor>]) -> [Option<&'a Tensor>; 4] {
+        [optional(inputs, 0), optional(inputs, 3), optional(inputs, 2), optional(inputs, 5)]
+    }
+}
+
+impl Op for QLinearMatMul {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let facts = self.matmul.infer(&[optional(inputs, 0), optional(inputs, 3), optional(inputs, 2), optional(inputs, 5)])?;
+        let n = *facts[0].shape.last().unwrap_or(&1);
+        for (i, what) in [(1, "a_scale"), (4, "b_scale"), (6, "y_scale")] {
+            let f = required(inputs, i)?;
+            expect_dtype(f, &[DataType::F32], what)?;
+            let len: usize = f.shape.iter().product();
+            ensure!(len == 1 || (i == 4 && len == n), "{what} holds {len} values");
+        }
+        let y_zero = required(inputs, 7)?;
+        expect_dtype(y_zero, &[DataType::U8, DataType::I8], "y_zero_point")?;
+        Ok(vec![Fact::new(y_zero.dtype, facts[0].shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let gemm_inputs = Self::gemm_inputs(inputs);
+        let shape = self.matmul.output_shape(&gemm_inputs)?;
+        let n = *shape.last().unwrap_or(&1);
+        let scalar = |i: usize| -> Result<f32> { Ok(required(inputs, i)?.to_f32s()?[0]) };
+        let b_scale = required(inputs, 4)?.to_f32s()?;
+        let (a_scale, y_scale) = (scalar(1)?, scalar(6)?);
+        let multipliers: Vec<f32> = (0..n).map(|j| a_scale * b_scale[if b_scale.len() == 1 { 0 } else { j }] / y_scale).collect();
+        let y_zero = required(inputs, 7)?;
+        let len = numel(&shape)?;
+        macro_rules! requantized {
+            ($t:ty, $lo:expr, $hi:expr) => {{
+                let zero = y_zero.as_slice::<$t>()?[0] as i32;
+                let mut y = pool.filled(len, 0 as $t);
+                self.matmul.gemm(&gemm_inputs, &mut y, |_, col0, acc, out| {
+                    for ((y, &v), &m) in out.iter_mut().zip(acc).zip(&multipliers[col0..]) {
+                        *y = quantize(v as f32 * m, 1.0, zero, $lo, $hi) as $t;
+                    }
+                })?;
+                out(shape, y)?
+            }};
+        }
+        Ok(vec![match y_zero.dtype() {
+            DataType::U8 => requantized!(u8, 0, 255),
+            _ => requantized!(i8, -128, 127),
+        }])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
@@ -424,6 +485,29 @@ mod tests {
         // A scale of the wrong shape is an error naming both shapes.
         let err = run(&DequantizeLinear { axis: Axis { axis: 1, block: 2 } }, &[Some(x), f32t(&[2, 2], &[1.; 4]), None]).unwrap_err();
         assert!(err.to_string().contains("[2, 3]"), "{err}");
+    }
+
+    #[test]
+    fn qlinear_matmul_matches_the_spec_example() {
+        // The ONNX spec's QLinearMatMul example (uint8).
+        let a = Tensor::from_vec(vec![2, 4], vec![208u8, 236, 0, 238, 3, 214, 255, 29]).unwrap();
+        let b = Tensor::from_vec(vec![4, 3], vec![152u8, 51, 244, 60, 26, 255, 0, 127, 246, 127, 254, 247]).unwrap();
+        let s = |v: f32| Some(Tensor::scalar(v));
+        let y = run(
+            &QLinearMatMul::default(),
+            &[
+                Some(a),
+                s(0.0066),
+                Some(Tensor::scalar(113u8)),
+                Some(b),
+                s(0.00705),
+                Some(Tensor::scalar(114u8)),
+                s(0.0107),
+                Some(Tensor::scalar(118u8)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(y[0].as_slice::<u8>().unwrap(), &[168, 115, 255, 1, 66, 151]);
     }
 
     #[test]

@@ -1,0 +1,52 @@
+//! MiniLM (8 sentences × 64 tokens, 1 thread) in fp32 and in onnxruntime's quantized forms,
+//! side by side: dynamic int8 per-channel (MatMulInteger + DynamicQuantizeLinear) and int4
+//! block-32 weight-only (MatMulNBits). The quantized files are made once by
+//! `tools/ort_quantize.py` into `models/cache/` with `$DISTQ_PYTHON` (tools/test.sh's venv:
+//! `.venv/bin/python`); without it the bench says what is missing instead of skipping
+//! silently.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use distq_converter::models::{data_path, model_path, workspace_root};
+use distq_converter::npz::read_npz;
+use distq_runtime::Session;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The quantized model `kind` of `fp32`, made on first use.
+fn quantized(fp32: &Path, kind: &str) -> Option<PathBuf> {
+    let root = workspace_root();
+    let out = root.join("models/cache").join(format!("minilm_{kind}.onnx"));
+    if out.exists() {
+        return Some(out);
+    }
+    let python = std::env::var("DISTQ_PYTHON").unwrap_or_else(|_| root.join(".venv/bin/python").to_string_lossy().into_owned());
+    std::fs::create_dir_all(out.parent()?).ok()?;
+    let ok =
+        Command::new(&python).arg(root.join("tools/ort_quantize.py")).arg(kind).arg(fp32).arg(&out).status().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("bench minilm {kind}: could not run tools/ort_quantize.py with {python} (run tools/test.sh once, or set DISTQ_PYTHON)");
+    }
+    ok.then_some(out)
+}
+
+fn minilm(c: &mut Criterion) {
+    let Some(fp32) = model_path("minilm/all-MiniLM-L6-v2.onnx") else {
+        eprintln!("bench minilm: model not found — run models/fetch.sh or set DISTQ_MODELS_DIR");
+        return;
+    };
+    let inputs = read_npz(&data_path("minilm_8x64.npz")).expect("inputs read");
+    let mut group = c.benchmark_group("minilm_8x64");
+    group.sample_size(20);
+    let variants =
+        [("fp32", Some(fp32.clone())), ("int8_dynamic", quantized(&fp32, "dynamic")), ("int4_block32", quantized(&fp32, "int4"))];
+    for (name, path) in variants {
+        let Some(path) = path else { continue };
+        let session = Session::load(&path).expect("model loads");
+        group.bench_function(name, |b| b.iter(|| black_box(session.run(inputs.clone()).expect("runs"))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, minilm);
+criterion_main!(benches);

@@ -33,8 +33,9 @@ impl Neon {
 impl_gemm_kernel!(Neon, "aarch64-neon-gemm-u8i8", nr = 8, mr = 4, a_bias = 0, tile_neon);
 
 #[target_feature(enable = "neon")]
-unsafe fn tile_neon<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, acc: *mut i32) {
-    let mut c = [[vdupq_n_s32(0); 2]; R];
+unsafe fn tile_neon<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
+    // Safety: init holds 8 values.
+    let mut c = [unsafe { [vld1q_s32(init), vld1q_s32(init.add(4))] }; R];
     for g in 0..k4 {
         // Safety: the panel holds k4 groups of 32 bytes.
         let (b0, b1) = unsafe { (vld1q_s8(panel.add(32 * g)), vld1q_s8(panel.add(32 * g + 16))) };
@@ -72,8 +73,9 @@ unsafe fn tile_neon<const R: usize>(a: *const u8, lda: usize, panel: *const i8, 
 macro_rules! lane_dot_tile {
     ($name:ident, $features:literal, $insn:literal, $flip:literal) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, acc: *mut i32) {
-            let mut c = [[vdupq_n_s32(0); 2]; R];
+        unsafe fn $name<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
+            // Safety: init holds 8 values.
+    let mut c = [unsafe { [vld1q_s32(init), vld1q_s32(init.add(4))] }; R];
             let flip = vdupq_n_u8($flip);
             let mut g = 0;
             while g < k4 {

@@ -3,7 +3,7 @@
 //! panel stays in L1 while the activation rows stream past it), zero points applied per tile
 //! before an epilogue writes the output.
 
-use super::GemmU8I8;
+use super::{GemmU8I8, TileRows};
 use std::borrow::Cow;
 
 /// i8 weights packed for one kernel: panels of `nr` columns in groups of 4 `k` values
@@ -75,6 +75,38 @@ pub fn gemm_u8i8_with<T>(
     a_zero: u8,
     b: &PackedI8,
     c: &mut [T],
+    epilogue: impl FnMut(usize, usize, &[i32], &mut [T]),
+) {
+    // The zero-point corrections and the epilogue touch every output once per tile: compiled
+    // for AVX-512 they cost a quarter of what the baseline's 4-lane loops do.
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        fn wide<T>(
+            kernel: &dyn GemmU8I8,
+            a: &[u8],
+            a_zero: u8,
+            b: &PackedI8,
+            c: &mut [T],
+            epilogue: impl FnMut(usize, usize, &[i32], &mut [T]),
+        ) {
+            drive(kernel, a, a_zero, b, c, epilogue)
+        }
+        if crate::simd::has_avx512() {
+            // Safety: the features were detected.
+            return unsafe { wide(kernel, a, a_zero, b, c, epilogue) };
+        }
+    }
+    drive(kernel, a, a_zero, b, c, epilogue)
+}
+
+#[inline(always)]
+fn drive<T>(
+    kernel: &dyn GemmU8I8,
+    a: &[u8],
+    a_zero: u8,
+    b: &PackedI8,
+    c: &mut [T],
     mut epilogue: impl FnMut(usize, usize, &[i32], &mut [T]),
 ) {
     assert_eq!(kernel.name(), b.kernel, "weights packed for {} used with {}", b.kernel, kernel.name());
@@ -95,10 +127,13 @@ pub fn gemm_u8i8_with<T>(
         Cow::Owned(padded)
     };
     // Σ(a − za)(b − zb) = tile + (a_bias − za)·Σb − zb·Σa + k·za·zb, where tile = Σ(a − a_bias)·b.
+    // The per-column terms start the kernel's accumulators (padded to whole panels); the
+    // per-row term only exists for asymmetric weights.
     let za = a_zero as i32;
-    let col_terms: Vec<i32> = (b.sums.iter().zip(&b.zeros))
+    let mut col_terms: Vec<i32> = (b.sums.iter().zip(&b.zeros))
         .map(|(&sum, &zb)| (kernel.a_bias() - za).wrapping_mul(sum).wrapping_add((k as i32).wrapping_mul(za).wrapping_mul(zb as i32)))
         .collect();
+    col_terms.resize(n.div_ceil(nr) * nr, 0);
     let any_b_zero = b.zeros.iter().any(|&z| z != 0);
     let a_sums: Vec<i32> = (0..m).map(|r| if any_b_zero { a[r * lda..][..lda].iter().map(|&v| v as i32).sum() } else { 0 }).collect();
     let panel_len = k4 * nr * 4;
@@ -106,15 +141,12 @@ pub fn gemm_u8i8_with<T>(
     for col0 in (0..n).step_by(nr) {
         let panel = &b.panels[col0 / nr * panel_len..][..panel_len];
         let cols = nr.min(n - col0);
+        let (init, zeros) = (&col_terms[col0..col0 + nr], &b.zeros[col0..col0 + cols]);
         for row0 in (0..m).step_by(mr) {
             let rows = mr.min(m - row0);
-            kernel.tile(&a[row0 * lda..], lda, rows, panel, k4, &mut acc);
-            let (terms, zeros) = (&col_terms[col0..col0 + cols], &b.zeros[col0..col0 + cols]);
+            kernel.tile(TileRows { data: &a[row0 * lda..], stride: lda, count: rows }, panel, k4, init, &mut acc);
             for (r, values) in acc.chunks_exact_mut(nr).take(rows).enumerate() {
                 let (row, values) = (row0 + r, &mut values[..cols]);
-                for (v, &term) in values.iter_mut().zip(terms) {
-                    *v = v.wrapping_add(term);
-                }
                 if any_b_zero {
                     let a_sum = a_sums[row];
                     for (v, &zb) in values.iter_mut().zip(zeros) {

@@ -33,6 +33,17 @@ pub mod x86;
 
 use std::sync::OnceLock;
 
+/// The activation rows of one tile: `count` rows of (at least) `4·k4` bytes, `stride` apart.
+#[derive(Clone, Copy, Debug)]
+pub struct TileRows<'a> {
+    /// The bytes, from the first row's start.
+    pub data: &'a [u8],
+    /// Distance between rows.
+    pub stride: usize,
+    /// Number of rows (1 ..= the kernel's `mr`).
+    pub count: usize,
+}
+
 /// One GEMM tile of u8 activations · packed i8 weights.
 pub trait GemmU8I8: Send + Sync {
     /// Kernel name, `isa-family` (e.g. `x86-avx512vnni-gemm-u8i8`).
@@ -51,23 +62,25 @@ pub trait GemmU8I8: Send + Sync {
         0
     }
 
-    /// `acc[r·nr + j] = Σ_{p < 4·k4} (a[r·lda + p] − a_bias) · panel[(p/4·nr + j)·4 + p%4]`
-    /// for every `r < rows`, wrapping in i32.
+    /// `acc[r·nr + j] = init[j] + Σ_{p < 4·k4} (a[r·stride + p] − a_bias) · panel[(p/4·nr + j)·4 + p%4]`
+    /// for every row `r` of `a`, wrapping in i32. `init` carries the driver's per-column
+    /// zero-point terms into the accumulators, so the results leave the kernel final.
     ///
     /// # Panics
     /// When the slices are too short for the shapes (see [`check_tile`]) or `rows > mr`.
-    fn tile(&self, a: &[u8], lda: usize, rows: usize, panel: &[i8], k4: usize, acc: &mut [i32]);
+    fn tile(&self, a: TileRows, panel: &[i8], k4: usize, init: &[i32], acc: &mut [i32]);
 }
 
-/// The bounds every kernel checks before its unchecked loads: `rows ≤ mr`, each of the `rows`
-/// activation rows holds `4·k4` bytes at stride `lda`, the panel is `k4·nr·4` bytes, and
-/// `acc` holds `rows·nr` values.
-pub fn check_tile(kernel: &dyn GemmU8I8, a: &[u8], lda: usize, rows: usize, panel: &[i8], k4: usize, acc: &[i32]) {
-    let nr = kernel.nr();
+/// The bounds every kernel checks before its unchecked loads: `1 ≤ rows ≤ mr`, each row
+/// holds `4·k4` bytes, the panel is `k4·nr·4` bytes, `init` holds `nr` values and `acc`
+/// `rows·nr`.
+pub fn check_tile(kernel: &dyn GemmU8I8, a: TileRows, panel: &[i8], k4: usize, init: &[i32], acc: &[i32]) {
+    let (nr, rows, lda) = (kernel.nr(), a.count, a.stride);
+    let a = a.data;
     assert!((1..=kernel.mr()).contains(&rows), "{}: {rows} rows in a tile of {}", kernel.name(), kernel.mr());
     assert!(lda >= 4 * k4 && a.len() >= (rows - 1) * lda + 4 * k4, "{}: activations too short", kernel.name());
     assert_eq!(panel.len(), k4 * nr * 4, "{}: panel size", kernel.name());
-    assert!(acc.len() >= rows * nr, "{}: accumulator too short", kernel.name());
+    assert!(init.len() == nr && acc.len() >= rows * nr, "{}: accumulator sizes", kernel.name());
 }
 
 /// Every u8·i8 GEMM kernel this CPU can run, best first; the reference is always last.
@@ -120,7 +133,7 @@ pub fn best_gemm_u8i8() -> &'static dyn GemmU8I8 {
 }
 
 /// Implements [`GemmU8I8`] for a kernel type whose tile function is
-/// `unsafe fn tile<const R: usize>(a: *const u8, lda, panel: *const i8, k4, acc: *mut i32)`
+/// `unsafe fn tile<const R: usize>(a: *const u8, lda, panel: *const i8, k4, init: *const i32, acc: *mut i32)`
 /// (rows as a const parameter so the accumulators live in registers).
 macro_rules! impl_gemm_kernel {
     ($ty:ty, $name:literal, nr = $nr:literal, mr = $mr:literal, a_bias = $bias:literal, $tile:ident) => {
@@ -141,21 +154,22 @@ macro_rules! impl_gemm_kernel {
                 $bias
             }
 
-            fn tile(&self, a: &[u8], lda: usize, rows: usize, panel: &[i8], k4: usize, acc: &mut [i32]) {
-                $crate::kernels::check_tile(self, a, lda, rows, panel, k4, acc);
-                let (a, panel, acc) = (a.as_ptr(), panel.as_ptr(), acc.as_mut_ptr());
+            fn tile(&self, a: $crate::kernels::TileRows, panel: &[i8], k4: usize, init: &[i32], acc: &mut [i32]) {
+                $crate::kernels::check_tile(self, a, panel, k4, init, acc);
+                let (rows, lda) = (a.count, a.stride);
+                let (a, panel, init, acc) = (a.data.as_ptr(), panel.as_ptr(), init.as_ptr(), acc.as_mut_ptr());
                 // Safety: constructing the kernel proved its CPU features; `check_tile` proved
                 // the bounds its loads and stores assume.
                 unsafe {
                     match rows {
-                        1 => $tile::<1>(a, lda, panel, k4, acc),
-                        2 => $tile::<2>(a, lda, panel, k4, acc),
-                        3 => $tile::<3>(a, lda, panel, k4, acc),
-                        4 => $tile::<4>(a, lda, panel, k4, acc),
-                        5 if $mr >= 5 => $tile::<5>(a, lda, panel, k4, acc),
-                        6 if $mr >= 6 => $tile::<6>(a, lda, panel, k4, acc),
-                        7 if $mr >= 7 => $tile::<7>(a, lda, panel, k4, acc),
-                        8 if $mr >= 8 => $tile::<8>(a, lda, panel, k4, acc),
+                        1 => $tile::<1>(a, lda, panel, k4, init, acc),
+                        2 => $tile::<2>(a, lda, panel, k4, init, acc),
+                        3 => $tile::<3>(a, lda, panel, k4, init, acc),
+                        4 => $tile::<4>(a, lda, panel, k4, init, acc),
+                        5 if $mr >= 5 => $tile::<5>(a, lda, panel, k4, init, acc),
+                        6 if $mr >= 6 => $tile::<6>(a, lda, panel, k4, init, acc),
+                        7 if $mr >= 7 => $tile::<7>(a, lda, panel, k4, init, acc),
+                        8 if $mr >= 8 => $tile::<8>(a, lda, panel, k4, init, acc),
                         _ => unreachable!("check_tile bounds rows by mr ≤ 8"),
                     }
                 }

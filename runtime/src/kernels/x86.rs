@@ -29,7 +29,7 @@ impl Avx2 {
 impl_gemm_kernel!(Avx2, "x86-avx2-gemm-u8i8", nr = 8, mr = 4, a_bias = 0, tile_avx2);
 
 #[target_feature(enable = "avx2")]
-unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, acc: *mut i32) {
+unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
     // Per row: columns 0–3 and 4–7, each i32 pair = (k0·k1, k2·k3) of one column.
     let mut lo = [_mm256_setzero_si256(); R];
     let mut hi = [_mm256_setzero_si256(); R];
@@ -47,8 +47,8 @@ unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, 
     for r in 0..R {
         // hadd gives columns [0 1 4 5 | 2 3 6 7]; the permute restores 0..7.
         let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo[r], hi[r]));
-        // Safety: acc holds R rows of 8.
-        unsafe { _mm256_storeu_si256(acc.add(8 * r).cast(), sums) };
+        // Safety: init holds 8 values, acc R rows of 8.
+        unsafe { _mm256_storeu_si256(acc.add(8 * r).cast(), _mm256_add_epi32(sums, _mm256_loadu_si256(init.cast()))) };
     }
 }
 
@@ -65,8 +65,10 @@ impl AvxVnni {
 impl_gemm_kernel!(AvxVnni, "x86-avxvnni-gemm-u8i8", nr = 16, mr = 6, a_bias = 0, tile_avxvnni);
 
 #[target_feature(enable = "avx2,avxvnni")]
-unsafe fn tile_avxvnni<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, acc: *mut i32) {
-    let mut c = [[_mm256_setzero_si256(); 2]; R];
+unsafe fn tile_avxvnni<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
+    // Safety: init holds 16 values.
+    let start = unsafe { [_mm256_loadu_si256(init.cast()), _mm256_loadu_si256(init.add(8).cast())] };
+    let mut c = [start; R];
     for g in 0..k4 {
         // Safety: the panel holds k4 groups of 64 bytes.
         let (b0, b1) = unsafe { (_mm256_loadu_si256(panel.add(64 * g).cast()), _mm256_loadu_si256(panel.add(64 * g + 32).cast())) };
@@ -102,8 +104,11 @@ impl Avx512Vnni {
 impl_gemm_kernel!(Avx512Vnni, "x86-avx512vnni-gemm-u8i8", nr = 48, mr = 8, a_bias = 0, tile_avx512vnni);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_avx512vnni<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, acc: *mut i32) {
-    let mut c = [[_mm512_setzero_si512(); 3]; R];
+unsafe fn tile_avx512vnni<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
+    // Safety: init holds 48 values.
+    let start =
+        unsafe { [_mm512_loadu_si512(init.cast()), _mm512_loadu_si512(init.add(16).cast()), _mm512_loadu_si512(init.add(32).cast())] };
+    let mut c = [start; R];
     for g in 0..k4 {
         // Safety: the panel holds k4 groups of 192 bytes.
         let b = unsafe {

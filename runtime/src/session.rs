@@ -195,6 +195,8 @@ impl Session {
         let mut own = BufferPool::default();
         let mut shared = self.pool.try_lock().ok();
         let pool = shared.as_deref_mut().unwrap_or(&mut own);
+        // Dead buffers up to twice the arena: with only one arena's worth, buffers whose size
+        // no later op asks for crowd out the ones it does, and big allocations go back to the OS.
         pool.raise_budget(2 * plan.arena_bytes);
         let outputs = execute(&plan, inputs, pool, profile.then_some(&mut times))?;
         Ok((outputs, times))

@@ -4,20 +4,10 @@
 //! Each group of 4 `k` values of a column is one i32 lane; an activation row's 4 bytes are
 //! one 32-bit element of a register, picked by the instruction's lane index.
 
-use super::impl_gemm_kernel;
+use super::{group, impl_gemm_kernel};
 use std::arch::aarch64::*;
 use std::arch::asm;
 use std::arch::is_aarch64_feature_detected;
-
-/// The 4 activation bytes at `a + offset` as one u32.
-///
-/// # Safety
-/// The 4 bytes must be readable.
-#[inline(always)]
-unsafe fn group(a: *const u8, offset: usize) -> u32 {
-    // Safety: the caller guarantees the 4 bytes are in bounds.
-    unsafe { a.add(offset).cast::<u32>().read_unaligned() }
-}
 
 /// Plain NEON (8 columns × 4 rows; every aarch64 CPU): widen to i16, multiply long into i32,
 /// reduce each column's 4 products pairwise.

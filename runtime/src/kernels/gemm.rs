@@ -66,94 +66,66 @@ pub fn gemm_u8i8(kernel: &dyn GemmU8I8, a: &[u8], a_zero: u8, b: &PackedI8, c: &
     gemm_u8i8_with(kernel, a, a_zero, b, c, |_, _, acc, out| out.copy_from_slice(acc));
 }
 
-/// [`gemm_u8i8`] with an epilogue: `epilogue(row, col0, values, out)` receives the exact i32
-/// results of `row`, columns `col0..col0 + values.len()`, and writes them into `out`, the same
-/// span of `c` (fused requantization, scales, bias, activations).
-pub fn gemm_u8i8_with<T>(
-    kernel: &dyn GemmU8I8,
-    a: &[u8],
-    a_zero: u8,
-    b: &PackedI8,
-    c: &mut [T],
-    epilogue: impl FnMut(usize, usize, &[i32], &mut [T]),
-) {
-    // The zero-point corrections and the epilogue touch every output once per tile: compiled
-    // for AVX-512 they cost a quarter of what the baseline's 4-lane loops do.
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-        fn wide<T>(
-            kernel: &dyn GemmU8I8,
-            a: &[u8],
-            a_zero: u8,
-            b: &PackedI8,
-            c: &mut [T],
-            epilogue: impl FnMut(usize, usize, &[i32], &mut [T]),
-        ) {
-            drive(kernel, a, a_zero, b, c, epilogue)
+crate::simd::widest_fn! {
+    /// [`gemm_u8i8`] with an epilogue: `epilogue(row, col0, values, out)` receives the exact i32
+    /// results of `row`, columns `col0..col0 + values.len()`, and writes them into `out`, the same
+    /// span of `c` (fused requantization, scales, bias, activations). Compiled for wide vectors
+    /// too: the epilogue touches every output once per tile.
+    pub fn gemm_u8i8_with<T>(
+        kernel: &dyn GemmU8I8,
+        a: &[u8],
+        a_zero: u8,
+        b: &PackedI8,
+        c: &mut [T],
+        epilogue: impl FnMut(usize, usize, &[i32], &mut [T]),
+    ) {
+        let mut epilogue = epilogue;
+        assert_eq!(kernel.name(), b.kernel, "weights packed for {} used with {}", b.kernel, kernel.name());
+        let (k, n, nr, mr) = (b.k, b.cols(), b.nr, kernel.mr());
+        if n == 0 {
+            return;
         }
-        if crate::simd::has_avx512() {
-            // Safety: the features were detected.
-            return unsafe { wide(kernel, a, a_zero, b, c, epilogue) };
-        }
-    }
-    drive(kernel, a, a_zero, b, c, epilogue)
-}
-
-#[inline(always)]
-fn drive<T>(
-    kernel: &dyn GemmU8I8,
-    a: &[u8],
-    a_zero: u8,
-    b: &PackedI8,
-    c: &mut [T],
-    mut epilogue: impl FnMut(usize, usize, &[i32], &mut [T]),
-) {
-    assert_eq!(kernel.name(), b.kernel, "weights packed for {} used with {}", b.kernel, kernel.name());
-    let (k, n, nr, mr) = (b.k, b.cols(), b.nr, kernel.mr());
-    if n == 0 {
-        return;
-    }
-    let m = c.len() / n;
-    assert!(c.len() == m * n && a.len() == m * k, "gemm_u8i8: a holds {} values, c {}, for k = {k}, n = {n}", a.len(), c.len());
-    let (k4, lda) = (k.div_ceil(4), 4 * k.div_ceil(4));
-    let a: Cow<[u8]> = if lda == k {
-        Cow::Borrowed(a)
-    } else {
-        let mut padded = vec![0u8; m * lda];
-        for (dst, src) in padded.chunks_exact_mut(lda).zip(a.chunks_exact(k.max(1))) {
-            dst[..k].copy_from_slice(src);
-        }
-        Cow::Owned(padded)
-    };
-    // Σ(a − za)(b − zb) = tile + (a_bias − za)·Σb − zb·Σa + k·za·zb, where tile = Σ(a − a_bias)·b.
-    // The per-column terms start the kernel's accumulators (padded to whole panels); the
-    // per-row term only exists for asymmetric weights.
-    let za = a_zero as i32;
-    let mut col_terms: Vec<i32> = (b.sums.iter().zip(&b.zeros))
-        .map(|(&sum, &zb)| (kernel.a_bias() - za).wrapping_mul(sum).wrapping_add((k as i32).wrapping_mul(za).wrapping_mul(zb as i32)))
-        .collect();
-    col_terms.resize(n.div_ceil(nr) * nr, 0);
-    let any_b_zero = b.zeros.iter().any(|&z| z != 0);
-    let a_sums: Vec<i32> = (0..m).map(|r| if any_b_zero { a[r * lda..][..lda].iter().map(|&v| v as i32).sum() } else { 0 }).collect();
-    let panel_len = k4 * nr * 4;
-    let mut acc = vec![0i32; mr * nr];
-    for col0 in (0..n).step_by(nr) {
-        let panel = &b.panels[col0 / nr * panel_len..][..panel_len];
-        let cols = nr.min(n - col0);
-        let (init, zeros) = (&col_terms[col0..col0 + nr], &b.zeros[col0..col0 + cols]);
-        for row0 in (0..m).step_by(mr) {
-            let rows = mr.min(m - row0);
-            kernel.tile(TileRows { data: &a[row0 * lda..], stride: lda, count: rows }, panel, k4, init, &mut acc);
-            for (r, values) in acc.chunks_exact_mut(nr).take(rows).enumerate() {
-                let (row, values) = (row0 + r, &mut values[..cols]);
-                if any_b_zero {
-                    let a_sum = a_sums[row];
-                    for (v, &zb) in values.iter_mut().zip(zeros) {
-                        *v = v.wrapping_sub((zb as i32).wrapping_mul(a_sum));
+        let m = c.len() / n;
+        assert!(c.len() == m * n && a.len() == m * k, "gemm_u8i8: a holds {} values, c {}, for k = {k}, n = {n}", a.len(), c.len());
+        let (k4, lda) = (k.div_ceil(4), 4 * k.div_ceil(4));
+        let a: Cow<[u8]> = if lda == k {
+            Cow::Borrowed(a)
+        } else {
+            let mut padded = vec![0u8; m * lda];
+            for (dst, src) in padded.chunks_exact_mut(lda).zip(a.chunks_exact(k.max(1))) {
+                dst[..k].copy_from_slice(src);
+            }
+            Cow::Owned(padded)
+        };
+        // Σ(a − za)(b − zb) = tile + (a_bias − za)·Σb − zb·Σa + k·za·zb, where tile = Σ(a − a_bias)·b.
+        // The per-column terms start the kernel's accumulators (padded to whole panels); the
+        // per-row term only exists for asymmetric weights.
+        let za = a_zero as i32;
+        let mut col_terms: Vec<i32> = (b.sums.iter().zip(&b.zeros))
+            .map(|(&sum, &zb)| (kernel.a_bias() - za).wrapping_mul(sum).wrapping_add((k as i32).wrapping_mul(za).wrapping_mul(zb as i32)))
+            .collect();
+        col_terms.resize(n.div_ceil(nr) * nr, 0);
+        let any_b_zero = b.zeros.iter().any(|&z| z != 0);
+        let a_sums: Vec<i32> = (0..m).map(|r| if any_b_zero { a[r * lda..][..lda].iter().map(|&v| v as i32).sum() } else { 0 }).collect();
+        let panel_len = k4 * nr * 4;
+        let mut acc = vec![0i32; mr * nr];
+        for col0 in (0..n).step_by(nr) {
+            let panel = &b.panels[col0 / nr * panel_len..][..panel_len];
+            let cols = nr.min(n - col0);
+            let (init, zeros) = (&col_terms[col0..col0 + nr], &b.zeros[col0..col0 + cols]);
+            for row0 in (0..m).step_by(mr) {
+                let rows = mr.min(m - row0);
+                kernel.tile(TileRows { data: &a[row0 * lda..], stride: lda, count: rows }, panel, k4, init, &mut acc);
+                for (r, values) in acc.chunks_exact_mut(nr).take(rows).enumerate() {
+                    let (row, values) = (row0 + r, &mut values[..cols]);
+                    if any_b_zero {
+                        let a_sum = a_sums[row];
+                        for (v, &zb) in values.iter_mut().zip(zeros) {
+                            *v = v.wrapping_sub((zb as i32).wrapping_mul(a_sum));
+                        }
                     }
+                    epilogue(row, col0, values, &mut c[row * n + col0..][..cols]);
                 }
-                epilogue(row, col0, values, &mut c[row * n + col0..][..cols]);
             }
         }
     }

@@ -83,6 +83,18 @@ pub fn check_tile(kernel: &dyn GemmU8I8, a: TileRows, panel: &[i8], k4: usize, i
     assert!(init.len() == nr && acc.len() >= rows * nr, "{}: accumulator sizes", kernel.name());
 }
 
+/// The 4 activation bytes at `a + offset` (one group of `k`) as one 32-bit lane value, the
+/// operand every SIMD tile broadcasts.
+///
+/// # Safety
+/// The 4 bytes must be readable.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+unsafe fn group(a: *const u8, offset: usize) -> u32 {
+    // Safety: the caller guarantees the 4 bytes are in bounds.
+    unsafe { a.add(offset).cast::<u32>().read_unaligned() }
+}
+
 /// Every u8·i8 GEMM kernel this CPU can run, best first; the reference is always last.
 pub fn gemm_u8i8_kernels() -> Vec<Box<dyn GemmU8I8>> {
     let mut v: Vec<Box<dyn GemmU8I8>> = Vec::new();

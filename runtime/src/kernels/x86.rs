@@ -2,18 +2,8 @@
 //! CPUs without AVX-512) and AVX-512 VNNI (`vpdpbusd` on zmm). Each group of 4 `k` values of
 //! a column is one i32 lane; an activation row's 4 bytes are broadcast to every lane.
 
-use super::impl_gemm_kernel;
+use super::{group, impl_gemm_kernel};
 use std::arch::x86_64::*;
-
-/// The 4 activation bytes `a[r·lda + 4g ..][..4]` as one i32.
-///
-/// # Safety
-/// The 4 bytes must be readable.
-#[inline(always)]
-unsafe fn group(a: *const u8, offset: usize) -> i32 {
-    // Safety: the caller guarantees the 4 bytes are in bounds.
-    unsafe { a.add(offset).cast::<i32>().read_unaligned() }
-}
 
 /// AVX2 (8 columns × 4 rows): u8 and i8 widened to i16, multiplied pairwise into i32
 /// (`vpmaddwd`). Exact, unlike `vpmaddubsw`, which saturates pairs at i16.
@@ -39,7 +29,7 @@ unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, 
         let (b_lo, b_hi) = (_mm256_cvtepi8_epi16(_mm256_castsi256_si128(b)), _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(b)));
         for r in 0..R {
             // Safety: row r holds 4·k4 bytes.
-            let a16 = _mm256_cvtepu8_epi16(_mm_set1_epi32(unsafe { group(a, r * lda + 4 * g) }));
+            let a16 = _mm256_cvtepu8_epi16(_mm_set1_epi32(unsafe { group(a, r * lda + 4 * g) } as i32));
             lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(a16, b_lo));
             hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(a16, b_hi));
         }
@@ -74,7 +64,7 @@ unsafe fn tile_avxvnni<const R: usize>(a: *const u8, lda: usize, panel: *const i
         let (b0, b1) = unsafe { (_mm256_loadu_si256(panel.add(64 * g).cast()), _mm256_loadu_si256(panel.add(64 * g + 32).cast())) };
         for (r, c) in c.iter_mut().enumerate() {
             // Safety: row r holds 4·k4 bytes.
-            let av = _mm256_set1_epi32(unsafe { group(a, r * lda + 4 * g) });
+            let av = _mm256_set1_epi32(unsafe { group(a, r * lda + 4 * g) } as i32);
             c[0] = _mm256_dpbusd_avx_epi32(c[0], av, b0);
             c[1] = _mm256_dpbusd_avx_epi32(c[1], av, b1);
         }
@@ -117,7 +107,7 @@ unsafe fn tile_avx512vnni<const R: usize>(a: *const u8, lda: usize, panel: *cons
         };
         for (r, c) in c.iter_mut().enumerate() {
             // Safety: row r holds 4·k4 bytes.
-            let av = _mm512_set1_epi32(unsafe { group(a, r * lda + 4 * g) });
+            let av = _mm512_set1_epi32(unsafe { group(a, r * lda + 4 * g) } as i32);
             for (c, &b) in c.iter_mut().zip(&b) {
                 *c = _mm512_dpbusd_epi32(*c, av, b);
             }

@@ -396,15 +396,15 @@ pub struct QLinearMatMul {
 }
 
 impl QLinearMatMul {
-    /// The MatMulInteger inputs `(A, B, a_zero_point, b_zero_point)`.
-    fn gemm_inputs<'a>(inputs: &[Option<&'a Tensor>]) -> [Option<&'a Tensor>; 4] {
+    /// The MatMulInteger inputs `(A, B, a_zero_point, b_zero_point)` (facts or tensors).
+    fn gemm_inputs<T: Copy>(inputs: &[Option<T>]) -> [Option<T>; 4] {
         [optional(inputs, 0), optional(inputs, 3), optional(inputs, 2), optional(inputs, 5)]
     }
 }
 
 impl Op for QLinearMatMul {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
-        let facts = self.matmul.infer(&[optional(inputs, 0), optional(inputs, 3), optional(inputs, 2), optional(inputs, 5)])?;
+        let facts = self.matmul.infer(&Self::gemm_inputs(inputs))?;
         let n = *facts[0].shape.last().unwrap_or(&1);
         for (i, what) in [(1, "a_scale"), (4, "b_scale"), (6, "y_scale")] {
             let f = required(inputs, i)?;

@@ -5,42 +5,53 @@
 //! inputs exist.
 
 use crate::ops::chain::{Chain, ChainStep, chains_binary};
+use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Unary};
-use crate::ops::quant::{MatMulInteger, MatMulIntegerToFloat};
-use crate::ops::{Fact, Op};
+use crate::ops::qconv::QLinearConv;
+use crate::ops::quant::{DequantizeLinear, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
+use crate::ops::{Fact, Op, normalize_axis};
 use crate::plan::Step;
 use crate::tensor::DataType;
 use std::any::Any;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Who reads each slot: the one step that reads it exactly once, if so.
+/// Who reads each slot (the one step that reads it exactly once, if so) and which step
+/// writes it.
 struct Readers {
     sole: Vec<Option<usize>>,
+    writer: Vec<Option<usize>>,
 }
 
 impl Readers {
     fn new(steps: &[Option<Step>], slots: usize, graph_outputs: &[usize]) -> Readers {
         let mut count = vec![0usize; slots];
-        let mut reader = vec![None; slots];
+        let (mut reader, mut writer) = (vec![None; slots], vec![None; slots]);
         for (i, step) in steps.iter().enumerate() {
             for &s in step.iter().flat_map(|s| s.inputs.iter().flatten()) {
                 count[s] += 1;
                 reader[s] = Some(i);
             }
+            for &s in step.iter().flat_map(|s| s.outputs.iter().flatten()) {
+                writer[s] = Some(i);
+            }
         }
         for &s in graph_outputs {
             count[s] += 1;
         }
-        Readers { sole: reader.into_iter().zip(count).map(|(r, c)| if c == 1 { r } else { None }).collect() }
+        Readers { sole: reader.into_iter().zip(count).map(|(r, c)| if c == 1 { r } else { None }).collect(), writer }
     }
 }
 
 /// Applies every rule; returns the steps in their new order.
-pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize]) -> Vec<Step> {
+/// `dequantized` holds the folded DequantizeLinear steps by output slot.
+pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], dequantized: &HashMap<usize, Step>) -> Vec<Step> {
     let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
     let readers = Readers::new(&steps, facts.len(), graph_outputs);
     for i in 0..steps.len() {
-        let fused = matmul_integer_to_float(&steps, i, facts, &readers).or_else(|| elementwise_chain(&steps, i, facts, &readers));
+        let fused = qdq_to_integer(&steps, i, facts, &readers, dequantized)
+            .or_else(|| matmul_integer_to_float(&steps, i, facts, &readers))
+            .or_else(|| elementwise_chain(&steps, i, facts, &readers));
         if let Some((absorbed, fused)) = fused {
             for &j in &absorbed {
                 steps[j] = None;
@@ -95,6 +106,96 @@ fn matmul_integer_to_float(steps: &[Option<Step>], i: usize, facts: &[Fact], rea
     inputs.extend([Some(scale), bias]);
     let fused: Arc<dyn Op> = Arc::new(MatMulIntegerToFloat { matmul });
     Some((absorbed, Step { node: step.node.clone(), op_type: "MatMulIntegerToFloat".into(), op: fused, inputs, outputs: vec![Some(out)] }))
+}
+
+/// A slot holding one constant value (a per-tensor scale or zero point).
+fn one_constant(facts: &[Fact], slot: usize) -> Option<usize> {
+    facts[slot].value.as_ref().filter(|v| v.len() == 1).map(|_| slot)
+}
+
+/// The `(quantized, scale, zero point?)` inputs of a DequantizeLinear step.
+fn dequantize_inputs(step: &Step) -> Option<(usize, usize, Option<usize>)> {
+    match step.inputs.as_slice() {
+        [Some(q), Some(s)] => Some((*q, *s, None)),
+        [Some(q), Some(s), z] => Some((*q, *s, *z)),
+        _ => None,
+    }
+}
+
+/// Static QDQ: `DequantizeLinear(xq) → Conv | MatMul → QuantizeLinear`, the weights
+/// (and a Conv's bias) constants dequantized from int8 (int32) → one [`QLinearConv`] /
+/// [`QLinearMatMul`] step on `xq` and the integer weights, as onnxruntime fuses them.
+/// Activations per tensor; weights per tensor or per output channel.
+fn qdq_to_integer(
+    steps: &[Option<Step>],
+    i: usize,
+    facts: &[Fact],
+    readers: &Readers,
+    dequantized: &HashMap<usize, Step>,
+) -> Option<(Vec<usize>, Step)> {
+    let step = steps[i].as_ref()?;
+    let conv = match step.op_type.as_str() {
+        "Conv" => true,
+        "MatMul" => false,
+        _ => return None,
+    };
+    let (x, w) = (step.inputs.first().copied().flatten()?, step.inputs.get(1).copied().flatten()?);
+    // Activations: a DequantizeLinear step run per inference, one scale and zero point.
+    let x_dq = readers.writer[x]?;
+    let (xq, x_scale, x_zero) = dequantize_inputs(steps[x_dq].as_ref().filter(|s| s.op_type == "DequantizeLinear")?)?;
+    one_constant(facts, x_scale)?;
+    if let Some(z) = x_zero {
+        one_constant(facts, z)?;
+    }
+    // Weights: a folded DequantizeLinear of an 8-bit constant, per tensor or per output channel.
+    let w_dq = dequantized.get(&w)?;
+    let (wq, w_scale, w_zero) = dequantize_inputs(w_dq)?;
+    let w_shape = &facts[wq].shape;
+    let (channels, channel_axis) = if conv { (*w_shape.first()?, 0) } else { (*w_shape.get(1)?, 1) };
+    let per_channel = match facts[w_scale].value.as_ref()?.len() {
+        1 => true,
+        len => {
+            len == channels
+                && (w_dq.op.as_ref() as &dyn Any)
+                    .downcast_ref::<DequantizeLinear>()?
+                    .per_axis()
+                    .and_then(|a| normalize_axis(a, w_shape.len()).ok())
+                    == Some(channel_axis)
+        }
+    };
+    if !per_channel || !matches!(facts[wq].dtype, DataType::U8 | DataType::I8) || (!conv && w_shape.len() != 2) {
+        return None;
+    }
+    // A Conv's bias: int32 dequantized with zero point 0 (its scale is x_scale · w_scale).
+    let bias = match step.inputs.get(2).copied().flatten() {
+        None => None,
+        Some(b) => {
+            let (bq, _, b_zero) = dequantize_inputs(dequantized.get(&b)?)?;
+            let zero_is_0 = b_zero
+                .is_none_or(|z| facts[z].value.as_ref().is_some_and(|v| v.as_slice::<i32>().is_ok_and(|v| v.iter().all(|&z| z == 0))));
+            (facts[bq].dtype == DataType::I32 && zero_is_0).then_some(bq)?;
+            Some(bq)
+        }
+    };
+    // Output: quantized again by its sole reader, one scale and zero point.
+    let y = step.outputs.first().copied().flatten()?;
+    let (q, quantize) = sole_reader(steps, readers, y, "QuantizeLinear")?;
+    let (y_scale, y_zero) = match quantize.inputs.as_slice() {
+        [Some(_), Some(s), Some(z)] => (one_constant(facts, *s)?, one_constant(facts, *z)?),
+        _ => return None,
+    };
+    let yq = quantize.outputs.first().copied().flatten()?;
+    let mut absorbed = if readers.sole[x] == Some(i) { vec![x_dq, i, q] } else { vec![i, q] };
+    absorbed.sort_unstable();
+    let inputs = vec![Some(xq), Some(x_scale), x_zero, Some(wq), Some(w_scale), w_zero, Some(y_scale), Some(y_zero), bias];
+    let (op_type, op): (&str, Arc<dyn Op>) = if conv {
+        let geometry = (step.op.as_ref() as &dyn Any).downcast_ref::<Conv>()?.geometry().clone();
+        ("QLinearConv", Arc::new(QLinearConv::new(geometry)))
+    } else {
+        ("QLinearMatMul", Arc::new(QLinearMatMul::default()))
+    };
+    let inputs = if conv { inputs } else { inputs[..8].to_vec() };
+    Some((absorbed, Step { node: step.node.clone(), op_type: op_type.into(), op, inputs, outputs: vec![Some(yq)] }))
 }
 
 /// `step` as a chain step on the running value `v`, given the chain's input `x` (`None` for
@@ -156,7 +257,7 @@ fn elementwise_chain(steps: &[Option<Step>], i: usize, facts: &[Fact], readers: 
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::ModelBuilder;
+    use crate::testing::{Attr, ModelBuilder};
     use crate::{DataType, Model, Session, Tensor};
 
     /// `MatMulInteger → Cast → Mul(scale) → Add(bias)`; with `expose`, the Cast output is
@@ -171,7 +272,7 @@ mod tests {
             .initializer("az", &Tensor::scalar(7u8))
             .initializer("bias", &Tensor::from_vec(vec![n], vec![0.5f32, -1.25, 3.0]).unwrap())
             .node("MatMulInteger", &["a", "b", "az"], &["acc"], vec![])
-            .node("Cast", &["acc"], &["accf"], vec![("to", crate::testing::Attr::Int(1))])
+            .node("Cast", &["acc"], &["accf"], vec![("to", Attr::Int(1))])
             .node("Mul", &["accf", "scale"], &["scaled"], vec![])
             .node("Add", &["bias", "scaled"], &["y"], vec![])
             .output("y", DataType::F32, &[2, n as i64]);
@@ -231,5 +332,70 @@ mod tests {
         let y = fused.run(vec![("x", x.clone())]).unwrap().remove(0).1;
         let want = split.run(vec![("x", x)]).unwrap().remove(0).1;
         assert_eq!(y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
+    }
+
+    /// Static QDQ as onnxruntime's quantizer writes it: `Q → DQ → Conv|MatMul → Q → DQ`,
+    /// weights int8 per output channel, the Conv's bias int32. With `expose`, the float
+    /// result is also a graph output, which must keep the float path.
+    fn static_qdq(conv: bool, expose: bool) -> Session {
+        let (channels, k) = (5usize, 3usize);
+        let (w_shape, scale_axis): (Vec<usize>, i64) = if conv { (vec![channels, k, 3, 3], 0) } else { (vec![k, channels], 1) };
+        let w: Vec<i8> = (0..w_shape.iter().product::<usize>()).map(|i| ((i * 53) % 255) as i8).collect();
+        let w_scales: Vec<f32> = (0..channels).map(|j| 0.004 + 0.001 * j as f32).collect();
+        let x_dims: Vec<i64> = if conv { vec![1, k as i64, 6, 7] } else { vec![2, 4, k as i64] };
+        let y_dims: Vec<i64> = if conv { vec![1, channels as i64, 6, 7] } else { vec![2, 4, channels as i64] };
+        let mut m = ModelBuilder::new(21)
+            .input("x", DataType::F32, &x_dims)
+            .initializer("xs", &Tensor::scalar(0.02f32))
+            .initializer("xz", &Tensor::scalar(120u8))
+            .initializer("wq", &Tensor::from_vec(w_shape, w).unwrap())
+            .initializer("ws", &Tensor::from_vec(vec![channels], w_scales).unwrap())
+            .initializer("ys", &Tensor::scalar(0.05f32))
+            .initializer("yz", &Tensor::scalar(128u8))
+            .node("QuantizeLinear", &["x", "xs", "xz"], &["xq"], vec![])
+            .node("DequantizeLinear", &["xq", "xs", "xz"], &["xd"], vec![])
+            .node("DequantizeLinear", &["wq", "ws"], &["wd"], vec![("axis", Attr::Int(scale_axis))]);
+        m = if conv {
+            let bias: Vec<i32> = (0..channels as i32).map(|j| (j - 2) * 700).collect();
+            let bias_scales: Vec<f32> = (0..channels).map(|j| 0.02 * (0.004 + 0.001 * j as f32)).collect();
+            m.initializer("bq", &Tensor::from_vec(vec![channels], bias).unwrap())
+                .initializer("bs", &Tensor::from_vec(vec![channels], bias_scales).unwrap())
+                .node("DequantizeLinear", &["bq", "bs"], &["bd"], vec![("axis", Attr::Int(0))])
+                .node("Conv", &["xd", "wd", "bd"], &["y"], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))])
+        } else {
+            m.node("MatMul", &["xd", "wd"], &["y"], vec![])
+        };
+        m = m
+            .node("QuantizeLinear", &["y", "ys", "yz"], &["yq"], vec![])
+            .node("DequantizeLinear", &["yq", "ys", "yz"], &["out"], vec![])
+            .output("out", DataType::F32, &y_dims);
+        if expose {
+            m = m.output("y", DataType::F32, &y_dims);
+        }
+        Session::new(Model::from_bytes(m.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn static_qdq_runs_on_integer_kernels() {
+        for (conv, integer_op) in [(true, "QLinearConv"), (false, "QLinearMatMul")] {
+            let shape = if conv { vec![1, 3, 6, 7] } else { vec![2, 4, 3] };
+            let n: usize = shape.iter().product();
+            let x = Tensor::from_vec(shape.clone(), (0..n).map(|i| ((i * 29) % 97) as f32 * 0.05 - 2.4).collect()).unwrap();
+            let (fused, float) = (static_qdq(conv, false), static_qdq(conv, true));
+            let ops = |s: &Session| {
+                s.plan_for(&[(DataType::F32, shape.clone())]).unwrap().step_ops().iter().map(|(_, op)| op.to_string()).collect::<Vec<_>>()
+            };
+            assert_eq!(ops(&fused), ["QuantizeLinear", integer_op, "DequantizeLinear"]);
+            assert!(ops(&float).contains(&(if conv { "Conv" } else { "MatMul" }).to_string()), "{:?}", ops(&float));
+            let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap().remove(0).1;
+            let (y, want) = (run(&fused), run(&float));
+            let (y, want) = (y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
+            // Integer sums are exact where float ones round: at most one output step apart
+            // (at a rounding boundary), and almost everywhere equal.
+            let apart = y.iter().zip(want).filter(|(a, b)| a != b).count();
+            assert!(y.iter().zip(want).all(|(a, b)| (a - b).abs() <= 0.05 * 1.001), "{integer_op}: {y:?}\n{want:?}");
+            assert!(apart * 50 <= y.len(), "{integer_op}: {apart} of {} differ", y.len());
+            assert!(y.iter().any(|&v| v != 0.0) && y.iter().any(|&v| v != y[0]), "degenerate test data");
+        }
     }
 }

@@ -66,6 +66,9 @@ struct Planner {
     constants: Vec<Option<Arc<Tensor>>>,
     steps: Vec<Step>,
     folded: usize,
+    /// Folded DequantizeLinear nodes by output slot: fusion reads the quantized constants
+    /// behind a float weight from them.
+    dequantized: HashMap<usize, Step>,
 }
 
 impl Planner {
@@ -147,10 +150,14 @@ impl Planner {
             self.env.insert(o.clone(), s);
             out_slots.push(Some(s));
         }
-        if folded {
-            self.folded += 1;
-        } else {
-            self.steps.push(Step { node: name.to_string(), op_type: op_type.to_string(), op: op.clone(), inputs, outputs: out_slots });
+        let step = Step { node: name.to_string(), op_type: op_type.to_string(), op: op.clone(), inputs, outputs: out_slots };
+        if !folded {
+            self.steps.push(step);
+            return Ok(());
+        }
+        self.folded += 1;
+        if let ("DequantizeLinear", [Some(s)]) = (op_type, step.outputs.as_slice()) {
+            self.dequantized.insert(*s, step);
         }
         Ok(())
     }
@@ -166,7 +173,14 @@ pub(crate) fn check_output(fact: &Fact, t: &Tensor) -> Result<()> {
 
 /// Plans `graph` for inputs of the given dtypes and shapes (in graph input order).
 pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)]) -> Result<Plan> {
-    let mut p = Planner { env: HashMap::new(), facts: Vec::new(), constants: Vec::new(), steps: Vec::new(), folded: 0 };
+    let mut p = Planner {
+        env: HashMap::new(),
+        facts: Vec::new(),
+        constants: Vec::new(),
+        steps: Vec::new(),
+        folded: 0,
+        dequantized: HashMap::new(),
+    };
     let mut input_slots = Vec::new();
     for (info, (dtype, shape)) in graph.inputs.iter().zip(inputs) {
         let s = p.slot(Fact::new(*dtype, shape.clone()));
@@ -176,7 +190,18 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)]) -> Result<P
     p.graph(graph)?;
     let outputs = graph.outputs.iter().map(|o| Ok((o.name.clone(), p.lookup(&o.name, "<graph output>")?))).collect::<Result<Vec<_>>>()?;
     let output_slots: Vec<usize> = outputs.iter().map(|o| o.1).collect();
-    p.steps = crate::fuse::fuse(std::mem::take(&mut p.steps), &p.facts, &output_slots);
+    p.steps = crate::fuse::fuse(std::mem::take(&mut p.steps), &p.facts, &output_slots, &p.dequantized);
+    // Constants no step reads any more (float weights replaced by their integer form) are
+    // dropped, so the plan does not keep both.
+    let mut read = vec![false; p.facts.len()];
+    for &s in p.steps.iter().flat_map(|s| s.inputs.iter().flatten()).chain(&output_slots) {
+        read[s] = true;
+    }
+    for (s, (c, f)) in p.constants.iter_mut().zip(&mut p.facts).enumerate() {
+        if !read[s] {
+            (*c, f.value) = (None, None);
+        }
+    }
 
     // Lifetimes: a slot lives from the step that writes it (inputs: before step 0) to the
     // last step that reads it; graph outputs live to the end.

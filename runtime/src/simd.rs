@@ -21,22 +21,23 @@ pub(crate) fn has_avx2() -> bool {
 }
 
 /// Declares a function compiled three times on x86-64: AVX-512, AVX2 and the baseline,
-/// dispatched at run time by feature detection. Type parameters are plain names (`<T>`);
+/// dispatched at run time by feature detection. Type parameters are names with at most one
+/// trait bound (`<T>`, `<T: Element>`);
 /// closures passed as `impl Fn…` arguments are inlined into each copy with the body.
 macro_rules! widest_fn {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident $(<$($gen:ident),*>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident $(<$($gen:ident $(: $bound:ident)?),*>)? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
-        $vis fn $name $(<$($gen),*>)? ($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name $(<$($gen $(: $bound)?),*>)? ($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body $(<$($gen),*>)? ($($arg: $ty),*) $(-> $ret)? $body
+            fn body $(<$($gen $(: $bound)?),*>)? ($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-                fn avx512 $(<$($gen),*>)? ($($arg: $ty),*) $(-> $ret)? {
+                fn avx512 $(<$($gen $(: $bound)?),*>)? ($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
                 #[target_feature(enable = "avx2")]
-                fn avx2 $(<$($gen),*>)? ($($arg: $ty),*) $(-> $ret)? {
+                fn avx2 $(<$($gen $(: $bound)?),*>)? ($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
                 if $crate::simd::has_avx512() {

@@ -5,6 +5,7 @@ use super::matmul::{MatRef, sgemm};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, numel, optional, out, required, unsupported_attr};
 use crate::error::{Result, bail, ensure};
 use crate::tensor::{DataType, Tensor};
+use std::ops::{AddAssign, Mul};
 
 /// The ops of this family.
 pub const OPS: &[(&str, Importer)] =
@@ -127,16 +128,52 @@ fn as_2d(shape: &[usize]) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
-/// `Conv(X, W, B?)`.
+/// One convolution's sizes in 2-D form (1-D convs get H = 1, a kernel of height 1).
 #[derive(Debug)]
-pub struct Conv {
-    geom: Geometry,
+pub(crate) struct ConvDims {
+    pub batch: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub m: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub ah: Axis,
+    pub aw: Axis,
+    pub oh: usize,
+    pub ow: usize,
+    pub group: usize,
+    /// The output shape, `[N, M, (OH,) OW]`.
+    pub shape: Vec<usize>,
 }
 
-impl Conv {
-    fn plan(&self, x: &[usize], w: &[usize]) -> Result<(Vec<Axis>, Vec<usize>)> {
+impl ConvDims {
+    /// Input channels per group.
+    pub fn cg(&self) -> usize {
+        self.c / self.group
+    }
+
+    /// Output channels per group.
+    pub fn mg(&self) -> usize {
+        self.m / self.group
+    }
+
+    /// 1×1 kernel, stride 1, no padding: the conv is a matrix product over pixels.
+    pub fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.ah.2 == 1 && self.aw.2 == 1 && self.ah.4 + self.ah.5 + self.aw.4 + self.aw.5 == 0
+    }
+
+    /// One input and one output channel per group.
+    pub fn depthwise(&self) -> bool {
+        self.cg() == 1 && self.mg() == 1
+    }
+}
+
+impl Geometry {
+    /// Checks input `x` against weight `w` (`[M, C/group, (kh,) kw]`) and sizes the conv.
+    pub(crate) fn conv(&self, x: &[usize], w: &[usize]) -> Result<ConvDims> {
         ensure!(x.len() == w.len() && x.len() >= 3, "input {x:?} and weight {w:?} ranks do not fit a convolution");
-        let group = self.geom.group;
+        let group = self.group;
         ensure!(
             group >= 1 && x[1].is_multiple_of(group) && w[0].is_multiple_of(group),
             "group {group} does not divide input channels {} and output channels {}",
@@ -144,15 +181,33 @@ impl Conv {
             w[0]
         );
         ensure!(w[1] * group == x[1], "weight {w:?} expects {} input channels, input {x:?} has {}", w[1] * group, x[1]);
-        if let Some(k) = &self.geom.kernel {
+        if let Some(k) = &self.kernel {
             ensure!(k[..] == w[2..], "kernel_shape {k:?} disagrees with weight {w:?}");
         }
-        let axes = self.geom.axes(&x[2..], &w[2..])?;
+        let axes = self.axes(&x[2..], &w[2..])?;
         let mut shape = vec![x[0], w[0]];
         for a in &axes {
             shape.push(out_len(a, false)?);
         }
-        Ok((axes, shape))
+        let (batch, c, h, wd) = as_2d(x)?;
+        let (m, _, kh, kw) = as_2d(w)?;
+        // 1-D: a fake H axis of size 1, kernel 1, stride 1, no pads.
+        let (ah, aw) = if axes.len() == 1 { ((1, 1, 1, 1, 0, 0), axes[0]) } else { (axes[0], axes[1]) };
+        let (oh, ow) = (out_len(&ah, false)?, out_len(&aw, false)?);
+        Ok(ConvDims { batch, c, h, w: wd, m, kh, kw, ah, aw, oh, ow, group, shape })
+    }
+}
+
+/// `Conv(X, W, B?)`.
+#[derive(Debug)]
+pub struct Conv {
+    geom: Geometry,
+}
+
+impl Conv {
+    /// Window attributes (the integer conv made from this one by fusion takes them).
+    pub(crate) fn geometry(&self) -> &Geometry {
+        &self.geom
     }
 }
 
@@ -161,40 +216,35 @@ impl Op for Conv {
         let (x, w) = (required(inputs, 0)?, required(inputs, 1)?);
         expect_dtype(x, &[DataType::F32], "input X")?;
         expect_dtype(w, &[DataType::F32], "weight W")?;
-        let (_, shape) = self.plan(&x.shape, &w.shape)?;
+        let d = self.geom.conv(&x.shape, &w.shape)?;
         if let Some(b) = optional(inputs, 2) {
             ensure!(b.shape == [w.shape[0]], "bias {:?} should be [{}]", b.shape, w.shape[0]);
         }
-        Ok(vec![Fact::new(DataType::F32, shape)])
+        Ok(vec![Fact::new(DataType::F32, d.shape)])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let (x, w) = (required(inputs, 0)?, required(inputs, 1)?);
-        let (axes, shape) = self.plan(x.shape(), w.shape())?;
-        let (n, c, h, wd) = as_2d(x.shape())?;
-        let (m, _, kh, kw) = as_2d(w.shape())?;
-        // 1-D: a fake H axis of size 1, kernel 1, stride 1, no pads.
-        let (ah, aw) = if axes.len() == 1 { ((1, 1, 1, 1, 0, 0), axes[0]) } else { (axes[0], axes[1]) };
-        let (oh, ow) = (out_len(&ah, false)?, out_len(&aw, false)?);
-        let g = self.geom.group;
-        let (cg, mg) = (c / g, m / g);
+        let d = self.geom.conv(x.shape(), w.shape())?;
+        let (c, h, wd, m, kh, kw, oh, ow) = (d.c, d.h, d.w, d.m, d.kh, d.kw, d.oh, d.ow);
+        let (cg, mg) = (d.cg(), d.mg());
         let (xv, wv) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
         let bias = optional(inputs, 2).map(|b| b.as_slice::<f32>()).transpose()?;
-        let mut y = pool.filled(numel(&shape)?, 0f32);
-        let pointwise = kh == 1 && kw == 1 && ah.2 == 1 && aw.2 == 1 && ah.4 + ah.5 + aw.4 + aw.5 == 0;
-        let depthwise = cg == 1 && mg == 1;
+        let mut y = pool.filled(numel(&d.shape)?, 0f32);
+        let (pointwise, depthwise) = (d.pointwise(), d.depthwise());
         let mut col = if pointwise || depthwise { Vec::new() } else { vec![0f32; cg * kh * kw * oh * ow] };
-        for b in 0..n {
-            for gi in 0..g {
+        let mut padded = Vec::new();
+        for b in 0..d.batch {
+            for gi in 0..d.group {
                 let xg = &xv[(b * c + gi * cg) * h * wd..(b * c + (gi + 1) * cg) * h * wd];
                 let yg = &mut y[(b * m + gi * mg) * oh * ow..(b * m + (gi + 1) * mg) * oh * ow];
                 let wg = &wv[gi * mg * cg * kh * kw..(gi + 1) * mg * cg * kh * kw];
                 if depthwise {
-                    depthwise_plane(xg, h, wd, wg, kh, kw, &ah, &aw, oh, ow, yg);
+                    depthwise_plane(xg, wg, &d, &mut padded, yg);
                 } else if pointwise {
                     sgemm(1.0, MatRef::dense(wg, mg, cg), MatRef::dense(xg, cg, h * wd), 0.0, yg);
                 } else {
-                    im2col(xg, cg, h, wd, kh, kw, &ah, &aw, oh, ow, &mut col);
+                    im2col(xg, cg, h, wd, kh, kw, &d.ah, &d.aw, oh, ow, &mut col);
                     sgemm(1.0, MatRef::dense(wg, mg, cg * kh * kw), MatRef::dense(&col, cg * kh * kw, oh * ow), 0.0, yg);
                 }
             }
@@ -204,7 +254,7 @@ impl Op for Conv {
                 }
             }
         }
-        Ok(vec![out(shape, y)?])
+        Ok(vec![out(d.shape, y)?])
     }
 }
 
@@ -238,38 +288,38 @@ fn im2col(x: &[f32], c: usize, h: usize, w: usize, kh: usize, kw: usize, ah: &Ax
     }
 }
 
-/// One channel convolved with its own `kh × kw` filter (depthwise conv).
-#[allow(clippy::too_many_arguments)]
-fn depthwise_plane(
-    x: &[f32],
-    h: usize,
-    w: usize,
-    k: &[f32],
-    kh: usize,
-    kw: usize,
-    ah: &Axis,
-    aw: &Axis,
-    oh: usize,
-    ow: usize,
-    y: &mut [f32],
-) {
-    let (sh, dh, ph) = (ah.2, ah.3, ah.4 as isize);
-    let (sw, dw, pw) = (aw.2, aw.3, aw.4 as isize);
-    for ki in 0..kh {
-        for kj in 0..kw {
-            let kv = k[ki * kw + kj];
-            for oy in 0..oh {
-                let iy = (oy * sh + ki * dh) as isize - ph;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                let src = &x[iy as usize * w..(iy as usize + 1) * w];
-                let dst = &mut y[oy * ow..(oy + 1) * ow];
-                // Columns whose input index is inside the row.
-                let lo = ((pw - (kj * dw) as isize).max(0) as usize).div_ceil(sw);
-                let hi = (((w as isize + pw - (kj * dw) as isize).max(0) as usize).div_ceil(sw)).min(ow);
-                for ox in lo..hi {
-                    dst[ox] += kv * src[ox * sw + kj * dw - pw as usize];
+/// What a depthwise conv accumulates in: f32 for Conv, i32 (zero points subtracted) for
+/// the integer conv.
+pub(crate) trait Accumulator: Copy + Default + Mul<Output = Self> + AddAssign {}
+impl<T: Copy + Default + Mul<Output = T> + AddAssign> Accumulator for T {}
+
+crate::simd::widest_fn! {
+    /// One channel convolved with its own `kh × kw` filter (depthwise conv), accumulated
+    /// into `y`. The plane is first copied into `padded` with zero borders, so every tap is
+    /// a plain (for stride 1, contiguous) run over one padded row.
+    pub(crate) fn depthwise_plane<T: Accumulator>(x: &[T], k: &[T], d: &ConvDims, padded: &mut Vec<T>, y: &mut [T]) {
+        let (top, left) = (d.ah.4, d.aw.4);
+        let wp = d.w + left + d.aw.5;
+        padded.clear();
+        padded.resize((d.h + top + d.ah.5) * wp, T::default());
+        for (dst, src) in padded[top * wp..].chunks_exact_mut(wp).zip(x.chunks_exact(d.w)) {
+            dst[left..left + d.w].copy_from_slice(src);
+        }
+        let (sh, dh, sw, dw, ow) = (d.ah.2, d.ah.3, d.aw.2, d.aw.3, d.ow);
+        for (oy, dst) in y.chunks_exact_mut(ow).enumerate().take(d.oh) {
+            for ki in 0..d.kh {
+                let row = &padded[(oy * sh + ki * dh) * wp..][..wp];
+                for kj in 0..d.kw {
+                    let (kv, taps) = (k[ki * d.kw + kj], &row[kj * dw..]);
+                    if sw == 1 {
+                        for (o, &v) in dst.iter_mut().zip(&taps[..ow]) {
+                            *o += kv * v;
+                        }
+                    } else {
+                        for (ox, o) in dst.iter_mut().enumerate() {
+                            *o += kv * taps[ox * sw];
+                        }
+                    }
                 }
             }
         }

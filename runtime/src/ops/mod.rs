@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod matmul_nbits;
 pub mod norm;
 pub mod pool;
+pub mod qconv;
 pub mod quant;
 pub mod reduce;
 pub mod resize;
@@ -156,6 +157,7 @@ fn registry() -> &'static HashMap<&'static str, Importer> {
             resize::OPS,
             rnn::OPS,
             quant::OPS,
+            qconv::OPS,
             matmul_nbits::OPS,
         ] {
             for &(name, importer) in family {

@@ -7,8 +7,9 @@ use super::{
 use crate::error::{Result, bail, ensure};
 use crate::kernels::best_gemm_u8i8;
 use crate::kernels::gemm::{PackedI8, gemm_u8i8_with};
-use crate::tensor::{DataType, Tensor};
+use crate::tensor::{DataType, Element, Tensor};
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// The ops of this family.
@@ -101,12 +102,38 @@ impl QuantParams {
         };
         (self.scales[c], self.zeros[c])
     }
+
+    /// Calls `f(run, scale, zero)` for each run of consecutive elements of a `len`-element
+    /// tensor that share one parameter (the whole tensor, a channel's span, one element).
+    fn runs(&self, len: usize, mut f: impl FnMut(Range<usize>, f32, i32)) {
+        match self.layout {
+            Layout::Tensor => f(0..len, self.scales[0], self.zeros[0]),
+            Layout::Axis { len: channels, inner } => {
+                for (c, start) in (0..len).step_by(inner.max(1)).enumerate() {
+                    f(start..(start + inner).min(len), self.scales[c % channels], self.zeros[c % channels]);
+                }
+            }
+            Layout::Blocked { .. } => {
+                for i in 0..len {
+                    let (s, z) = self.at(i);
+                    f(i..i + 1, s, z);
+                }
+            }
+        }
+    }
 }
 
 /// `DequantizeLinear(x, scale, zero_point?)`: `(x − zero_point) · scale`.
 #[derive(Debug)]
 pub struct DequantizeLinear {
     axis: Axis,
+}
+
+impl DequantizeLinear {
+    /// The axis of per-axis parameters (`None` when blocked).
+    pub(crate) fn per_axis(&self) -> Option<i64> {
+        (self.axis.block == 0).then_some(self.axis.axis)
+    }
 }
 
 impl Op for DequantizeLinear {
@@ -123,17 +150,26 @@ impl Op for DequantizeLinear {
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let x = required(inputs, 0)?;
         let p = QuantParams::new(x.shape(), self.axis, required(inputs, 1)?, optional(inputs, 2))?;
-        let values: Vec<i32> = match x.dtype() {
-            DataType::U8 => x.as_slice::<u8>()?.iter().map(|&v| v as i32).collect(),
-            DataType::I8 => x.as_slice::<i8>()?.iter().map(|&v| v as i32).collect(),
-            _ => x.as_slice::<i32>()?.to_vec(),
-        };
-        let mut y = pool.take(values.len());
-        y.extend(values.iter().enumerate().map(|(i, &v)| {
-            let (s, z) = p.at(i);
-            (v - z) as f32 * s
-        }));
-        Ok(vec![out(x.shape().to_vec(), y)?])
+        fn run<T: StoredInt>(x: &Tensor, p: &QuantParams, pool: &mut BufferPool) -> Result<Tensor> {
+            let q = x.as_slice::<T>()?;
+            let mut y = pool.filled(q.len(), 0f32);
+            p.runs(q.len(), |r, s, z| dequantize_run(&q[r.clone()], s, z, &mut y[r]));
+            out(x.shape().to_vec(), y)
+        }
+        Ok(vec![match x.dtype() {
+            DataType::U8 => run::<u8>(x, &p, pool)?,
+            DataType::I8 => run::<i8>(x, &p, pool)?,
+            _ => run::<i32>(x, &p, pool)?,
+        }])
+    }
+}
+
+crate::simd::widest_fn! {
+    /// `y = (q − zero) · scale`.
+    fn dequantize_run<T: StoredInt>(q: &[T], scale: f32, zero: i32, y: &mut [f32]) {
+        for (y, &v) in y.iter_mut().zip(q) {
+            *y = v.widen().wrapping_sub(zero) as f32 * scale;
+        }
     }
 }
 
@@ -167,14 +203,10 @@ crate::simd::widest_fn! {
 }
 
 crate::simd::widest_fn! {
-    /// Appends `xs` quantized to u8 with one scale (0 → every value is the zero point).
-    fn quantize_u8(xs: &[f32], scale: f32, zero: i32, q: &mut Vec<u8>) {
-        let start = q.len();
-        q.resize(start + xs.len(), zero as u8);
-        if scale != 0.0 {
-            for (q, &v) in q[start..].iter_mut().zip(xs) {
-                *q = quantize(v, scale, zero, 0, 255) as u8;
-            }
+    /// `q = saturate(round_half_even(x / scale) + zero)`.
+    fn quantize_run<T: QuantizedInt>(xs: &[f32], scale: f32, zero: i32, q: &mut [T]) {
+        for (q, &v) in q.iter_mut().zip(xs) {
+            *q = T::narrow(quantize(v, scale, zero, T::LO, T::HI));
         }
     }
 }
@@ -188,34 +220,20 @@ impl Op for QuantizeLinear {
         Ok(vec![Fact::new(dtype, x.shape.clone())])
     }
 
-    fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let x = required(inputs, 0)?;
         let zero = optional(inputs, 2);
         let p = QuantParams::new(x.shape(), self.axis, required(inputs, 1)?, zero)?;
         ensure!(p.scales.iter().all(|&s| s != 0.0), "scale is 0");
-        let xs = x.as_slice::<f32>()?;
-        let shape = x.shape().to_vec();
+        fn run<T: QuantizedInt>(x: &Tensor, p: &QuantParams, pool: &mut BufferPool) -> Result<Tensor> {
+            let xs = x.as_slice::<f32>()?;
+            let mut q = pool.filled(xs.len(), T::default());
+            p.runs(xs.len(), |r, s, z| quantize_run(&xs[r.clone()], s, z, &mut q[r]));
+            out(x.shape().to_vec(), q)
+        }
         Ok(vec![match zero.map_or(DataType::U8, |z| z.dtype()) {
-            DataType::I8 => out(
-                shape,
-                xs.iter()
-                    .enumerate()
-                    .map(|(i, &v)| {
-                        let (s, z) = p.at(i);
-                        quantize(v, s, z, -128, 127) as i8
-                    })
-                    .collect(),
-            )?,
-            _ => out(
-                shape,
-                xs.iter()
-                    .enumerate()
-                    .map(|(i, &v)| {
-                        let (s, z) = p.at(i);
-                        quantize(v, s, z, 0, 255) as u8
-                    })
-                    .collect(),
-            )?,
+            DataType::I8 => run::<i8>(x, &p, pool)?,
+            _ => run::<u8>(x, &p, pool)?,
         }])
     }
 }
@@ -238,10 +256,12 @@ impl Op for DynamicQuantizeLinear {
         let (lo, hi) = range(xs);
         ensure!(lo.is_finite() && hi.is_finite(), "input holds infinite values");
         let scale = (hi - lo) / 255.0;
-        let mut q = pool.take(xs.len());
         // All zeros (scale 0): every value quantizes to the zero point 0.
         let zero = if scale == 0.0 { 0 } else { quantize(-lo, scale, 0, 0, 255) };
-        quantize_u8(xs, scale, zero, &mut q);
+        let mut q = pool.filled(xs.len(), 0u8);
+        if scale != 0.0 {
+            quantize_run(xs, scale, zero, &mut q);
+        }
         Ok(vec![out(x.shape().to_vec(), q)?, Tensor::scalar(scale), Tensor::scalar(zero as u8)])
     }
 }
@@ -255,29 +275,64 @@ pub struct MatMulInteger {
     packed: PreparedWeights<PackedI8>,
 }
 
-fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedI8> {
-    let (k, n) = (b.shape()[0], b.shape()[1]);
-    let shift_u8 = |v: u8| (v as i32 - 128) as i8;
-    let zeros: Vec<i8> = match zero {
-        None => vec![if b.dtype() == DataType::U8 { -128 } else { 0 }; n],
+/// Weight zero points as the u8·i8 kernels take them (u8 weights shifted by −128): one per
+/// column of `n`, from one value or `n` values (none: 0, the dtype's zero).
+pub(crate) fn weight_zeros(dtype: DataType, zero: Option<&Tensor>, n: usize) -> Result<Vec<i8>> {
+    let zs: Vec<i8> = match zero {
+        None => vec![0],
         Some(z) => {
-            let zs: Vec<i8> = match z.dtype() {
+            ensure!(z.dtype() == dtype, "weight zero point has dtype {}, the weights {dtype}", z.dtype());
+            match z.dtype() {
                 DataType::I8 => z.as_slice::<i8>()?.to_vec(),
                 _ => z.as_slice::<u8>()?.iter().map(|&v| shift_u8(v)).collect(),
-            };
-            match zs.len() {
-                1 => vec![zs[0]; n],
-                len if len == n => zs,
-                len => bail!("b_zero_point has {len} values; B has {n} columns"),
             }
         }
     };
+    let zs = if zero.is_none() && dtype == DataType::U8 { vec![-128] } else { zs };
+    match zs.len() {
+        1 => Ok(vec![zs[0]; n]),
+        len if len == n => Ok(zs),
+        len => bail!("weight zero point has {len} values for {n} output columns"),
+    }
+}
+
+/// u8 weight values as i8 (−128), which keeps every difference to the zero point.
+fn shift_u8(v: u8) -> i8 {
+    (v as i32 - 128) as i8
+}
+
+/// Packs u8 or i8 weights for the best kernel: output column `j`, reduction index `p` is
+/// element `index(p, j)` of `w`; `zeros` from [`weight_zeros`].
+pub(crate) fn pack_weights(w: &Tensor, k: usize, zeros: Vec<i8>, index: impl Fn(usize, usize) -> usize) -> Result<PackedI8> {
     let kernel = best_gemm_u8i8();
-    Ok(match b.dtype() {
-        DataType::I8 => PackedI8::new(kernel, b.as_slice::<i8>()?, k, zeros),
+    Ok(match w.dtype() {
+        DataType::I8 => {
+            let values = w.as_slice::<i8>()?;
+            PackedI8::from_fn(kernel, k, zeros, |p, j| values[index(p, j)])
+        }
         _ => {
-            let values = b.as_slice::<u8>()?;
-            PackedI8::from_fn(kernel, k, zeros, |p, j| shift_u8(values[p * n + j]))
+            let values = w.as_slice::<u8>()?;
+            PackedI8::from_fn(kernel, k, zeros, |p, j| shift_u8(values[index(p, j)]))
+        }
+    })
+}
+
+fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedI8> {
+    let (k, n) = (b.shape()[0], b.shape()[1]);
+    pack_weights(b, k, weight_zeros(b.dtype(), zero, n)?, |p, j| p * n + j)
+}
+
+/// Activations as the u8·i8 kernels take them: u8 in place, i8 shifted by +128 (zero point
+/// too), which keeps every difference to the zero point.
+pub(crate) fn activations_u8<'a>(a: &'a Tensor, zero: Option<&Tensor>) -> Result<(Cow<'a, [u8]>, u8)> {
+    if let Some(z) = zero {
+        ensure!(z.dtype() == a.dtype() && z.len() == 1, "activation zero point must be one {} value, got {z:?}", a.dtype());
+    }
+    Ok(match a.dtype() {
+        DataType::U8 => (Cow::Borrowed(a.as_slice::<u8>()?), zero.map(|z| z.as_slice::<u8>().map(|v| v[0])).transpose()?.unwrap_or(0)),
+        _ => {
+            let z = zero.map(|z| z.as_slice::<i8>().map(|v| v[0])).transpose()?.unwrap_or(0);
+            (Cow::Owned(a.as_slice::<i8>()?.iter().map(|&v| (v as i32 + 128) as u8).collect()), (z as i32 + 128) as u8)
         }
     })
 }
@@ -322,17 +377,7 @@ impl MatMulInteger {
     fn gemm<T>(&self, inputs: &[Option<&Tensor>], c: &mut [T], epilogue: impl FnMut(usize, usize, &[i32], &mut [T])) -> Result<()> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
         let packed = self.packed.get(b, || pack_b(b, optional(inputs, 3)))?;
-        // u8 activations are used in place; only i8 ones need the shifted copy.
-        let (a_u8, a_zero): (Cow<[u8]>, u8) = match a.dtype() {
-            DataType::U8 => (
-                Cow::Borrowed(a.as_slice::<u8>()?),
-                optional(inputs, 2).map(|z| z.as_slice::<u8>().map(|v| v[0])).transpose()?.unwrap_or(0),
-            ),
-            _ => {
-                let z = optional(inputs, 2).map(|z| z.as_slice::<i8>().map(|v| v[0])).transpose()?.unwrap_or(0);
-                (Cow::Owned(a.as_slice::<i8>()?.iter().map(|&v| (v as i32 + 128) as u8).collect()), (z as i32 + 128) as u8)
-            }
-        };
+        let (a_u8, a_zero) = activations_u8(a, optional(inputs, 2))?;
         gemm_u8i8_with(best_gemm_u8i8(), &a_u8, a_zero, &packed, c, epilogue);
         Ok(())
     }
@@ -421,28 +466,128 @@ impl Op for QLinearMatMul {
         let gemm_inputs = Self::gemm_inputs(inputs);
         let shape = self.matmul.output_shape(&gemm_inputs)?;
         let n = *shape.last().unwrap_or(&1);
-        let scalar = |i: usize| -> Result<f32> { Ok(required(inputs, i)?.to_f32s()?[0]) };
-        let b_scale = required(inputs, 4)?.to_f32s()?;
-        let (a_scale, y_scale) = (scalar(1)?, scalar(6)?);
-        let multipliers: Vec<f32> = (0..n).map(|j| a_scale * b_scale[if b_scale.len() == 1 { 0 } else { j }] / y_scale).collect();
-        let y_zero = required(inputs, 7)?;
-        let len = numel(&shape)?;
-        macro_rules! requantized {
-            ($t:ty, $lo:expr, $hi:expr) => {{
-                let zero = y_zero.as_slice::<$t>()?[0] as i32;
-                let mut y = pool.filled(len, 0 as $t);
-                self.matmul.gemm(&gemm_inputs, &mut y, |_, col0, acc, out| {
-                    for ((y, &v), &m) in out.iter_mut().zip(acc).zip(&multipliers[col0..]) {
-                        *y = quantize(v as f32 * m, 1.0, zero, $lo, $hi) as $t;
-                    }
-                })?;
-                out(shape, y)?
-            }};
+        let requantize = Requantize::new(required(inputs, 1)?, required(inputs, 4)?, required(inputs, 6)?, required(inputs, 7)?, None, n)?;
+        fn run<T: QuantizedInt>(
+            op: &QLinearMatMul,
+            inputs: &[Option<&Tensor>],
+            r: &Requantize,
+            shape: Vec<usize>,
+            pool: &mut BufferPool,
+        ) -> Result<Tensor> {
+            let mut y = pool.filled(numel(&shape)?, T::default());
+            op.matmul.gemm(inputs, &mut y, |_, col0, acc, out| r.apply(col0, acc, out))?;
+            out(shape, y)
         }
-        Ok(vec![match y_zero.dtype() {
-            DataType::U8 => requantized!(u8, 0, 255),
-            _ => requantized!(i8, -128, 127),
+        Ok(vec![match requantize.dtype {
+            DataType::U8 => run::<u8>(self, &gemm_inputs, &requantize, shape, pool)?,
+            _ => run::<i8>(self, &gemm_inputs, &requantize, shape, pool)?,
         }])
+    }
+}
+
+/// The integer types DequantizeLinear reads.
+pub(crate) trait StoredInt: Element {
+    fn widen(self) -> i32;
+}
+
+/// The integer types QuantizeLinear and the QLinear ops produce, with their range.
+pub(crate) trait QuantizedInt: StoredInt {
+    const LO: i32;
+    const HI: i32;
+    /// `v` in `[LO, HI]` as this type.
+    fn narrow(v: i32) -> Self;
+}
+
+macro_rules! quantized_ints {
+    ($($t:ty),*) => {$(
+        impl StoredInt for $t {
+            #[inline(always)]
+            fn widen(self) -> i32 {
+                self as i32
+            }
+        }
+
+        impl QuantizedInt for $t {
+            const LO: i32 = <$t>::MIN as i32;
+            const HI: i32 = <$t>::MAX as i32;
+            #[inline(always)]
+            fn narrow(v: i32) -> $t {
+                v as $t
+            }
+        }
+    )*};
+}
+quantized_ints!(u8, i8);
+
+impl StoredInt for i32 {
+    #[inline(always)]
+    fn widen(self) -> i32 {
+        self
+    }
+}
+
+/// The requantizing epilogue of the QLinear ops, as onnxruntime computes it:
+/// `y[j] = saturate(round_half_even(f32(acc + bias[j]) · multiplier[j]) + y_zero)` with
+/// `multiplier[j] = a_scale · w_scale[j] / y_scale` rounded to f32 once.
+#[derive(Debug)]
+pub(crate) struct Requantize {
+    multipliers: Vec<f32>,
+    bias: Vec<i32>,
+    zero: i32,
+    /// u8 or i8, the output's dtype (the zero point's).
+    pub dtype: DataType,
+}
+
+impl Requantize {
+    /// For `n` output columns: `a_scale` and `y_scale` one value each, `w_scale` one or `n`,
+    /// `y_zero` one u8 or i8, `bias` (int32) `n` values.
+    pub(crate) fn new(
+        a_scale: &Tensor,
+        w_scale: &Tensor,
+        y_scale: &Tensor,
+        y_zero: &Tensor,
+        bias: Option<&Tensor>,
+        n: usize,
+    ) -> Result<Requantize> {
+        let one = |t: &Tensor, what: &str| -> Result<f32> {
+            ensure!(t.len() == 1, "{what} must be one value, got {t:?}");
+            Ok(t.to_f32s()?[0])
+        };
+        let (a_scale, y_scale) = (one(a_scale, "input scale")?, one(y_scale, "output scale")?);
+        ensure!(y_scale != 0.0 && y_scale.is_finite(), "output scale is {y_scale}");
+        let w_scale = w_scale.to_f32s()?;
+        ensure!(w_scale.len() == 1 || w_scale.len() == n, "weight scale holds {} values for {n} output channels", w_scale.len());
+        let multipliers = (0..n).map(|j| a_scale * w_scale[if w_scale.len() == 1 { 0 } else { j }] / y_scale).collect();
+        let bias = match bias {
+            None => vec![0; n],
+            Some(b) => {
+                ensure!(b.dtype() == DataType::I32 && b.len() == n, "bias must be {n} int32 values, got {b:?}");
+                b.as_slice::<i32>()?.to_vec()
+            }
+        };
+        ensure!(y_zero.len() == 1, "output zero point must be one value, got {y_zero:?}");
+        let zero = match y_zero.dtype() {
+            DataType::U8 => y_zero.as_slice::<u8>()?[0] as i32,
+            DataType::I8 => y_zero.as_slice::<i8>()?[0] as i32,
+            other => bail!("output zero point has dtype {other}, expected uint8 or int8"),
+        };
+        Ok(Requantize { multipliers, bias, zero, dtype: y_zero.dtype() })
+    }
+
+    /// Requantizes the exact sums `acc` of columns `col0..` into `out`.
+    #[inline(always)]
+    pub(crate) fn apply<T: QuantizedInt>(&self, col0: usize, acc: &[i32], out: &mut [T]) {
+        for (((y, &v), &m), &b) in out.iter_mut().zip(acc).zip(&self.multipliers[col0..]).zip(&self.bias[col0..]) {
+            *y = T::narrow(quantize(v.wrapping_add(b) as f32 * m, 1.0, self.zero, T::LO, T::HI));
+        }
+    }
+
+    /// Requantizes sums that all belong to column `j` (a depthwise conv's plane).
+    pub(crate) fn apply_to_column<T: QuantizedInt>(&self, j: usize, acc: &[i32], out: &mut [T]) {
+        let (m, b) = (self.multipliers[j], self.bias[j]);
+        for (y, &v) in out.iter_mut().zip(acc) {
+            *y = T::narrow(quantize(v.wrapping_add(b) as f32 * m, 1.0, self.zero, T::LO, T::HI));
+        }
     }
 }
 

@@ -4,11 +4,12 @@
 //! graph output. The fused step takes the place of the chain's last step, where all of its
 //! inputs exist.
 
+use crate::ops::array::Gather;
 use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Unary};
 use crate::ops::qconv::QLinearConv;
-use crate::ops::quant::{DequantizeLinear, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
+use crate::ops::quant::{DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
 use crate::ops::{Fact, Op, normalize_axis};
 use crate::plan::Step;
 use crate::tensor::DataType;
@@ -50,6 +51,7 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], de
     let readers = Readers::new(&steps, facts.len(), graph_outputs);
     for i in 0..steps.len() {
         let fused = qdq_to_integer(&steps, i, facts, &readers, dequantized)
+            .or_else(|| dequantized_gather(&steps, i, facts, dequantized))
             .or_else(|| matmul_integer_to_float(&steps, i, facts, &readers))
             .or_else(|| elementwise_chain(&steps, i, facts, &readers));
         if let Some((absorbed, fused)) = fused {
@@ -196,6 +198,27 @@ fn qdq_to_integer(
     };
     let inputs = if conv { inputs } else { inputs[..8].to_vec() };
     Some((absorbed, Step { node: step.node.clone(), op_type: op_type.into(), op, inputs, outputs: vec![Some(yq)] }))
+}
+
+/// `Gather` from a table folded out of `DequantizeLinear(constant)` → [`DequantizedGather`]
+/// on the quantized table (which then leaves the plan: only the quantized one stays in memory).
+fn dequantized_gather(steps: &[Option<Step>], i: usize, facts: &[Fact], dequantized: &HashMap<usize, Step>) -> Option<(Vec<usize>, Step)> {
+    let step = steps[i].as_ref().filter(|s| s.op_type == "Gather")?;
+    let (table, indices) = match step.inputs.as_slice() {
+        [Some(t), Some(i)] => (*t, *i),
+        _ => return None,
+    };
+    let dq = dequantized.get(&table)?;
+    let (q, scale, zero) = dequantize_inputs(dq)?;
+    let gather = (step.op.clone() as Arc<dyn Any + Send + Sync>).downcast::<Gather>().ok()?;
+    let dequantize = (dq.op.as_ref() as &dyn Any).downcast_ref::<DequantizeLinear>()?;
+    let per_tensor = facts[scale].value.as_ref()?.len() == 1;
+    let op = DequantizedGather::new(gather, dequantize, per_tensor, facts[q].shape.len(), facts[indices].shape.len())?;
+    let inputs = vec![Some(q), Some(scale), zero, Some(indices)];
+    Some((
+        vec![i],
+        Step { node: step.node.clone(), op_type: "DequantizedGather".into(), op: Arc::new(op), inputs, outputs: step.outputs.clone() },
+    ))
 }
 
 /// `step` as a chain step on the running value `v`, given the chain's input `x` (`None` for
@@ -397,5 +420,39 @@ mod tests {
             assert!(apart * 50 <= y.len(), "{integer_op}: {apart} of {} differ", y.len());
             assert!(y.iter().any(|&v| v != 0.0) && y.iter().any(|&v| v != y[0]), "degenerate test data");
         }
+    }
+
+    /// An int8 table with per-column scales and zero points, dequantized then gathered.
+    #[test]
+    fn quantized_tables_stay_quantized() {
+        let (rows, cols) = (10usize, 4usize);
+        let q: Vec<i8> = (0..rows * cols).map(|i| ((i * 37) % 256) as u8 as i8).collect();
+        let scales = [0.5f32, 0.25, 2.0, 0.125];
+        let zeros = [0i8, -3, 7, 127];
+        let m = ModelBuilder::new(21)
+            .input("ids", DataType::I64, &[2, 3])
+            .initializer("q", &Tensor::from_vec(vec![rows, cols], q.clone()).unwrap())
+            .initializer("s", &Tensor::from_vec(vec![cols], scales.to_vec()).unwrap())
+            .initializer("z", &Tensor::from_vec(vec![cols], zeros.to_vec()).unwrap())
+            .node("DequantizeLinear", &["q", "s", "z"], &["table"], vec![("axis", Attr::Int(1))])
+            .node("Gather", &["table", "ids"], &["y"], vec![])
+            .output("y", DataType::F32, &[2, 3, cols as i64]);
+        let session = Session::new(Model::from_bytes(m.to_bytes()).unwrap());
+        let shapes = [(DataType::I64, vec![2, 3])];
+        let plan = session.plan_for(&shapes).unwrap();
+        assert_eq!(plan.step_ops().iter().map(|(_, op)| *op).collect::<Vec<_>>(), ["DequantizedGather"]);
+        assert!(
+            plan.constants.iter().flatten().all(|c| c.dtype() != DataType::F32 || c.len() == cols),
+            "the f32 table is still in the plan"
+        );
+        let ids = [9i64, 0, -1, 3, 3, 5];
+        let y = session.run(vec![("ids", Tensor::from_vec(vec![2, 3], ids.to_vec()).unwrap())]).unwrap().remove(0).1;
+        let mut want = Vec::new();
+        for &i in &ids {
+            let r = i.rem_euclid(rows as i64) as usize;
+            want.extend((0..cols).map(|c| (q[r * cols + c] as i32 - zeros[c] as i32) as f32 * scales[c]));
+        }
+        assert_eq!(y.shape(), [2, 3, cols]);
+        assert_eq!(y.as_slice::<f32>().unwrap(), want);
     }
 }

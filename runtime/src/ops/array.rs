@@ -541,6 +541,13 @@ pub struct Gather {
     axis: i64,
 }
 
+impl Gather {
+    /// The gathered axis (negative counts from the end).
+    pub(crate) fn axis(&self) -> i64 {
+        self.axis
+    }
+}
+
 impl Op for Gather {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (x, idx) = (required(inputs, 0)?, required(inputs, 1)?);

@@ -54,7 +54,8 @@ pub(crate) fn sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) 
         return;
     }
     if k == 0 {
-        c.iter_mut().for_each(|v| *v *= beta);
+        // β = 0 overwrites C (which may hold stale values, even NaN).
+        c.iter_mut().for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
         return;
     }
     assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm operand out of bounds");
@@ -115,10 +116,10 @@ impl Op for MatMul {
         let a2 = if a.shape().len() == 1 { vec![1, a.shape()[0]] } else { a.shape().to_vec() };
         let b2 = if b.shape().len() == 1 { vec![b.shape()[0], 1] } else { b.shape().to_vec() };
         let (m, k, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
-        let mut c = pool.filled(numel(&shape)?, 0f32);
+        let mut c = pool.overwritable(numel(&shape)?);
         if b2.len() == 2 {
             // Weights shared by every batch: one tall GEMM instead of many small ones.
-            let rows = av.len() / k.max(1);
+            let rows = a2[..a2.len() - 1].iter().product();
             sgemm(1.0, MatRef::dense(av, rows, k), MatRef::dense(bv, k, n), 0.0, &mut c);
         } else {
             let batch = broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
@@ -187,7 +188,7 @@ impl Op for Gemm {
         debug_assert_eq!((am.cols, bm.rows), (k, k));
         let (mut c, beta) = match optional(inputs, 2) {
             Some(ct) if self.beta != 0.0 => (super::array::broadcast_to(ct, &[m, n])?.into_vec::<f32>()?, self.beta),
-            _ => (pool.filled(m * n, 0f32), 0.0),
+            _ => (pool.overwritable(m * n), 0.0),
         };
         sgemm(self.alpha, am, bm, beta, &mut c);
         Ok(vec![out(vec![m, n], c)?])

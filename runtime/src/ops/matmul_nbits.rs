@@ -116,7 +116,7 @@ impl Op for MatMulNBits {
         let mut shape = a.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = n;
         let m = a.len() / k;
-        let mut y = pool.filled(numel(&shape)?, 0f32);
+        let mut y = pool.overwritable(numel(&shape)?);
         sgemm(1.0, MatRef::dense(a.as_slice::<f32>()?, m, k), MatRef::dense(&w, n, k).t(), 0.0, &mut y);
         if let Some(bias) = optional(inputs, 5) {
             let bias = bias.as_slice::<f32>()?;

@@ -81,25 +81,43 @@ impl BufferPool {
         self.budget = self.budget.max(budget);
     }
 
-    /// An empty vector with room for at least `len` elements, recycled when possible.
-    pub fn take<T: Element>(&mut self, len: usize) -> Vec<T> {
+    /// A dead buffer of this dtype holding at least `len` elements (and not wastefully many).
+    fn recycled<T: Element>(&mut self, len: usize) -> Option<Vec<T>> {
         let best = self
             .free
             .iter()
             .enumerate()
             .filter(|(_, t)| t.dtype() == T::DTYPE && t.len() >= len && t.len() <= len.saturating_mul(2).max(64))
             .min_by_key(|(_, t)| t.len())
-            .map(|(i, _)| i);
-        if let Some(i) = best {
-            let t = self.free.swap_remove(i);
-            self.free_bytes -= t.byte_len();
-            if let Ok(mut v) = t.into_vec::<T>() {
-                self.reused += 1;
+            .map(|(i, _)| i)?;
+        let t = self.free.swap_remove(best);
+        self.free_bytes -= t.byte_len();
+        let v = t.into_vec::<T>().ok()?;
+        self.reused += 1;
+        Some(v)
+    }
+
+    /// An empty vector with room for at least `len` elements, recycled when possible.
+    pub fn take<T: Element>(&mut self, len: usize) -> Vec<T> {
+        match self.recycled(len) {
+            Some(mut v) => {
                 v.clear();
-                return v;
+                v
             }
+            None => Vec::with_capacity(len),
         }
-        Vec::with_capacity(len)
+    }
+
+    /// `len` elements with unspecified values (a dead buffer's, or zeros), for outputs the op
+    /// writes completely: skips the fill of [`BufferPool::filled`].
+    pub fn overwritable<T: Element>(&mut self, len: usize) -> Vec<T> {
+        match self.recycled(len) {
+            Some(mut v) => {
+                v.truncate(len);
+                v
+            }
+            None => vec![T::default(); len],
+        }
     }
 
     /// A vector of `len` copies of `value`, recycled when possible.

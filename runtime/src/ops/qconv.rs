@@ -93,7 +93,7 @@ impl QLinearConv {
         pool: &mut BufferPool,
     ) -> Result<Tensor> {
         let (cg, mg, plane, pixels) = (d.cg(), d.mg(), d.h * d.w, d.oh * d.ow);
-        let mut y = pool.filled(numel(&d.shape)?, T::default());
+        let mut y = pool.overwritable(numel(&d.shape)?);
         if d.depthwise() {
             let weights: Vec<i32> = match w.dtype() {
                 DataType::I8 => w.as_slice::<i8>()?.iter().map(|&v| v as i32).collect(),

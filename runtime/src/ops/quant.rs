@@ -1,6 +1,7 @@
 //! Quantization ops: QuantizeLinear, DequantizeLinear (per tensor or per axis),
 //! DynamicQuantizeLinear, and MatMulInteger on the integer dot kernels.
 
+use super::array::Gather;
 use super::{
     BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, math, normalize_axis, numel, optional, out, required,
 };
@@ -152,7 +153,7 @@ impl Op for DequantizeLinear {
         let p = QuantParams::new(x.shape(), self.axis, required(inputs, 1)?, optional(inputs, 2))?;
         fn run<T: StoredInt>(x: &Tensor, p: &QuantParams, pool: &mut BufferPool) -> Result<Tensor> {
             let q = x.as_slice::<T>()?;
-            let mut y = pool.filled(q.len(), 0f32);
+            let mut y = pool.overwritable(q.len());
             p.runs(q.len(), |r, s, z| dequantize_run(&q[r.clone()], s, z, &mut y[r]));
             out(x.shape().to_vec(), y)
         }
@@ -170,6 +171,54 @@ crate::simd::widest_fn! {
         for (y, &v) in y.iter_mut().zip(q) {
             *y = v.widen().wrapping_sub(zero) as f32 * scale;
         }
+    }
+}
+
+/// `DequantizeLinear(constant) → Gather` as `Gather → DequantizeLinear`: quantized tables
+/// (embeddings) stay quantized in memory and only the gathered rows are dequantized, with
+/// the same arithmetic. Made by the planner's fusion pass, not imported.
+/// Inputs: `(quantized data, scale, zero_point?, indices)`.
+#[derive(Debug)]
+pub struct DequantizedGather {
+    pub(crate) gather: Arc<Gather>,
+    /// Dequantizes the gathered values (its axis moved to where the gather put it).
+    pub(crate) dequantize: DequantizeLinear,
+}
+
+impl DequantizedGather {
+    /// For a table dequantized by `dequantize` and gathered by `gather` with indices of rank
+    /// `indices_rank`, when its parameters are per tensor or along an axis the gather keeps.
+    pub(crate) fn new(
+        gather: Arc<Gather>,
+        dequantize: &DequantizeLinear,
+        per_tensor: bool,
+        table_rank: usize,
+        indices_rank: usize,
+    ) -> Option<Self> {
+        let gathered = normalize_axis(gather.axis(), table_rank).ok()?;
+        let axis = if per_tensor {
+            0
+        } else {
+            let a = normalize_axis(dequantize.per_axis()?, table_rank).ok()?;
+            match a.cmp(&gathered) {
+                std::cmp::Ordering::Less => a,
+                std::cmp::Ordering::Equal => return None,
+                std::cmp::Ordering::Greater => a + indices_rank - 1,
+            }
+        };
+        Some(DequantizedGather { gather, dequantize: DequantizeLinear { axis: Axis { axis: axis as i64, block: 0 } } })
+    }
+}
+
+impl Op for DequantizedGather {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let gathered = self.gather.infer(&[optional(inputs, 0), optional(inputs, 3)])?;
+        self.dequantize.infer(&[Some(&gathered[0]), optional(inputs, 1), optional(inputs, 2)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let gathered = self.gather.eval(&[optional(inputs, 0), optional(inputs, 3)], pool)?;
+        self.dequantize.eval(&[Some(&gathered[0]), optional(inputs, 1), optional(inputs, 2)], pool)
     }
 }
 
@@ -227,7 +276,7 @@ impl Op for QuantizeLinear {
         ensure!(p.scales.iter().all(|&s| s != 0.0), "scale is 0");
         fn run<T: QuantizedInt>(x: &Tensor, p: &QuantParams, pool: &mut BufferPool) -> Result<Tensor> {
             let xs = x.as_slice::<f32>()?;
-            let mut q = pool.filled(xs.len(), T::default());
+            let mut q = pool.overwritable::<T>(xs.len());
             p.runs(xs.len(), |r, s, z| quantize_run(&xs[r.clone()], s, z, &mut q[r]));
             out(x.shape().to_vec(), q)
         }
@@ -258,8 +307,10 @@ impl Op for DynamicQuantizeLinear {
         let scale = (hi - lo) / 255.0;
         // All zeros (scale 0): every value quantizes to the zero point 0.
         let zero = if scale == 0.0 { 0 } else { quantize(-lo, scale, 0, 0, 255) };
-        let mut q = pool.filled(xs.len(), 0u8);
-        if scale != 0.0 {
+        let mut q = pool.overwritable::<u8>(xs.len());
+        if scale == 0.0 {
+            q.fill(0);
+        } else {
             quantize_run(xs, scale, zero, &mut q);
         }
         Ok(vec![out(x.shape().to_vec(), q)?, Tensor::scalar(scale), Tensor::scalar(zero as u8)])
@@ -358,7 +409,7 @@ impl Op for MatMulInteger {
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let shape = self.output_shape(inputs)?;
-        let mut c = pool.filled(numel(&shape)?, 0i32);
+        let mut c = pool.overwritable(numel(&shape)?);
         self.gemm(inputs, &mut c, |_, _, acc, out| out.copy_from_slice(acc))?;
         Ok(vec![out(shape, c)?])
     }
@@ -421,7 +472,7 @@ impl Op for MatMulIntegerToFloat {
             })
         };
         let (scale, bias) = (per_column(optional(inputs, 4))?, per_column(optional(inputs, 5))?);
-        let mut y = pool.filled(numel(&shape)?, 0f32);
+        let mut y = pool.overwritable(numel(&shape)?);
         self.matmul.gemm(&inputs[..4], &mut y, |_, col0, acc, out| {
             for (((y, &v), &s), &b) in out.iter_mut().zip(acc).zip(&scale[col0..]).zip(&bias[col0..]) {
                 *y = v as f32 * s + b;
@@ -474,7 +525,7 @@ impl Op for QLinearMatMul {
             shape: Vec<usize>,
             pool: &mut BufferPool,
         ) -> Result<Tensor> {
-            let mut y = pool.filled(numel(&shape)?, T::default());
+            let mut y = pool.overwritable::<T>(numel(&shape)?);
             op.matmul.gemm(inputs, &mut y, |_, col0, acc, out| r.apply(col0, acc, out))?;
             out(shape, y)
         }

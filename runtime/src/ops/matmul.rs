@@ -212,6 +212,13 @@ mod tests {
         let y = run(&MatMul, &[f32t(&[3], &[1., 2., 3.]), f32t(&[3], &[4., 5., 6.])]).unwrap();
         assert_close(&y[0], &[], &[32.]);
         assert!(run(&MatMul, &[f32t(&[2], &[1., 2.]), f32t(&[3], &[1., 2., 3.])]).is_err());
+        // An empty reduction is a sum of nothing: zeros, even in a recycled (stale) buffer.
+        let mut pool = BufferPool::default();
+        pool.raise_budget(1 << 20);
+        pool.give(Tensor::from_vec(vec![64], vec![f32::NAN; 64]).unwrap());
+        let (a, b) = (Tensor::from_vec(vec![2, 0], Vec::<f32>::new()).unwrap(), Tensor::from_vec(vec![0, 3], Vec::<f32>::new()).unwrap());
+        let y = MatMul.eval(&[Some(&a), Some(&b)], &mut pool).unwrap();
+        assert_eq!((y[0].shape(), y[0].as_slice::<f32>().unwrap()), (&[2, 3][..], &[0.0; 6][..]));
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod session;
 mod simd;
 pub mod tensor;
 pub mod testing;
+mod threads;
 
 pub use error::{Error, Result};
 pub use plan::Plan;

@@ -10,6 +10,7 @@ use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A loaded model: the graph IR with weights mapped from the file.
@@ -70,6 +71,8 @@ pub struct Session {
     /// Dead activation buffers kept between runs, so steady-state runs allocate (and the OS
     /// zeroes pages) almost nothing. A run that finds it busy (another thread) uses its own.
     pool: Mutex<BufferPool>,
+    /// Threads each run's kernels may use.
+    threads: AtomicUsize,
 }
 
 /// Dtype and shape of each input, in graph order: what a plan is made for.
@@ -85,7 +88,32 @@ const MAX_CACHED_PLANS: usize = 16;
 impl Session {
     /// A session over a loaded model.
     pub fn new(model: Model) -> Session {
-        Session { model: Arc::new(model), plans: Mutex::new(HashMap::new()), pool: Mutex::new(BufferPool::default()) }
+        Session {
+            model: Arc::new(model),
+            plans: Mutex::new(HashMap::new()),
+            pool: Mutex::new(BufferPool::default()),
+            threads: AtomicUsize::new(1),
+        }
+    }
+
+    /// Lets the kernels of later runs split their work over `threads` threads (default 1;
+    /// 0 counts as 1). Outputs do not depend on it: every output element is computed by one
+    /// thread in the same order as with one.
+    ///
+    /// ```
+    /// use distq_runtime::{Model, Session};
+    /// let session = Session::new(Model::from_bytes(distq_runtime::testing::add_one_model())?);
+    /// session.set_threads(4);
+    /// assert_eq!(session.threads(), 4);
+    /// # Ok::<(), distq_runtime::Error>(())
+    /// ```
+    pub fn set_threads(&self, threads: usize) {
+        self.threads.store(threads.max(1), Ordering::Relaxed);
+    }
+
+    /// Threads each run's kernels may use.
+    pub fn threads(&self) -> usize {
+        self.threads.load(Ordering::Relaxed)
     }
 
     /// Loads `path` and makes a session.
@@ -198,7 +226,7 @@ impl Session {
         // Dead buffers up to twice the arena: with only one arena's worth, buffers whose size
         // no later op asks for crowd out the ones it does, and big allocations go back to the OS.
         pool.raise_budget(2 * plan.arena_bytes);
-        let outputs = execute(&plan, inputs, pool, profile.then_some(&mut times))?;
+        let outputs = crate::threads::with(self.threads(), || execute(&plan, inputs, pool, profile.then_some(&mut times)))?;
         Ok((outputs, times))
     }
 }

@@ -27,6 +27,9 @@ pub struct Args {
     /// Print time per op type (over all runs).
     #[arg(long)]
     profile: bool,
+    /// Threads each op may split its work over.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn load_inputs(specs: &[String]) -> Result<Vec<(String, Tensor)>> {
@@ -57,8 +60,10 @@ fn summary(t: &Tensor) -> String {
 
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
+    anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     let t0 = Instant::now();
     let session = Session::load(&args.model)?;
+    session.set_threads(args.threads);
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let inputs = load_inputs(&args.input)?;
     for i in session.model().inputs() {

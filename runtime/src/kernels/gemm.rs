@@ -66,65 +66,90 @@ pub fn gemm_u8i8(kernel: &dyn GemmU8I8, a: &[u8], a_zero: u8, b: &PackedI8, c: &
     gemm_u8i8_with(kernel, a, a_zero, b, c, |_, _, acc, out| out.copy_from_slice(acc));
 }
 
-crate::simd::widest_fn! {
-    /// [`gemm_u8i8`] with an epilogue: `epilogue(row, col0, values, out)` receives the exact i32
-    /// results of `row`, columns `col0..col0 + values.len()`, and writes them into `out`, the same
-    /// span of `c` (fused requantization, scales, bias, activations). Compiled for wide vectors
-    /// too: the epilogue touches every output once per tile.
-    pub fn gemm_u8i8_with<T>(
-        kernel: &dyn GemmU8I8,
-        a: &[u8],
-        a_zero: u8,
-        b: &PackedI8,
-        c: &mut [T],
-        epilogue: impl FnMut(usize, usize, &[i32], &mut [T]),
-    ) {
-        let mut epilogue = epilogue;
-        assert_eq!(kernel.name(), b.kernel, "weights packed for {} used with {}", b.kernel, kernel.name());
-        let (k, n, nr, mr) = (b.k, b.cols(), b.nr, kernel.mr());
-        if n == 0 {
-            return;
+/// [`gemm_u8i8`] with an epilogue: `epilogue(row, col0, values, out)` receives the exact i32
+/// results of `row`, columns `col0..col0 + values.len()`, and writes them into `out`, the same
+/// span of `c` (fused requantization, scales, bias, activations). Rows are split among the
+/// run's threads (see `threads.rs`); each row's result is the same for any thread count.
+pub fn gemm_u8i8_with<T: Send>(
+    kernel: &dyn GemmU8I8,
+    a: &[u8],
+    a_zero: u8,
+    b: &PackedI8,
+    c: &mut [T],
+    epilogue: impl Fn(usize, usize, &[i32], &mut [T]) + Sync,
+) {
+    assert_eq!(kernel.name(), b.kernel, "weights packed for {} used with {}", b.kernel, kernel.name());
+    let (k, n, nr) = (b.k, b.cols(), b.nr);
+    if n == 0 {
+        return;
+    }
+    let m = c.len() / n;
+    assert!(c.len() == m * n && a.len() == m * k, "gemm_u8i8: a holds {} values, c {}, for k = {k}, n = {n}", a.len(), c.len());
+    let lda = 4 * k.div_ceil(4);
+    let a: Cow<[u8]> = if lda == k {
+        Cow::Borrowed(a)
+    } else {
+        let mut padded = vec![0u8; m * lda];
+        for (dst, src) in padded.chunks_exact_mut(lda).zip(a.chunks_exact(k.max(1))) {
+            dst[..k].copy_from_slice(src);
         }
+        Cow::Owned(padded)
+    };
+    // Σ(a − za)(b − zb) = tile + (a_bias − za)·Σb − zb·Σa + k·za·zb, where tile = Σ(a − a_bias)·b.
+    // The per-column terms start the kernel's accumulators (padded to whole panels); the
+    // per-row term only exists for asymmetric weights.
+    let za = a_zero as i32;
+    let mut col_terms: Vec<i32> = (b.sums.iter().zip(&b.zeros))
+        .map(|(&sum, &zb)| (kernel.a_bias() - za).wrapping_mul(sum).wrapping_add((k as i32).wrapping_mul(za).wrapping_mul(zb as i32)))
+        .collect();
+    col_terms.resize(n.div_ceil(nr) * nr, 0);
+    let any_b_zero = b.zeros.iter().any(|&z| z != 0);
+    let a_sums: Vec<i32> = (0..m).map(|r| if any_b_zero { a[r * lda..][..lda].iter().map(|&v| v as i32).sum() } else { 0 }).collect();
+    let rows = Rows { a: &a, lda, a_sums: any_b_zero.then_some(&a_sums[..]) };
+    crate::threads::for_row_ranges(c, n, kernel.mr(), m * n * k, |row0, c| tiles(kernel, &rows, row0, b, &col_terms, c, &epilogue));
+}
+
+/// The activation rows of one GEMM, padded to whole groups of 4, with their sums when the
+/// weights have zero points.
+struct Rows<'a> {
+    a: &'a [u8],
+    lda: usize,
+    a_sums: Option<&'a [i32]>,
+}
+
+crate::simd::widest_fn! {
+    /// Output rows `row0..` (`c`, whole rows) tile by tile, panel by panel. Compiled for wide
+    /// vectors too: the epilogue touches every output once per tile.
+    fn tiles<T>(
+        kernel: &dyn GemmU8I8,
+        rows: &Rows,
+        row0: usize,
+        b: &PackedI8,
+        col_terms: &[i32],
+        c: &mut [T],
+        epilogue: &(impl Fn(usize, usize, &[i32], &mut [T]) + Sync),
+    ) {
+        let (n, nr, mr, k4, lda) = (b.cols(), b.nr, kernel.mr(), b.k.div_ceil(4), rows.lda);
         let m = c.len() / n;
-        assert!(c.len() == m * n && a.len() == m * k, "gemm_u8i8: a holds {} values, c {}, for k = {k}, n = {n}", a.len(), c.len());
-        let (k4, lda) = (k.div_ceil(4), 4 * k.div_ceil(4));
-        let a: Cow<[u8]> = if lda == k {
-            Cow::Borrowed(a)
-        } else {
-            let mut padded = vec![0u8; m * lda];
-            for (dst, src) in padded.chunks_exact_mut(lda).zip(a.chunks_exact(k.max(1))) {
-                dst[..k].copy_from_slice(src);
-            }
-            Cow::Owned(padded)
-        };
-        // Σ(a − za)(b − zb) = tile + (a_bias − za)·Σb − zb·Σa + k·za·zb, where tile = Σ(a − a_bias)·b.
-        // The per-column terms start the kernel's accumulators (padded to whole panels); the
-        // per-row term only exists for asymmetric weights.
-        let za = a_zero as i32;
-        let mut col_terms: Vec<i32> = (b.sums.iter().zip(&b.zeros))
-            .map(|(&sum, &zb)| (kernel.a_bias() - za).wrapping_mul(sum).wrapping_add((k as i32).wrapping_mul(za).wrapping_mul(zb as i32)))
-            .collect();
-        col_terms.resize(n.div_ceil(nr) * nr, 0);
-        let any_b_zero = b.zeros.iter().any(|&z| z != 0);
-        let a_sums: Vec<i32> = (0..m).map(|r| if any_b_zero { a[r * lda..][..lda].iter().map(|&v| v as i32).sum() } else { 0 }).collect();
         let panel_len = k4 * nr * 4;
         let mut acc = vec![0i32; mr * nr];
         for col0 in (0..n).step_by(nr) {
             let panel = &b.panels[col0 / nr * panel_len..][..panel_len];
             let cols = nr.min(n - col0);
             let (init, zeros) = (&col_terms[col0..col0 + nr], &b.zeros[col0..col0 + cols]);
-            for row0 in (0..m).step_by(mr) {
-                let rows = mr.min(m - row0);
-                kernel.tile(TileRows { data: &a[row0 * lda..], stride: lda, count: rows }, panel, k4, init, &mut acc);
-                for (r, values) in acc.chunks_exact_mut(nr).take(rows).enumerate() {
-                    let (row, values) = (row0 + r, &mut values[..cols]);
-                    if any_b_zero {
-                        let a_sum = a_sums[row];
+            for tile_row in (0..m).step_by(mr) {
+                let count = mr.min(m - tile_row);
+                let data = &rows.a[(row0 + tile_row) * lda..];
+                kernel.tile(TileRows { data, stride: lda, count }, panel, k4, init, &mut acc);
+                for (r, values) in acc.chunks_exact_mut(nr).take(count).enumerate() {
+                    let (row, values) = (tile_row + r, &mut values[..cols]);
+                    if let Some(a_sums) = rows.a_sums {
+                        let a_sum = a_sums[row0 + row];
                         for (v, &zb) in values.iter_mut().zip(zeros) {
                             *v = v.wrapping_sub((zb as i32).wrapping_mul(a_sum));
                         }
                     }
-                    epilogue(row, col0, values, &mut c[row * n + col0..][..cols]);
+                    epilogue(row0 + row, col0, values, &mut c[row * n + col0..][..cols]);
                 }
             }
         }

@@ -84,6 +84,20 @@ fn every_kernel_matches_the_oracle_on_random_data() {
 }
 
 #[test]
+fn every_kernel_splits_rows_over_threads_exactly() {
+    // Big enough for 3 threads to each get work; m not a multiple of any mr.
+    let (m, k, n) = (203, 260, 70);
+    let a = bytes(m * k, 11);
+    let b: Vec<i8> = bytes(k * n, 12).into_iter().map(|v| v as i8).collect();
+    let b_zero: Vec<i8> = bytes(n, 13).into_iter().map(|v| v as i8).collect();
+    for kernel in gemm_u8i8_kernels() {
+        crate::threads::with(3, || {
+            check(kernel.as_ref(), &Case { a: &a, a_zero: 77, b: &b, b_zero: &b_zero, m, k, what: "3 threads" });
+        });
+    }
+}
+
+#[test]
 fn every_kernel_is_exact_at_the_value_limits() {
     // 255 · −128 everywhere is where vpmaddubsw-style kernels saturate; 255 · 127 the positive
     // side; alternating signs cancel; zero points at both ends.

@@ -59,7 +59,19 @@ pub(crate) fn sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) 
         return;
     }
     assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm operand out of bounds");
-    // Safety: the asserts above prove every index the kernel reads or writes is in bounds.
+    // Rows of C split among the run's threads: each thread multiplies its rows of A.
+    crate::threads::for_row_ranges(c, n, 16, m * n * k, |row0, c| {
+        let rows = MatRef { data: &a.data[row0 * a.row_stride as usize..], rows: c.len() / n, ..a };
+        sgemm_rows(alpha, rows, b, beta, c)
+    });
+}
+
+/// [`sgemm`] on one thread, operands checked.
+fn sgemm_rows(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    debug_assert!(a.max_index() < a.data.len() && c.len() == m * n);
+    // Safety: sgemm's asserts prove every index the kernel reads or writes is in bounds (a
+    // range of A's rows stays in bounds).
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -219,6 +231,24 @@ mod tests {
         let (a, b) = (Tensor::from_vec(vec![2, 0], Vec::<f32>::new()).unwrap(), Tensor::from_vec(vec![0, 3], Vec::<f32>::new()).unwrap());
         let y = MatMul.eval(&[Some(&a), Some(&b)], &mut pool).unwrap();
         assert_eq!((y[0].shape(), y[0].as_slice::<f32>().unwrap()), (&[2, 3][..], &[0.0; 6][..]));
+    }
+
+    #[test]
+    fn threads_split_rows_without_changing_results() {
+        let (m, k, n) = (301, 200, 33);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5).collect();
+        let product = |threads: usize, a: MatRef| {
+            let mut c = vec![f32::NAN; m * n];
+            crate::threads::with(threads, || sgemm(1.0, a, MatRef::dense(&b, k, n), 0.0, &mut c));
+            c
+        };
+        let one = product(1, MatRef::dense(&a, m, k));
+        assert_eq!(product(3, MatRef::dense(&a, m, k)), one);
+        // A transposed view splits by rows of the view too.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        assert_eq!(product(3, MatRef::dense(&at, k, m).t()), one);
+        assert!((one[5] - (0..k).map(|p| a[5 / n * k + p] * b[p * n + 5 % n]).sum::<f32>()).abs() < 1e-4);
     }
 
     #[test]

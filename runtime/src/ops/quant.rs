@@ -425,7 +425,12 @@ impl MatMulInteger {
     /// Runs the GEMM of inputs `(A, B, a_zero_point?, b_zero_point?)` into `c` through an
     /// epilogue (see [`gemm_u8i8_with`]); B is packed on first use and kept while it is the
     /// same constant.
-    fn gemm<T>(&self, inputs: &[Option<&Tensor>], c: &mut [T], epilogue: impl FnMut(usize, usize, &[i32], &mut [T])) -> Result<()> {
+    fn gemm<T: Send>(
+        &self,
+        inputs: &[Option<&Tensor>],
+        c: &mut [T],
+        epilogue: impl Fn(usize, usize, &[i32], &mut [T]) + Sync,
+    ) -> Result<()> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
         let packed = self.packed.get(b, || pack_b(b, optional(inputs, 3)))?;
         let (a_u8, a_zero) = activations_u8(a, optional(inputs, 2))?;

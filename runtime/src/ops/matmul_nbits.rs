@@ -1,7 +1,8 @@
 //! com.microsoft `MatMulNBits`: `Y = A · dequant(B)ᵀ + bias` with 4- or 8-bit weights in
 //! blocks along K, the weight-only format onnxruntime's int4 quantizer writes. The weights
-//! are dequantized once (on first use, kept while B is the same constant) and run on the f32
-//! GEMM: the semantics of onnxruntime's `accuracy_level` 0, which the parity test holds us to.
+//! stay packed in memory (the model's own bytes); each run dequantizes them into a recycled
+//! f32 buffer (vectorized, a small cost next to the GEMM) and runs the f32 GEMM: the
+//! semantics of onnxruntime's `accuracy_level` 0, which the parity test holds us to.
 
 use super::matmul::{MatRef, sgemm};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, numel, optional, out, required};
@@ -30,7 +31,7 @@ fn import(c: &ImportCtx) -> Result<Box<dyn Op>> {
         n: int("N")?,
         bits: bits as usize,
         block: int("block_size")?,
-        dequantized: PreparedWeights::default(),
+        zeros: PreparedWeights::default(),
     }))
 }
 
@@ -41,8 +42,8 @@ pub struct MatMulNBits {
     n: usize,
     bits: usize,
     block: usize,
-    /// Weights as f32 `N × K`.
-    dequantized: PreparedWeights<Vec<f32>>,
+    /// Zero point of each (row, block) as f32, unpacked on first use.
+    zeros: PreparedWeights<Vec<f32>>,
 }
 
 impl MatMulNBits {
@@ -50,47 +51,55 @@ impl MatMulNBits {
         self.k.div_ceil(self.block)
     }
 
-    /// `N × K` f32 weights from the packed blocks, scales and zero points.
-    fn dequantize(&self, b: &Tensor, scales: &Tensor, zeros: Option<&Tensor>) -> Result<Vec<f32>> {
-        let (k, n, blocks) = (self.k, self.n, self.blocks());
-        let blob = self.block * self.bits / 8;
-        let packed = b.as_slice::<u8>()?;
-        ensure!(packed.len() == n * blocks * blob, "B holds {} bytes; N {n} × {blocks} blocks × {blob} bytes expected", packed.len());
-        let scales = scales.as_slice::<f32>()?;
-        ensure!(scales.len() == n * blocks, "scales hold {} values; N {n} × {blocks} blocks expected", scales.len());
-        let default_zero = (1 << (self.bits - 1)) as f32;
-        // Zero point of (row, block): packed u8 like the weights (rows padded to whole bytes),
-        // or floats.
-        let zero_at: Box<dyn Fn(usize, usize) -> f32> = match zeros {
-            None => Box::new(move |_, _| default_zero),
+    /// The zero point of each (row, block) as f32: packed u8 like the weights (rows padded to
+    /// whole bytes), floats, or the default (the middle of the range).
+    fn zero_points(&self, zeros: Option<&Tensor>) -> Result<Vec<f32>> {
+        let (n, blocks) = (self.n, self.blocks());
+        Ok(match zeros {
+            None => vec![(1 << (self.bits - 1)) as f32; n * blocks],
             Some(z) if z.dtype() == DataType::F32 => {
-                let z = z.as_slice::<f32>()?.to_vec();
                 ensure!(z.len() == n * blocks, "float zero points hold {} values; {} expected", z.len(), n * blocks);
-                Box::new(move |row, blk| z[row * blocks + blk])
+                z.as_slice::<f32>()?.to_vec()
             }
             Some(z) => {
                 let z = z.as_slice::<u8>()?;
                 let per_row = (blocks * self.bits).div_ceil(8);
                 ensure!(z.len() == n * per_row, "zero points hold {} bytes; N {n} × {per_row} expected", z.len());
-                let values: Vec<u8> = if self.bits == 4 {
-                    z.chunks_exact(per_row)
-                        .flat_map(|row| unpack_u4(row, 2 * per_row).unwrap_or_default().into_iter().take(blocks))
-                        .collect()
-                } else {
-                    z.to_vec()
-                };
-                Box::new(move |row, blk| values[row * blocks + blk] as f32)
+                let mut values = Vec::with_capacity(n * blocks);
+                for row in z.chunks_exact(per_row) {
+                    let row = if self.bits == 4 { unpack_u4(row, 2 * per_row)? } else { row.to_vec() };
+                    values.extend(row[..blocks].iter().map(|&v| v as f32));
+                }
+                values
             }
-        };
-        let mut w = vec![0f32; n * k];
-        for (row, (w_row, packed_row)) in w.chunks_exact_mut(k).zip(packed.chunks_exact(blocks * blob)).enumerate() {
-            let q: Vec<u8> = if self.bits == 4 { unpack_u4(packed_row, 2 * packed_row.len())? } else { packed_row.to_vec() };
-            for (p, w) in w_row.iter_mut().enumerate() {
-                let blk = p / self.block;
-                *w = (q[p] as f32 - zero_at(row, blk)) * scales[row * blocks + blk];
+        })
+    }
+}
+
+crate::simd::widest_fn! {
+    /// `w[row][p] = (q − zero) · scale` of its block, for `N × K` weights `w` from rows of
+    /// `blocks` packed blobs (4-bit: low nibble first).
+    fn dequantize_rows(packed: &[u8], bits: usize, block: usize, k: usize, scales: &[f32], zeros: &[f32], w: &mut [f32]) {
+        let (blocks, blob) = (k.div_ceil(block), block * bits / 8);
+        for (row, (w_row, p_row)) in w.chunks_exact_mut(k).zip(packed.chunks_exact(blocks * blob)).enumerate() {
+            for (blk, (w_blk, p_blk)) in w_row.chunks_mut(block).zip(p_row.chunks_exact(blob)).enumerate() {
+                let (scale, zero) = (scales[row * blocks + blk], zeros[row * blocks + blk]);
+                if bits == 8 {
+                    for (w, &q) in w_blk.iter_mut().zip(p_blk) {
+                        *w = (q as f32 - zero) * scale;
+                    }
+                    continue;
+                }
+                let pairs = w_blk.len() / 2;
+                for (pair, &byte) in w_blk[..2 * pairs].chunks_exact_mut(2).zip(p_blk) {
+                    pair[0] = ((byte & 15) as f32 - zero) * scale;
+                    pair[1] = ((byte >> 4) as f32 - zero) * scale;
+                }
+                if let Some(last) = w_blk.get_mut(2 * pairs) {
+                    *last = ((p_blk[pairs] & 15) as f32 - zero) * scale;
+                }
             }
         }
-        Ok(w)
     }
 }
 
@@ -111,13 +120,21 @@ impl Op for MatMulNBits {
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
-        let w = self.dequantized.get(b, || self.dequantize(b, required(inputs, 2)?, optional(inputs, 3)))?;
-        let (k, n) = (self.k, self.n);
+        let (k, n, blocks) = (self.k, self.n, self.blocks());
+        let packed = b.as_slice::<u8>()?;
+        let blob = self.block * self.bits / 8;
+        ensure!(packed.len() == n * blocks * blob, "B holds {} bytes; N {n} × {blocks} blocks × {blob} bytes expected", packed.len());
+        let scales = required(inputs, 2)?.as_slice::<f32>()?;
+        ensure!(scales.len() == n * blocks, "scales hold {} values; N {n} × {blocks} blocks expected", scales.len());
+        let zeros = self.zeros.get(b, || self.zero_points(optional(inputs, 3)))?;
+        let mut w = pool.overwritable(n * k);
+        dequantize_rows(packed, self.bits, self.block, k, scales, &zeros, &mut w);
         let mut shape = a.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = n;
         let m = a.len() / k;
         let mut y = pool.overwritable(numel(&shape)?);
         sgemm(1.0, MatRef::dense(a.as_slice::<f32>()?, m, k), MatRef::dense(&w, n, k).t(), 0.0, &mut y);
+        pool.give(out(vec![n, k], w)?);
         if let Some(bias) = optional(inputs, 5) {
             let bias = bias.as_slice::<f32>()?;
             for row in y.chunks_exact_mut(n) {
@@ -138,7 +155,7 @@ mod tests {
     #[test]
     fn four_bit_blocks_with_packed_zero_points() {
         // K = 5 in blocks of 4 (the second block short, padded in the blob), N = 2.
-        let op = MatMulNBits { k: 5, n: 2, bits: 4, block: 4, dequantized: PreparedWeights::default() };
+        let op = MatMulNBits { k: 5, n: 2, bits: 4, block: 4, zeros: PreparedWeights::default() };
         // Row 0: q = [1, 2, 3, 4 | 5], row 1: q = [15, 0, 8, 8 | 9]; 2 bytes per blob.
         let b = Tensor::from_vec(vec![2, 2, 2], vec![0x21u8, 0x43, 0x05, 0x00, 0x0f, 0x88, 0x09, 0x00]).unwrap();
         let scales = f32t(&[4], &[1.0, 2.0, 0.5, 0.25]);

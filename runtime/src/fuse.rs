@@ -9,7 +9,7 @@ use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Unary};
 use crate::ops::qconv::QLinearConv;
-use crate::ops::quant::{DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
+use crate::ops::quant::{DequantizeLinear, DequantizedGather, DequantizedWeights, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
 use crate::ops::{Fact, Op, normalize_axis};
 use crate::plan::Step;
 use crate::tensor::DataType;
@@ -52,6 +52,7 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], de
     for i in 0..steps.len() {
         let fused = qdq_to_integer(&steps, i, facts, &readers, dequantized)
             .or_else(|| dequantized_gather(&steps, i, facts, dequantized))
+            .or_else(|| dequantized_weights(&steps, i, facts, dequantized))
             .or_else(|| matmul_integer_to_float(&steps, i, facts, &readers))
             .or_else(|| elementwise_chain(&steps, i, facts, &readers));
         if let Some((absorbed, fused)) = fused {
@@ -219,6 +220,23 @@ fn dequantized_gather(steps: &[Option<Step>], i: usize, facts: &[Fact], dequanti
         vec![i],
         Step { node: step.node.clone(), op_type: "DequantizedGather".into(), op: Arc::new(op), inputs, outputs: step.outputs.clone() },
     ))
+}
+
+/// Weight-only quantization: `MatMul | Gemm | Conv` whose weights were folded out of
+/// `DequantizeLinear(8-bit constant)` → [`DequantizedWeights`], so only the quantized weights
+/// stay in memory. Small constants (under 4 Ki values) are left folded.
+fn dequantized_weights(steps: &[Option<Step>], i: usize, facts: &[Fact], dequantized: &HashMap<usize, Step>) -> Option<(Vec<usize>, Step)> {
+    let step = steps[i].as_ref().filter(|s| matches!(s.op_type.as_str(), "MatMul" | "Gemm" | "Conv"))?;
+    let weight = 1;
+    let dq = dequantized.get(&step.inputs.get(weight).copied().flatten()?)?;
+    let (q, scale, zero) = dequantize_inputs(dq)?;
+    if !matches!(facts[q].dtype, DataType::U8 | DataType::I8) || facts[q].shape.iter().product::<usize>() < 4096 {
+        return None;
+    }
+    let inputs = [&step.inputs[..weight], &[Some(q), Some(scale), zero], &step.inputs[weight + 1..]].concat();
+    let op = DequantizedWeights { dequantize: dq.op.clone(), op: step.op.clone(), weight };
+    let op_type = format!("Dequantized({})", step.op_type);
+    Some((vec![i], Step { node: step.node.clone(), op_type, op: Arc::new(op), inputs, outputs: step.outputs.clone() }))
 }
 
 /// `step` as a chain step on the running value `v`, given the chain's input `x` (`None` for
@@ -454,5 +472,39 @@ mod tests {
         }
         assert_eq!(y.shape(), [2, 3, cols]);
         assert_eq!(y.as_slice::<f32>().unwrap(), want);
+    }
+
+    /// Weight-only int8 blocked weights (int4-style blocks of 32 along K) feeding a MatMul
+    /// stay quantized and give exactly what the same weights dequantized ahead of time give.
+    #[test]
+    fn weight_only_quantized_matmul_keeps_weights_quantized() {
+        let (k, n, block) = (80usize, 64usize, 32usize);
+        let blocks = k.div_ceil(block);
+        let q: Vec<i8> = (0..k * n).map(|i| ((i * 7) % 15) as i8 - 8).collect();
+        let scales: Vec<f32> = (0..blocks * n).map(|i| 0.01 + 0.001 * i as f32).collect();
+        let dequantized: Vec<f32> = (0..k * n).map(|i| q[i] as f32 * scales[(i / n / block) * n + i % n]).collect();
+        let x = Tensor::from_vec(vec![3, k], (0..3 * k).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap();
+        let quantized = ModelBuilder::new(21)
+            .input("x", DataType::F32, &[3, k as i64])
+            .initializer("q", &Tensor::from_vec(vec![k, n], q).unwrap())
+            .initializer("s", &Tensor::from_vec(vec![blocks, n], scales).unwrap())
+            .node("DequantizeLinear", &["q", "s"], &["w"], vec![("axis", Attr::Int(0)), ("block_size", Attr::Int(block as i64))])
+            .node("MatMul", &["x", "w"], &["y"], vec![])
+            .output("y", DataType::F32, &[3, n as i64]);
+        let float = ModelBuilder::new(21)
+            .input("x", DataType::F32, &[3, k as i64])
+            .initializer("w", &Tensor::from_vec(vec![k, n], dequantized).unwrap())
+            .node("MatMul", &["x", "w"], &["y"], vec![])
+            .output("y", DataType::F32, &[3, n as i64]);
+        let (quantized, float) =
+            (Session::new(Model::from_bytes(quantized.to_bytes()).unwrap()), Session::new(Model::from_bytes(float.to_bytes()).unwrap()));
+        let plan = quantized.plan_for(&[(DataType::F32, vec![3, k])]).unwrap();
+        assert_eq!(plan.step_ops().iter().map(|(_, op)| *op).collect::<Vec<_>>(), ["Dequantized(MatMul)"]);
+        assert!(
+            plan.constants.iter().flatten().all(|c| c.dtype() != DataType::F32 || c.len() < k * n),
+            "the f32 weights are still in the plan"
+        );
+        let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap().remove(0).1;
+        assert_eq!(run(&quantized).as_slice::<f32>().unwrap(), run(&float).as_slice::<f32>().unwrap());
     }
 }

@@ -99,14 +99,17 @@ fn disagreement(a: &Tensor, b: &Tensor, tolerance: f32) -> (f32, f32) {
     (gaps.iter().filter(|&&g| g > tolerance).count() as f32 / gaps.len() as f32, gaps.iter().copied().fold(0.0, f32::max))
 }
 
-/// onnxruntime's static int8 QDQ (per-channel weights, MinMax calibration on the test input)
-/// of the three PP-OCR models. A static QDQ network is chaotic in the same way as the
-/// dynamic MiniLM: one activation landing on the other side of a rounding boundary flips a
-/// quantization step, and the flip grows layer by layer. onnxruntime's own fused (integer
-/// kernels) and unfused (Q/DQ as written) paths disagree by up to hundreds of output steps
-/// on a few percent of the det map. So: the classifier must agree within one output step,
-/// and det/rec must disagree with onnxruntime (either path) on no more elements than
-/// onnxruntime's two paths disagree with each other (plus a small margin).
+/// onnxruntime's static int8 QDQ (per-channel int8 weights, int32 biases, MinMax calibration
+/// on the test input) of the three PP-OCR models. Our planner runs every Conv and MatMul of
+/// them as QLinearConv/QLinearMatMul on the integer kernels; the ops between stay float
+/// between their Q/DQ pairs, where onnxruntime's fused path also runs some quantized
+/// (QLinearAdd, QLinearMul, QLinearSigmoid, …). A static QDQ network is chaotic in the same
+/// way as the dynamic MiniLM: one activation landing on the other side of a rounding
+/// boundary flips a quantization step, and the flip grows layer by layer. onnxruntime's own
+/// fused and unfused paths disagree by up to hundreds of output steps on a few percent of
+/// the det map. So: the classifier must agree within one output step, and det/rec must
+/// disagree with onnxruntime (either path) on no more elements than onnxruntime's two paths
+/// disagree with each other (plus a small margin).
 #[test]
 #[ignore = "real models + onnxruntime: run by tools/test.sh"]
 fn ppocr_static_qdq_int8_from_onnxruntime_quantizer() {

@@ -5,6 +5,7 @@ Usage: ort_quantize.py KIND IN.onnx OUT.onnx, KIND one of
             DynamicQuantizeLinear; embeddings quantized too)
   int4      int4 block-32 weight-only MatMul weights, com.microsoft MatMulNBits
   int4-qdq  the same as opset-21 DequantizeLinear(int4, block_size 32) -> MatMul
+  int4-int8 MatMulNBits with accuracy_level 4 (int8 activations per block, integer dots)
   static    int8 static QDQ, per-channel weights, calibrated (MinMax) on the inputs in
             CALIB.npz (an extra argument): ort_quantize.py static IN OUT CALIB.npz"""
 import os
@@ -62,9 +63,10 @@ def main(kind, src, dst, calib=None):
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     elif kind == "dynamic":
         quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
-    elif kind in ("int4", "int4-qdq"):
+    elif kind in ("int4", "int4-qdq", "int4-int8"):
         fmt = QuantFormat.QDQ if kind == "int4-qdq" else QuantFormat.QOperator
-        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, quant_format=fmt)
+        accuracy_level = 4 if kind == "int4-int8" else None
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, accuracy_level=accuracy_level, quant_format=fmt)
         quantizer = MatMulNBitsQuantizer(onnx.load(src), algo_config=config)
         quantizer.process()
         quantizer.model.save_model_to_file(dst, use_external_data_format=False)

@@ -51,8 +51,9 @@ fn minilm_dynamic_int8_from_onnxruntime_quantizer() {
 
 /// int4 block-32 weight-only MiniLM in both of onnxruntime's forms (com.microsoft
 /// MatMulNBits, and opset-21 DequantizeLinear(int4, block_size) → MatMul), against
-/// onnxruntime at accuracy level 0 (exact f32 dequantization): every sentence's pooled
-/// embedding at cosine ≥ 0.999.
+/// onnxruntime at accuracy level 0 (exact f32 dequantization), and as MatMulNBits with
+/// `accuracy_level` 4 (int8 activations per block, integer dot products, on both sides):
+/// every sentence's pooled embedding at cosine ≥ 0.999.
 #[test]
 #[ignore = "real models + onnxruntime: run by tools/test.sh"]
 fn minilm_int4_block32_from_onnxruntime_quantizer() {
@@ -61,7 +62,7 @@ fn minilm_int4_block32_from_onnxruntime_quantizer() {
     let inputs = read_npz(&inputs_path).unwrap();
     let mask = inputs.iter().find(|(n, _)| n == "attention_mask").unwrap().1.clone();
     let reference = pooled(&onnxruntime_outputs(&fp32, &inputs_path)[0].1, &mask);
-    for kind in ["int4", "int4-qdq"] {
+    for kind in ["int4", "int4-qdq", "int4-int8"] {
         let int4 = std::env::temp_dir().join(format!("distq-minilm-{kind}-{}.onnx", std::process::id()));
         python_tool("ort_quantize.py", &[kind.as_ref(), fp32.as_os_str(), int4.as_os_str()]);
         let ours = &Session::load(&int4).unwrap().run(inputs.clone()).unwrap()[0].1;

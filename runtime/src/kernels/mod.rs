@@ -24,6 +24,7 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod blocked;
 pub mod gemm;
 pub mod reference;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The shared table: every kernel this CPU runs, driven by the GEMM driver, against a naive
 //! triple loop, bit for bit, on random data and on edge shapes and values.
 
+use super::blocked::{BlockScaledI8, gemm_block_scaled, quantize_rows};
 use super::gemm::{PackedI8, gemm_u8i8};
 use super::{GemmU8I8, gemm_u8i8_kernels};
 
@@ -129,6 +130,58 @@ fn every_kernel_wraps_like_the_oracle_past_i32() {
             check(kernel.as_ref(), &Case { a: &a, a_zero: 0, b: &b, b_zero: &[0, 0, 1], m: 2, k, what: "long k" });
         }
     }
+}
+
+/// Block-scaled products (weight-only int4 at int8 compute): every kernel equals the oracle
+/// bit for bit — the block sums are exact and the f32 combination runs in the same order.
+#[test]
+fn every_kernel_computes_block_scaled_products_exactly() {
+    // (k, block, m, n): k a multiple of the block or not, one block, blocks of one group,
+    // and a case big enough to split over 3 threads.
+    for (case, &(k, block, m, n)) in
+        [(64usize, 32usize, 5usize, 17usize), (40, 32, 9, 3), (384, 32, 1, 49), (100, 4, 3, 8), (7, 8, 2, 5), (256, 64, 150, 60)]
+            .iter()
+            .enumerate()
+    {
+        let blocks = k.div_ceil(block);
+        let seed = case as u64 * 7 + 1;
+        let a: Vec<f32> = bytes(m * k, seed).into_iter().map(|v| (v as f32 - 127.5) / 17.0).collect();
+        let w: Vec<i8> = bytes(k * n, seed + 1).into_iter().map(|v| (v % 31) as i8 - 15).collect();
+        let scales: Vec<f32> = bytes(blocks * n, seed + 2).into_iter().map(|v| (v as f32 + 1.0) / 512.0).collect();
+        let qa = quantize_rows(&a, k, block);
+        let mut want = vec![0f32; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                let mut acc = 0f32;
+                for blk in 0..blocks {
+                    let s: i32 = (blk * block..((blk + 1) * block).min(k))
+                        .map(|p| (qa.data[r * qa.stride + p] as i32 - 128) * w[p * n + j] as i32)
+                        .sum();
+                    acc += s as f32 * (qa.scales[r * blocks + blk] * scales[blk * n + j]);
+                }
+                want[r * n + j] = acc;
+            }
+        }
+        for kernel in gemm_u8i8_kernels() {
+            let b = BlockScaledI8::from_fn(kernel.as_ref(), k, n, block, |p, j| w[p * n + j], |blk, j| scales[blk * n + j]);
+            let mut c = vec![f32::NAN; m * n];
+            crate::threads::with(3, || gemm_block_scaled(kernel.as_ref(), &qa, &b, &mut c));
+            assert_eq!(c, want, "{} on case {case} (k {k}, block {block}, m {m}, n {n})", kernel.name());
+        }
+    }
+}
+
+#[test]
+fn activation_blocks_quantize_symmetrically_per_block() {
+    // Two blocks of 4 and a short third: max|a| maps to ±127, halves round to even, zeros
+    // stay zero with scale 0.
+    let a = [1.0f32, -0.5, 0.25, 2.0, 0.0, 0.0, 0.0, 0.0, -3.0, 1.5 * 3.0 / 127.0];
+    let q = quantize_rows(&a, 10, 4);
+    assert_eq!(q.stride, 12);
+    assert_eq!(q.scales, [2.0 / 127.0, 0.0, 3.0 / 127.0]);
+    let values: Vec<i32> = q.data.iter().map(|&v| v as i32 - 128).collect();
+    // 1·63.5 = 63.5 → 64 (even), −0.5·63.5 = −31.75 → −32, 0.25·63.5 = 15.875 → 16; padding 0.
+    assert_eq!(values, [64, -32, 16, 127, 0, 0, 0, 0, -127, 2, 0, 0]);
 }
 
 #[test]

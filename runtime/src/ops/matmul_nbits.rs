@@ -7,8 +7,11 @@
 use super::matmul::{MatRef, sgemm};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, numel, optional, out, required};
 use crate::error::{Result, ensure};
+use crate::kernels::best_gemm_u8i8;
+use crate::kernels::blocked::{BlockScaledI8, gemm_block_scaled, quantize_rows};
 use crate::nibbles::unpack_u4;
 use crate::tensor::{DataType, Tensor};
+use std::sync::Arc;
 
 /// The ops of this family.
 pub const OPS: &[(&str, Importer)] = &[("com.microsoft::MatMulNBits", import)];
@@ -31,7 +34,9 @@ fn import(c: &ImportCtx) -> Result<Box<dyn Op>> {
         n: int("N")?,
         bits: bits as usize,
         block: int("block_size")?,
+        int8_compute: c.attrs.int("accuracy_level", 0)? == 4,
         zeros: PreparedWeights::default(),
+        int8: PreparedWeights::default(),
     }))
 }
 
@@ -42,8 +47,13 @@ pub struct MatMulNBits {
     n: usize,
     bits: usize,
     block: usize,
+    /// `accuracy_level` 4: activations quantized to int8 per block, integer products.
+    int8_compute: bool,
     /// Zero point of each (row, block) as f32, unpacked on first use.
     zeros: PreparedWeights<Vec<f32>>,
+    /// For int8 compute, the weights minus their zero points packed for the integer kernels
+    /// (`None` when that is not exact: float zero points, or 8-bit differences beyond i8).
+    int8: PreparedWeights<Option<BlockScaledI8>>,
 }
 
 impl MatMulNBits {
@@ -73,6 +83,35 @@ impl MatMulNBits {
                 values
             }
         })
+    }
+}
+
+impl MatMulNBits {
+    /// The weights for the block-scaled integer GEMM, if exact: `q − zero` in i8 per value.
+    fn block_scaled(&self, packed: &[u8], scales: &[f32], zeros: Option<&Tensor>) -> Result<Option<BlockScaledI8>> {
+        if zeros.is_some_and(|z| z.dtype() == DataType::F32) || !self.block.is_multiple_of(4) {
+            return Ok(None);
+        }
+        let zero_points = self.zero_points(zeros)?;
+        let (k, n, blocks, bits, block) = (self.k, self.n, self.blocks(), self.bits, self.block);
+        let blob = block * bits / 8;
+        let value = |j: usize, p: usize| -> i32 {
+            let (blk, within) = (p / block, p % block);
+            let byte = packed[(j * blocks + blk) * blob + within * bits / 8];
+            let q = if bits == 8 {
+                byte
+            } else if within % 2 == 0 {
+                byte & 15
+            } else {
+                byte >> 4
+            };
+            q as i32 - zero_points[j * blocks + blk] as i32
+        };
+        if (0..n).any(|j| (0..k).any(|p| i8::try_from(value(j, p)).is_err())) {
+            return Ok(None);
+        }
+        let kernel = best_gemm_u8i8();
+        Ok(Some(BlockScaledI8::from_fn(kernel, k, n, block, |p, j| value(j, p) as i8, |blk, j| scales[j * blocks + blk])))
     }
 }
 
@@ -126,15 +165,22 @@ impl Op for MatMulNBits {
         ensure!(packed.len() == n * blocks * blob, "B holds {} bytes; N {n} × {blocks} blocks × {blob} bytes expected", packed.len());
         let scales = required(inputs, 2)?.as_slice::<f32>()?;
         ensure!(scales.len() == n * blocks, "scales hold {} values; N {n} × {blocks} blocks expected", scales.len());
-        let zeros = self.zeros.get(b, || self.zero_points(optional(inputs, 3)))?;
-        let mut w = pool.overwritable(n * k);
-        dequantize_rows(packed, self.bits, self.block, k, scales, &zeros, &mut w);
         let mut shape = a.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = n;
         let m = a.len() / k;
         let mut y = pool.overwritable(numel(&shape)?);
-        sgemm(1.0, MatRef::dense(a.as_slice::<f32>()?, m, k), MatRef::dense(&w, n, k).t(), 0.0, &mut y);
-        pool.give(out(vec![n, k], w)?);
+        let int8 =
+            if self.int8_compute { self.int8.get(b, || self.block_scaled(packed, scales, optional(inputs, 3)))? } else { Arc::new(None) };
+        if let Some(weights) = int8.as_ref() {
+            let rows = quantize_rows(a.as_slice::<f32>()?, k, self.block);
+            gemm_block_scaled(best_gemm_u8i8(), &rows, weights, &mut y);
+        } else {
+            let zeros = self.zeros.get(b, || self.zero_points(optional(inputs, 3)))?;
+            let mut w = pool.overwritable(n * k);
+            dequantize_rows(packed, self.bits, self.block, k, scales, &zeros, &mut w);
+            sgemm(1.0, MatRef::dense(a.as_slice::<f32>()?, m, k), MatRef::dense(&w, n, k).t(), 0.0, &mut y);
+            pool.give(out(vec![n, k], w)?);
+        }
         if let Some(bias) = optional(inputs, 5) {
             let bias = bias.as_slice::<f32>()?;
             for row in y.chunks_exact_mut(n) {
@@ -155,7 +201,15 @@ mod tests {
     #[test]
     fn four_bit_blocks_with_packed_zero_points() {
         // K = 5 in blocks of 4 (the second block short, padded in the blob), N = 2.
-        let op = MatMulNBits { k: 5, n: 2, bits: 4, block: 4, zeros: PreparedWeights::default() };
+        let op = MatMulNBits {
+            k: 5,
+            n: 2,
+            bits: 4,
+            block: 4,
+            int8_compute: false,
+            zeros: PreparedWeights::default(),
+            int8: PreparedWeights::default(),
+        };
         // Row 0: q = [1, 2, 3, 4 | 5], row 1: q = [15, 0, 8, 8 | 9]; 2 bytes per blob.
         let b = Tensor::from_vec(vec![2, 2, 2], vec![0x21u8, 0x43, 0x05, 0x00, 0x0f, 0x88, 0x09, 0x00]).unwrap();
         let scales = f32t(&[4], &[1.0, 2.0, 0.5, 0.25]);
@@ -166,5 +220,44 @@ mod tests {
         let y = run(&op, &[a, Some(b), scales, Some(zeros), None, bias]).unwrap();
         // Row 0: (1+2+3+4)·1 + (5−1)·2 = 18 (+0.5); row 1: (7 − 8 + 0 + 0)·0.5 + (9−8)·0.25 = −0.25 (−0.5).
         assert_close(&y[0], &[1, 2], &[18.5, -0.75]);
+    }
+
+    /// `accuracy_level` 4: int8 activations per block on the integer kernels, close to the
+    /// f32 path; 8-bit weights whose differences to the zero point leave i8 fall back to it.
+    #[test]
+    fn int8_compute_is_close_to_f32_and_exact_when_it_falls_back() {
+        let (m, k, n, block) = (3usize, 96usize, 10usize, 32usize);
+        let blocks = k / block;
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        // (bits, zero points 0 instead of the default): 8-bit values up to 255 minus 0 leave i8.
+        for (bits, zero_is_0) in [(4usize, false), (8, false), (8, true)] {
+            let blob = block * bits / 8;
+            let b: Vec<u8> = (0..n * blocks * blob).map(|i| (i * 151 % 256) as u8).collect();
+            let scales: Vec<f32> = (0..n * blocks).map(|i| 0.01 + 0.002 * i as f32).collect();
+            let op = |int8_compute| MatMulNBits {
+                k,
+                n,
+                bits,
+                block,
+                int8_compute,
+                zeros: PreparedWeights::default(),
+                int8: PreparedWeights::default(),
+            };
+            let zeros = zero_is_0.then(|| Tensor::from_vec(vec![n * blocks], vec![0u8; n * blocks]).unwrap());
+            let inputs =
+                [f32t(&[m, k], &a), Some(Tensor::from_vec(vec![n, blocks, blob], b.clone()).unwrap()), f32t(&[n * blocks], &scales), zeros];
+            let exact = run(&op(false), &inputs).unwrap().remove(0);
+            let int8 = run(&op(true), &inputs).unwrap().remove(0);
+            let (exact, int8) = (exact.as_slice::<f32>().unwrap(), int8.as_slice::<f32>().unwrap());
+            if zero_is_0 {
+                assert_eq!(int8, exact, "8-bit weights beyond i8 must run in f32");
+                continue;
+            }
+            let scale = exact.iter().map(|v| v.abs()).fold(0.0, f32::max);
+            for (x, y) in int8.iter().zip(exact) {
+                assert!((x - y).abs() <= 0.02 * scale, "{bits} bits: {x} vs {y} (outputs up to {scale})");
+            }
+            assert_ne!(int8, exact, "{bits} bits: the int8 path did not run");
+        }
     }
 }

@@ -291,7 +291,7 @@ pub struct QuantizeLinear {
 
 /// Quantizes one value to the range `[lo, hi]`, rounding half to even.
 #[inline(always)]
-fn quantize(x: f32, scale: f32, zero: i32, lo: i32, hi: i32) -> i32 {
+pub(crate) fn quantize(x: f32, scale: f32, zero: i32, lo: i32, hi: i32) -> i32 {
     // Clamp first (the result saturates anyway), then round half to even by adding and
     // subtracting 1.5·2^23: exact below 2^22 and vectorizable, unlike `round_ties_even`,
     // which is a libm call without SSE4.1.

@@ -1,6 +1,6 @@
 //! MiniLM (8 sentences × 64 tokens, 1 thread) in fp32 and in onnxruntime's quantized forms,
 //! side by side: dynamic int8 per-channel (MatMulInteger + DynamicQuantizeLinear) and int4
-//! block-32 weight-only (MatMulNBits). The quantized files are made once by
+//! block-32 weight-only (MatMulNBits, exact f32 and at int8 compute). The quantized files are made once by
 //! `tools/ort_quantize.py` into `models/cache/` with `$DISTQ_PYTHON` (tools/test.sh's venv:
 //! `.venv/bin/python`); without it the bench says what is missing instead of skipping
 //! silently.
@@ -38,8 +38,12 @@ fn minilm(c: &mut Criterion) {
     let inputs = read_npz(&data_path("minilm_8x64.npz")).expect("inputs read");
     let mut group = c.benchmark_group("minilm_8x64");
     group.sample_size(20);
-    let variants =
-        [("fp32", Some(fp32.clone())), ("int8_dynamic", quantized(&fp32, "dynamic")), ("int4_block32", quantized(&fp32, "int4"))];
+    let variants = [
+        ("fp32", Some(fp32.clone())),
+        ("int8_dynamic", quantized(&fp32, "dynamic")),
+        ("int4_block32", quantized(&fp32, "int4")),
+        ("int4_block32_int8_compute", quantized(&fp32, "int4-int8")),
+    ];
     for (name, path) in variants {
         let Some(path) = path else { continue };
         let session = Session::load(&path).expect("model loads");

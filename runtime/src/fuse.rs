@@ -9,7 +9,7 @@ use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Unary};
 use crate::ops::qconv::QLinearConv;
-use crate::ops::quant::{DequantizeLinear, DequantizedGather, DequantizedWeights, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
+use crate::ops::quant::{CompactWeights, DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
 use crate::ops::{Fact, Op, normalize_axis};
 use crate::plan::Step;
 use crate::tensor::DataType;
@@ -45,14 +45,14 @@ impl Readers {
 }
 
 /// Applies every rule; returns the steps in their new order.
-/// `dequantized` holds the folded DequantizeLinear steps by output slot.
-pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], dequantized: &HashMap<usize, Step>) -> Vec<Step> {
+/// `expanded` holds the folded DequantizeLinear and float16 Cast steps by output slot.
+pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], expanded: &HashMap<usize, Step>) -> Vec<Step> {
     let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
     let readers = Readers::new(&steps, facts.len(), graph_outputs);
     for i in 0..steps.len() {
-        let fused = qdq_to_integer(&steps, i, facts, &readers, dequantized)
-            .or_else(|| dequantized_gather(&steps, i, facts, dequantized))
-            .or_else(|| dequantized_weights(&steps, i, facts, dequantized))
+        let fused = qdq_to_integer(&steps, i, facts, &readers, expanded)
+            .or_else(|| dequantized_gather(&steps, i, facts, expanded))
+            .or_else(|| compact_weights(&steps, i, facts, expanded))
             .or_else(|| matmul_integer_to_float(&steps, i, facts, &readers))
             .or_else(|| elementwise_chain(&steps, i, facts, &readers));
         if let Some((absorbed, fused)) = fused {
@@ -116,6 +116,11 @@ fn one_constant(facts: &[Fact], slot: usize) -> Option<usize> {
     facts[slot].value.as_ref().filter(|v| v.len() == 1).map(|_| slot)
 }
 
+/// The folded DequantizeLinear step that made constant `slot`, if one did.
+fn folded_dequantize(expanded: &HashMap<usize, Step>, slot: usize) -> Option<&Step> {
+    expanded.get(&slot).filter(|s| s.op_type == "DequantizeLinear")
+}
+
 /// The `(quantized, scale, zero point?)` inputs of a DequantizeLinear step.
 fn dequantize_inputs(step: &Step) -> Option<(usize, usize, Option<usize>)> {
     match step.inputs.as_slice() {
@@ -134,7 +139,7 @@ fn qdq_to_integer(
     i: usize,
     facts: &[Fact],
     readers: &Readers,
-    dequantized: &HashMap<usize, Step>,
+    expanded: &HashMap<usize, Step>,
 ) -> Option<(Vec<usize>, Step)> {
     let step = steps[i].as_ref()?;
     let conv = match step.op_type.as_str() {
@@ -151,7 +156,7 @@ fn qdq_to_integer(
         one_constant(facts, z)?;
     }
     // Weights: a folded DequantizeLinear of an 8-bit constant, per tensor or per output channel.
-    let w_dq = dequantized.get(&w)?;
+    let w_dq = folded_dequantize(expanded, w)?;
     let (wq, w_scale, w_zero) = dequantize_inputs(w_dq)?;
     let w_shape = &facts[wq].shape;
     let (channels, channel_axis) = if conv { (*w_shape.first()?, 0) } else { (*w_shape.get(1)?, 1) };
@@ -173,7 +178,7 @@ fn qdq_to_integer(
     let bias = match step.inputs.get(2).copied().flatten() {
         None => None,
         Some(b) => {
-            let (bq, _, b_zero) = dequantize_inputs(dequantized.get(&b)?)?;
+            let (bq, _, b_zero) = dequantize_inputs(folded_dequantize(expanded, b)?)?;
             let zero_is_0 = b_zero
                 .is_none_or(|z| facts[z].value.as_ref().is_some_and(|v| v.as_slice::<i32>().is_ok_and(|v| v.iter().all(|&z| z == 0))));
             (facts[bq].dtype == DataType::I32 && zero_is_0).then_some(bq)?;
@@ -203,13 +208,13 @@ fn qdq_to_integer(
 
 /// `Gather` from a table folded out of `DequantizeLinear(constant)` → [`DequantizedGather`]
 /// on the quantized table (which then leaves the plan: only the quantized one stays in memory).
-fn dequantized_gather(steps: &[Option<Step>], i: usize, facts: &[Fact], dequantized: &HashMap<usize, Step>) -> Option<(Vec<usize>, Step)> {
+fn dequantized_gather(steps: &[Option<Step>], i: usize, facts: &[Fact], expanded: &HashMap<usize, Step>) -> Option<(Vec<usize>, Step)> {
     let step = steps[i].as_ref().filter(|s| s.op_type == "Gather")?;
     let (table, indices) = match step.inputs.as_slice() {
         [Some(t), Some(i)] => (*t, *i),
         _ => return None,
     };
-    let dq = dequantized.get(&table)?;
+    let dq = folded_dequantize(expanded, table)?;
     let (q, scale, zero) = dequantize_inputs(dq)?;
     let gather = (step.op.clone() as Arc<dyn Any + Send + Sync>).downcast::<Gather>().ok()?;
     let dequantize = (dq.op.as_ref() as &dyn Any).downcast_ref::<DequantizeLinear>()?;
@@ -222,20 +227,26 @@ fn dequantized_gather(steps: &[Option<Step>], i: usize, facts: &[Fact], dequanti
     ))
 }
 
-/// Weight-only quantization: `MatMul | Gemm | Conv` whose weights were folded out of
-/// `DequantizeLinear(8-bit constant)` → [`DequantizedWeights`], so only the quantized weights
-/// stay in memory. Small constants (under 4 Ki values) are left folded.
-fn dequantized_weights(steps: &[Option<Step>], i: usize, facts: &[Fact], dequantized: &HashMap<usize, Step>) -> Option<(Vec<usize>, Step)> {
+/// Weight-only quantization and float16 weights: `MatMul | Gemm | Conv` whose weights were
+/// folded out of `DequantizeLinear(8-bit constant)` or `Cast(float16 constant)` →
+/// [`CompactWeights`], so only the compact weights stay in memory. Small constants (under
+/// 4 Ki values) are left folded.
+fn compact_weights(steps: &[Option<Step>], i: usize, facts: &[Fact], expanded: &HashMap<usize, Step>) -> Option<(Vec<usize>, Step)> {
     let step = steps[i].as_ref().filter(|s| matches!(s.op_type.as_str(), "MatMul" | "Gemm" | "Conv"))?;
     let weight = 1;
-    let dq = dequantized.get(&step.inputs.get(weight).copied().flatten()?)?;
-    let (q, scale, zero) = dequantize_inputs(dq)?;
-    if !matches!(facts[q].dtype, DataType::U8 | DataType::I8) || facts[q].shape.iter().product::<usize>() < 4096 {
+    let source = expanded.get(&step.inputs.get(weight).copied().flatten()?)?;
+    let compact: Vec<Option<usize>> = if source.op_type == "DequantizeLinear" {
+        let (q, scale, zero) = dequantize_inputs(source)?;
+        matches!(facts[q].dtype, DataType::U8 | DataType::I8).then_some(vec![Some(q), Some(scale), zero])?
+    } else {
+        source.inputs.clone()
+    };
+    if facts[compact.first().copied().flatten()?].shape.iter().product::<usize>() < 4096 {
         return None;
     }
-    let inputs = [&step.inputs[..weight], &[Some(q), Some(scale), zero], &step.inputs[weight + 1..]].concat();
-    let op = DequantizedWeights { dequantize: dq.op.clone(), op: step.op.clone(), weight };
-    let op_type = format!("Dequantized({})", step.op_type);
+    let inputs = [&step.inputs[..weight], &compact, &step.inputs[weight + 1..]].concat();
+    let op = CompactWeights { expand: source.op.clone(), expand_inputs: compact.len(), op: step.op.clone(), weight };
+    let op_type = format!("{}→{}", source.op_type, step.op_type);
     Some((vec![i], Step { node: step.node.clone(), op_type, op: Arc::new(op), inputs, outputs: step.outputs.clone() }))
 }
 
@@ -499,12 +510,43 @@ mod tests {
         let (quantized, float) =
             (Session::new(Model::from_bytes(quantized.to_bytes()).unwrap()), Session::new(Model::from_bytes(float.to_bytes()).unwrap()));
         let plan = quantized.plan_for(&[(DataType::F32, vec![3, k])]).unwrap();
-        assert_eq!(plan.step_ops().iter().map(|(_, op)| *op).collect::<Vec<_>>(), ["Dequantized(MatMul)"]);
+        assert_eq!(plan.step_ops().iter().map(|(_, op)| *op).collect::<Vec<_>>(), ["DequantizeLinear→MatMul"]);
         assert!(
             plan.constants.iter().flatten().all(|c| c.dtype() != DataType::F32 || c.len() < k * n),
             "the f32 weights are still in the plan"
         );
         let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap().remove(0).1;
         assert_eq!(run(&quantized).as_slice::<f32>().unwrap(), run(&float).as_slice::<f32>().unwrap());
+    }
+
+    /// float16 weights behind a Cast stay float16 in memory and give exactly what the same
+    /// weights in float32 give.
+    #[test]
+    fn float16_weights_stay_float16() {
+        let (k, n) = (72usize, 64usize);
+        let weights: Vec<f32> = (0..k * n).map(|i| ((i * 31 % 97) as f32 - 48.0) / 64.0).collect();
+        let bits: Vec<u16> = weights.iter().map(|&w| half::f16::from_f32(w).to_bits()).collect();
+        let exact: Vec<f32> = bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
+        let x = Tensor::from_vec(vec![5, k], (0..5 * k).map(|i| (i as f32 * 0.21).cos()).collect()).unwrap();
+        let half_model = ModelBuilder::new(17)
+            .input("x", DataType::F32, &[5, k as i64])
+            .initializer("w16", &Tensor::from_vec(vec![k, n], bits).unwrap())
+            .node("Cast", &["w16"], &["w"], vec![("to", Attr::Int(1))])
+            .node("MatMul", &["x", "w"], &["y"], vec![])
+            .output("y", DataType::F32, &[5, n as i64]);
+        let float_model = ModelBuilder::new(17)
+            .input("x", DataType::F32, &[5, k as i64])
+            .initializer("w", &Tensor::from_vec(vec![k, n], exact).unwrap())
+            .node("MatMul", &["x", "w"], &["y"], vec![])
+            .output("y", DataType::F32, &[5, n as i64]);
+        let (half_model, float_model) = (
+            Session::new(Model::from_bytes(half_model.to_bytes()).unwrap()),
+            Session::new(Model::from_bytes(float_model.to_bytes()).unwrap()),
+        );
+        let plan = half_model.plan_for(&[(DataType::F32, vec![5, k])]).unwrap();
+        assert_eq!(plan.step_ops().iter().map(|(_, op)| *op).collect::<Vec<_>>(), ["Cast→MatMul"]);
+        assert!(plan.constants.iter().flatten().all(|c| c.dtype() != DataType::F32), "the f32 weights are still in the plan");
+        let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap().remove(0).1;
+        assert_eq!(run(&half_model).as_slice::<f32>().unwrap(), run(&float_model).as_slice::<f32>().unwrap());
     }
 }

@@ -66,9 +66,9 @@ struct Planner {
     constants: Vec<Option<Arc<Tensor>>>,
     steps: Vec<Step>,
     folded: usize,
-    /// Folded DequantizeLinear nodes by output slot: fusion reads the quantized constants
-    /// behind a float weight from them.
-    dequantized: HashMap<usize, Step>,
+    /// Folded DequantizeLinear and float16 → float32 Cast nodes by output slot: fusion reads
+    /// the compact constants behind a float weight from them.
+    expanded: HashMap<usize, Step>,
 }
 
 impl Planner {
@@ -156,8 +156,11 @@ impl Planner {
             return Ok(());
         }
         self.folded += 1;
-        if let ("DequantizeLinear", [Some(s)]) = (op_type, step.outputs.as_slice()) {
-            self.dequantized.insert(*s, step);
+        let from_f16 = step.inputs.first().copied().flatten().is_some_and(|s| self.facts[s].dtype == DataType::F16);
+        if let ("DequantizeLinear", [Some(s)]) | ("Cast", [Some(s)]) = (op_type, step.outputs.as_slice())
+            && (op_type == "DequantizeLinear" || (from_f16 && self.facts[*s].dtype == DataType::F32))
+        {
+            self.expanded.insert(*s, step);
         }
         Ok(())
     }
@@ -173,14 +176,8 @@ pub(crate) fn check_output(fact: &Fact, t: &Tensor) -> Result<()> {
 
 /// Plans `graph` for inputs of the given dtypes and shapes (in graph input order).
 pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)]) -> Result<Plan> {
-    let mut p = Planner {
-        env: HashMap::new(),
-        facts: Vec::new(),
-        constants: Vec::new(),
-        steps: Vec::new(),
-        folded: 0,
-        dequantized: HashMap::new(),
-    };
+    let mut p =
+        Planner { env: HashMap::new(), facts: Vec::new(), constants: Vec::new(), steps: Vec::new(), folded: 0, expanded: HashMap::new() };
     let mut input_slots = Vec::new();
     for (info, (dtype, shape)) in graph.inputs.iter().zip(inputs) {
         let s = p.slot(Fact::new(*dtype, shape.clone()));
@@ -190,7 +187,7 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)]) -> Result<P
     p.graph(graph)?;
     let outputs = graph.outputs.iter().map(|o| Ok((o.name.clone(), p.lookup(&o.name, "<graph output>")?))).collect::<Result<Vec<_>>>()?;
     let output_slots: Vec<usize> = outputs.iter().map(|o| o.1).collect();
-    p.steps = crate::fuse::fuse(std::mem::take(&mut p.steps), &p.facts, &output_slots, &p.dequantized);
+    p.steps = crate::fuse::fuse(std::mem::take(&mut p.steps), &p.facts, &output_slots, &p.expanded);
     // Constants no step reads any more (float weights replaced by their integer form) are
     // dropped, so the plan does not keep both.
     let mut read = vec![false; p.facts.len()];

@@ -5,6 +5,7 @@ use super::chain::ChainStep;
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, broadcast_shapes, broadcast_strides, expect_dtype, math, optional, out, required};
 use crate::error::{Result, bail, ensure};
 use crate::tensor::{Bool, DataType, Element, Tensor};
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 /// The ops of this family.
 pub const OPS: &[(&str, Importer)] = &[
@@ -546,14 +547,21 @@ pub fn cast(x: &Tensor, to: DataType) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let shape = x.shape().to_vec();
-    // Bool and f16 go through f32; every numeric pair converts directly.
+    // Bool and f16 go through f32 (f16 with F16C / NEON conversions where the CPU has
+    // them); every numeric pair converts directly.
     let as_f32 = match x.dtype() {
         DataType::Bool => Some(x.as_bools()?.iter().map(|&b| b as f32).collect::<Vec<f32>>()),
-        DataType::F16 => Some(x.as_slice::<u16>()?.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect()),
+        DataType::F16 => {
+            let bits = x.as_slice::<u16>()?;
+            let mut v = vec![0f32; bits.len()];
+            bits.reinterpret_cast::<half::f16>().convert_to_f32_slice(&mut v);
+            Some(v)
+        }
         _ => None,
     };
-    let src = match &as_f32 {
-        Some(v) => Tensor::from_vec(shape.clone(), v.clone())?,
+    let src = match as_f32 {
+        Some(v) if to == DataType::F32 => return out(shape, v),
+        Some(v) => Tensor::from_vec(shape.clone(), v)?,
         None => x.clone(),
     };
     with_numeric!(&src, |v: &[S]| match to {
@@ -563,7 +571,11 @@ pub fn cast(x: &Tensor, to: DataType) -> Result<Tensor> {
         DataType::I32 => out(shape, convert::<S, i32>(v)),
         DataType::I8 => out(shape, convert::<S, i8>(v)),
         DataType::U8 => out(shape, convert::<S, u8>(v)),
-        DataType::F16 => out(shape, convert::<S, f32>(v).into_iter().map(|f| half::f16::from_f32(f).to_bits()).collect()),
+        DataType::F16 => {
+            let mut bits = vec![0u16; v.len()];
+            bits.reinterpret_cast_mut::<half::f16>().convert_from_f32_slice(&convert::<S, f32>(v));
+            out(shape, bits)
+        }
         DataType::Bool => Tensor::from_bools(shape, v.iter().map(|&e| e.to_f64() != 0.0).collect()),
     })
 }
@@ -672,5 +684,32 @@ mod tests {
         let h = cast(&x, DataType::F16).unwrap();
         let back = cast(&h, DataType::F32).unwrap();
         assert_close(&back, &[4], &[-1.7001953, 0.0, 2.9003906, 300.0]);
+    }
+
+    /// float16 → float32 (F16C / NEON where present) against the format's definition, for
+    /// every bit pattern: subnormals, infinities and NaNs included; and back, exactly.
+    #[test]
+    fn float16_converts_exactly() {
+        let definition = |b: u16| -> f32 {
+            let sign = if b >> 15 == 1 { -1.0 } else { 1.0 };
+            let (exponent, mantissa) = ((b >> 10) & 31, (b & 1023) as f32);
+            match exponent {
+                0 => sign * mantissa * 2f32.powi(-24),
+                31 if mantissa == 0.0 => sign * f32::INFINITY,
+                31 => f32::NAN,
+                e => sign * (1.0 + mantissa / 1024.0) * 2f32.powi(e as i32 - 15),
+            }
+        };
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        let h = Tensor::from_vec(vec![bits.len()], bits.clone()).unwrap();
+        let f = cast(&h, DataType::F32).unwrap();
+        for (&b, &v) in bits.iter().zip(f.as_slice::<f32>().unwrap()) {
+            let want = definition(b);
+            assert!(v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan()), "{b:#06x}: {v} vs {want}");
+        }
+        let back = cast(&f, DataType::F16).unwrap();
+        for (&b, &r) in bits.iter().zip(back.as_slice::<u16>().unwrap()) {
+            assert!(r == b || (definition(b).is_nan() && definition(r).is_nan()), "{b:#06x} came back as {r:#06x}");
+        }
     }
 }

@@ -238,44 +238,47 @@ impl Op for DequantizedGather {
     }
 }
 
-/// `DequantizeLinear(constant weights) → MatMul | Gemm | Conv` (weight-only quantization) as
-/// one step: the weights stay quantized in memory and are dequantized on each run into a
-/// recycled buffer, with the same arithmetic as the folded constant (bit-identical), for
-/// 4× (int8) less resident weight memory at the cost of one pass over them per run. Made by
-/// the planner's fusion pass, not imported.
-/// Inputs: the op's, with its weight input replaced by `(quantized, scale, zero_point?)`.
+/// Weights kept compact in memory — quantized (`DequantizeLinear(8-bit constant)`, weight-only
+/// quantization) or float16 (`Cast(float16 constant)`) — in front of `MatMul | Gemm | Conv`,
+/// as one step that expands them on each run into a recycled buffer with the same
+/// arithmetic as the folded constant (bit-identical): 4× (int8) or 2× (float16) less
+/// resident weight memory for one pass over the weights per run. Made by the planner's
+/// fusion pass, not imported.
+/// Inputs: the op's, with its weight input replaced by the expander's inputs.
 #[derive(Debug)]
-pub struct DequantizedWeights {
-    pub(crate) dequantize: Arc<dyn Op>,
+pub struct CompactWeights {
+    /// DequantizeLinear or Cast.
+    pub(crate) expand: Arc<dyn Op>,
+    pub(crate) expand_inputs: usize,
     pub(crate) op: Arc<dyn Op>,
     /// Which input of `op` the weights are.
     pub(crate) weight: usize,
 }
 
-/// The wrapped op's inputs (weights left out) and the dequantizer's.
+/// The wrapped op's inputs (weights left out) and the expander's.
 type SplitInputs<'a, T> = (Vec<Option<T>>, &'a [Option<T>]);
 
-impl DequantizedWeights {
-    /// The op's inputs with the dequantized weights in place, and the dequantizer's.
+impl CompactWeights {
+    /// The op's inputs with a gap for the expanded weights, and the expander's.
     fn split<'a, T: Copy>(&self, inputs: &'a [Option<T>]) -> Result<SplitInputs<'a, T>> {
-        let w = self.weight;
-        ensure!(inputs.len() >= w + 3, "expected {} inputs, got {}", w + 3, inputs.len());
-        let op_inputs = [&inputs[..w], &[None], &inputs[w + 3..]].concat();
-        Ok((op_inputs, &inputs[w..w + 3]))
+        let (w, end) = (self.weight, self.weight + self.expand_inputs);
+        ensure!(inputs.len() >= end, "expected {end} inputs, got {}", inputs.len());
+        let op_inputs = [&inputs[..w], &[None], &inputs[end..]].concat();
+        Ok((op_inputs, &inputs[w..end]))
     }
 }
 
-impl Op for DequantizedWeights {
+impl Op for CompactWeights {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
-        let (mut op_inputs, dequantize) = self.split(inputs)?;
-        let weights = self.dequantize.infer(dequantize)?.remove(0);
+        let (mut op_inputs, expand) = self.split(inputs)?;
+        let weights = self.expand.infer(expand)?.remove(0);
         op_inputs[self.weight] = Some(&weights);
         self.op.infer(&op_inputs)
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let (mut op_inputs, dequantize) = self.split(inputs)?;
-        let weights = self.dequantize.eval(dequantize, pool)?.remove(0);
+        let (mut op_inputs, expand) = self.split(inputs)?;
+        let weights = self.expand.eval(expand, pool)?.remove(0);
         op_inputs[self.weight] = Some(&weights);
         let outputs = self.op.eval(&op_inputs, pool)?;
         pool.give(weights);

@@ -7,9 +7,9 @@
 use crate::ops::array::Gather;
 use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
-use crate::ops::elementwise::{Binary, Unary};
+use crate::ops::elementwise::{Binary, Clip, Unary};
 use crate::ops::qconv::QLinearConv;
-use crate::ops::quant::{CompactWeights, DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
+use crate::ops::quant::{Bounds, CompactWeights, DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
 use crate::ops::{Fact, Op, normalize_axis};
 use crate::plan::Step;
 use crate::tensor::DataType;
@@ -185,25 +185,55 @@ fn qdq_to_integer(
             Some(bq)
         }
     };
-    // Output: quantized again by its sole reader, one scale and zero point.
-    let y = step.outputs.first().copied().flatten()?;
+    // Output: through an optional Relu or Clip, quantized again by its sole reader, one
+    // scale and zero point.
+    let mut absorbed = if readers.sole[x] == Some(i) { vec![x_dq, i] } else { vec![i] };
+    let mut y = step.outputs.first().copied().flatten()?;
+    let activation = activation_bounds(steps, readers, y, facts);
+    if let Some((a, _, out)) = activation {
+        absorbed.push(a);
+        y = out;
+    }
     let (q, quantize) = sole_reader(steps, readers, y, "QuantizeLinear")?;
     let (y_scale, y_zero) = match quantize.inputs.as_slice() {
         [Some(_), Some(s), Some(z)] => (one_constant(facts, *s)?, one_constant(facts, *z)?),
         _ => return None,
     };
     let yq = quantize.outputs.first().copied().flatten()?;
-    let mut absorbed = if readers.sole[x] == Some(i) { vec![x_dq, i, q] } else { vec![i, q] };
-    absorbed.sort_unstable();
+    absorbed.push(q);
     let inputs = vec![Some(xq), Some(x_scale), x_zero, Some(wq), Some(w_scale), w_zero, Some(y_scale), Some(y_zero), bias];
-    let (op_type, op): (&str, Arc<dyn Op>) = if conv {
+    let bounds = activation.map_or((None, None), |a| a.1);
+    let (mut op_type, op): (String, Arc<dyn Op>) = if conv {
         let geometry = (step.op.as_ref() as &dyn Any).downcast_ref::<Conv>()?.geometry().clone();
-        ("QLinearConv", Arc::new(QLinearConv::new(geometry)))
+        ("QLinearConv".into(), Arc::new(QLinearConv::with_activation(geometry, bounds)))
     } else {
-        ("QLinearMatMul", Arc::new(QLinearMatMul::default()))
+        ("QLinearMatMul".into(), Arc::new(QLinearMatMul::with_activation(bounds)))
     };
+    if let Some((a, _, _)) = activation {
+        op_type = format!("{op_type}+{}", steps[a].as_ref()?.op_type);
+    }
     let inputs = if conv { inputs } else { inputs[..8].to_vec() };
-    Some((absorbed, Step { node: step.node.clone(), op_type: op_type.into(), op, inputs, outputs: vec![Some(yq)] }))
+    Some((absorbed, Step { node: step.node.clone(), op_type, op, inputs, outputs: vec![Some(yq)] }))
+}
+
+/// A Relu or Clip (constant bounds) that is the sole reader of `y`: its step, the float
+/// range it clamps to, and its output.
+fn activation_bounds(steps: &[Option<Step>], readers: &Readers, y: usize, facts: &[Fact]) -> Option<(usize, Bounds, usize)> {
+    let a = readers.sole[y]?;
+    let step = steps[a].as_ref()?;
+    let out = step.outputs.first().copied().flatten()?;
+    let op: &dyn Any = step.op.as_ref();
+    if op.downcast_ref::<Unary>() == Some(&Unary::Relu) {
+        return Some((a, (Some(0.0), None), out));
+    }
+    let clip = op.downcast_ref::<Clip>()?;
+    let (mut lo, mut hi) = clip.attribute_bounds();
+    for (i, bound) in [(1, &mut lo), (2, &mut hi)] {
+        if let Some(s) = step.inputs.get(i).copied().flatten() {
+            *bound = Some(facts[s].value.as_ref()?.as_slice::<f32>().ok()?.first().copied()?);
+        }
+    }
+    Some((a, (lo, hi), out))
 }
 
 /// `Gather` from a table folded out of `DequantizeLinear(constant)` → [`DequantizedGather`]
@@ -389,7 +419,7 @@ mod tests {
     /// Static QDQ as onnxruntime's quantizer writes it: `Q → DQ → Conv|MatMul → Q → DQ`,
     /// weights int8 per output channel, the Conv's bias int32. With `expose`, the float
     /// result is also a graph output, which must keep the float path.
-    fn static_qdq(conv: bool, expose: bool) -> Session {
+    fn static_qdq(conv: bool, expose: bool, activation: &str) -> Session {
         let (channels, k) = (5usize, 3usize);
         let (w_shape, scale_axis): (Vec<usize>, i64) = if conv { (vec![channels, k, 3, 3], 0) } else { (vec![k, channels], 1) };
         let w: Vec<i8> = (0..w_shape.iter().product::<usize>()).map(|i| ((i * 53) % 255) as i8).collect();
@@ -417,8 +447,18 @@ mod tests {
         } else {
             m.node("MatMul", &["xd", "wd"], &["y"], vec![])
         };
+        m = match activation {
+            "Relu" => m.node("Relu", &["y"], &["act"], vec![]),
+            "Clip" => m.initializer("lo", &Tensor::scalar(-0.5f32)).initializer("hi", &Tensor::scalar(1.0f32)).node(
+                "Clip",
+                &["y", "lo", "hi"],
+                &["act"],
+                vec![],
+            ),
+            _ => m,
+        };
         m = m
-            .node("QuantizeLinear", &["y", "ys", "yz"], &["yq"], vec![])
+            .node("QuantizeLinear", &[if activation.is_empty() { "y" } else { "act" }, "ys", "yz"], &["yq"], vec![])
             .node("DequantizeLinear", &["yq", "ys", "yz"], &["out"], vec![])
             .output("out", DataType::F32, &y_dims);
         if expose {
@@ -429,11 +469,17 @@ mod tests {
 
     #[test]
     fn static_qdq_runs_on_integer_kernels() {
-        for (conv, integer_op) in [(true, "QLinearConv"), (false, "QLinearMatMul")] {
+        for (conv, activation, integer_op) in [
+            (true, "", "QLinearConv"),
+            (false, "", "QLinearMatMul"),
+            (true, "Relu", "QLinearConv+Relu"),
+            (true, "Clip", "QLinearConv+Clip"),
+            (false, "Relu", "QLinearMatMul+Relu"),
+        ] {
             let shape = if conv { vec![1, 3, 6, 7] } else { vec![2, 4, 3] };
             let n: usize = shape.iter().product();
             let x = Tensor::from_vec(shape.clone(), (0..n).map(|i| ((i * 29) % 97) as f32 * 0.05 - 2.4).collect()).unwrap();
-            let (fused, float) = (static_qdq(conv, false), static_qdq(conv, true));
+            let (fused, float) = (static_qdq(conv, false, activation), static_qdq(conv, true, activation));
             let ops = |s: &Session| {
                 s.plan_for(&[(DataType::F32, shape.clone())]).unwrap().step_ops().iter().map(|(_, op)| op.to_string()).collect::<Vec<_>>()
             };
@@ -448,6 +494,11 @@ mod tests {
             assert!(y.iter().zip(want).all(|(a, b)| (a - b).abs() <= 0.05 * 1.001), "{integer_op}: {y:?}\n{want:?}");
             assert!(apart * 50 <= y.len(), "{integer_op}: {apart} of {} differ", y.len());
             assert!(y.iter().any(|&v| v != 0.0) && y.iter().any(|&v| v != y[0]), "degenerate test data");
+            match activation {
+                "Relu" => assert!(y.iter().all(|&v| v >= 0.0) && want.contains(&0.0), "{integer_op}: {y:?}"),
+                "Clip" => assert!(y.iter().all(|&v| (-0.5..=1.0).contains(&v)) && y.contains(&1.0), "{integer_op}: {y:?}"),
+                _ => (),
+            }
         }
     }
 

@@ -211,6 +211,13 @@ pub struct Clip {
     max: Option<f32>,
 }
 
+impl Clip {
+    /// The bounds from attributes (opset < 11; later opsets take them as inputs).
+    pub(crate) fn attribute_bounds(&self) -> (Option<f32>, Option<f32>) {
+        (self.min, self.max)
+    }
+}
+
 fn import_clip(c: &ImportCtx) -> Result<Box<dyn Op>> {
     if c.opset < 11 {
         Ok(Box::new(Clip { min: Some(c.attrs.float("min", f32::MIN)?), max: Some(c.attrs.float("max", f32::MAX)?) }))

@@ -11,7 +11,7 @@
 //! Depthwise convs (one channel per group) skip the GEMM and accumulate each plane in i32.
 
 use super::conv::{ConvDims, Geometry, depthwise_plane};
-use super::quant::{QuantizedInt, Requantize, activations_u8, pack_weights, weight_zeros};
+use super::quant::{Bounds, QuantizedInt, Requantize, activations_u8, pack_weights, weight_zeros};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, numel, optional, out, required};
 use crate::error::{Result, ensure};
 use crate::kernels::best_gemm_u8i8;
@@ -31,13 +31,20 @@ fn import(c: &ImportCtx) -> Result<Box<dyn Op>> {
 #[derive(Debug)]
 pub struct QLinearConv {
     geom: Geometry,
+    /// A fused activation's float range.
+    bounds: Bounds,
     /// Per group, the weights packed for the GEMM (unused by depthwise convs).
     packed: PreparedWeights<Vec<PackedI8>>,
 }
 
 impl QLinearConv {
     pub(crate) fn new(geom: Geometry) -> QLinearConv {
-        QLinearConv { geom, packed: PreparedWeights::default() }
+        QLinearConv::with_activation(geom, (None, None))
+    }
+
+    /// With a fused activation that clamps the float result to `bounds` (Relu, Clip).
+    pub(crate) fn with_activation(geom: Geometry, bounds: Bounds) -> QLinearConv {
+        QLinearConv { geom, bounds, packed: PreparedWeights::default() }
     }
 }
 
@@ -69,6 +76,7 @@ impl Op for QLinearConv {
             required(inputs, 7)?,
             optional(inputs, 8),
             d.m,
+            self.bounds,
         )?;
         let (xs, x_zero) = activations_u8(x, optional(inputs, 2))?;
         let w_zeros = weight_zeros(w.dtype(), optional(inputs, 5), d.m)?;

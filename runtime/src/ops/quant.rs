@@ -565,6 +565,15 @@ impl Op for MatMulIntegerToFloat {
 #[derive(Debug, Default)]
 pub struct QLinearMatMul {
     matmul: MatMulInteger,
+    /// A fused activation's float range (see [`Requantize::new`]).
+    bounds: Bounds,
+}
+
+impl QLinearMatMul {
+    /// With a fused activation that clamps the float result to `bounds` (Relu, Clip).
+    pub(crate) fn with_activation(bounds: Bounds) -> QLinearMatMul {
+        QLinearMatMul { bounds, ..QLinearMatMul::default() }
+    }
 }
 
 impl QLinearMatMul {
@@ -593,7 +602,8 @@ impl Op for QLinearMatMul {
         let gemm_inputs = Self::gemm_inputs(inputs);
         let shape = self.matmul.output_shape(&gemm_inputs)?;
         let n = *shape.last().unwrap_or(&1);
-        let requantize = Requantize::new(required(inputs, 1)?, required(inputs, 4)?, required(inputs, 6)?, required(inputs, 7)?, None, n)?;
+        let requantize =
+            Requantize::new(required(inputs, 1)?, required(inputs, 4)?, required(inputs, 6)?, required(inputs, 7)?, None, n, self.bounds)?;
         fn run<T: QuantizedInt>(
             op: &QLinearMatMul,
             inputs: &[Option<&Tensor>],
@@ -653,6 +663,9 @@ impl StoredInt for i32 {
     }
 }
 
+/// The float range a fused activation clamps to (`Relu`: from 0; `Clip`: its bounds).
+pub(crate) type Bounds = (Option<f32>, Option<f32>);
+
 /// The requantizing epilogue of the QLinear ops, as onnxruntime computes it:
 /// `y[j] = saturate(round_half_even(f32(acc + bias[j]) · multiplier[j]) + y_zero)` with
 /// `multiplier[j] = a_scale · w_scale[j] / y_scale` rounded to f32 once.
@@ -661,13 +674,19 @@ pub(crate) struct Requantize {
     multipliers: Vec<f32>,
     bias: Vec<i32>,
     zero: i32,
+    /// The quantized range: the type's, narrowed by a fused activation.
+    lo: i32,
+    hi: i32,
     /// u8 or i8, the output's dtype (the zero point's).
     pub dtype: DataType,
 }
 
 impl Requantize {
     /// For `n` output columns: `a_scale` and `y_scale` one value each, `w_scale` one or `n`,
-    /// `y_zero` one u8 or i8, `bias` (int32) `n` values.
+    /// `y_zero` one u8 or i8, `bias` (int32) `n` values. A fused activation clamping the
+    /// float result to `bounds` clamps the quantized one to the bounds' quantized values,
+    /// which is exact: rounding is monotonic, so `q(clamp(y)) = clamp(q(y))`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         a_scale: &Tensor,
         w_scale: &Tensor,
@@ -675,6 +694,7 @@ impl Requantize {
         y_zero: &Tensor,
         bias: Option<&Tensor>,
         n: usize,
+        bounds: Bounds,
     ) -> Result<Requantize> {
         let one = |t: &Tensor, what: &str| -> Result<f32> {
             ensure!(t.len() == 1, "{what} must be one value, got {t:?}");
@@ -698,14 +718,16 @@ impl Requantize {
             DataType::I8 => y_zero.as_slice::<i8>()?[0] as i32,
             other => bail!("output zero point has dtype {other}, expected uint8 or int8"),
         };
-        Ok(Requantize { multipliers, bias, zero, dtype: y_zero.dtype() })
+        let (lo, hi) = if y_zero.dtype() == DataType::U8 { (0, 255) } else { (-128, 127) };
+        let bound = |b: Option<f32>, default: i32| b.map_or(default, |b| quantize(b, y_scale, zero, lo, hi));
+        Ok(Requantize { multipliers, bias, zero, lo: bound(bounds.0, lo), hi: bound(bounds.1, hi), dtype: y_zero.dtype() })
     }
 
     /// Requantizes the exact sums `acc` of columns `col0..` into `out`.
     #[inline(always)]
     pub(crate) fn apply<T: QuantizedInt>(&self, col0: usize, acc: &[i32], out: &mut [T]) {
         for (((y, &v), &m), &b) in out.iter_mut().zip(acc).zip(&self.multipliers[col0..]).zip(&self.bias[col0..]) {
-            *y = T::narrow(quantize(v.wrapping_add(b) as f32 * m, 1.0, self.zero, T::LO, T::HI));
+            *y = T::narrow(quantize(v.wrapping_add(b) as f32 * m, 1.0, self.zero, self.lo, self.hi));
         }
     }
 
@@ -713,7 +735,7 @@ impl Requantize {
     pub(crate) fn apply_to_column<T: QuantizedInt>(&self, j: usize, acc: &[i32], out: &mut [T]) {
         let (m, b) = (self.multipliers[j], self.bias[j]);
         for (y, &v) in out.iter_mut().zip(acc) {
-            *y = T::narrow(quantize(v.wrapping_add(b) as f32 * m, 1.0, self.zero, T::LO, T::HI));
+            *y = T::narrow(quantize(v.wrapping_add(b) as f32 * m, 1.0, self.zero, self.lo, self.hi));
         }
     }
 }

@@ -130,10 +130,11 @@ fn dequantize_inputs(step: &Step) -> Option<(usize, usize, Option<usize>)> {
     }
 }
 
-/// Static QDQ: `DequantizeLinear(xq) → Conv | MatMul → QuantizeLinear`, the weights
-/// (and a Conv's bias) constants dequantized from int8 (int32) → one [`QLinearConv`] /
-/// [`QLinearMatMul`] step on `xq` and the integer weights, as onnxruntime fuses them.
-/// Activations per tensor; weights per tensor or per output channel.
+/// Static QDQ: `DequantizeLinear(xq) → Conv | MatMul [→ Relu | Clip] [→ QuantizeLinear]`,
+/// the weights (and a Conv's bias) constants dequantized from int8 (int32) → one
+/// [`QLinearConv`] / [`QLinearMatMul`] step on `xq` and the integer weights, as onnxruntime
+/// fuses them; without the QuantizeLinear the step writes the float result. Activations per
+/// tensor; weights per tensor or per output channel.
 fn qdq_to_integer(
     steps: &[Option<Step>],
     i: usize,
@@ -185,8 +186,8 @@ fn qdq_to_integer(
             Some(bq)
         }
     };
-    // Output: through an optional Relu or Clip, quantized again by its sole reader, one
-    // scale and zero point.
+    // Output: through an optional Relu or Clip, quantized again by its sole reader (one
+    // scale and zero point), or else left float.
     let mut absorbed = if readers.sole[x] == Some(i) { vec![x_dq, i] } else { vec![i] };
     let mut y = step.outputs.first().copied().flatten()?;
     let activation = activation_bounds(steps, readers, y, facts);
@@ -194,26 +195,36 @@ fn qdq_to_integer(
         absorbed.push(a);
         y = out;
     }
-    let (q, quantize) = sole_reader(steps, readers, y, "QuantizeLinear")?;
-    let (y_scale, y_zero) = match quantize.inputs.as_slice() {
-        [Some(_), Some(s), Some(z)] => (one_constant(facts, *s)?, one_constant(facts, *z)?),
-        _ => return None,
+    let requantized = sole_reader(steps, readers, y, "QuantizeLinear").and_then(|(q, quantize)| match quantize.inputs.as_slice() {
+        [Some(_), Some(s), Some(z)] => {
+            Some((q, one_constant(facts, *s)?, one_constant(facts, *z)?, quantize.outputs.first().copied().flatten()?))
+        }
+        _ => None,
+    });
+    let (y_scale, y_zero, float_output) = match requantized {
+        Some((q, y_scale, y_zero, yq)) => {
+            absorbed.push(q);
+            y = yq;
+            (Some(y_scale), Some(y_zero), false)
+        }
+        None => (None, None, true),
     };
-    let yq = quantize.outputs.first().copied().flatten()?;
-    absorbed.push(q);
-    let inputs = vec![Some(xq), Some(x_scale), x_zero, Some(wq), Some(w_scale), w_zero, Some(y_scale), Some(y_zero), bias];
+    let inputs = vec![Some(xq), Some(x_scale), x_zero, Some(wq), Some(w_scale), w_zero, y_scale, y_zero, bias];
     let bounds = activation.map_or((None, None), |a| a.1);
     let (mut op_type, op): (String, Arc<dyn Op>) = if conv {
         let geometry = (step.op.as_ref() as &dyn Any).downcast_ref::<Conv>()?.geometry().clone();
-        ("QLinearConv".into(), Arc::new(QLinearConv::with_activation(geometry, bounds)))
+        ("QLinearConv".into(), Arc::new(QLinearConv::fused(geometry, bounds, float_output)))
     } else {
-        ("QLinearMatMul".into(), Arc::new(QLinearMatMul::with_activation(bounds)))
+        ("QLinearMatMul".into(), Arc::new(QLinearMatMul::fused(bounds, float_output)))
     };
     if let Some((a, _, _)) = activation {
         op_type = format!("{op_type}+{}", steps[a].as_ref()?.op_type);
     }
+    if float_output {
+        op_type.push_str("→f32");
+    }
     let inputs = if conv { inputs } else { inputs[..8].to_vec() };
-    Some((absorbed, Step { node: step.node.clone(), op_type, op, inputs, outputs: vec![Some(yq)] }))
+    Some((absorbed, Step { node: step.node.clone(), op_type, op, inputs, outputs: vec![Some(y)] }))
 }
 
 /// A Relu or Clip (constant bounds) that is the sole reader of `y`: its step, the float
@@ -417,33 +428,46 @@ mod tests {
     }
 
     /// Static QDQ as onnxruntime's quantizer writes it: `Q → DQ → Conv|MatMul → Q → DQ`,
-    /// weights int8 per output channel, the Conv's bias int32. With `expose`, the float
-    /// result is also a graph output, which must keep the float path.
-    fn static_qdq(conv: bool, expose: bool, activation: &str) -> Session {
+    /// weights int8 per output channel, the Conv's bias int32. With `float_weights` the
+    /// weights and bias are the same values as plain f32 initializers, which keeps the float
+    /// path (the reference); with `expose` the Conv/MatMul result is also a graph output.
+    fn static_qdq(conv: bool, float_weights: bool, expose: bool, activation: &str) -> Session {
         let (channels, k) = (5usize, 3usize);
         let (w_shape, scale_axis): (Vec<usize>, i64) = if conv { (vec![channels, k, 3, 3], 0) } else { (vec![k, channels], 1) };
         let w: Vec<i8> = (0..w_shape.iter().product::<usize>()).map(|i| ((i * 53) % 255) as i8).collect();
         let w_scales: Vec<f32> = (0..channels).map(|j| 0.004 + 0.001 * j as f32).collect();
+        let inner = w.len() / channels;
+        let channel = |i: usize| if conv { i / inner } else { i % channels };
         let x_dims: Vec<i64> = if conv { vec![1, k as i64, 6, 7] } else { vec![2, 4, k as i64] };
         let y_dims: Vec<i64> = if conv { vec![1, channels as i64, 6, 7] } else { vec![2, 4, channels as i64] };
         let mut m = ModelBuilder::new(21)
             .input("x", DataType::F32, &x_dims)
             .initializer("xs", &Tensor::scalar(0.02f32))
             .initializer("xz", &Tensor::scalar(120u8))
-            .initializer("wq", &Tensor::from_vec(w_shape, w).unwrap())
-            .initializer("ws", &Tensor::from_vec(vec![channels], w_scales).unwrap())
             .initializer("ys", &Tensor::scalar(0.05f32))
             .initializer("yz", &Tensor::scalar(128u8))
             .node("QuantizeLinear", &["x", "xs", "xz"], &["xq"], vec![])
-            .node("DequantizeLinear", &["xq", "xs", "xz"], &["xd"], vec![])
-            .node("DequantizeLinear", &["wq", "ws"], &["wd"], vec![("axis", Attr::Int(scale_axis))]);
+            .node("DequantizeLinear", &["xq", "xs", "xz"], &["xd"], vec![]);
+        m = if float_weights {
+            let wd: Vec<f32> = w.iter().enumerate().map(|(i, &q)| q as f32 * w_scales[channel(i)]).collect();
+            m.initializer("wd", &Tensor::from_vec(w_shape.clone(), wd).unwrap())
+        } else {
+            m.initializer("wq", &Tensor::from_vec(w_shape.clone(), w).unwrap())
+                .initializer("ws", &Tensor::from_vec(vec![channels], w_scales.clone()).unwrap())
+                .node("DequantizeLinear", &["wq", "ws"], &["wd"], vec![("axis", Attr::Int(scale_axis))])
+        };
         m = if conv {
             let bias: Vec<i32> = (0..channels as i32).map(|j| (j - 2) * 700).collect();
-            let bias_scales: Vec<f32> = (0..channels).map(|j| 0.02 * (0.004 + 0.001 * j as f32)).collect();
-            m.initializer("bq", &Tensor::from_vec(vec![channels], bias).unwrap())
-                .initializer("bs", &Tensor::from_vec(vec![channels], bias_scales).unwrap())
-                .node("DequantizeLinear", &["bq", "bs"], &["bd"], vec![("axis", Attr::Int(0))])
-                .node("Conv", &["xd", "wd", "bd"], &["y"], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))])
+            let bias_scales: Vec<f32> = (0..channels).map(|j| 0.02 * w_scales[j]).collect();
+            m = if float_weights {
+                let bd: Vec<f32> = bias.iter().zip(&bias_scales).map(|(&b, &s)| b as f32 * s).collect();
+                m.initializer("bd", &Tensor::from_vec(vec![channels], bd).unwrap())
+            } else {
+                m.initializer("bq", &Tensor::from_vec(vec![channels], bias).unwrap())
+                    .initializer("bs", &Tensor::from_vec(vec![channels], bias_scales).unwrap())
+                    .node("DequantizeLinear", &["bq", "bs"], &["bd"], vec![("axis", Attr::Int(0))])
+            };
+            m.node("Conv", &["xd", "wd", "bd"], &["y"], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))])
         } else {
             m.node("MatMul", &["xd", "wd"], &["y"], vec![])
         };
@@ -479,14 +503,14 @@ mod tests {
             let shape = if conv { vec![1, 3, 6, 7] } else { vec![2, 4, 3] };
             let n: usize = shape.iter().product();
             let x = Tensor::from_vec(shape.clone(), (0..n).map(|i| ((i * 29) % 97) as f32 * 0.05 - 2.4).collect()).unwrap();
-            let (fused, float) = (static_qdq(conv, false, activation), static_qdq(conv, true, activation));
+            let (fused, float) = (static_qdq(conv, false, false, activation), static_qdq(conv, true, false, activation));
             let ops = |s: &Session| {
                 s.plan_for(&[(DataType::F32, shape.clone())]).unwrap().step_ops().iter().map(|(_, op)| op.to_string()).collect::<Vec<_>>()
             };
             assert_eq!(ops(&fused), ["QuantizeLinear", integer_op, "DequantizeLinear"]);
             assert!(ops(&float).contains(&(if conv { "Conv" } else { "MatMul" }).to_string()), "{:?}", ops(&float));
-            let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap().remove(0).1;
-            let (y, want) = (run(&fused), run(&float));
+            let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap();
+            let (y, want) = (run(&fused).remove(0).1, run(&float).remove(0).1);
             let (y, want) = (y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
             // Integer sums are exact where float ones round: at most one output step apart
             // (at a rounding boundary), and almost everywhere equal.
@@ -498,6 +522,17 @@ mod tests {
                 "Relu" => assert!(y.iter().all(|&v| v >= 0.0) && want.contains(&0.0), "{integer_op}: {y:?}"),
                 "Clip" => assert!(y.iter().all(|&v| (-0.5..=1.0).contains(&v)) && y.contains(&1.0), "{integer_op}: {y:?}"),
                 _ => (),
+            }
+            if !activation.is_empty() {
+                continue;
+            }
+            // The result also read in float (a graph output): the integer step writes f32,
+            // equal to the float path up to its rounding.
+            let exposed = static_qdq(conv, false, true, activation);
+            assert_eq!(ops(&exposed), ["QuantizeLinear", &format!("{integer_op}→f32"), "QuantizeLinear", "DequantizeLinear"]);
+            let (y, want) = (run(&exposed).remove(1).1, run(&static_qdq(conv, true, true, activation)).remove(1).1);
+            for (a, b) in y.as_slice::<f32>().unwrap().iter().zip(want.as_slice::<f32>().unwrap()) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{integer_op}→f32: {a} vs {b}");
             }
         }
     }

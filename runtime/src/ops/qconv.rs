@@ -11,7 +11,7 @@
 //! Depthwise convs (one channel per group) skip the GEMM and accumulate each plane in i32.
 
 use super::conv::{ConvDims, Geometry, depthwise_plane};
-use super::quant::{Bounds, QuantizedInt, Requantize, activations_u8, pack_weights, weight_zeros};
+use super::quant::{Bounds, Requantize, Requantized, activations_u8, pack_weights, weight_zeros};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, numel, optional, out, required};
 use crate::error::{Result, ensure};
 use crate::kernels::best_gemm_u8i8;
@@ -33,18 +33,22 @@ pub struct QLinearConv {
     geom: Geometry,
     /// A fused activation's float range.
     bounds: Bounds,
+    /// Made by fusion from a QDQ Conv whose result stays float: no output scale and zero
+    /// point, f32 out.
+    float_output: bool,
     /// Per group, the weights packed for the GEMM (unused by depthwise convs).
     packed: PreparedWeights<Vec<PackedI8>>,
 }
 
 impl QLinearConv {
     pub(crate) fn new(geom: Geometry) -> QLinearConv {
-        QLinearConv::with_activation(geom, (None, None))
+        QLinearConv::fused(geom, (None, None), false)
     }
 
-    /// With a fused activation that clamps the float result to `bounds` (Relu, Clip).
-    pub(crate) fn with_activation(geom: Geometry, bounds: Bounds) -> QLinearConv {
-        QLinearConv { geom, bounds, packed: PreparedWeights::default() }
+    /// The fused form: a fused activation clamps the float result to `bounds` (Relu, Clip);
+    /// with `float_output` the result is not quantized again.
+    pub(crate) fn fused(geom: Geometry, bounds: Bounds, float_output: bool) -> QLinearConv {
+        QLinearConv { geom, bounds, float_output, packed: PreparedWeights::default() }
     }
 }
 
@@ -54,35 +58,33 @@ impl Op for QLinearConv {
         expect_dtype(x, &[DataType::U8, DataType::I8], "input x")?;
         expect_dtype(w, &[DataType::U8, DataType::I8], "weight w")?;
         let d = self.geom.conv(&x.shape, &w.shape)?;
-        for (i, what) in [(1, "x_scale"), (4, "w_scale"), (6, "y_scale")] {
+        for (i, what) in [(1, "x_scale"), (4, "w_scale")] {
             expect_dtype(required(inputs, i)?, &[DataType::F32], what)?;
         }
-        let y_zero = required(inputs, 7)?;
-        expect_dtype(y_zero, &[DataType::U8, DataType::I8], "y_zero_point")?;
         if let Some(b) = optional(inputs, 8) {
             expect_dtype(b, &[DataType::I32], "bias B")?;
             ensure!(b.shape == [d.m], "bias {:?} should be [{}]", b.shape, d.m);
         }
+        if self.float_output {
+            return Ok(vec![Fact::new(DataType::F32, d.shape)]);
+        }
+        expect_dtype(required(inputs, 6)?, &[DataType::F32], "y_scale")?;
+        let y_zero = required(inputs, 7)?;
+        expect_dtype(y_zero, &[DataType::U8, DataType::I8], "y_zero_point")?;
         Ok(vec![Fact::new(y_zero.dtype, d.shape)])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let (x, w) = (required(inputs, 0)?, required(inputs, 3)?);
         let d = self.geom.conv(x.shape(), w.shape())?;
-        let requantize = Requantize::new(
-            required(inputs, 1)?,
-            required(inputs, 4)?,
-            required(inputs, 6)?,
-            required(inputs, 7)?,
-            optional(inputs, 8),
-            d.m,
-            self.bounds,
-        )?;
+        let output = if self.float_output { None } else { Some((required(inputs, 6)?, required(inputs, 7)?)) };
+        let requantize = Requantize::new(required(inputs, 1)?, required(inputs, 4)?, output, optional(inputs, 8), d.m, self.bounds)?;
         let (xs, x_zero) = activations_u8(x, optional(inputs, 2))?;
         let w_zeros = weight_zeros(w.dtype(), optional(inputs, 5), d.m)?;
         let y = match requantize.dtype {
             DataType::U8 => self.conv::<u8>(&d, &xs, x_zero, w, w_zeros, &requantize, pool)?,
-            _ => self.conv::<i8>(&d, &xs, x_zero, w, w_zeros, &requantize, pool)?,
+            DataType::I8 => self.conv::<i8>(&d, &xs, x_zero, w, w_zeros, &requantize, pool)?,
+            _ => self.conv::<f32>(&d, &xs, x_zero, w, w_zeros, &requantize, pool)?,
         };
         Ok(vec![y])
     }
@@ -90,7 +92,7 @@ impl Op for QLinearConv {
 
 impl QLinearConv {
     #[allow(clippy::too_many_arguments)]
-    fn conv<T: QuantizedInt>(
+    fn conv<T: Requantized>(
         &self,
         d: &ConvDims,
         x: &[u8],

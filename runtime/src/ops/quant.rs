@@ -567,12 +567,16 @@ pub struct QLinearMatMul {
     matmul: MatMulInteger,
     /// A fused activation's float range (see [`Requantize::new`]).
     bounds: Bounds,
+    /// Made by fusion from a QDQ MatMul whose result stays float: no output scale and zero
+    /// point, f32 out.
+    float_output: bool,
 }
 
 impl QLinearMatMul {
-    /// With a fused activation that clamps the float result to `bounds` (Relu, Clip).
-    pub(crate) fn with_activation(bounds: Bounds) -> QLinearMatMul {
-        QLinearMatMul { bounds, ..QLinearMatMul::default() }
+    /// The fused form: a fused activation clamps the float result to `bounds` (Relu, Clip);
+    /// with `float_output` the result is not quantized again.
+    pub(crate) fn fused(bounds: Bounds, float_output: bool) -> QLinearMatMul {
+        QLinearMatMul { bounds, float_output, ..QLinearMatMul::default() }
     }
 }
 
@@ -587,11 +591,16 @@ impl Op for QLinearMatMul {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let facts = self.matmul.infer(&Self::gemm_inputs(inputs))?;
         let n = *facts[0].shape.last().unwrap_or(&1);
-        for (i, what) in [(1, "a_scale"), (4, "b_scale"), (6, "y_scale")] {
+        let scales: &[(usize, &str)] =
+            if self.float_output { &[(1, "a_scale"), (4, "b_scale")] } else { &[(1, "a_scale"), (4, "b_scale"), (6, "y_scale")] };
+        for &(i, what) in scales {
             let f = required(inputs, i)?;
             expect_dtype(f, &[DataType::F32], what)?;
             let len: usize = f.shape.iter().product();
             ensure!(len == 1 || (i == 4 && len == n), "{what} holds {len} values");
+        }
+        if self.float_output {
+            return Ok(vec![Fact::new(DataType::F32, facts[0].shape.clone())]);
         }
         let y_zero = required(inputs, 7)?;
         expect_dtype(y_zero, &[DataType::U8, DataType::I8], "y_zero_point")?;
@@ -602,9 +611,9 @@ impl Op for QLinearMatMul {
         let gemm_inputs = Self::gemm_inputs(inputs);
         let shape = self.matmul.output_shape(&gemm_inputs)?;
         let n = *shape.last().unwrap_or(&1);
-        let requantize =
-            Requantize::new(required(inputs, 1)?, required(inputs, 4)?, required(inputs, 6)?, required(inputs, 7)?, None, n, self.bounds)?;
-        fn run<T: QuantizedInt>(
+        let output = if self.float_output { None } else { Some((required(inputs, 6)?, required(inputs, 7)?)) };
+        let requantize = Requantize::new(required(inputs, 1)?, required(inputs, 4)?, output, None, n, self.bounds)?;
+        fn run<T: Requantized>(
             op: &QLinearMatMul,
             inputs: &[Option<&Tensor>],
             r: &Requantize,
@@ -617,7 +626,8 @@ impl Op for QLinearMatMul {
         }
         Ok(vec![match requantize.dtype {
             DataType::U8 => run::<u8>(self, &gemm_inputs, &requantize, shape, pool)?,
-            _ => run::<i8>(self, &gemm_inputs, &requantize, shape, pool)?,
+            DataType::I8 => run::<i8>(self, &gemm_inputs, &requantize, shape, pool)?,
+            _ => run::<f32>(self, &gemm_inputs, &requantize, shape, pool)?,
         }])
     }
 }
@@ -668,7 +678,9 @@ pub(crate) type Bounds = (Option<f32>, Option<f32>);
 
 /// The requantizing epilogue of the QLinear ops, as onnxruntime computes it:
 /// `y[j] = saturate(round_half_even(f32(acc + bias[j]) · multiplier[j]) + y_zero)` with
-/// `multiplier[j] = a_scale · w_scale[j] / y_scale` rounded to f32 once.
+/// `multiplier[j] = a_scale · w_scale[j] / y_scale` rounded to f32 once. Without an output
+/// scale (a QDQ MatMul/Conv whose result stays float) `y[j] = f32(acc + bias[j]) · a_scale ·
+/// w_scale[j]`.
 #[derive(Debug)]
 pub(crate) struct Requantize {
     multipliers: Vec<f32>,
@@ -677,21 +689,42 @@ pub(crate) struct Requantize {
     /// The quantized range: the type's, narrowed by a fused activation.
     lo: i32,
     hi: i32,
-    /// u8 or i8, the output's dtype (the zero point's).
+    /// A fused activation's range for float outputs.
+    float_bounds: (f32, f32),
+    /// u8 or i8 (the zero point's), or f32 without an output scale.
     pub dtype: DataType,
 }
 
+/// What a requantizing epilogue writes: quantized u8/i8, or f32.
+pub(crate) trait Requantized: Element {
+    /// The output for the exact sum `v` (bias included) of a column with `multiplier`.
+    fn finish(v: i32, multiplier: f32, r: &Requantize) -> Self;
+}
+
+impl<T: QuantizedInt> Requantized for T {
+    #[inline(always)]
+    fn finish(v: i32, multiplier: f32, r: &Requantize) -> T {
+        T::narrow(quantize(v as f32 * multiplier, 1.0, r.zero, r.lo, r.hi))
+    }
+}
+
+impl Requantized for f32 {
+    #[inline(always)]
+    fn finish(v: i32, multiplier: f32, r: &Requantize) -> f32 {
+        (v as f32 * multiplier).max(r.float_bounds.0).min(r.float_bounds.1)
+    }
+}
+
 impl Requantize {
-    /// For `n` output columns: `a_scale` and `y_scale` one value each, `w_scale` one or `n`,
-    /// `y_zero` one u8 or i8, `bias` (int32) `n` values. A fused activation clamping the
-    /// float result to `bounds` clamps the quantized one to the bounds' quantized values,
-    /// which is exact: rounding is monotonic, so `q(clamp(y)) = clamp(q(y))`.
-    #[allow(clippy::too_many_arguments)]
+    /// For `n` output columns: `a_scale` one value, `w_scale` one or `n`, `output` the output
+    /// scale and u8/i8 zero point (one value each; `None`: float output), `bias` (int32) `n`
+    /// values. A fused activation clamping the float result to `bounds` clamps a quantized
+    /// one to the bounds' quantized values, which is exact: rounding is monotonic, so
+    /// `q(clamp(y)) = clamp(q(y))`.
     pub(crate) fn new(
         a_scale: &Tensor,
         w_scale: &Tensor,
-        y_scale: &Tensor,
-        y_zero: &Tensor,
+        output: Option<(&Tensor, &Tensor)>,
         bias: Option<&Tensor>,
         n: usize,
         bounds: Bounds,
@@ -700,17 +733,27 @@ impl Requantize {
             ensure!(t.len() == 1, "{what} must be one value, got {t:?}");
             Ok(t.to_f32s()?[0])
         };
-        let (a_scale, y_scale) = (one(a_scale, "input scale")?, one(y_scale, "output scale")?);
-        ensure!(y_scale != 0.0 && y_scale.is_finite(), "output scale is {y_scale}");
+        let a_scale = one(a_scale, "input scale")?;
+        let y_scale = output.map(|(s, _)| one(s, "output scale")).transpose()?;
+        ensure!(y_scale.is_none_or(|s| s != 0.0 && s.is_finite()), "output scale is {y_scale:?}");
         let w_scale = w_scale.to_f32s()?;
         ensure!(w_scale.len() == 1 || w_scale.len() == n, "weight scale holds {} values for {n} output channels", w_scale.len());
-        let multipliers = (0..n).map(|j| a_scale * w_scale[if w_scale.len() == 1 { 0 } else { j }] / y_scale).collect();
+        let multipliers = (0..n)
+            .map(|j| {
+                let scale = a_scale * w_scale[if w_scale.len() == 1 { 0 } else { j }];
+                y_scale.map_or(scale, |y| scale / y)
+            })
+            .collect();
         let bias = match bias {
             None => vec![0; n],
             Some(b) => {
                 ensure!(b.dtype() == DataType::I32 && b.len() == n, "bias must be {n} int32 values, got {b:?}");
                 b.as_slice::<i32>()?.to_vec()
             }
+        };
+        let float_bounds = (bounds.0.unwrap_or(f32::NEG_INFINITY), bounds.1.unwrap_or(f32::INFINITY));
+        let Some((y_scale, (_, y_zero))) = y_scale.zip(output) else {
+            return Ok(Requantize { multipliers, bias, zero: 0, lo: 0, hi: 0, float_bounds, dtype: DataType::F32 });
         };
         ensure!(y_zero.len() == 1, "output zero point must be one value, got {y_zero:?}");
         let zero = match y_zero.dtype() {
@@ -720,22 +763,22 @@ impl Requantize {
         };
         let (lo, hi) = if y_zero.dtype() == DataType::U8 { (0, 255) } else { (-128, 127) };
         let bound = |b: Option<f32>, default: i32| b.map_or(default, |b| quantize(b, y_scale, zero, lo, hi));
-        Ok(Requantize { multipliers, bias, zero, lo: bound(bounds.0, lo), hi: bound(bounds.1, hi), dtype: y_zero.dtype() })
+        Ok(Requantize { multipliers, bias, zero, lo: bound(bounds.0, lo), hi: bound(bounds.1, hi), float_bounds, dtype: y_zero.dtype() })
     }
 
     /// Requantizes the exact sums `acc` of columns `col0..` into `out`.
     #[inline(always)]
-    pub(crate) fn apply<T: QuantizedInt>(&self, col0: usize, acc: &[i32], out: &mut [T]) {
+    pub(crate) fn apply<T: Requantized>(&self, col0: usize, acc: &[i32], out: &mut [T]) {
         for (((y, &v), &m), &b) in out.iter_mut().zip(acc).zip(&self.multipliers[col0..]).zip(&self.bias[col0..]) {
-            *y = T::narrow(quantize(v.wrapping_add(b) as f32 * m, 1.0, self.zero, self.lo, self.hi));
+            *y = T::finish(v.wrapping_add(b), m, self);
         }
     }
 
     /// Requantizes sums that all belong to column `j` (a depthwise conv's plane).
-    pub(crate) fn apply_to_column<T: QuantizedInt>(&self, j: usize, acc: &[i32], out: &mut [T]) {
+    pub(crate) fn apply_to_column<T: Requantized>(&self, j: usize, acc: &[i32], out: &mut [T]) {
         let (m, b) = (self.multipliers[j], self.bias[j]);
         for (y, &v) in out.iter_mut().zip(acc) {
-            *y = T::narrow(quantize(v.wrapping_add(b) as f32 * m, 1.0, self.zero, self.lo, self.hi));
+            *y = T::finish(v.wrapping_add(b), m, self);
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::ops::array::Gather;
 use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Clip, Unary};
+use crate::ops::matmul::Gemm;
 use crate::ops::qconv::QLinearConv;
 use crate::ops::quant::{Bounds, CompactWeights, DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
 use crate::ops::{Fact, Op, normalize_axis};
@@ -130,8 +131,9 @@ fn dequantize_inputs(step: &Step) -> Option<(usize, usize, Option<usize>)> {
     }
 }
 
-/// Static QDQ: `DequantizeLinear(xq) → Conv | MatMul [→ Relu | Clip] [→ QuantizeLinear]`,
-/// the weights (and a Conv's bias) constants dequantized from int8 (int32) → one
+/// Static QDQ: `DequantizeLinear(xq) → Conv | MatMul | Gemm [→ Relu | Clip] [→
+/// QuantizeLinear]`, the weights (and a Conv's or Gemm's bias) constants dequantized from
+/// int8 (int32) → one
 /// [`QLinearConv`] / [`QLinearMatMul`] step on `xq` and the integer weights, as onnxruntime
 /// fuses them; without the QuantizeLinear the step writes the float result. Activations per
 /// tensor; weights per tensor or per output channel.
@@ -143,9 +145,11 @@ fn qdq_to_integer(
     expanded: &HashMap<usize, Step>,
 ) -> Option<(Vec<usize>, Step)> {
     let step = steps[i].as_ref()?;
-    let conv = match step.op_type.as_str() {
-        "Conv" => true,
-        "MatMul" => false,
+    // Which op, and for the products whether B is stored `N × K`.
+    let (conv, b_transposed) = match step.op_type.as_str() {
+        "Conv" => (true, false),
+        "MatMul" => (false, false),
+        "Gemm" => (false, (step.op.as_ref() as &dyn Any).downcast_ref::<Gemm>()?.plain()?),
         _ => return None,
     };
     let (x, w) = (step.inputs.first().copied().flatten()?, step.inputs.get(1).copied().flatten()?);
@@ -160,7 +164,7 @@ fn qdq_to_integer(
     let w_dq = folded_dequantize(expanded, w)?;
     let (wq, w_scale, w_zero) = dequantize_inputs(w_dq)?;
     let w_shape = &facts[wq].shape;
-    let (channels, channel_axis) = if conv { (*w_shape.first()?, 0) } else { (*w_shape.get(1)?, 1) };
+    let (channels, channel_axis) = if conv || b_transposed { (*w_shape.first()?, 0) } else { (*w_shape.get(1)?, 1) };
     let per_channel = match facts[w_scale].value.as_ref()?.len() {
         1 => true,
         len => {
@@ -175,14 +179,16 @@ fn qdq_to_integer(
     if !per_channel || !matches!(facts[wq].dtype, DataType::U8 | DataType::I8) || (!conv && w_shape.len() != 2) {
         return None;
     }
-    // A Conv's bias: int32 dequantized with zero point 0 (its scale is x_scale · w_scale).
+    // A Conv's or Gemm's bias: int32 dequantized with zero point 0 (its scale is x_scale ·
+    // w_scale).
     let bias = match step.inputs.get(2).copied().flatten() {
         None => None,
         Some(b) => {
             let (bq, _, b_zero) = dequantize_inputs(folded_dequantize(expanded, b)?)?;
             let zero_is_0 = b_zero
                 .is_none_or(|z| facts[z].value.as_ref().is_some_and(|v| v.as_slice::<i32>().is_ok_and(|v| v.iter().all(|&z| z == 0))));
-            (facts[bq].dtype == DataType::I32 && zero_is_0).then_some(bq)?;
+            let per_channel = facts[bq].shape.iter().product::<usize>() == channels;
+            (facts[bq].dtype == DataType::I32 && zero_is_0 && per_channel).then_some(bq)?;
             Some(bq)
         }
     };
@@ -215,7 +221,7 @@ fn qdq_to_integer(
         let geometry = (step.op.as_ref() as &dyn Any).downcast_ref::<Conv>()?.geometry().clone();
         ("QLinearConv".into(), Arc::new(QLinearConv::fused(geometry, bounds, float_output)))
     } else {
-        ("QLinearMatMul".into(), Arc::new(QLinearMatMul::fused(bounds, float_output)))
+        ("QLinearMatMul".into(), Arc::new(QLinearMatMul::fused(b_transposed, bounds, float_output)))
     };
     if let Some((a, _, _)) = activation {
         op_type = format!("{op_type}+{}", steps[a].as_ref()?.op_type);
@@ -223,7 +229,6 @@ fn qdq_to_integer(
     if float_output {
         op_type.push_str("→f32");
     }
-    let inputs = if conv { inputs } else { inputs[..8].to_vec() };
     Some((absorbed, Step { node: step.node.clone(), op_type, op, inputs, outputs: vec![Some(y)] }))
 }
 
@@ -431,15 +436,23 @@ mod tests {
     /// weights int8 per output channel, the Conv's bias int32. With `float_weights` the
     /// weights and bias are the same values as plain f32 initializers, which keeps the float
     /// path (the reference); with `expose` the Conv/MatMul result is also a graph output.
-    fn static_qdq(conv: bool, float_weights: bool, expose: bool, activation: &str) -> Session {
+    fn static_qdq(op: &str, float_weights: bool, expose: bool, activation: &str) -> Session {
         let (channels, k) = (5usize, 3usize);
-        let (w_shape, scale_axis): (Vec<usize>, i64) = if conv { (vec![channels, k, 3, 3], 0) } else { (vec![k, channels], 1) };
+        let conv = op == "Conv";
+        let (w_shape, scale_axis): (Vec<usize>, i64) = match op {
+            "Conv" => (vec![channels, k, 3, 3], 0),
+            "Gemm" => (vec![channels, k], 0),
+            _ => (vec![k, channels], 1),
+        };
         let w: Vec<i8> = (0..w_shape.iter().product::<usize>()).map(|i| ((i * 53) % 255) as i8).collect();
         let w_scales: Vec<f32> = (0..channels).map(|j| 0.004 + 0.001 * j as f32).collect();
         let inner = w.len() / channels;
-        let channel = |i: usize| if conv { i / inner } else { i % channels };
-        let x_dims: Vec<i64> = if conv { vec![1, k as i64, 6, 7] } else { vec![2, 4, k as i64] };
-        let y_dims: Vec<i64> = if conv { vec![1, channels as i64, 6, 7] } else { vec![2, 4, channels as i64] };
+        let channel = |i: usize| if scale_axis == 0 { i / inner } else { i % channels };
+        let (x_dims, y_dims): (Vec<i64>, Vec<i64>) = match op {
+            "Conv" => (vec![1, k as i64, 6, 7], vec![1, channels as i64, 6, 7]),
+            "Gemm" => (vec![8, k as i64], vec![8, channels as i64]),
+            _ => (vec![2, 4, k as i64], vec![2, 4, channels as i64]),
+        };
         let mut m = ModelBuilder::new(21)
             .input("x", DataType::F32, &x_dims)
             .initializer("xs", &Tensor::scalar(0.02f32))
@@ -456,7 +469,7 @@ mod tests {
                 .initializer("ws", &Tensor::from_vec(vec![channels], w_scales.clone()).unwrap())
                 .node("DequantizeLinear", &["wq", "ws"], &["wd"], vec![("axis", Attr::Int(scale_axis))])
         };
-        m = if conv {
+        m = if op != "MatMul" {
             let bias: Vec<i32> = (0..channels as i32).map(|j| (j - 2) * 700).collect();
             let bias_scales: Vec<f32> = (0..channels).map(|j| 0.02 * w_scales[j]).collect();
             m = if float_weights {
@@ -467,7 +480,11 @@ mod tests {
                     .initializer("bs", &Tensor::from_vec(vec![channels], bias_scales).unwrap())
                     .node("DequantizeLinear", &["bq", "bs"], &["bd"], vec![("axis", Attr::Int(0))])
             };
-            m.node("Conv", &["xd", "wd", "bd"], &["y"], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))])
+            if conv {
+                m.node("Conv", &["xd", "wd", "bd"], &["y"], vec![("pads", Attr::Ints(vec![1, 1, 1, 1]))])
+            } else {
+                m.node("Gemm", &["xd", "wd", "bd"], &["y"], vec![("transB", Attr::Int(1))])
+            }
         } else {
             m.node("MatMul", &["xd", "wd"], &["y"], vec![])
         };
@@ -493,22 +510,27 @@ mod tests {
 
     #[test]
     fn static_qdq_runs_on_integer_kernels() {
-        for (conv, activation, integer_op) in [
-            (true, "", "QLinearConv"),
-            (false, "", "QLinearMatMul"),
-            (true, "Relu", "QLinearConv+Relu"),
-            (true, "Clip", "QLinearConv+Clip"),
-            (false, "Relu", "QLinearMatMul+Relu"),
+        for (op, activation, integer_op) in [
+            ("Conv", "", "QLinearConv"),
+            ("MatMul", "", "QLinearMatMul"),
+            ("Gemm", "", "QLinearMatMul"),
+            ("Conv", "Relu", "QLinearConv+Relu"),
+            ("Conv", "Clip", "QLinearConv+Clip"),
+            ("MatMul", "Relu", "QLinearMatMul+Relu"),
         ] {
-            let shape = if conv { vec![1, 3, 6, 7] } else { vec![2, 4, 3] };
+            let shape = match op {
+                "Conv" => vec![1, 3, 6, 7],
+                "Gemm" => vec![8, 3],
+                _ => vec![2, 4, 3],
+            };
             let n: usize = shape.iter().product();
             let x = Tensor::from_vec(shape.clone(), (0..n).map(|i| ((i * 29) % 97) as f32 * 0.05 - 2.4).collect()).unwrap();
-            let (fused, float) = (static_qdq(conv, false, false, activation), static_qdq(conv, true, false, activation));
+            let (fused, float) = (static_qdq(op, false, false, activation), static_qdq(op, true, false, activation));
             let ops = |s: &Session| {
                 s.plan_for(&[(DataType::F32, shape.clone())]).unwrap().step_ops().iter().map(|(_, op)| op.to_string()).collect::<Vec<_>>()
             };
             assert_eq!(ops(&fused), ["QuantizeLinear", integer_op, "DequantizeLinear"]);
-            assert!(ops(&float).contains(&(if conv { "Conv" } else { "MatMul" }).to_string()), "{:?}", ops(&float));
+            assert!(ops(&float).contains(&op.to_string()), "{:?}", ops(&float));
             let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap();
             let (y, want) = (run(&fused).remove(0).1, run(&float).remove(0).1);
             let (y, want) = (y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
@@ -528,9 +550,9 @@ mod tests {
             }
             // The result also read in float (a graph output): the integer step writes f32,
             // equal to the float path up to its rounding.
-            let exposed = static_qdq(conv, false, true, activation);
+            let exposed = static_qdq(op, false, true, activation);
             assert_eq!(ops(&exposed), ["QuantizeLinear", &format!("{integer_op}→f32"), "QuantizeLinear", "DequantizeLinear"]);
-            let (y, want) = (run(&exposed).remove(1).1, run(&static_qdq(conv, true, true, activation)).remove(1).1);
+            let (y, want) = (run(&exposed).remove(1).1, run(&static_qdq(op, true, true, activation)).remove(1).1);
             for (a, b) in y.as_slice::<f32>().unwrap().iter().zip(want.as_slice::<f32>().unwrap()) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{integer_op}→f32: {a} vs {b}");
             }

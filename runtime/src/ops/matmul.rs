@@ -169,6 +169,12 @@ pub struct Gemm {
 }
 
 impl Gemm {
+    /// `Some(transB)` when the Gemm is a plain product plus bias (`alpha = beta = 1`, A not
+    /// transposed), the form the integer rewrite takes.
+    pub(crate) fn plain(&self) -> Option<bool> {
+        (self.alpha == 1.0 && self.beta == 1.0 && !self.trans_a).then_some(self.trans_b)
+    }
+
     fn dims(&self, a: &[usize], b: &[usize]) -> Result<(usize, usize, usize)> {
         ensure!(a.len() == 2 && b.len() == 2, "Gemm needs 2-D inputs, got {a:?} and {b:?}");
         let (m, k) = if self.trans_a { (a[1], a[0]) } else { (a[0], a[1]) };

@@ -395,6 +395,8 @@ impl Op for DynamicQuantizeLinear {
 pub struct MatMulInteger {
     /// B packed once when it is a constant.
     packed: PreparedWeights<PackedI8>,
+    /// B stored `N × K` (a Gemm's `transB`; fusion only).
+    b_transposed: bool,
 }
 
 /// Weight zero points as the u8·i8 kernels take them (u8 weights shifted by −128): one per
@@ -439,9 +441,10 @@ pub(crate) fn pack_weights(w: &Tensor, k: usize, zeros: Vec<i8>, index: impl Fn(
     })
 }
 
-fn pack_b(b: &Tensor, zero: Option<&Tensor>) -> Result<PackedI8> {
-    let (k, n) = (b.shape()[0], b.shape()[1]);
-    pack_weights(b, k, weight_zeros(b.dtype(), zero, n)?, |p, j| p * n + j)
+fn pack_b(b: &Tensor, zero: Option<&Tensor>, transposed: bool) -> Result<PackedI8> {
+    let (rows, cols) = (b.shape()[0], b.shape()[1]);
+    let (k, n) = if transposed { (cols, rows) } else { (rows, cols) };
+    pack_weights(b, k, weight_zeros(b.dtype(), zero, n)?, |p, j| if transposed { j * k + p } else { p * n + j })
 }
 
 /// Activations as the u8·i8 kernels take them: u8 in place, i8 shifted by +128 (zero point
@@ -465,7 +468,8 @@ impl Op for MatMulInteger {
         expect_dtype(a, &[DataType::U8, DataType::I8], "A")?;
         expect_dtype(b, &[DataType::U8, DataType::I8], "B")?;
         ensure!(b.shape.len() == 2, "B must be 2-D (weights), got {:?}", b.shape);
-        ensure!(a.shape.len() >= 2 && a.shape[a.shape.len() - 1] == b.shape[0], "inner dims differ: A {:?} × B {:?}", a.shape, b.shape);
+        let (k, n) = self.b_dims(&b.shape);
+        ensure!(a.shape.len() >= 2 && a.shape[a.shape.len() - 1] == k, "inner dims differ: A {:?} × B {:?}", a.shape, b.shape);
         if let Some(z) = optional(inputs, 2) {
             ensure!(
                 z.dtype == a.dtype && z.shape.iter().product::<usize>() == 1,
@@ -474,7 +478,7 @@ impl Op for MatMulInteger {
             );
         }
         let mut shape = a.shape.clone();
-        *shape.last_mut().unwrap_or(&mut 0) = b.shape[1];
+        *shape.last_mut().unwrap_or(&mut 0) = n;
         Ok(vec![Fact::new(DataType::I32, shape)])
     }
 
@@ -487,9 +491,14 @@ impl Op for MatMulInteger {
 }
 
 impl MatMulInteger {
+    /// `(K, N)` of weights of shape `b`.
+    fn b_dims(&self, b: &[usize]) -> (usize, usize) {
+        if self.b_transposed { (b[1], b[0]) } else { (b[0], b[1]) }
+    }
+
     fn output_shape(&self, inputs: &[Option<&Tensor>]) -> Result<Vec<usize>> {
         let mut shape = required(inputs, 0)?.shape().to_vec();
-        *shape.last_mut().unwrap_or(&mut 0) = required(inputs, 1)?.shape()[1];
+        *shape.last_mut().unwrap_or(&mut 0) = self.b_dims(required(inputs, 1)?.shape()).1;
         Ok(shape)
     }
 
@@ -503,7 +512,7 @@ impl MatMulInteger {
         epilogue: impl Fn(usize, usize, &[i32], &mut [T]) + Sync,
     ) -> Result<()> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
-        let packed = self.packed.get(b, || pack_b(b, optional(inputs, 3)))?;
+        let packed = self.packed.get(b, || pack_b(b, optional(inputs, 3), self.b_transposed))?;
         let (a_u8, a_zero) = activations_u8(a, optional(inputs, 2))?;
         gemm_u8i8_with(best_gemm_u8i8(), &a_u8, a_zero, &packed, c, epilogue);
         Ok(())
@@ -573,10 +582,11 @@ pub struct QLinearMatMul {
 }
 
 impl QLinearMatMul {
-    /// The fused form: a fused activation clamps the float result to `bounds` (Relu, Clip);
-    /// with `float_output` the result is not quantized again.
-    pub(crate) fn fused(bounds: Bounds, float_output: bool) -> QLinearMatMul {
-        QLinearMatMul { bounds, float_output, ..QLinearMatMul::default() }
+    /// The fused form (also of a QDQ Gemm): B stored `N × K` with `b_transposed`; a fused
+    /// activation clamps the float result to `bounds` (Relu, Clip); with `float_output` the
+    /// result is not quantized again. Takes an int32 bias as input 8.
+    pub(crate) fn fused(b_transposed: bool, bounds: Bounds, float_output: bool) -> QLinearMatMul {
+        QLinearMatMul { matmul: MatMulInteger { b_transposed, ..MatMulInteger::default() }, bounds, float_output }
     }
 }
 
@@ -599,6 +609,10 @@ impl Op for QLinearMatMul {
             let len: usize = f.shape.iter().product();
             ensure!(len == 1 || (i == 4 && len == n), "{what} holds {len} values");
         }
+        if let Some(b) = optional(inputs, 8) {
+            expect_dtype(b, &[DataType::I32], "bias")?;
+            ensure!(b.shape.iter().product::<usize>() == n, "bias {:?} should hold {n} values", b.shape);
+        }
         if self.float_output {
             return Ok(vec![Fact::new(DataType::F32, facts[0].shape.clone())]);
         }
@@ -612,7 +626,7 @@ impl Op for QLinearMatMul {
         let shape = self.matmul.output_shape(&gemm_inputs)?;
         let n = *shape.last().unwrap_or(&1);
         let output = if self.float_output { None } else { Some((required(inputs, 6)?, required(inputs, 7)?)) };
-        let requantize = Requantize::new(required(inputs, 1)?, required(inputs, 4)?, output, None, n, self.bounds)?;
+        let requantize = Requantize::new(required(inputs, 1)?, required(inputs, 4)?, output, optional(inputs, 8), n, self.bounds)?;
         fn run<T: Requantized>(
             op: &QLinearMatMul,
             inputs: &[Option<&Tensor>],

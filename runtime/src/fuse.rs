@@ -9,6 +9,7 @@ use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Clip, Unary};
 use crate::ops::matmul::Gemm;
+use crate::ops::qbinary::QLinearBinary;
 use crate::ops::qconv::QLinearConv;
 use crate::ops::quant::{Bounds, CompactWeights, DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
 use crate::ops::{Fact, Op, normalize_axis};
@@ -45,17 +46,24 @@ impl Readers {
     }
 }
 
+/// What the rules read: the steps (absorbed ones already `None`), every slot's facts, who
+/// reads and writes each slot, and the folded DequantizeLinear / float16 Cast steps by slot.
+struct Planned<'a> {
+    steps: &'a [Option<Step>],
+    facts: &'a [Fact],
+    readers: &'a Readers,
+    expanded: &'a HashMap<usize, Step>,
+}
+
 /// Applies every rule; returns the steps in their new order.
 /// `expanded` holds the folded DequantizeLinear and float16 Cast steps by output slot.
 pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], expanded: &HashMap<usize, Step>) -> Vec<Step> {
     let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
     let readers = Readers::new(&steps, facts.len(), graph_outputs);
     for i in 0..steps.len() {
-        let fused = qdq_to_integer(&steps, i, facts, &readers, expanded)
-            .or_else(|| dequantized_gather(&steps, i, facts, expanded))
-            .or_else(|| compact_weights(&steps, i, facts, expanded))
-            .or_else(|| matmul_integer_to_float(&steps, i, facts, &readers))
-            .or_else(|| elementwise_chain(&steps, i, facts, &readers));
+        let g = Planned { steps: &steps, facts, readers: &readers, expanded };
+        let rules = [qdq_to_integer, qdq_binary, dequantized_gather, compact_weights, matmul_integer_to_float, elementwise_chain];
+        let fused = rules.iter().find_map(|rule| rule(&g, i));
         if let Some((absorbed, fused)) = fused {
             for &j in &absorbed {
                 steps[j] = None;
@@ -87,7 +95,8 @@ fn per_column_operand(step: &Step, x: usize, facts: &[Fact]) -> Option<(usize, u
 }
 
 /// `MatMulInteger → Cast(float) → Mul(scale) [→ Add(bias)]` → [`MatMulIntegerToFloat`].
-fn matmul_integer_to_float(steps: &[Option<Step>], i: usize, facts: &[Fact], readers: &Readers) -> Option<(Vec<usize>, Step)> {
+fn matmul_integer_to_float(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, facts, readers) = (g.steps, g.facts, g.readers);
     let step = steps[i].as_ref()?;
     let op: Arc<dyn Any + Send + Sync> = step.op.clone();
     let matmul = op.downcast::<MatMulInteger>().ok()?;
@@ -137,13 +146,8 @@ fn dequantize_inputs(step: &Step) -> Option<(usize, usize, Option<usize>)> {
 /// [`QLinearConv`] / [`QLinearMatMul`] step on `xq` and the integer weights, as onnxruntime
 /// fuses them; without the QuantizeLinear the step writes the float result. Activations per
 /// tensor; weights per tensor or per output channel.
-fn qdq_to_integer(
-    steps: &[Option<Step>],
-    i: usize,
-    facts: &[Fact],
-    readers: &Readers,
-    expanded: &HashMap<usize, Step>,
-) -> Option<(Vec<usize>, Step)> {
+fn qdq_to_integer(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, facts, readers, expanded) = (g.steps, g.facts, g.readers, g.expanded);
     let step = steps[i].as_ref()?;
     // Which op, and for the products whether B is stored `N × K`.
     let (conv, b_transposed) = match step.op_type.as_str() {
@@ -196,18 +200,12 @@ fn qdq_to_integer(
     // scale and zero point), or else left float.
     let mut absorbed = if readers.sole[x] == Some(i) { vec![x_dq, i] } else { vec![i] };
     let mut y = step.outputs.first().copied().flatten()?;
-    let activation = activation_bounds(steps, readers, y, facts);
+    let activation = activation_bounds(g, y);
     if let Some((a, _, out)) = activation {
         absorbed.push(a);
         y = out;
     }
-    let requantized = sole_reader(steps, readers, y, "QuantizeLinear").and_then(|(q, quantize)| match quantize.inputs.as_slice() {
-        [Some(_), Some(s), Some(z)] => {
-            Some((q, one_constant(facts, *s)?, one_constant(facts, *z)?, quantize.outputs.first().copied().flatten()?))
-        }
-        _ => None,
-    });
-    let (y_scale, y_zero, float_output) = match requantized {
+    let (y_scale, y_zero, float_output) = match per_tensor_quantize(g, y) {
         Some((q, y_scale, y_zero, yq)) => {
             absorbed.push(q);
             y = yq;
@@ -232,9 +230,63 @@ fn qdq_to_integer(
     Some((absorbed, Step { node: step.node.clone(), op_type, op, inputs, outputs: vec![Some(y)] }))
 }
 
+/// The DequantizeLinear writing `slot` with one constant scale and zero point — a step run
+/// per inference (its index) or folded at plan time (`None`) — and its `(quantized, scale,
+/// zero point)`.
+fn per_tensor_dequantize(g: &Planned, slot: usize) -> Option<(Option<usize>, [usize; 3])> {
+    let (steps, facts, readers, expanded) = (g.steps, g.facts, g.readers, g.expanded);
+    let (i, step) = match readers.writer[slot] {
+        Some(i) => (Some(i), steps[i].as_ref().filter(|s| s.op_type == "DequantizeLinear")?),
+        None => (None, folded_dequantize(expanded, slot)?),
+    };
+    let (q, scale, zero) = dequantize_inputs(step)?;
+    let zero = zero?;
+    (matches!(facts[q].dtype, DataType::U8 | DataType::I8) && one_constant(facts, scale).is_some() && one_constant(facts, zero).is_some())
+        .then_some((i, [q, scale, zero]))
+}
+
+/// The QuantizeLinear that is the sole reader of `y`, with one constant scale and zero point:
+/// its index, scale, zero point and output.
+fn per_tensor_quantize(g: &Planned, y: usize) -> Option<(usize, usize, usize, usize)> {
+    let (q, quantize) = sole_reader(g.steps, g.readers, y, "QuantizeLinear")?;
+    match quantize.inputs.as_slice() {
+        [Some(_), Some(s), Some(z)] => {
+            Some((q, one_constant(g.facts, *s)?, one_constant(g.facts, *z)?, quantize.outputs.first().copied().flatten()?))
+        }
+        _ => None,
+    }
+}
+
+/// Static QDQ elementwise arithmetic: `DequantizeLinear(a), DequantizeLinear(b) → Add | Sub |
+/// Mul | Div → QuantizeLinear`, all per tensor (an operand may be a constant folded out of
+/// its DequantizeLinear) → one [`QLinearBinary`] step on the quantized tensors.
+fn qdq_binary(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, readers) = (g.steps, g.readers);
+    let step = steps[i].as_ref()?;
+    let op = *(step.op.as_ref() as &dyn Any).downcast_ref::<Binary>().filter(|&&b| chains_binary(b))?;
+    let (a, b) = match step.inputs.as_slice() {
+        [Some(a), Some(b)] => (*a, *b),
+        _ => return None,
+    };
+    let (a_dq, a_params) = per_tensor_dequantize(g, a)?;
+    let (b_dq, b_params) = per_tensor_dequantize(g, b)?;
+    let y = step.outputs.first().copied().flatten()?;
+    let (q, y_scale, y_zero, yq) = per_tensor_quantize(g, y)?;
+    let mut absorbed: Vec<usize> =
+        [(a, a_dq), (b, b_dq)].iter().filter(|&&(slot, _)| readers.sole[slot] == Some(i)).filter_map(|&(_, dq)| dq).collect();
+    absorbed.sort_unstable();
+    absorbed.dedup();
+    absorbed.extend([i, q]);
+    let inputs: Vec<Option<usize>> = a_params.iter().chain(&b_params).chain(&[y_scale, y_zero]).map(|&s| Some(s)).collect();
+    let fused: Arc<dyn Op> = Arc::new(QLinearBinary { op });
+    let op_type = format!("QLinear{}", step.op_type);
+    Some((absorbed, Step { node: step.node.clone(), op_type, op: fused, inputs, outputs: vec![Some(yq)] }))
+}
+
 /// A Relu or Clip (constant bounds) that is the sole reader of `y`: its step, the float
 /// range it clamps to, and its output.
-fn activation_bounds(steps: &[Option<Step>], readers: &Readers, y: usize, facts: &[Fact]) -> Option<(usize, Bounds, usize)> {
+fn activation_bounds(g: &Planned, y: usize) -> Option<(usize, Bounds, usize)> {
+    let (steps, facts, readers) = (g.steps, g.facts, g.readers);
     let a = readers.sole[y]?;
     let step = steps[a].as_ref()?;
     let out = step.outputs.first().copied().flatten()?;
@@ -254,7 +306,8 @@ fn activation_bounds(steps: &[Option<Step>], readers: &Readers, y: usize, facts:
 
 /// `Gather` from a table folded out of `DequantizeLinear(constant)` → [`DequantizedGather`]
 /// on the quantized table (which then leaves the plan: only the quantized one stays in memory).
-fn dequantized_gather(steps: &[Option<Step>], i: usize, facts: &[Fact], expanded: &HashMap<usize, Step>) -> Option<(Vec<usize>, Step)> {
+fn dequantized_gather(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, facts, expanded) = (g.steps, g.facts, g.expanded);
     let step = steps[i].as_ref().filter(|s| s.op_type == "Gather")?;
     let (table, indices) = match step.inputs.as_slice() {
         [Some(t), Some(i)] => (*t, *i),
@@ -277,7 +330,8 @@ fn dequantized_gather(steps: &[Option<Step>], i: usize, facts: &[Fact], expanded
 /// folded out of `DequantizeLinear(8-bit constant)` or `Cast(float16 constant)` →
 /// [`CompactWeights`], so only the compact weights stay in memory. Small constants (under
 /// 4 Ki values) are left folded.
-fn compact_weights(steps: &[Option<Step>], i: usize, facts: &[Fact], expanded: &HashMap<usize, Step>) -> Option<(Vec<usize>, Step)> {
+fn compact_weights(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, facts, expanded) = (g.steps, g.facts, g.expanded);
     let step = steps[i].as_ref().filter(|s| matches!(s.op_type.as_str(), "MatMul" | "Gemm" | "Conv"))?;
     let weight = 1;
     let source = expanded.get(&step.inputs.get(weight).copied().flatten()?)?;
@@ -327,7 +381,8 @@ fn as_chain_step(step: &Step, v: usize, x: Option<usize>, facts: &[Fact]) -> Opt
 }
 
 /// Two or more elementwise f32 steps in a row, each the sole reader of the last → [`Chain`].
-fn elementwise_chain(steps: &[Option<Step>], i: usize, facts: &[Fact], readers: &Readers) -> Option<(Vec<usize>, Step)> {
+fn elementwise_chain(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, facts, readers) = (g.steps, g.facts, g.readers);
     let first = steps[i].as_ref()?;
     let (x, head) = first.inputs.iter().flatten().find_map(|&v| Some((v, as_chain_step(first, v, None, facts)?)))?;
     let (mut chain, mut absorbed, mut value) = (vec![head], vec![i], first.outputs[0]?);
@@ -656,5 +711,59 @@ mod tests {
         assert!(plan.constants.iter().flatten().all(|c| c.dtype() != DataType::F32), "the f32 weights are still in the plan");
         let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap().remove(0).1;
         assert_eq!(run(&half_model).as_slice::<f32>().unwrap(), run(&float_model).as_slice::<f32>().unwrap());
+    }
+
+    /// `Q → DQ` on both operands of Add/Sub/Mul/Div and `Q → DQ` after, as onnxruntime's
+    /// quantizer writes elementwise ops; with `expose` the float result is also an output,
+    /// which keeps the steps apart.
+    fn qdq_binary_model(op: &str, b_shape: &[i64], signed: bool, expose: bool) -> Session {
+        let zero = |z: i32| if signed { Tensor::scalar(z as i8) } else { Tensor::scalar((z + 128) as u8) };
+        let mut m = ModelBuilder::new(21)
+            .input("a", DataType::F32, &[2, 3, 4, 5])
+            .input("b", DataType::F32, b_shape)
+            .initializer("sa", &Tensor::scalar(0.031f32))
+            .initializer("za", &zero(-7))
+            .initializer("sb", &Tensor::scalar(0.017f32))
+            .initializer("zb", &zero(12))
+            .initializer("sy", &Tensor::scalar(0.043f32))
+            .initializer("zy", &zero(3))
+            .node("QuantizeLinear", &["a", "sa", "za"], &["aq"], vec![])
+            .node("DequantizeLinear", &["aq", "sa", "za"], &["ad"], vec![])
+            .node("QuantizeLinear", &["b", "sb", "zb"], &["bq"], vec![])
+            .node("DequantizeLinear", &["bq", "sb", "zb"], &["bd"], vec![])
+            .node(op, &["ad", "bd"], &["y"], vec![])
+            .node("QuantizeLinear", &["y", "sy", "zy"], &["yq"], vec![])
+            .node("DequantizeLinear", &["yq", "sy", "zy"], &["out"], vec![])
+            .output("out", DataType::F32, &[2, 3, 4, 5]);
+        if expose {
+            m = m.output("y", DataType::F32, &[2, 3, 4, 5]);
+        }
+        Session::new(Model::from_bytes(m.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn qdq_elementwise_ops_run_on_quantized_tensors_bit_identically() {
+        for (op, b_shape, signed) in
+            [("Add", [2, 3, 4, 5], false), ("Mul", [1, 3, 1, 1], false), ("Sub", [2, 3, 4, 5], true), ("Div", [2, 3, 4, 5], false)]
+        {
+            let a = Tensor::from_vec(vec![2, 3, 4, 5], (0..120).map(|i| (i as f32 * 0.37).sin() * 3.0).collect()).unwrap();
+            let n: usize = b_shape.iter().product();
+            let b_dims: Vec<usize> = b_shape.to_vec();
+            let b = Tensor::from_vec(
+                b_dims.clone(),
+                (0..n).map(|i| (i as f32 * 0.71).cos() * 2.0 + if op == "Div" { 2.5 } else { 0.0 }).collect(),
+            )
+            .unwrap();
+            let b_i64: Vec<i64> = b_shape.iter().map(|&d| d as i64).collect();
+            let (fused, apart) = (qdq_binary_model(op, &b_i64, signed, false), qdq_binary_model(op, &b_i64, signed, true));
+            let shapes = [(DataType::F32, vec![2, 3, 4, 5]), (DataType::F32, b_dims)];
+            let ops = |s: &Session| s.plan_for(&shapes).unwrap().step_ops().iter().map(|(_, op)| op.to_string()).collect::<Vec<_>>();
+            assert_eq!(ops(&fused), ["QuantizeLinear", "QuantizeLinear", &format!("QLinear{op}"), "DequantizeLinear"]);
+            assert!(ops(&apart).contains(&op.to_string()));
+            let run = |s: &Session| s.run(vec![("a", a.clone()), ("b", b.clone())]).unwrap().remove(0).1;
+            let (y, want) = (run(&fused), run(&apart));
+            assert_eq!(y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap(), "{op}");
+            assert!(y.as_slice::<f32>().unwrap().iter().filter(|&&v| v != 0.0).count() > 60, "{op}: degenerate data");
+        }
     }
 }

@@ -38,7 +38,7 @@ pub(crate) fn chains_binary(op: Binary) -> bool {
 }
 
 /// The second operand of a binary step.
-enum Operand<'a> {
+pub(crate) enum Operand<'a> {
     Scalar(f32),
     Slice(&'a [f32]),
 }
@@ -46,7 +46,7 @@ enum Operand<'a> {
 /// `v[i] = v[i] op w[i]` (or `w[i] op v[i]` when `swap`); one monomorphic loop per op and
 /// operand kind so each vectorizes.
 #[inline(always)]
-fn binary_in_place(op: Binary, v: &mut [f32], w: Operand, swap: bool) {
+pub(crate) fn binary_in_place(op: Binary, v: &mut [f32], w: Operand, swap: bool) {
     macro_rules! each {
         ($f:expr) => {{
             let f = $f;
@@ -85,7 +85,7 @@ fn binary_in_place(op: Binary, v: &mut [f32], w: Operand, swap: bool) {
 }
 
 /// Values per block: 4 KiB, so the block and the input's block stay in L1.
-const BLOCK: usize = 1024;
+pub(crate) const BLOCK: usize = 1024;
 
 /// A fused elementwise chain over one f32 input.
 #[derive(Debug)]

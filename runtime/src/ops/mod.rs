@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod matmul_nbits;
 pub mod norm;
 pub mod pool;
+pub mod qbinary;
 pub mod qconv;
 pub mod quant;
 pub mod reduce;

@@ -174,7 +174,7 @@ impl Op for DequantizeLinear {
 
 crate::simd::widest_fn! {
     /// `y = (q − zero) · scale`.
-    fn dequantize_run<T: StoredInt>(q: &[T], scale: f32, zero: i32, y: &mut [f32]) {
+    pub(crate) fn dequantize_run<T: StoredInt>(q: &[T], scale: f32, zero: i32, y: &mut [f32]) {
         for (y, &v) in y.iter_mut().zip(q) {
             *y = v.widen().wrapping_sub(zero) as f32 * scale;
         }
@@ -317,7 +317,7 @@ crate::simd::widest_fn! {
 
 crate::simd::widest_fn! {
     /// `q = saturate(round_half_even(x / scale) + zero)`.
-    fn quantize_run<T: QuantizedInt>(xs: &[f32], scale: f32, zero: i32, q: &mut [T]) {
+    pub(crate) fn quantize_run<T: QuantizedInt>(xs: &[f32], scale: f32, zero: i32, q: &mut [T]) {
         for (q, &v) in q.iter_mut().zip(xs) {
             *q = T::narrow(quantize(v, scale, zero, T::LO, T::HI));
         }

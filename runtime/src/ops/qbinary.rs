@@ -1,9 +1,9 @@
 //! Elementwise arithmetic between static-QDQ pairs, `DequantizeLinear(a), DequantizeLinear(b)
 //! → Add | Sub | Mul | Div → QuantizeLinear` (what onnxruntime runs as QLinearAdd /
 //! QLinearMul), as one step: the same dequantize, float op and quantize arithmetic as the
-//! steps it replaces (bit-identical). Same-shape or one-value operands run block by block
-//! (4 KiB), so no float tensor reaches memory; other broadcasts dequantize whole tensors
-//! first. Made by the planner's fusion pass, not imported.
+//! steps it replaces (bit-identical). Same-shape operands, and a second operand repeating
+//! along the first (one value, a per-channel bias), run block by block, so no float tensor
+//! reaches memory; other broadcasts dequantize whole tensors first. Made by the planner's fusion pass, not imported.
 
 use super::chain::{BLOCK, Operand, binary_in_place};
 use super::elementwise::Binary;
@@ -83,30 +83,40 @@ impl QLinearBinary {
     ) -> Result<Tensor> {
         let (av, bv) = (a.as_slice::<A>()?, b.as_slice::<B>()?);
         let shape = broadcast_shapes(a.shape(), b.shape())?;
-        // Blocks when `b` has `a`'s shape or is one value; other broadcasts go through whole
-        // float tensors.
-        let scalar_b = bv.len() == 1 && shape.iter().product::<usize>() == av.len();
-        if a.shape() != b.shape() && !scalar_b {
+        // `b` repeating along `a` (one value, or `a`'s trailing dims: a bias per channel)
+        // is dequantized once; the same shape streams with `a`; other broadcasts go through
+        // whole float tensors.
+        let leading_ones = b.shape().iter().take_while(|&&d| d == 1).count();
+        let repeats = shape == a.shape() && (bv.len() == 1 || a.shape().ends_with(&b.shape()[leading_ones..]));
+        if a.shape() != b.shape() && !repeats {
             let y = self.op.apply(&dequantized::<A>(a, pa, pool)?, &dequantized::<B>(b, pb, pool)?, pool)?;
             let mut q = pool.overwritable::<Y>(y.len());
             quantize_run(y.as_slice::<f32>()?, py.scale, py.zero, &mut q);
             return out(y.shape().to_vec(), q);
         }
-        let mut b_value = [0f32];
-        dequantize_run(&bv[..bv.len().min(1)], pb.scale, pb.zero, &mut b_value[..bv.len().min(1)]);
         let mut q = pool.overwritable::<Y>(av.len());
-        let (mut x, mut w) = ([0f32; BLOCK], [0f32; BLOCK]);
-        for (start, (qb, ab)) in q.chunks_mut(BLOCK).zip(av.chunks(BLOCK)).enumerate() {
-            let (x, w) = (&mut x[..ab.len()], &mut w[..ab.len()]);
-            dequantize_run(ab, pa.scale, pa.zero, x);
-            let operand = if scalar_b {
-                Operand::Scalar(b_value[0])
-            } else {
-                dequantize_run(&bv[start * BLOCK..][..ab.len()], pb.scale, pb.zero, w);
-                Operand::Slice(w)
-            };
+        let run = |qa: &mut [Y], aa: &[A], x: &mut [f32], operand: Operand| {
+            dequantize_run(aa, pa.scale, pa.zero, x);
             binary_in_place(self.op, x, operand, false);
-            quantize_run(x, py.scale, py.zero, qb);
+            quantize_run(x, py.scale, py.zero, qa);
+        };
+        if a.shape() == b.shape() {
+            let (mut x, mut w) = ([0f32; BLOCK], [0f32; BLOCK]);
+            for ((qa, aa), ba) in q.chunks_mut(BLOCK).zip(av.chunks(BLOCK)).zip(bv.chunks(BLOCK)) {
+                let w = &mut w[..ba.len()];
+                dequantize_run(ba, pb.scale, pb.zero, w);
+                run(qa, aa, &mut x[..aa.len()], Operand::Slice(w));
+            }
+        } else {
+            let mut w = vec![0f32; bv.len()];
+            dequantize_run(bv, pb.scale, pb.zero, &mut w);
+            // Rows of `b`'s length (at least a block when `b` is one value).
+            let row = if w.len() == 1 { BLOCK } else { w.len() };
+            let mut x = vec![0f32; row];
+            for (qa, aa) in q.chunks_mut(row).zip(av.chunks(row)) {
+                let operand = if w.len() == 1 { Operand::Scalar(w[0]) } else { Operand::Slice(&w) };
+                run(qa, aa, &mut x[..aa.len()], operand);
+            }
         }
         out(shape, q)
     }

@@ -63,7 +63,7 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], ex
     for i in 0..steps.len() {
         let g = Planned { steps: &steps, facts, readers: &readers, expanded };
         let rules = [qdq_to_integer, qdq_binary, dequantized_gather, compact_weights, matmul_integer_to_float, elementwise_chain];
-        let fused = rules.iter().find_map(|rule| rule(&g, i));
+        let fused = rules.iter().find_map(|rule| rule(&g, i).filter(|(_, step)| infers_as_planned(step, facts)));
         if let Some((absorbed, fused)) = fused {
             for &j in &absorbed {
                 steps[j] = None;
@@ -72,6 +72,17 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], ex
         }
     }
     steps.into_iter().flatten().collect()
+}
+
+/// Whether a fused step accepts its inputs and produces exactly the planned outputs: rules
+/// match patterns, and this keeps a pattern the fused op cannot take (a 1-D MatMul operand,
+/// say) on the steps it came from.
+fn infers_as_planned(step: &Step, facts: &[Fact]) -> bool {
+    let inputs: Vec<Option<&Fact>> = step.inputs.iter().map(|s| s.map(|s| &facts[s])).collect();
+    step.op.infer(&inputs).is_ok_and(|out| {
+        out.len() >= step.outputs.len()
+            && out.iter().zip(&step.outputs).all(|(f, s)| s.is_none_or(|s| f.dtype == facts[s].dtype && f.shape == facts[s].shape))
+    })
 }
 
 /// The step that is the sole reader of `slot`, with the given op type.
@@ -765,5 +776,31 @@ mod tests {
             assert_eq!(y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap(), "{op}");
             assert!(y.as_slice::<f32>().unwrap().iter().filter(|&&v| v != 0.0).count() > 60, "{op}: degenerate data");
         }
+    }
+
+    /// A pattern the fused op cannot take (QLinearMatMul needs a matrix, the graph has a
+    /// vector) stays on its own steps and runs.
+    #[test]
+    fn patterns_the_fused_op_rejects_stay_unfused() {
+        let m = ModelBuilder::new(21)
+            .input("x", DataType::F32, &[3])
+            .initializer("s", &Tensor::scalar(0.1f32))
+            .initializer("z", &Tensor::scalar(128u8))
+            .initializer("wq", &Tensor::from_vec(vec![3, 2], vec![1i8, -2, 3, -4, 5, -6]).unwrap())
+            .initializer("ws", &Tensor::scalar(0.5f32))
+            .node("QuantizeLinear", &["x", "s", "z"], &["xq"], vec![])
+            .node("DequantizeLinear", &["xq", "s", "z"], &["xd"], vec![])
+            .node("DequantizeLinear", &["wq", "ws"], &["w"], vec![])
+            .node("MatMul", &["xd", "w"], &["y"], vec![])
+            .node("QuantizeLinear", &["y", "s", "z"], &["yq"], vec![])
+            .node("DequantizeLinear", &["yq", "s", "z"], &["out"], vec![])
+            .output("out", DataType::F32, &[2]);
+        let session = Session::new(Model::from_bytes(m.to_bytes()).unwrap());
+        let plan = session.plan_for(&[(DataType::F32, vec![3])]).unwrap();
+        assert!(plan.step_ops().iter().any(|(_, op)| *op == "MatMul"), "{:?}", plan.step_ops());
+        let y = session.run(vec![("x", Tensor::from_vec(vec![3], vec![1.0f32, 2.0, 3.0]).unwrap())]).unwrap().remove(0).1;
+        // x·w = [1·0.5 + 2·1.5 + 3·2.5, 1·−1 + 2·−2 + 3·−3] = [11, −14]; quantized with scale
+        // 0.1 around 128: 238, and −14 saturates to 0.
+        assert_eq!(y.as_slice::<f32>().unwrap(), [(238 - 128) as f32 * 0.1, (0 - 128) as f32 * 0.1]);
     }
 }

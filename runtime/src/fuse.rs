@@ -421,8 +421,10 @@ fn elementwise_chain(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
 
 #[cfg(test)]
 mod tests {
+    use crate::plan::Plan;
     use crate::testing::{Attr, ModelBuilder};
     use crate::{DataType, Model, Session, Tensor};
+    use std::sync::Arc;
 
     /// `MatMulInteger → Cast → Mul(scale) → Add(bias)`; with `expose`, the Cast output is
     /// also a graph output, which must block the fusion.
@@ -659,6 +661,27 @@ mod tests {
         assert_eq!(y.as_slice::<f32>().unwrap(), want);
     }
 
+    /// `x · w` with `w` made by `expand` (from compact constants) against the same product
+    /// with `weights` as a plain f32 initializer: the plan runs one `fused_op` step and the
+    /// outputs are equal. Returns the compact model's plan.
+    fn compact_matches_float(expand: impl FnOnce(ModelBuilder) -> ModelBuilder, weights: Tensor, x: &Tensor, fused_op: &str) -> Arc<Plan> {
+        let (m, k, n) = (x.shape()[0], weights.shape()[0], weights.shape()[1]);
+        let matmul = |b: ModelBuilder| {
+            b.input("x", DataType::F32, &[m as i64, k as i64]).node("MatMul", &["x", "w"], &["y"], vec![]).output(
+                "y",
+                DataType::F32,
+                &[m as i64, n as i64],
+            )
+        };
+        let compact = Session::new(Model::from_bytes(matmul(expand(ModelBuilder::new(21))).to_bytes()).unwrap());
+        let float = Session::new(Model::from_bytes(matmul(ModelBuilder::new(21).initializer("w", &weights)).to_bytes()).unwrap());
+        let plan = compact.plan_for(&[(DataType::F32, vec![m, k])]).unwrap();
+        assert_eq!(plan.step_ops().iter().map(|(_, op)| *op).collect::<Vec<_>>(), [fused_op]);
+        let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap().remove(0).1;
+        assert_eq!(run(&compact).as_slice::<f32>().unwrap(), run(&float).as_slice::<f32>().unwrap());
+        plan
+    }
+
     /// Weight-only int8 blocked weights (int4-style blocks of 32 along K) feeding a MatMul
     /// stay quantized and give exactly what the same weights dequantized ahead of time give.
     #[test]
@@ -669,28 +692,16 @@ mod tests {
         let scales: Vec<f32> = (0..blocks * n).map(|i| 0.01 + 0.001 * i as f32).collect();
         let dequantized: Vec<f32> = (0..k * n).map(|i| q[i] as f32 * scales[(i / n / block) * n + i % n]).collect();
         let x = Tensor::from_vec(vec![3, k], (0..3 * k).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap();
-        let quantized = ModelBuilder::new(21)
-            .input("x", DataType::F32, &[3, k as i64])
-            .initializer("q", &Tensor::from_vec(vec![k, n], q).unwrap())
-            .initializer("s", &Tensor::from_vec(vec![blocks, n], scales).unwrap())
-            .node("DequantizeLinear", &["q", "s"], &["w"], vec![("axis", Attr::Int(0)), ("block_size", Attr::Int(block as i64))])
-            .node("MatMul", &["x", "w"], &["y"], vec![])
-            .output("y", DataType::F32, &[3, n as i64]);
-        let float = ModelBuilder::new(21)
-            .input("x", DataType::F32, &[3, k as i64])
-            .initializer("w", &Tensor::from_vec(vec![k, n], dequantized).unwrap())
-            .node("MatMul", &["x", "w"], &["y"], vec![])
-            .output("y", DataType::F32, &[3, n as i64]);
-        let (quantized, float) =
-            (Session::new(Model::from_bytes(quantized.to_bytes()).unwrap()), Session::new(Model::from_bytes(float.to_bytes()).unwrap()));
-        let plan = quantized.plan_for(&[(DataType::F32, vec![3, k])]).unwrap();
-        assert_eq!(plan.step_ops().iter().map(|(_, op)| *op).collect::<Vec<_>>(), ["DequantizeLinear→MatMul"]);
+        let expand = |b: ModelBuilder| {
+            b.initializer("q", &Tensor::from_vec(vec![k, n], q).unwrap())
+                .initializer("s", &Tensor::from_vec(vec![blocks, n], scales).unwrap())
+                .node("DequantizeLinear", &["q", "s"], &["w"], vec![("axis", Attr::Int(0)), ("block_size", Attr::Int(block as i64))])
+        };
+        let plan = compact_matches_float(expand, Tensor::from_vec(vec![k, n], dequantized).unwrap(), &x, "DequantizeLinear→MatMul");
         assert!(
             plan.constants.iter().flatten().all(|c| c.dtype() != DataType::F32 || c.len() < k * n),
             "the f32 weights are still in the plan"
         );
-        let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap().remove(0).1;
-        assert_eq!(run(&quantized).as_slice::<f32>().unwrap(), run(&float).as_slice::<f32>().unwrap());
     }
 
     /// float16 weights behind a Cast stay float16 in memory and give exactly what the same
@@ -702,26 +713,11 @@ mod tests {
         let bits: Vec<u16> = weights.iter().map(|&w| half::f16::from_f32(w).to_bits()).collect();
         let exact: Vec<f32> = bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
         let x = Tensor::from_vec(vec![5, k], (0..5 * k).map(|i| (i as f32 * 0.21).cos()).collect()).unwrap();
-        let half_model = ModelBuilder::new(17)
-            .input("x", DataType::F32, &[5, k as i64])
-            .initializer("w16", &Tensor::from_vec(vec![k, n], bits).unwrap())
-            .node("Cast", &["w16"], &["w"], vec![("to", Attr::Int(1))])
-            .node("MatMul", &["x", "w"], &["y"], vec![])
-            .output("y", DataType::F32, &[5, n as i64]);
-        let float_model = ModelBuilder::new(17)
-            .input("x", DataType::F32, &[5, k as i64])
-            .initializer("w", &Tensor::from_vec(vec![k, n], exact).unwrap())
-            .node("MatMul", &["x", "w"], &["y"], vec![])
-            .output("y", DataType::F32, &[5, n as i64]);
-        let (half_model, float_model) = (
-            Session::new(Model::from_bytes(half_model.to_bytes()).unwrap()),
-            Session::new(Model::from_bytes(float_model.to_bytes()).unwrap()),
-        );
-        let plan = half_model.plan_for(&[(DataType::F32, vec![5, k])]).unwrap();
-        assert_eq!(plan.step_ops().iter().map(|(_, op)| *op).collect::<Vec<_>>(), ["Cast→MatMul"]);
+        let expand = |b: ModelBuilder| {
+            b.initializer("w16", &Tensor::from_vec(vec![k, n], bits).unwrap()).node("Cast", &["w16"], &["w"], vec![("to", Attr::Int(1))])
+        };
+        let plan = compact_matches_float(expand, Tensor::from_vec(vec![k, n], exact).unwrap(), &x, "Cast→MatMul");
         assert!(plan.constants.iter().flatten().all(|c| c.dtype() != DataType::F32), "the f32 weights are still in the plan");
-        let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap().remove(0).1;
-        assert_eq!(run(&half_model).as_slice::<f32>().unwrap(), run(&float_model).as_slice::<f32>().unwrap());
     }
 
     /// `Q → DQ` on both operands of Add/Sub/Mul/Div and `Q → DQ` after, as onnxruntime's

@@ -4,11 +4,12 @@
 //! graph output. The fused step takes the place of the chain's last step, where all of its
 //! inputs exist.
 
-use crate::ops::array::Gather;
+use crate::ops::array::{Gather, Transpose};
 use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Clip, Unary};
-use crate::ops::matmul::Gemm;
+use crate::ops::matmul::{Gemm, MatMul};
+use crate::ops::norm::{MaskedSoftmax, Softmax};
 use crate::ops::qbinary::QLinearBinary;
 use crate::ops::qconv::QLinearConv;
 use crate::ops::quant::{Bounds, CompactWeights, DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
@@ -62,7 +63,16 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], ex
     let readers = Readers::new(&steps, facts.len(), graph_outputs);
     for i in 0..steps.len() {
         let g = Planned { steps: &steps, facts, readers: &readers, expanded };
-        let rules = [qdq_to_integer, qdq_binary, dequantized_gather, compact_weights, matmul_integer_to_float, elementwise_chain];
+        let rules = [
+            qdq_to_integer,
+            qdq_binary,
+            dequantized_gather,
+            compact_weights,
+            matmul_integer_to_float,
+            transposed_matmul_operand,
+            masked_softmax,
+            elementwise_chain,
+        ];
         let fused = rules.iter().find_map(|rule| rule(&g, i).filter(|(_, step)| infers_as_planned(step, facts)));
         if let Some((absorbed, fused)) = fused {
             for &j in &absorbed {
@@ -419,6 +429,93 @@ fn elementwise_chain(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     Some((absorbed, step))
 }
 
+/// The op type of a MatMul that reads an operand through a permutation.
+const TRANSPOSED_MATMUL: &str = "Transpose→MatMul";
+
+/// `Transpose → MatMul` (either operand) → the MatMul reading the Transpose's input through
+/// its perm (no copy; attention's head splits are these).
+fn transposed_matmul_operand(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, facts, readers) = (g.steps, g.facts, g.readers);
+    let step = steps[i].as_ref().filter(|s| s.op_type == "Transpose")?;
+    let (src, value) = (step.inputs.first().copied().flatten()?, step.outputs.first().copied().flatten()?);
+    let rank = facts[src].shape.len();
+    let perm = (step.op.as_ref() as &dyn Any).downcast_ref::<Transpose>()?.perm(rank).ok()?;
+    let j = readers.sole[value]?;
+    let reader = steps[j].as_ref().filter(|s| s.op_type == "MatMul" || s.op_type == TRANSPOSED_MATMUL)?;
+    let matmul = (reader.op.as_ref() as &dyn Any).downcast_ref::<MatMul>()?;
+    let which = reader.inputs.iter().position(|&s| s == Some(value)).filter(|&w| w < 2 && rank >= 2)?;
+    let mut inputs = reader.inputs.clone();
+    inputs[which] = Some(src);
+    let op: Arc<dyn Op> = Arc::new(matmul.with_perm(which, perm));
+    Some((vec![i, j], Step { node: reader.node.clone(), op_type: TRANSPOSED_MATMUL.into(), op, inputs, outputs: reader.outputs.clone() }))
+}
+
+/// `[elementwise steps →] Add(mask) → Softmax(last axis)`, or the steps without the mask →
+/// one [`MaskedSoftmax`] (attention's `Mul(1/√d) → Add(mask) → Softmax`).
+fn masked_softmax(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, facts, readers) = (g.steps, g.facts, g.readers);
+    let first = steps[i].as_ref()?;
+    let output = |s: &Step| s.outputs.first().copied().flatten();
+    let (mut prologue, mut absorbed) = (Vec::new(), Vec::new());
+    // The scores `x` and the value the prologue leaves (`x` itself without a prologue).
+    let (x, mut value) = match first.inputs.iter().flatten().find_map(|&v| Some((v, as_chain_step(first, v, None, facts)?))) {
+        Some((x, head)) => {
+            prologue.push(head);
+            absorbed.push(i);
+            let mut value = output(first)?;
+            while let Some(j) = readers.sole[value]
+                && let Some(next) = steps[j].as_ref()
+                && let Some(step) = as_chain_step(next, value, Some(x), facts)
+            {
+                prologue.push(step);
+                absorbed.push(j);
+                value = output(next)?;
+            }
+            (x, value)
+        }
+        // No prologue: the chain starts at the Add, on its full-shape input.
+        None => {
+            let out = output(first)?;
+            let x = first.inputs.iter().flatten().copied().find(|&v| facts[v].shape == facts[out].shape)?;
+            (x, x)
+        }
+    };
+    let mut inputs = vec![Some(x)];
+    let next = readers.sole[value].filter(|_| !absorbed.is_empty()).unwrap_or(i);
+    let mut j = next;
+    if let Some(add) = steps[next].as_ref().filter(|s| (s.op.as_ref() as &dyn Any).downcast_ref::<Binary>() == Some(&Binary::Add))
+        && let [Some(a), Some(b)] = add.inputs[..]
+        && (a == value) != (b == value)
+    {
+        let mask = if a == value { b } else { a };
+        let (mf, vf) = (&facts[mask], &facts[value]);
+        let fits = mf.dtype == DataType::F32 && mf.shape.len() <= vf.shape.len() && output(add).is_some_and(|o| facts[o].shape == vf.shape);
+        if fits {
+            inputs.push(Some(mask));
+            absorbed.push(next);
+            value = output(add)?;
+            j = readers.sole[value]?;
+        }
+    }
+    let softmax = steps[j].as_ref().filter(|s| s.op_type == "Softmax")?;
+    let rank = facts[value].shape.len();
+    let last_axis = (softmax.op.as_ref() as &dyn Any).downcast_ref::<Softmax>().is_some_and(|s| s.over_last_axis(rank));
+    if !last_axis || absorbed.is_empty() || softmax.inputs != [Some(value)] {
+        return None;
+    }
+    absorbed.push(j);
+    let masked = inputs.len() == 2;
+    let mut parts: Vec<&str> = absorbed.iter().filter_map(|&k| steps[k].as_ref().map(|s| s.op_type.as_str())).collect();
+    parts.pop();
+    let op: Arc<dyn Op> = Arc::new(MaskedSoftmax::new(prologue, masked));
+    Some((
+        absorbed,
+        Step {
+            node: softmax.node.clone(), op_type: format!("Softmax({})", parts.join("→")), op, inputs, outputs: softmax.outputs.clone()
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::plan::Plan;
@@ -498,6 +595,102 @@ mod tests {
         let y = fused.run(vec![("x", x.clone())]).unwrap().remove(0).1;
         let want = split.run(vec![("x", x)]).unwrap().remove(0).1;
         assert_eq!(y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
+    }
+
+    /// Pseudo-random values in about [-4, 4).
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 250.0 - 4.0).collect()
+    }
+
+    /// Op types of the plan for these input shapes.
+    fn plan_ops(s: &Session, shapes: &[(DataType, Vec<usize>)]) -> Vec<String> {
+        s.plan_for(shapes).unwrap().step_ops().iter().map(|(_, op)| op.to_string()).collect()
+    }
+
+    /// Attention's `Mul(scale) → Add(mask) → Softmax`; exposing the Mul and Add outputs keeps
+    /// every op on its own (the reference).
+    fn attention_softmax(scores: &[usize], mask: &[usize], mask_first: bool, expose: bool) -> Session {
+        let dims = |d: &[usize]| d.iter().map(|&v| v as i64).collect::<Vec<_>>();
+        let add_inputs = if mask_first { ["mask", "scaled"] } else { ["scaled", "mask"] };
+        let mut m = ModelBuilder::new(17)
+            .input("x", DataType::F32, &dims(scores))
+            .input("mask", DataType::F32, &dims(mask))
+            .initializer("scale", &Tensor::scalar(0.125f32))
+            .node("Mul", &["x", "scale"], &["scaled"], vec![])
+            .node("Add", &add_inputs, &["masked"], vec![])
+            .node("Softmax", &["masked"], &["y"], vec![("axis", Attr::Int(-1))])
+            .output("y", DataType::F32, &dims(scores));
+        if expose {
+            m = m.output("scaled", DataType::F32, &dims(scores)).output("masked", DataType::F32, &dims(scores));
+        }
+        Session::new(Model::from_bytes(m.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn masked_softmax_fuses_bit_identically() {
+        for len in [5usize, 1500] {
+            let scores = [2, 3, 4, len];
+            for (mask, mask_first) in
+                [(vec![2, 1, 1, len], true), (vec![2, 3, 4, 1], false), (vec![2, 3, 4, len], false), (vec![len], true)]
+            {
+                let (x, w) = (values(scores.iter().product(), 1), values(mask.iter().product(), 2));
+                let x = Tensor::from_vec(scores.to_vec(), x.iter().map(|v| v * 9.0).collect()).unwrap();
+                let w = Tensor::from_vec(mask.clone(), w.iter().map(|&v| if v < -3.0 { f32::MIN } else { v }).collect()).unwrap();
+                let shapes = [(DataType::F32, scores.to_vec()), (DataType::F32, mask.clone())];
+                let (fused, split) =
+                    (attention_softmax(&scores, &mask, mask_first, false), attention_softmax(&scores, &mask, mask_first, true));
+                assert_eq!(plan_ops(&fused, &shapes), ["Softmax(Mul→Add)"]);
+                assert_eq!(plan_ops(&split, &shapes), ["Mul", "Add", "Softmax"]);
+                let run = |s: &Session| s.run(vec![("x", x.clone()), ("mask", w.clone())]).unwrap().remove(0).1;
+                assert_eq!(run(&fused).as_slice::<f32>().unwrap(), run(&split).as_slice::<f32>().unwrap(), "len {len}, mask {mask:?}");
+            }
+        }
+    }
+
+    /// Attention's head split: `Transpose(q) × Transpose(k)` and a transposed 2-D operand
+    /// times a constant; with `expose` the transposes are graph outputs (the reference).
+    fn transposed_matmuls(expose: bool) -> Session {
+        let perm = |p: &[i64]| vec![("perm", Attr::Ints(p.to_vec()))];
+        let w = Tensor::from_vec(vec![6, 3], values(18, 3)).unwrap();
+        let mut m = ModelBuilder::new(17)
+            .input("q", DataType::F32, &[2, 5, 3, 4])
+            .input("k", DataType::F32, &[2, 7, 3, 4])
+            .input("x", DataType::F32, &[6, 9])
+            .initializer("w", &w)
+            .node("Transpose", &["q"], &["qt"], perm(&[0, 2, 1, 3]))
+            .node("Transpose", &["k"], &["kt"], perm(&[0, 2, 3, 1]))
+            .node("MatMul", &["qt", "kt"], &["scores"], vec![])
+            .node("Transpose", &["x"], &["xt"], vec![])
+            .node("MatMul", &["xt", "w"], &["y"], vec![])
+            .output("scores", DataType::F32, &[2, 3, 5, 7])
+            .output("y", DataType::F32, &[9, 3]);
+        if expose {
+            m = m.output("qt", DataType::F32, &[2, 3, 5, 4]).output("kt", DataType::F32, &[2, 3, 4, 7]).output(
+                "xt",
+                DataType::F32,
+                &[9, 6],
+            );
+        }
+        Session::new(Model::from_bytes(m.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn transposed_matmul_operands_fuse_bit_identically() {
+        let shapes = [(DataType::F32, vec![2, 5, 3, 4]), (DataType::F32, vec![2, 7, 3, 4]), (DataType::F32, vec![6, 9])];
+        let (fused, split) = (transposed_matmuls(false), transposed_matmuls(true));
+        assert_eq!(plan_ops(&fused, &shapes), ["Transpose→MatMul", "Transpose→MatMul"]);
+        assert_eq!(plan_ops(&split, &shapes), ["Transpose", "Transpose", "MatMul", "Transpose", "MatMul"]);
+        let inputs: Vec<(&str, Tensor)> = shapes
+            .iter()
+            .zip(["q", "k", "x"])
+            .enumerate()
+            .map(|(i, ((_, s), n))| (n, Tensor::from_vec(s.clone(), values(s.iter().product(), i)).unwrap()))
+            .collect();
+        let (got, want) = (fused.run(inputs.clone()).unwrap(), split.run(inputs).unwrap());
+        for name in ["scores", "y"] {
+            let pick = |r: &[(String, Tensor)]| r.iter().find(|(n, _)| n == name).unwrap().1.clone();
+            assert_eq!(pick(&got).as_slice::<f32>().unwrap(), pick(&want).as_slice::<f32>().unwrap(), "{name}");
+        }
     }
 
     /// Static QDQ as onnxruntime's quantizer writes it: `Q → DQ → Conv|MatMul → Q → DQ`,

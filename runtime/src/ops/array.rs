@@ -212,7 +212,8 @@ pub struct Transpose {
 }
 
 impl Transpose {
-    fn perm(&self, rank: usize) -> Result<Vec<usize>> {
+    /// The permutation for a rank-`rank` input (the reversal when the attribute is absent).
+    pub(crate) fn perm(&self, rank: usize) -> Result<Vec<usize>> {
         let perm: Vec<usize> = match &self.perm {
             Some(p) => p.iter().map(|&a| normalize_axis(a, rank)).collect::<Result<_>>()?,
             None => (0..rank).rev().collect(),

@@ -118,14 +118,19 @@ crate::simd::widest_fn! {
         for block in x.chunks(BLOCK) {
             let start = y.len();
             y.extend_from_slice(block);
-            let v = &mut y[start..];
-            for step in steps {
-                match *step {
-                    ChainStep::Unary(u) => u.apply_f32(v),
-                    ChainStep::Scalar { op, value, scalar_first } => binary_in_place(op, v, Operand::Scalar(value), scalar_first),
-                    ChainStep::Input { op, input_first } => binary_in_place(op, v, Operand::Slice(block), input_first),
-                }
-            }
+            run_steps(steps, block, &mut y[start..]);
+        }
+    }
+}
+
+/// Applies `steps` to `v`, which holds a copy of the chain input's `block`.
+#[inline(always)]
+pub(crate) fn run_steps(steps: &[ChainStep], block: &[f32], v: &mut [f32]) {
+    for step in steps {
+        match *step {
+            ChainStep::Unary(u) => u.apply_f32(v),
+            ChainStep::Scalar { op, value, scalar_first } => binary_in_place(op, v, Operand::Scalar(value), scalar_first),
+            ChainStep::Input { op, input_first } => binary_in_place(op, v, Operand::Slice(block), input_first),
         }
     }
 }

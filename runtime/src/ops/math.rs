@@ -54,8 +54,10 @@ pub fn erf(x: f32) -> f32 {
 }
 
 /// Folds `xs` into 16 independent lanes with `step(lane, x)`, then the lanes together with
-/// `combine`: the loop vectorizes, unlike one sequential chain (which float semantics forbid
-/// reordering). For sums this is also more accurate (16 shorter partial sums).
+/// `combine` pairwise (a tree, not a 16-long chain: softmax lanes are often only 64 long, and
+/// a sequential combine cost more than the fold itself). The loop vectorizes, unlike one
+/// sequential chain (which float semantics forbid reordering). For sums this is also more
+/// accurate (short partial sums).
 #[inline(always)]
 pub fn fold_lanes(xs: &[f32], init: f32, step: impl Fn(f32, f32) -> f32, combine: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [init; 16];
@@ -71,10 +73,14 @@ pub fn fold_lanes(xs: &[f32], init: f32, step: impl Fn(f32, f32) -> f32, combine
     for &x in chunks.remainder() {
         total = step(total, x);
     }
-    for lane in lanes {
-        total = combine(total, lane);
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            lanes[i] = combine(lanes[i], lanes[i + width]);
+        }
     }
-    total
+    combine(total, lanes[0])
 }
 
 /// Σ xs, vectorized (see [`fold_lanes`]).
@@ -83,19 +89,44 @@ pub fn sum(xs: &[f32]) -> f32 {
     fold_lanes(xs, 0.0, |a, b| a + b, |a, b| a + b)
 }
 
-/// max xs (−∞ when empty; NaN ignored), vectorized. A plain comparison, not `f32::max`,
-/// whose NaN rules cost extra instructions per lane.
+/// A plain comparison, not `f32::max`, whose NaN rules cost extra instructions per lane.
+#[inline(always)]
+fn larger(a: f32, b: f32) -> f32 {
+    if b > a { b } else { a }
+}
+
+/// See [`larger`].
+#[inline(always)]
+fn smaller(a: f32, b: f32) -> f32 {
+    if b < a { b } else { a }
+}
+
+/// max xs (−∞ when empty; NaN ignored), vectorized.
 #[inline(always)]
 pub fn max(xs: &[f32]) -> f32 {
-    let larger = |a: f32, b: f32| if b > a { b } else { a };
     fold_lanes(xs, f32::NEG_INFINITY, larger, larger)
 }
 
-/// min xs (+∞ when empty; NaN ignored), vectorized (see [`max`]).
+/// (min xs, max xs) in one pass ((+∞, −∞) when empty; NaN ignored). 64 lanes: four
+/// independent vector accumulators per bound hide the comparison latency, which a single
+/// 16-lane accumulator does not (the order of comparisons cannot change the result).
 #[inline(always)]
-pub fn min(xs: &[f32]) -> f32 {
-    let smaller = |a: f32, b: f32| if b < a { b } else { a };
-    fold_lanes(xs, f32::INFINITY, smaller, smaller)
+pub fn min_max(xs: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([f32::INFINITY; 64], [f32::NEG_INFINITY; 64]);
+    let mut chunks = xs.chunks_exact(64);
+    for c in &mut chunks {
+        for i in 0..64 {
+            lo[i] = smaller(lo[i], c[i]);
+            hi[i] = larger(hi[i], c[i]);
+        }
+    }
+    let rest = chunks.remainder();
+    let (mut low, mut high) = (fold_lanes(rest, f32::INFINITY, smaller, smaller), fold_lanes(rest, f32::NEG_INFINITY, larger, larger));
+    for i in 0..64 {
+        low = smaller(low, lo[i]);
+        high = larger(high, hi[i]);
+    }
+    (low, high)
 }
 
 /// Logistic sigmoid on top of [`exp`].
@@ -107,6 +138,17 @@ pub fn sigmoid(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_max_matches_sequential_scan() {
+        for len in [0, 1, 15, 16, 63, 64, 65, 200, 1031] {
+            let xs: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1013) as f32 - 500.25).collect();
+            let want = xs.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            assert_eq!(min_max(&xs), want, "len {len}");
+            assert_eq!(max(&xs), want.1, "len {len}");
+        }
+        assert_eq!(min_max(&[f32::NAN, 2.0, -1.0]), (-1.0, 2.0));
+    }
 
     #[test]
     fn exp_matches_libm() {

@@ -6,7 +6,7 @@ use crate::tensor::{DataType, Tensor};
 
 /// The ops of this family.
 pub const OPS: &[(&str, Importer)] = &[
-    ("MatMul", |_| Ok(Box::new(MatMul))),
+    ("MatMul", |_| Ok(Box::new(MatMul::default()))),
     ("Gemm", |c| {
         Ok(Box::new(Gemm {
             alpha: c.attrs.float("alpha", 1.0)?,
@@ -92,9 +92,36 @@ fn sgemm_rows(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
     }
 }
 
-/// `MatMul(a, b)` with numpy semantics (1-D promotion, broadcast batch dims).
-#[derive(Debug)]
-pub struct MatMul;
+/// `MatMul(a, b)` with numpy semantics (1-D promotion, broadcast batch dims). Made by fusion,
+/// an operand may be read through an axis permutation (`Transpose → MatMul`: attention's
+/// head split), which costs nothing here: the GEMM reads any strides and packs its panels
+/// the same way, so the result is bit-identical to transposing first.
+#[derive(Debug, Default)]
+pub struct MatMul {
+    /// Per operand (A, B): the `Transpose` perm its input is read through.
+    perms: [Option<Vec<usize>>; 2],
+}
+
+impl MatMul {
+    /// This MatMul with operand `which` (0 = A, 1 = B) read through `perm`.
+    pub(crate) fn with_perm(&self, which: usize, perm: Vec<usize>) -> MatMul {
+        let mut perms = self.perms.clone();
+        perms[which] = Some(perm);
+        MatMul { perms }
+    }
+
+    /// Operand `which` as the MatMul sees it: its shape and element strides.
+    fn operand(&self, which: usize, shape: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
+        let dense = super::strides(shape);
+        Ok(match &self.perms[which] {
+            None => (shape.to_vec(), dense),
+            Some(perm) => {
+                ensure!(perm.len() == shape.len(), "operand {which} of rank {} read through perm {perm:?}", shape.len());
+                (perm.iter().map(|&p| shape[p]).collect(), perm.iter().map(|&p| dense[p]).collect())
+            }
+        })
+    }
+}
 
 fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     ensure!(!a.is_empty() && !b.is_empty(), "MatMul inputs must have rank >= 1, got {a:?} and {b:?}");
@@ -113,46 +140,61 @@ fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     Ok(shape)
 }
 
+/// A 1-D operand promoted to a matrix (a row for A, a column for B), with its strides.
+fn promote(shape: Vec<usize>, strides: Vec<usize>, is_a: bool) -> (Vec<usize>, Vec<usize>) {
+    match (shape.as_slice(), is_a) {
+        ([k], true) => (vec![1, *k], vec![*k, strides[0]]),
+        ([k], false) => (vec![*k, 1], vec![strides[0], 1]),
+        _ => (shape, strides),
+    }
+}
+
+/// The strides that step an operand's batch dims over the broadcast `batch` (0 where the
+/// operand repeats).
+fn batch_strides(shape: &[usize], strides: &[usize], batch: &[usize]) -> Vec<usize> {
+    let pad = batch.len() - shape.len();
+    (0..batch.len()).map(|d| if d < pad || shape[d - pad] == 1 { 0 } else { strides[d - pad] }).collect()
+}
+
 impl Op for MatMul {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
         expect_dtype(a, &[DataType::F32], "input A")?;
         expect_dtype(b, &[DataType::F32], "input B")?;
-        Ok(vec![Fact::new(DataType::F32, matmul_shape(&a.shape, &b.shape)?)])
+        let (a_shape, b_shape) = (self.operand(0, &a.shape)?.0, self.operand(1, &b.shape)?.0);
+        Ok(vec![Fact::new(DataType::F32, matmul_shape(&a_shape, &b_shape)?)])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
-        let shape = matmul_shape(a.shape(), b.shape())?;
+        let ((a_shape, a_strides), (b_shape, b_strides)) = (self.operand(0, a.shape())?, self.operand(1, b.shape())?);
+        let shape = matmul_shape(&a_shape, &b_shape)?;
         let (av, bv) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
-        let a2 = if a.shape().len() == 1 { vec![1, a.shape()[0]] } else { a.shape().to_vec() };
-        let b2 = if b.shape().len() == 1 { vec![b.shape()[0], 1] } else { b.shape().to_vec() };
-        let (m, k, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
+        let (a2, sa) = promote(a_shape, a_strides, true);
+        let (b2, sb) = promote(b_shape, b_strides, false);
+        let (ra, rb) = (a2.len(), b2.len());
+        let (m, k, n) = (a2[ra - 2], a2[ra - 1], b2[rb - 1]);
         let mut c = pool.overwritable(numel(&shape)?);
-        if b2.len() == 2 {
+        if rb == 2 && self.perms[0].is_none() {
             // Weights shared by every batch: one tall GEMM instead of many small ones.
-            let rows = a2[..a2.len() - 1].iter().product();
-            sgemm(1.0, MatRef::dense(av, rows, k), MatRef::dense(bv, k, n), 0.0, &mut c);
+            let rows = a2[..ra - 1].iter().product();
+            let b = MatRef { data: bv, rows: k, cols: n, row_stride: sb[0] as isize, col_stride: sb[1] as isize };
+            sgemm(1.0, MatRef::dense(av, rows, k), b, 0.0, &mut c);
         } else {
-            let batch = broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
-            let a_batch = super::broadcast_strides(&a2[..a2.len() - 2], &batch);
-            let b_batch = super::broadcast_strides(&b2[..b2.len() - 2], &batch);
-            let batch_strides = super::strides(&batch);
-            for i in 0..numel(&batch)? {
-                let (mut ia, mut ib) = (0, 0);
+            let batch = broadcast_shapes(&a2[..ra - 2], &b2[..rb - 2])?;
+            let a_batch = batch_strides(&a2[..ra - 2], &sa[..ra - 2], &batch);
+            let b_batch = batch_strides(&b2[..rb - 2], &sb[..rb - 2], &batch);
+            let dense = super::strides(&batch);
+            for (i, c) in c.chunks_exact_mut((m * n).max(1)).take(numel(&batch)?).enumerate() {
+                let (mut ao, mut bo) = (0, 0);
                 for d in 0..batch.len() {
-                    let idx = (i / batch_strides[d]) % batch[d];
-                    ia += idx * a_batch[d];
-                    ib += idx * b_batch[d];
+                    let idx = (i / dense[d]) % batch[d];
+                    ao += idx * a_batch[d];
+                    bo += idx * b_batch[d];
                 }
-                let (ao, bo) = (ia * m * k, ib * k * n);
-                sgemm(
-                    1.0,
-                    MatRef::dense(&av[ao..ao + m * k], m, k),
-                    MatRef::dense(&bv[bo..bo + k * n], k, n),
-                    0.0,
-                    &mut c[i * m * n..(i + 1) * m * n],
-                );
+                let a = MatRef { data: &av[ao..], rows: m, cols: k, row_stride: sa[ra - 2] as isize, col_stride: sa[ra - 1] as isize };
+                let b = MatRef { data: &bv[bo..], rows: k, cols: n, row_stride: sb[rb - 2] as isize, col_stride: sb[rb - 1] as isize };
+                sgemm(1.0, a, b, 0.0, c);
             }
         }
         Ok(vec![out(shape, c)?])
@@ -222,20 +264,20 @@ mod tests {
     fn matmul_batched_and_vector() {
         let a = f32t(&[2, 2, 3], &[1., 2., 3., 4., 5., 6., 1., 0., 0., 0., 1., 0.]);
         let b = f32t(&[3, 2], &[1., 2., 3., 4., 5., 6.]);
-        let y = run(&MatMul, &[a.clone(), b]).unwrap();
+        let y = run(&MatMul::default(), &[a.clone(), b]).unwrap();
         assert_close(&y[0], &[2, 2, 2], &[22., 28., 49., 64., 1., 2., 3., 4.]);
         // Broadcast batch: [2,2,3] × [1,3,1].
-        let y = run(&MatMul, &[a, f32t(&[1, 3, 1], &[1., 1., 1.])]).unwrap();
+        let y = run(&MatMul::default(), &[a, f32t(&[1, 3, 1], &[1., 1., 1.])]).unwrap();
         assert_close(&y[0], &[2, 2, 1], &[6., 15., 1., 1.]);
-        let y = run(&MatMul, &[f32t(&[3], &[1., 2., 3.]), f32t(&[3], &[4., 5., 6.])]).unwrap();
+        let y = run(&MatMul::default(), &[f32t(&[3], &[1., 2., 3.]), f32t(&[3], &[4., 5., 6.])]).unwrap();
         assert_close(&y[0], &[], &[32.]);
-        assert!(run(&MatMul, &[f32t(&[2], &[1., 2.]), f32t(&[3], &[1., 2., 3.])]).is_err());
+        assert!(run(&MatMul::default(), &[f32t(&[2], &[1., 2.]), f32t(&[3], &[1., 2., 3.])]).is_err());
         // An empty reduction is a sum of nothing: zeros, even in a recycled (stale) buffer.
         let mut pool = BufferPool::default();
         pool.raise_budget(1 << 20);
         pool.give(Tensor::from_vec(vec![64], vec![f32::NAN; 64]).unwrap());
         let (a, b) = (Tensor::from_vec(vec![2, 0], Vec::<f32>::new()).unwrap(), Tensor::from_vec(vec![0, 3], Vec::<f32>::new()).unwrap());
-        let y = MatMul.eval(&[Some(&a), Some(&b)], &mut pool).unwrap();
+        let y = MatMul::default().eval(&[Some(&a), Some(&b)], &mut pool).unwrap();
         assert_eq!((y[0].shape(), y[0].as_slice::<f32>().unwrap()), (&[2, 3][..], &[0.0; 6][..]));
     }
 

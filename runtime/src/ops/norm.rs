@@ -1,6 +1,10 @@
 //! Normalizations: BatchNormalization (inference), LayerNormalization, Softmax, LogSoftmax.
 
-use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, math, normalize_axis, optional, out, required};
+use super::chain::{BLOCK, ChainStep, run_steps};
+use super::{
+    BufferPool, Fact, ImportCtx, Importer, Op, broadcast_shapes, broadcast_strides, expect_dtype, math, normalize_axis, optional, out,
+    required, strides,
+};
 use crate::error::{Result, ensure};
 use crate::tensor::{DataType, Tensor};
 
@@ -164,6 +168,105 @@ crate::simd::widest_fn! {
                 lane.iter_mut().enumerate().for_each(|(i, v)| *v = y[base + i * stride]);
                 softmax_lane(&mut lane, log);
                 lane.iter().enumerate().for_each(|(i, &v)| y[base + i * stride] = v);
+            }
+        }
+    }
+}
+
+impl Softmax {
+    /// Whether this is a plain softmax (not log) over the last axis of a rank-`rank` input.
+    pub(crate) fn over_last_axis(&self, rank: usize) -> bool {
+        !self.log && normalize_axis(self.axis, rank).is_ok_and(|a| a + 1 == rank)
+    }
+}
+
+/// Softmax over the last axis of `prologue(x) + mask`, made by fusion from attention's
+/// `Mul(scale) → Add(mask) → Softmax`: one pass over the scores instead of three. The
+/// prologue is chain steps (see [`super::chain`]); the mask (input 1, optional) broadcasts
+/// to `x`. Each element is computed exactly as the separate ops compute it.
+#[derive(Debug)]
+pub struct MaskedSoftmax {
+    prologue: Vec<ChainStep>,
+    masked: bool,
+}
+
+impl MaskedSoftmax {
+    /// Softmax of `prologue(x)`, plus input 1 before the softmax when `masked`.
+    pub(crate) fn new(prologue: Vec<ChainStep>, masked: bool) -> MaskedSoftmax {
+        MaskedSoftmax { prologue, masked }
+    }
+}
+
+impl Op for MaskedSoftmax {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        expect_dtype(x, &[DataType::F32], "input")?;
+        ensure!(!x.shape.is_empty(), "softmax input is a scalar");
+        if self.masked {
+            let mask = required(inputs, 1)?;
+            expect_dtype(mask, &[DataType::F32], "mask")?;
+            ensure!(broadcast_shapes(&mask.shape, &x.shape)? == x.shape, "mask {:?} does not broadcast to {:?}", mask.shape, x.shape);
+        }
+        Ok(vec![Fact::new(DataType::F32, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let shape = x.shape();
+        let len = *shape.last().unwrap_or(&1);
+        let rows = x.len() / len.max(1);
+        let mask = match self.masked {
+            false => None,
+            true => {
+                let m = required(inputs, 1)?;
+                ensure!(broadcast_shapes(m.shape(), shape)? == shape, "mask {:?} does not broadcast to {shape:?}", m.shape());
+                // Each row's offset into the mask, and whether the mask varies along the row.
+                let (ms, row_dims) = (broadcast_strides(m.shape(), shape), &shape[..shape.len() - 1]);
+                let row_strides = strides(row_dims);
+                let offsets =
+                    (0..rows).map(|r| row_dims.iter().zip(&row_strides).zip(&ms).map(|((&d, &s), &m)| (r / s) % d * m).sum()).collect();
+                Some(RowMask { values: m.as_slice::<f32>()?, offsets, along_row: ms[shape.len() - 1] != 0 })
+            }
+        };
+        let mut y = pool.take(x.len());
+        masked_softmax_rows(&self.prologue, x.as_slice::<f32>()?, len, mask.as_ref(), &mut y);
+        Ok(vec![out(shape.to_vec(), y)?])
+    }
+}
+
+/// A mask broadcast to softmax rows: row `r` reads `values[offsets[r]..]`, one value per
+/// element when `along_row`, else one value for the whole row.
+struct RowMask<'a> {
+    values: &'a [f32],
+    offsets: Vec<usize>,
+    along_row: bool,
+}
+
+crate::simd::widest_fn! {
+    /// Appends softmax(prologue(row) + mask row) of each `len`-long row of `x` to `y`,
+    /// rows grouped into blocks of about [`BLOCK`] values for the prologue.
+    fn masked_softmax_rows(prologue: &[ChainStep], x: &[f32], len: usize, mask: Option<&RowMask>, y: &mut Vec<f32>) {
+        let len = len.max(1);
+        let per_block = (BLOCK / len).max(1) * len;
+        for (b, block) in x.chunks(per_block).enumerate() {
+            let start = y.len();
+            y.extend_from_slice(block);
+            run_steps(prologue, block, &mut y[start..]);
+            for (r, row) in y[start..].chunks_mut(len).enumerate() {
+                if let Some(m) = mask {
+                    let offset = m.offsets[b * per_block / len + r];
+                    if m.along_row {
+                        for (v, &w) in row.iter_mut().zip(&m.values[offset..offset + len]) {
+                            *v += w;
+                        }
+                    } else {
+                        let w = m.values[offset];
+                        for v in row.iter_mut() {
+                            *v += w;
+                        }
+                    }
+                }
+                softmax_lane(row, false);
             }
         }
     }

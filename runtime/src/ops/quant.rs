@@ -311,7 +311,8 @@ pub(crate) fn quantize(x: f32, scale: f32, zero: i32, lo: i32, hi: i32) -> i32 {
 crate::simd::widest_fn! {
     /// min and max of `xs`, widened to include 0 (DynamicQuantizeLinear's range).
     fn range(xs: &[f32]) -> (f32, f32) {
-        (math::min(xs).min(0.0), math::max(xs).max(0.0))
+        let (lo, hi) = math::min_max(xs);
+        (lo.min(0.0), hi.max(0.0))
     }
 }
 

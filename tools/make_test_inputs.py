@@ -39,6 +39,12 @@ def main(shared, skimage_data, out):
 
     s = np.load(shared / "data/sentences_test.npz")
     np.savez(out / "minilm_8x64.npz", **{k: s[k][:8].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    # Calibration / evaluation subsets for the quantizer's real-model test in a checkout
+    # without ../shared (256 sentences each; the test uses the full sets when present).
+    for split in ("train", "test"):
+        t = np.load(shared / f"data/sentences_{split}.npz")
+        arrays = {k: t[k][:256].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        np.savez_compressed(out / f"sentences_{split}_256.npz", **arrays)
 
     np.savez(out / "ppocr_det.npz", x=det_input(Image.open(Path(skimage_data) / "page.png")))
     img = Image.open(Path(skimage_data) / "text.png")

@@ -5,4 +5,5 @@ pub mod cli;
 pub mod fsutil;
 pub mod models;
 pub mod npz;
+pub mod quantize;
 pub mod sysinfo;

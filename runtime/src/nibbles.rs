@@ -4,8 +4,9 @@
 //! −8..=7 / 0..=15), which is what the integer kernels consume.
 //!
 //! ```
-//! use distq_runtime::nibbles::{unpack_i4, unpack_u4};
+//! use distq_runtime::nibbles::{pack_u4, unpack_i4, unpack_u4};
 //! assert_eq!(unpack_u4(&[0x21, 0x0f], 3).unwrap(), [1, 2, 15]);
+//! assert_eq!(pack_u4(&[1, 2, 15]), [0x21, 0x0f]);
 //! assert_eq!(unpack_i4(&[0xf8], 2).unwrap(), [-8, -1]);
 //! ```
 
@@ -28,6 +29,12 @@ pub fn unpack_i4(packed: &[u8], n: usize) -> Result<Vec<i8>> {
     Ok(unpack_u4(packed, n)?.into_iter().map(|v| ((v << 4) as i8) >> 4).collect())
 }
 
+/// Packs 4-bit values (the low nibble of each byte) two per byte, low nibble first; an odd
+/// count leaves the last high nibble 0.
+pub fn pack_u4(values: &[u8]) -> Vec<u8> {
+    values.chunks(2).map(|p| (p[0] & 0x0f) | (p.get(1).map_or(0, |v| v & 0x0f) << 4)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +52,7 @@ mod tests {
         assert!(unpack_u4(&[1, 2], 5).is_err(), "odd count needs 3 bytes");
         assert!(unpack_u4(&[1, 2], 2).is_err(), "too many bytes");
         assert_eq!(unpack_i4(&[0x7f], 1).unwrap(), [-1]);
+        assert_eq!(pack_u4(&u), packed);
+        assert_eq!(pack_u4(&u[..3]), [packed[0], packed[1] & 0x0f]);
     }
 }

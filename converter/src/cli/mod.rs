@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch; one file per subcommand.
 
 mod inspect;
+mod quantize;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Run a model on inputs from .npz/.npy files and print or save its outputs.
     Run(run::Args),
+    /// Quantize a model's weights to QDQ ONNX: int8, int4, fp16, or mixed per layer from
+    /// measured sensitivity.
+    Quantize(quantize::Args),
 }
 
 /// Writes one line to stdout. A closed pipe (`distq inspect m.onnx | head`) is not an
@@ -42,6 +46,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,146 @@
+//! What a quantization run reports: JSON for tools, a table for people, and an SVG with the
+//! per-layer sensitivity and the size → metric front.
+
+use super::metric::Metric;
+use serde::Serialize;
+use std::fmt::Write;
+
+/// One quantizable weight.
+#[derive(Serialize)]
+pub struct LayerReport {
+    /// Initializer name.
+    pub name: String,
+    /// Consuming op.
+    pub op: String,
+    /// Parameters.
+    pub params: usize,
+    /// Chosen precision (`fp32`, `fp16`, `int8`, `int4-b32`, …).
+    pub precision: String,
+    /// Measured loss at the chosen precision (mixed precision only).
+    pub sensitivity: Option<f64>,
+    /// Measured loss at each candidate precision.
+    pub losses: Vec<(String, f64)>,
+}
+
+/// A point of the greedy size → metric front (metric predicted from the summed losses).
+#[derive(Serialize)]
+pub struct FrontPoint {
+    /// Estimated file bytes.
+    pub size_bytes: u64,
+    /// Predicted metric.
+    pub predicted_metric: f64,
+    /// Whether this is the point written.
+    pub chosen: bool,
+}
+
+/// The whole run.
+#[derive(Serialize)]
+pub struct Report {
+    /// Bytes of the written model (model file plus external data).
+    pub size_bytes: u64,
+    /// Bytes of the fp32 model.
+    pub fp32_size_bytes: u64,
+    /// The metric.
+    pub metric: Metric,
+    /// Its value, verified end to end in our runtime on the evaluation set.
+    pub metric_value: f64,
+    /// Evaluation samples.
+    pub samples: usize,
+    /// Per layer, in graph order.
+    pub layers: Vec<LayerReport>,
+    /// The front (empty for a uniform precision).
+    pub front: Vec<FrontPoint>,
+}
+
+impl Report {
+    /// The human summary: a line per precision and the front's table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let mut by_precision: Vec<(String, usize, usize)> = Vec::new();
+        for l in &self.layers {
+            match by_precision.iter_mut().find(|(p, _, _)| *p == l.precision) {
+                Some(entry) => (entry.1, entry.2) = (entry.1 + 1, entry.2 + l.params),
+                None => by_precision.push((l.precision.clone(), 1, l.params)),
+            }
+        }
+        let mb = |b: u64| b as f64 / 1e6;
+        let _ = writeln!(s, "{:<10} {:>7} {:>12}", "precision", "layers", "params");
+        for (p, n, params) in &by_precision {
+            let _ = writeln!(s, "{p:<10} {n:>7} {params:>12}");
+        }
+        let _ = writeln!(
+            s,
+            "size {:.2} MB (fp32 {:.2} MB, {:.1} %), {:?} {:.5} over {} evaluation samples",
+            mb(self.size_bytes),
+            mb(self.fp32_size_bytes),
+            100.0 * self.size_bytes as f64 / self.fp32_size_bytes as f64,
+            self.metric,
+            self.metric_value,
+            self.samples
+        );
+        if !self.front.is_empty() {
+            let _ = writeln!(s, "front (size → predicted {:?}), every 4th point:", self.metric);
+            for (i, p) in self.front.iter().enumerate().filter(|(i, p)| i % 4 == 0 || p.chosen) {
+                let _ = writeln!(
+                    s,
+                    "  {i:>3}  {:>8.2} MB  {:.5}{}",
+                    mb(p.size_bytes),
+                    p.predicted_metric,
+                    if p.chosen { "  ← written" } else { "" }
+                );
+            }
+        }
+        s
+    }
+
+    /// An SVG: per-layer losses (log scale, one mark per candidate precision) above the
+    /// front (size → predicted metric).
+    pub fn svg(&self) -> String {
+        let (w, h, pad) = (900.0, 640.0, 50.0);
+        let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n");
+        let _ = writeln!(s, "<text x='{pad}' y='20'>per-layer loss in {:?} when lowered alone (log scale)</text>", self.metric);
+        let colors = [("fp16", "#2a9d8f"), ("int8", "#e9c46a"), ("int4", "#e76f51")];
+        let losses: Vec<f64> = self.layers.iter().flat_map(|l| l.losses.iter().map(|(_, v)| v.max(1e-7))).collect();
+        let (lo, hi) = (1e-7f64.log10(), losses.iter().fold(1e-6f64, |m, &v| m.max(v)).log10());
+        let top = (pad, 280.0);
+        let n = self.layers.len().max(1) as f64;
+        for (i, l) in self.layers.iter().enumerate() {
+            let x = pad + (w - 2.0 * pad) * (i as f64 + 0.5) / n;
+            for (p, v) in &l.losses {
+                let color = colors.iter().find(|(c, _)| p.starts_with(c)).map_or("#888", |(_, c)| c);
+                let y = top.1 - (top.1 - top.0) * ((v.max(1e-7).log10() - lo) / (hi - lo).max(1e-9));
+                let _ = writeln!(s, "<circle cx='{x:.1}' cy='{y:.1}' r='3' fill='{color}'><title>{} {p}: {v:.3e}</title></circle>", l.name);
+            }
+        }
+        for (k, (p, c)) in colors.iter().enumerate() {
+            let _ = writeln!(s, "<text x='{}' y='40' fill='{c}'>● {p}</text>", w - 220.0 + 60.0 * k as f64);
+        }
+        if let (Some(first), Some(last)) = (self.front.first(), self.front.last()) {
+            let (y0, y1) = (360.0, h - pad);
+            let _ = writeln!(s, "<text x='{pad}' y='{}'>size (MB) → predicted {:?}</text>", y0 - 10.0, self.metric);
+            let (smin, smax) = (last.size_bytes as f64, first.size_bytes as f64);
+            let (mmin, mmax) = self
+                .front
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.predicted_metric), b.max(p.predicted_metric)));
+            let px = |b: u64| pad + (w - 2.0 * pad) * (b as f64 - smin) / (smax - smin).max(1.0);
+            let py = |m: f64| y1 - (y1 - y0) * (m - mmin) / (mmax - mmin).max(1e-12);
+            let points: Vec<String> = self.front.iter().map(|p| format!("{:.1},{:.1}", px(p.size_bytes), py(p.predicted_metric))).collect();
+            let _ = writeln!(s, "<polyline fill='none' stroke='#264653' points='{}'/>", points.join(" "));
+            for p in self.front.iter().filter(|p| p.chosen) {
+                let _ = writeln!(s, "<circle cx='{:.1}' cy='{:.1}' r='5' fill='#e76f51'/>", px(p.size_bytes), py(p.predicted_metric));
+            }
+            let _ = writeln!(
+                s,
+                "<text x='{pad}' y='{}'>{:.2} MB</text><text x='{}' y='{}'>{:.2} MB</text>",
+                h - 30.0,
+                smin / 1e6,
+                w - pad - 60.0,
+                h - 30.0,
+                smax / 1e6
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}

@@ -1,0 +1,191 @@
+//! Mixed precision from measured sensitivity. Each layer is lowered alone to each candidate
+//! precision (its weights replaced by exactly what the quantized file restores) and the
+//! model is run in our runtime on the calibration samples; the metric's loss is the layer's
+//! sensitivity at that precision. A greedy walk then lowers, step by step, the layer that
+//! saves the most bytes per unit of loss, which traces a size → metric front; the pick for a
+//! size or metric target is verified end to end by the caller.
+
+use super::metric::{Dataset, Metric};
+use super::qdq::Layer;
+use super::weights::{Precision, Quantized, quantize};
+use anyhow::{Context, Result};
+use distq_runtime::onnx::proto::ModelProto;
+use distq_runtime::{Model, Session, Tensor};
+use prost::Message;
+
+/// One layer's options: each candidate precision with its quantized weight, file bytes and
+/// measured loss (metric units, ≥ 0 means worse than fp32).
+pub struct Options {
+    /// The layer.
+    pub layer: Layer,
+    /// `(precision, quantized, bytes, loss)`, most precise first; fp32 is implicit.
+    pub candidates: Vec<Candidate>,
+}
+
+/// A precision a layer may take.
+pub struct Candidate {
+    /// The precision.
+    pub precision: Precision,
+    /// The weight stored at it.
+    pub quantized: Quantized,
+    /// Bytes in the file.
+    pub bytes: usize,
+    /// Metric loss when only this layer is lowered (None until measured).
+    pub loss: Option<f64>,
+}
+
+/// Runs `model` with `replacements` (initializer name → f32 values) on `data`.
+pub fn run_with(model: &ModelProto, replacements: &[(&str, &[f32])], data: &Dataset, batch: usize) -> Result<Vec<Tensor>> {
+    let mut m = model.clone();
+    let graph = m.graph.as_mut().context("model has no graph")?;
+    for (name, values) in replacements {
+        let t =
+            graph.initializer.iter_mut().find(|t| t.name.as_deref() == Some(*name)).with_context(|| format!("no initializer '{name}'"))?;
+        t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into());
+        t.float_data.clear();
+        t.data_location = None;
+        t.external_data.clear();
+    }
+    let session = Session::new(Model::from_bytes(m.encode_to_vec())?);
+    data.outputs(&session, batch)
+}
+
+/// Quantizes every layer to every candidate precision it accepts.
+pub fn candidates(layers: Vec<Layer>, precisions: &[Precision]) -> Result<Vec<Options>> {
+    layers
+        .into_iter()
+        .map(|layer| {
+            let candidates = precisions
+                .iter()
+                .filter(|&&p| layer.accepts(p))
+                .map(|&precision| {
+                    let quantized = quantize(&layer.values, &layer.shape, precision, layer.layout)
+                        .with_context(|| format!("weight '{}'", layer.name))?;
+                    Ok(Candidate { precision, bytes: quantized.stored_bytes(), quantized, loss: None })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Options { layer, candidates })
+        })
+        .collect()
+}
+
+/// The loss of `value` against a perfect score, so that larger is always worse.
+pub fn loss(metric: Metric, value: f64) -> f64 {
+    if metric.higher_is_better() { 1.0 - value } else { value }
+}
+
+/// Measures each candidate's loss on `data` (`reference` = the fp32 outputs), calling
+/// `progress(done, total)` after each.
+pub fn measure(
+    model: &ModelProto,
+    options: &mut [Options],
+    data: &Dataset,
+    reference: &[Tensor],
+    metric: Metric,
+    batch: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<()> {
+    let total: usize = options.iter().map(|o| o.candidates.len()).sum();
+    let mut done = 0;
+    for option in options.iter_mut() {
+        for c in &mut option.candidates {
+            let restored = c.quantized.dequantized();
+            let out = run_with(model, &[(&option.layer.name, &restored)], data, batch)?;
+            c.loss = Some(loss(metric, data.compare(metric, reference, &out)?).max(0.0));
+            done += 1;
+            progress(done, total);
+        }
+    }
+    Ok(())
+}
+
+/// A precision per layer (an index into its candidates; `None` = fp32).
+pub type Assignment = Vec<Option<usize>>;
+
+/// A point of the greedy walk: the assignment, its file bytes (weights only) and the summed
+/// loss it predicts.
+pub struct Step {
+    /// Precision per layer.
+    pub assignment: Assignment,
+    /// Bytes of the quantizable weights.
+    pub bytes: usize,
+    /// Sum of the lowered layers' losses.
+    pub predicted_loss: f64,
+}
+
+/// The greedy walk from all-fp32 down to every layer at its lowest candidate: each step
+/// lowers one layer by one candidate, choosing the largest bytes saved per unit of added
+/// loss. Returns every point.
+pub fn greedy_front(options: &[Options]) -> Vec<Step> {
+    let fp32 = |o: &Options| 4 * o.layer.params();
+    let bytes_at = |o: &Options, a: Option<usize>| a.map_or(fp32(o), |i| o.candidates[i].bytes);
+    let loss_at = |o: &Options, a: Option<usize>| a.map_or(0.0, |i| o.candidates[i].loss.unwrap_or(0.0));
+    let mut assignment: Assignment = vec![None; options.len()];
+    let mut steps = Vec::new();
+    let point = |a: &Assignment| Step {
+        assignment: a.clone(),
+        bytes: options.iter().zip(a).map(|(o, &x)| bytes_at(o, x)).sum(),
+        predicted_loss: options.iter().zip(a).map(|(o, &x)| loss_at(o, x)).sum(),
+    };
+    steps.push(point(&assignment));
+    loop {
+        let best = options
+            .iter()
+            .zip(&assignment)
+            .enumerate()
+            .filter_map(|(i, (o, &a))| {
+                let next = a.map_or(0, |x| x + 1);
+                (next < o.candidates.len()).then(|| {
+                    let saved = bytes_at(o, a).saturating_sub(bytes_at(o, Some(next))) as f64;
+                    let added = (loss_at(o, Some(next)) - loss_at(o, a)).max(1e-12);
+                    (i, next, saved / added)
+                })
+            })
+            .max_by(|x, y| x.2.total_cmp(&y.2));
+        let Some((i, next, _)) = best else { break };
+        assignment[i] = Some(next);
+        steps.push(point(&assignment));
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantize::weights::Layout;
+
+    fn option(name: &str, params: usize, losses: &[f64]) -> Options {
+        let layer = Layer {
+            name: name.into(),
+            op: "MatMul".into(),
+            shape: vec![params / 4, 4],
+            layout: Layout { channel_axis: 1, reduction_axis: 0 },
+            values: vec![0.5; params],
+        };
+        let precisions = [Precision::F16, Precision::Int8, Precision::Int4 { block: 32 }];
+        let candidates = precisions
+            .iter()
+            .zip(losses)
+            .map(|(&p, &loss)| {
+                let quantized = quantize(&layer.values, &layer.shape, p, layer.layout).unwrap();
+                Candidate { precision: p, bytes: quantized.stored_bytes(), quantized, loss: Some(loss) }
+            })
+            .collect();
+        Options { layer, candidates }
+    }
+
+    #[test]
+    fn greedy_lowers_the_cheapest_bytes_first() {
+        // "robust" loses nothing at any precision; "fragile" loses a lot at int4.
+        let options = [option("fragile", 4096, &[0.0, 0.001, 0.2]), option("robust", 4096, &[0.0, 0.0, 0.0001])];
+        let front = greedy_front(&options);
+        assert_eq!(front.len(), 7, "fp32 + 3 steps per layer");
+        assert!(front.windows(2).all(|w| w[1].bytes < w[0].bytes), "every step saves bytes");
+        // "robust" reaches int4 before "fragile" leaves int8.
+        let robust_int4 = front.iter().position(|s| s.assignment[1] == Some(2)).unwrap();
+        let fragile_int4 = front.iter().position(|s| s.assignment[0] == Some(2)).unwrap();
+        assert!(robust_int4 < fragile_int4);
+        assert_eq!(front.last().unwrap().assignment, [Some(2), Some(2)]);
+        assert!((front.last().unwrap().predicted_loss - 0.2001).abs() < 1e-12);
+    }
+}

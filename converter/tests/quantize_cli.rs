@@ -1,0 +1,182 @@
+//! `distq quantize` on a small synthetic model (an embedding table, two MatMuls): every
+//! precision writes a loadable QDQ file with the promised size order and accuracy, mixed
+//! precision meets a size budget, and bad input fails with a message naming the problem and
+//! no output file.
+
+use distq_converter::npz::write_npz;
+use distq_runtime::testing::ModelBuilder;
+use distq_runtime::{DataType, Model, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A scratch folder for one test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("distq-quantize-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Near-Gaussian values (a sum of 12 uniforms from a 64-bit LCG), like trained weights.
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut uniform = || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..n).map(|_| ((0..12).map(|_| uniform()).sum::<f32>() - 6.0) * scale).collect()
+}
+
+/// `ids → Gather(table[500, 64]) → MatMul(64×128) → Relu → MatMul(128×64)`.
+fn embedding_model(dir: &Path) -> PathBuf {
+    let t = |shape: Vec<usize>, seed| Tensor::from_vec(shape.clone(), values(shape.iter().product(), seed, 0.3)).unwrap();
+    let bytes = ModelBuilder::new(17)
+        .input("ids", DataType::I64, &[-1, 16])
+        .initializer("table", &t(vec![500, 64], 1))
+        .initializer("w1", &t(vec![64, 128], 2))
+        .initializer("w2", &t(vec![128, 64], 3))
+        .node("Gather", &["table", "ids"], &["e"], vec![])
+        .node("MatMul", &["e", "w1"], &["h"], vec![])
+        .node("Relu", &["h"], &["r"], vec![])
+        .node("MatMul", &["r", "w2"], &["y"], vec![])
+        .output("y", DataType::F32, &[-1, 16, 64])
+        .to_bytes();
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn ids(dir: &Path, name: &str, samples: usize) -> PathBuf {
+    let ids: Vec<i64> = (0..samples * 16).map(|i| ((i * 31 + 7) % 500) as i64).collect();
+    let path = dir.join(name);
+    write_npz(&path, &[("ids".into(), Tensor::from_vec(vec![samples, 16], ids).unwrap())]).unwrap();
+    path
+}
+
+fn distq(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_distq")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn every_precision_writes_a_loadable_qdq_model() {
+    let dir = scratch("uniform");
+    let (model, calib) = (embedding_model(&dir), ids(&dir, "calib.npz", 12));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut sizes = Vec::new();
+    for precision in ["fp16", "int8", "int4"] {
+        let (out, json) = (dir.join(format!("{precision}.onnx")), dir.join(format!("{precision}.json")));
+        let (ok, stdout, stderr) = distq(&[
+            "quantize",
+            &s(&model),
+            "-o",
+            &s(&out),
+            "--calib",
+            &s(&calib),
+            "--precision",
+            precision,
+            "--report",
+            &s(&json),
+            "--block",
+            "32",
+        ]);
+        assert!(ok, "{precision}: {stderr}");
+        assert!(stdout.contains("Cosine"), "{stdout}");
+        let r = report(&json);
+        let size = r["size_bytes"].as_u64().unwrap();
+        assert_eq!(size, std::fs::metadata(&out).unwrap().len(), "{precision}: the report gives the file's size");
+        let cosine = r["metric_value"].as_f64().unwrap();
+        let floor = if precision == "int4" { 0.98 } else { 0.999 };
+        assert!(cosine >= floor, "{precision}: cosine {cosine}");
+        let layers = r["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 3, "table, w1, w2");
+        let want = if precision == "int4" { "int4-b32" } else { precision };
+        assert!(layers.iter().all(|l| l["precision"] == want), "{layers:?}");
+        // The written file loads, and its weights are the quantized ones, not floats.
+        let loaded = Model::load(&out).unwrap();
+        let ops: Vec<String> = loaded.file().proto.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.clone().unwrap()).collect();
+        let restore = if precision == "fp16" { "Cast" } else { "DequantizeLinear" };
+        assert_eq!(ops.iter().filter(|o| *o == restore).count(), 3, "{ops:?}");
+        sizes.push(size);
+    }
+    assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "fp16 > int8 > int4 bytes: {sizes:?}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn mixed_precision_meets_a_size_budget() {
+    let dir = scratch("mixed");
+    let (model, calib, eval) = (embedding_model(&dir), ids(&dir, "calib.npz", 8), ids(&dir, "eval.npz", 5));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (out, json, svg) = (dir.join("mixed.onnx"), dir.join("mixed.json"), dir.join("mixed.svg"));
+    // fp32 weights are 192 KB; 60 KB forces int4 on the table and int8 or lower elsewhere.
+    let args = ["quantize", &s(&model), "-o", &s(&out), "--calib", &s(&calib), "--eval", &s(&eval), "--max-size-mb", "0.06"];
+    let (ok, stdout, stderr) = distq(&[&args[..], &["--report", &s(&json), "--plot", &s(&svg), "--external-data"]].concat());
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("← written"), "{stdout}");
+    let r = report(&json);
+    assert!(r["size_bytes"].as_u64().unwrap() <= 60_000, "{}", r["size_bytes"]);
+    assert_eq!(
+        r["size_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&out).unwrap().len() + std::fs::metadata(dir.join("mixed.onnx.data")).unwrap().len()
+    );
+    assert_eq!(r["samples"], 5);
+    for layer in r["layers"].as_array().unwrap() {
+        assert_eq!(layer["losses"].as_array().unwrap().len(), 3, "fp16, int8 and int4 measured: {layer}");
+    }
+    assert!(r["front"].as_array().unwrap().len() >= 4);
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    assert!(Model::load(&out).is_ok());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_input_is_named_and_writes_nothing() {
+    let dir = scratch("bad");
+    let model = embedding_model(&dir);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let npz = |name: &str, arrays: Vec<(&str, Tensor)>| {
+        let path = dir.join(name);
+        write_npz(&path, &arrays.into_iter().map(|(n, t)| (n.to_string(), t)).collect::<Vec<_>>()).unwrap();
+        path
+    };
+    let wrong_name = npz("wrong_name.npz", vec![("tokens", Tensor::from_vec(vec![2, 16], vec![1i64; 32]).unwrap())]);
+    let wrong_dtype = npz("wrong_dtype.npz", vec![("ids", Tensor::from_vec(vec![2, 16], vec![1f32; 32]).unwrap())]);
+    let wrong_rank = npz("wrong_rank.npz", vec![("ids", Tensor::from_vec(vec![32], vec![1i64; 32]).unwrap())]);
+    let empty = npz("empty.npz", vec![("ids", Tensor::from_vec(vec![0, 16], Vec::<i64>::new()).unwrap())]);
+    let good = ids(&dir, "good.npz", 4);
+    let plain = dir.join("plain.onnx");
+    let relu = ModelBuilder::new(17).input("ids", DataType::I64, &[-1, 16]).node("Neg", &["ids"], &["y"], vec![]).output(
+        "y",
+        DataType::I64,
+        &[-1, 16],
+    );
+    std::fs::write(&plain, relu.to_bytes()).unwrap();
+    let out = dir.join("out.onnx");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![s(&model), "--calib".into(), s(&wrong_name)], "no array named 'ids'"),
+        (vec![s(&model), "--calib".into(), s(&wrong_dtype)], "array 'ids' is float, the model's input is int64"),
+        (vec![s(&model), "--calib".into(), s(&wrong_rank)], "array 'ids' has shape [32], the model's input has rank 2"),
+        (vec![s(&model), "--calib".into(), s(&empty)], "calibration set is empty"),
+        (vec![s(&plain), "--calib".into(), s(&good)], "no quantizable layer"),
+        (vec![s(&model), "--calib".into(), s(&good), "--max-size-mb".into(), "0.001".into()], "budget not reachable"),
+        (vec![s(&model), "--calib".into(), s(&good), "--block".into(), "48".into()], "--block 48"),
+        (vec![s(&model), "--calib".into(), s(&dir.join("missing.npz"))], "missing.npz"),
+    ];
+    for (args, want) in cases {
+        let mut full = vec!["quantize".to_string(), "-o".into(), s(&out)];
+        full.extend(args);
+        let (ok, _, stderr) = distq(&full.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!ok, "{full:?} succeeded");
+        assert!(stderr.contains(want), "{full:?}: expected '{want}' in: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!out.exists(), "{full:?} left an output file");
+        let leftovers: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

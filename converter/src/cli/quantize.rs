@@ -67,6 +67,10 @@ pub struct Args {
     /// Samples per model run.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Leave biases as they are (by default each lowered Conv / MatMul + Add gets its mean
+    /// output shift, measured on the calibration samples, corrected in its bias).
+    #[arg(long)]
+    no_bias_correction: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -95,6 +99,7 @@ pub fn run(args: Args) -> Result<()> {
         min_metric: args.min_metric,
         sensitivity_samples: args.sensitivity_samples,
         batch: args.batch,
+        bias_correction: !args.no_bias_correction,
     };
     let mut last = String::new();
     let mut progress = |what: &str, done: usize, total: usize| {

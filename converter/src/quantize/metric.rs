@@ -117,21 +117,25 @@ impl Dataset {
         Ok(Dataset { arrays, samples: n, mask: self.mask })
     }
 
+    /// Calls `f` with the inputs of each batch of up to `batch` samples, in order.
+    pub fn for_each_batch(&self, batch: usize, mut f: impl FnMut(Vec<(String, Tensor)>) -> Result<()>) -> Result<()> {
+        for start in (0..self.samples).step_by(batch.max(1)) {
+            let range = start..(start + batch.max(1)).min(self.samples);
+            f(self.arrays.iter().map(|(n, t)| Ok((n.clone(), rows(t, range.clone())?))).collect::<Result<Vec<_>>>()?)?;
+        }
+        Ok(())
+    }
+
     /// Runs `session` over the set in batches of `batch`; returns each sample's first output.
     pub fn outputs(&self, session: &Session, batch: usize) -> Result<Vec<Tensor>> {
         let mut out = Vec::with_capacity(self.samples);
-        for start in (0..self.samples).step_by(batch.max(1)) {
-            let range = start..(start + batch.max(1)).min(self.samples);
-            let inputs = self.arrays.iter().map(|(n, t)| Ok((n.clone(), rows(t, range.clone())?))).collect::<Result<Vec<_>>>()?;
+        self.for_each_batch(batch, |inputs| {
+            let n = inputs.first().map_or(0, |(_, t)| t.shape()[0]);
             let (_, y) = session.run(inputs)?.into_iter().next().context("the model has no output")?;
-            ensure!(
-                y.shape().first() == Some(&range.len()),
-                "first output {:?} does not have the batch ({}) as its first axis",
-                y.shape(),
-                range.len()
-            );
-            out.extend((0..range.len()).map(|i| rows(&y, i..i + 1)).collect::<Result<Vec<_>>>()?);
-        }
+            ensure!(y.shape().first() == Some(&n), "first output {:?} does not have the batch ({n}) as its first axis", y.shape());
+            out.extend((0..n).map(|i| rows(&y, i..i + 1)).collect::<Result<Vec<_>>>()?);
+            Ok(())
+        })?;
         Ok(out)
     }
 

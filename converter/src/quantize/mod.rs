@@ -6,7 +6,9 @@
 //! QDQ graph ([`qdq::rewrite`]) and verify the written form end to end on the evaluation set
 //! ([`metric`]): what is measured is what ships.
 
+pub mod calibrate;
 pub mod metric;
+pub mod opset;
 pub mod qdq;
 pub mod report;
 pub mod search;
@@ -14,12 +16,14 @@ pub mod weights;
 pub mod writer;
 
 use anyhow::{Context, Result, bail, ensure};
+use calibrate::ChannelAxis;
 use distq_runtime::onnx::proto::ModelProto;
-use distq_runtime::{Model, Session};
+use distq_runtime::{Model, Session, Tensor};
 use metric::{Dataset, Metric};
 use prost::Message;
 use report::{FrontPoint, LayerReport, Report};
-use search::{Assignment, Step};
+use search::Assignment;
+use std::collections::HashMap;
 use weights::Precision;
 
 /// What to aim for.
@@ -39,7 +43,12 @@ pub struct Config {
     pub sensitivity_samples: usize,
     /// Samples per model run.
     pub batch: usize,
+    /// Correct each lowered layer's mean output shift in its bias.
+    pub bias_correction: bool,
 }
+
+/// Calibration samples observed for bias correction (at least).
+const CORRECTION_SAMPLES: usize = 64;
 
 /// The quantized model and what was measured on the way.
 pub struct Outcome {
@@ -54,6 +63,15 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 
 /// Quantizes `model` (from `path`) per `config`, measuring on `calib` and verifying on `eval`.
 pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset, progress: Progress) -> Result<Outcome> {
+    let fp32_bytes = model.file().proto.encoded_len() as u64;
+    let prepared;
+    let model = match qdq::constants_as_initializers(&model.file().proto) {
+        Some(p) => {
+            prepared = Model::from_bytes(p.encode_to_vec()).context("the model with its Constant weights as initializers")?;
+            &prepared
+        }
+        None => model,
+    };
     let proto = &model.file().proto;
     let layers = qdq::quantizable_layers(model)?;
     ensure!(
@@ -62,7 +80,6 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         model.file().origin,
         qdq::MIN_VALUES
     );
-    let fp32_bytes = proto.encoded_len() as u64;
     let layer_fp32: u64 = layers.iter().map(|l| 4 * l.params() as u64).sum();
     // Bytes outside the quantizable weights, plus what each restoring node and its tensors'
     // headers add (measured on real models: well under 200 bytes per layer).
@@ -73,52 +90,106 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         Some(p) => vec![p],
         None => vec![Precision::F16, Precision::Int8, int4],
     };
-    let mut options = search::candidates(layers, &precisions)?;
-    let reference_eval = eval.outputs(&Session::new(Model::from_bytes(proto.encode_to_vec())?), config.batch)?;
+    // Bias correction: the mean of each corrected layer's input, per channel.
+    let means = if config.bias_correction {
+        let mut observed: Vec<(String, ChannelAxis)> = Vec::new();
+        for l in layers.iter().filter(|l| l.bias.is_some()) {
+            let axis = if l.op == "Conv" { ChannelAxis::Second } else { ChannelAxis::Last };
+            if !observed.iter().any(|(n, _)| *n == l.activation) {
+                observed.push((l.activation.clone(), axis));
+            }
+        }
+        let samples = calib.head(config.sensitivity_samples.max(CORRECTION_SAMPLES))?;
+        progress("calibrate", 0, 1);
+        let means = calibrate::channel_means(proto, &observed, &samples, config.batch)?;
+        progress("calibrate", 1, 1);
+        means
+    } else {
+        HashMap::new()
+    };
+    let mut options = search::candidates(layers, &precisions, &means)?;
+    let fp32_session = Session::new(Model::from_bytes(proto.encode_to_vec())?);
+    let reference_eval = eval.outputs(&fp32_session, config.batch)?;
     metric::check_applicable(config.metric, &reference_eval)?;
-    let verify = |options: &[search::Options], a: &Assignment, progress: Progress| -> Result<(ModelProto, f64)> {
+    // The written form of an assignment, and its metric on `data` against `reference`.
+    let evaluate = |options: &[search::Options], a: &Assignment, data: &Dataset, reference: &[Tensor]| -> Result<(ModelProto, f64)> {
         let chosen: Vec<(&str, &weights::Quantized)> =
             options.iter().zip(a).filter_map(|(o, &x)| x.map(|i| (o.layer.name.as_str(), &o.candidates[i].quantized))).collect();
-        let out = qdq::rewrite(proto, &chosen)?;
-        progress("verify", 0, 1);
+        let biases: Vec<(&qdq::Layer, &[f32])> =
+            options.iter().zip(a).filter_map(|(o, &x)| Some((&o.layer, o.candidates[x?].bias.as_deref()?))).collect();
+        let out = qdq::rewrite(proto, &chosen, &biases)?;
         let session = Session::new(Model::from_bytes(out.encode_to_vec()).context("the quantized model does not load")?);
-        let value = eval.compare(config.metric, &reference_eval, &eval.outputs(&session, config.batch)?)?;
-        progress("verify", 1, 1);
+        let value = data.compare(config.metric, reference, &data.outputs(&session, config.batch)?)?;
         Ok((out, value))
     };
-    let meets = |value: f64| config.min_metric.is_none_or(|m| if config.metric.higher_is_better() { value >= m } else { value <= m });
-    let (assignment, front) = match config.uniform {
-        Some(_) => {
-            // Candidates run most precise first: the last is `p`, or int8 where int4 does not fit.
-            let a: Assignment = options.iter().map(|o| o.candidates.len().checked_sub(1)).collect();
-            (a, Vec::new())
+    let higher = config.metric.higher_is_better();
+    let target = match (config.min_metric, config.max_size) {
+        (Some(m), _) => Some(m),
+        (None, None) if config.uniform.is_none() => {
+            ensure!(higher, "metric {:?}: give --min-metric or --max-size-mb (there is no default target)", config.metric);
+            Some(0.99)
         }
+        (None, _) => None,
+    };
+    let meets = |value: f64| target.is_none_or(|m| if higher { value >= m } else { value <= m });
+    // Top-1 agreement moves in whole flips, which do not add up across layers: sensitivity
+    // is measured as the KL divergence of the outputs instead (smooth, near-additive).
+    let proxy = if config.metric == Metric::Top1 { Metric::Kl } else { config.metric };
+    let (chosen, front) = match config.uniform {
+        // Candidates run most precise first: the last is the precision asked for, or int8
+        // where int4 does not fit.
+        Some(_) => (options.iter().map(|o| o.candidates.len().checked_sub(1)).collect(), Vec::new()),
         None => {
             let sample = calib.head(config.sensitivity_samples)?;
-            let reference = sample.outputs(&Session::new(Model::from_bytes(proto.encode_to_vec())?), config.batch)?;
-            search::measure(proto, &mut options, &sample, &reference, config.metric, config.batch, |d, t| progress("sensitivity", d, t))?;
+            let reference = sample.outputs(&fp32_session, config.batch)?;
+            search::measure(proto, &mut options, &sample, &reference, proxy, config.batch, |d, t| progress("sensitivity", d, t))?;
             let front = search::greedy_front(&options);
-            (pick(&front, fixed, config, &meets)?, front)
+            let index = match config.max_size {
+                Some(max) => front.iter().position(|s| fixed + s.bytes as u64 <= max).with_context(|| {
+                    let smallest = front.last().map_or(0, |s| fixed + s.bytes as u64);
+                    format!(
+                        "budget not reachable: {:.2} MB asked, the smallest this model gets is {:.2} MB (every layer at its lowest precision)",
+                        max as f64 / 1e6,
+                        smallest as f64 / 1e6
+                    )
+                })?,
+                // The front's most compact point whose metric on the calibration samples
+                // meets the target (bisection: the metric falls along the front).
+                None => {
+                    let (mut good, mut bad) = (0, front.len());
+                    let probes = usize::BITS - front.len().leading_zeros();
+                    let mut probe = 0;
+                    while bad - good > 1 {
+                        let mid = (good + bad) / 2;
+                        progress("search", probe, probes as usize);
+                        probe += 1;
+                        if meets(evaluate(&options, &front[mid].assignment, &sample, &reference)?.1) {
+                            good = mid;
+                        } else {
+                            bad = mid;
+                        }
+                    }
+                    progress("search", probes as usize, probes as usize);
+                    good
+                }
+            };
+            (front[index].assignment.clone(), front)
         }
     };
-    let (mut out, mut value) = verify(&options, &assignment, progress)?;
-    let mut chosen = assignment;
-    // The sensitivities add up only approximately: back off towards more precise points of
-    // the front until the verified metric meets the target.
-    if config.uniform.is_none() && !meets(value) {
+    let mut chosen: Assignment = chosen;
+    progress("verify", 0, 1);
+    let (mut out, mut value) = evaluate(&options, &chosen, eval, &reference_eval)?;
+    // The evaluation set may disagree with the calibration samples: step back towards more
+    // precise points of the front (within the size budget) until it meets the target.
+    if config.uniform.is_none() && config.max_size.is_none() {
         let mut index = front.iter().position(|s| s.assignment == chosen).unwrap_or(0);
-        for _ in 0..6 {
-            if index == 0 || meets(value) {
-                break;
-            }
+        while !meets(value) && index > 0 {
             index = index.saturating_sub(index.div_ceil(8));
-            if config.max_size.is_some_and(|max| fixed + front[index].bytes as u64 > max) {
-                break;
-            }
             chosen = front[index].assignment.clone();
-            (out, value) = verify(&options, &chosen, progress)?;
+            (out, value) = evaluate(&options, &chosen, eval, &reference_eval)?;
         }
     }
+    progress("verify", 1, 1);
     let size = out.encoded_len() as u64;
     if !meets(value) || config.max_size.is_some_and(|m| size > m) {
         bail!(
@@ -126,7 +197,7 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
             size as f64 / 1e6,
             config.metric,
             config.max_size.map_or(String::new(), |m| format!("≤ {:.2} MB ", m as f64 / 1e6)),
-            config.min_metric.map_or(String::new(), |m| format!("metric {m}")),
+            target.map_or(String::new(), |m| format!("metric {m}")),
         );
     }
     let layers = options
@@ -143,11 +214,7 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         .collect();
     let front = front
         .iter()
-        .map(|s| FrontPoint {
-            size_bytes: fixed + s.bytes as u64,
-            predicted_metric: predicted(config.metric, s),
-            chosen: s.assignment == chosen,
-        })
+        .map(|s| FrontPoint { size_bytes: fixed + s.bytes as u64, loss: s.predicted_loss, chosen: s.assignment == chosen })
         .collect();
     let report = Report {
         size_bytes: size,
@@ -155,34 +222,9 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         metric: config.metric,
         metric_value: value,
         samples: eval.samples(),
+        sensitivity_metric: proxy,
         layers,
         front,
     };
     Ok(Outcome { model: out, report })
-}
-
-/// The metric a front point predicts (perfect minus its summed loss).
-fn predicted(metric: Metric, step: &Step) -> f64 {
-    if metric.higher_is_better() { 1.0 - step.predicted_loss } else { step.predicted_loss }
-}
-
-/// The front point for the targets: the first within the size budget, or the last whose
-/// prediction meets the metric, or (with no target) the last predicting ≥ 0.99 / ≤ 0.01.
-fn pick(front: &[Step], fixed: u64, config: &Config, meets: &dyn Fn(f64) -> bool) -> Result<Assignment> {
-    let size = |s: &Step| fixed + s.bytes as u64;
-    if let Some(max) = config.max_size {
-        let Some(step) = front.iter().find(|s| size(s) <= max) else {
-            let smallest = front.last().map_or(0, size);
-            bail!(
-                "budget not reachable: {:.2} MB asked, the smallest this model gets is {:.2} MB (every layer at its lowest precision)",
-                max as f64 / 1e6,
-                smallest as f64 / 1e6
-            );
-        };
-        return Ok(step.assignment.clone());
-    }
-    let default = |v: f64| if config.metric.higher_is_better() { v >= 0.99 } else { v <= 0.01 };
-    let target = |v: f64| if config.min_metric.is_some() { meets(v) } else { default(v) };
-    let step = front.iter().rev().find(|s| target(predicted(config.metric, s))).unwrap_or(&front[0]);
-    Ok(step.assignment.clone())
 }

@@ -5,7 +5,7 @@
 //! recognize (our planner keeps such weights compact in memory).
 
 use super::weights::{Layout, Precision, Quantized, Stored};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use distq_runtime::nibbles::pack_u4;
 use distq_runtime::onnx::proto::attribute_proto::AttributeType;
 use distq_runtime::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
@@ -17,6 +17,29 @@ use std::collections::{HashMap, HashSet};
 /// them folded anyway.
 pub const MIN_VALUES: usize = 4096;
 
+/// Where a layer's bias lives, for bias correction.
+#[derive(Debug, Clone)]
+pub enum BiasSite {
+    /// The Conv's input 2 (absent: zeros).
+    Conv,
+    /// Input `input` of the `Add` (producing `add_output`) that follows a MatMul.
+    Add {
+        /// The Add's output, which names it.
+        add_output: String,
+        /// Which of its inputs is the bias.
+        input: usize,
+    },
+}
+
+/// A layer's bias: where it is and its fp32 values.
+#[derive(Debug, Clone)]
+pub struct Bias {
+    /// Where.
+    pub site: BiasSite,
+    /// The values (one per output channel).
+    pub values: Vec<f32>,
+}
+
 /// One quantizable weight and the op that consumes it.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -24,12 +47,22 @@ pub struct Layer {
     pub name: String,
     /// The consuming op (`MatMul`, `Gemm`, `Conv`, `Gather`).
     pub op: String,
+    /// The consuming node's first output (unique: it names the node).
+    pub node_output: String,
+    /// The activation the weight multiplies (the consumer's input 0; for Gather, the indices).
+    pub activation: String,
+    /// Conv groups (1 otherwise).
+    pub groups: usize,
+    /// The bias that a correction of this layer's mean output shift would go to (Conv, and
+    /// MatMul followed by an Add of a constant per column).
     /// The weight's shape.
     pub shape: Vec<usize>,
     /// Its axes' roles.
     pub layout: Layout,
     /// Its values.
     pub values: Vec<f32>,
+    /// Its bias, when it has a place for one.
+    pub bias: Option<Bias>,
 }
 
 impl Layer {
@@ -46,6 +79,40 @@ impl Layer {
             Precision::F16 => self.values.iter().all(|v| v.abs() <= half::f16::MAX.to_f32()),
             Precision::Int8 | Precision::F32 => true,
         }
+    }
+
+    /// The bias that cancels the mean output shift `quantized − original` weights cause on
+    /// inputs with per-channel means `means` (bias correction): `b − Σ ΔW · mean`.
+    pub fn corrected_bias(&self, dequantized: &[f32], means: &[f32]) -> Option<Vec<f32>> {
+        let bias = self.bias.as_ref()?;
+        let mut out = bias.values.clone();
+        match self.op.as_str() {
+            "Conv" => {
+                // [M, C/groups, kh, kw]: output m reads input channels of its group.
+                let (m, c) = (self.shape[0], self.shape[1]);
+                let inner = self.values.len() / (m * c).max(1);
+                let per_group = m / self.groups;
+                if means.len() != c * self.groups {
+                    return None;
+                }
+                for (i, (&q, &w)) in dequantized.iter().zip(&self.values).enumerate() {
+                    let (o, ci) = (i / (c * inner), i / inner % c);
+                    out[o] -= (q - w) * means[(o / per_group) * c + ci];
+                }
+            }
+            "MatMul" => {
+                // [K, N]: output n sums over the input's last axis.
+                let n = self.shape[1];
+                if means.len() != self.shape[0] {
+                    return None;
+                }
+                for (i, (&q, &w)) in dequantized.iter().zip(&self.values).enumerate() {
+                    out[i % n] -= (q - w) * means[i / n];
+                }
+            }
+            _ => return None,
+        }
+        Some(out)
     }
 }
 
@@ -69,7 +136,18 @@ pub fn quantizable_layers(model: &Model) -> Result<Vec<Layer>> {
     let file = model.file();
     let graph = file.proto.graph.as_ref().context("model has no graph")?;
     let initializers: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_deref().unwrap_or(""), t)).collect();
+    let mut readers: HashMap<&str, Vec<&NodeProto>> = HashMap::new();
+    for node in &graph.node {
+        for input in &node.input {
+            readers.entry(input.as_str()).or_default().push(node);
+        }
+    }
     let mut files = WeightFiles::new(file.base_dir.clone(), file.map.clone());
+    let mut floats = |name: &str| -> Result<Option<Vec<f32>>> {
+        let Some(t) = initializers.get(name).filter(|t| t.data_type == Some(DataType::F32.onnx_code())) else { return Ok(None) };
+        let tensor = tensor_from_proto(t, &mut files).with_context(|| format!("{}: tensor '{name}'", file.origin))?;
+        Ok(Some(tensor.as_slice::<f32>()?.to_vec()))
+    };
     let (mut layers, mut seen) = (Vec::new(), HashSet::new());
     for node in &graph.node {
         for (input, name) in node.input.iter().enumerate() {
@@ -78,43 +156,85 @@ pub fn quantizable_layers(model: &Model) -> Result<Vec<Layer>> {
                 continue;
             }
             let Some(layout) = weight_layout(node, input, t.dims.len()) else { continue };
-            let tensor = tensor_from_proto(t, &mut files).with_context(|| format!("{}: weight '{name}'", file.origin))?;
-            if tensor.len() >= MIN_VALUES {
-                let values = tensor.as_slice::<f32>()?.to_vec();
-                layers.push(Layer {
-                    name: name.clone(),
-                    op: node.op_type.clone().unwrap_or_default(),
-                    shape: tensor.shape().to_vec(),
-                    layout,
-                    values,
-                });
-            }
+            let Some(values) = floats(name)?.filter(|v| v.len() >= MIN_VALUES) else { continue };
+            let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+            let op = node.op_type.clone().unwrap_or_default();
+            let node_output = node.output.first().cloned().unwrap_or_default();
+            let channels = shape[layout.channel_axis];
+            let bias = match op.as_str() {
+                "Conv" => match node.input.get(2).filter(|b| !b.is_empty()) {
+                    Some(b) => floats(b)?.filter(|v| v.len() == channels).map(|values| Bias { site: BiasSite::Conv, values }),
+                    None => Some(Bias { site: BiasSite::Conv, values: vec![0.0; channels] }),
+                },
+                "MatMul" => match readers.get(node_output.as_str()).map(Vec::as_slice) {
+                    Some([add]) if add.op_type.as_deref() == Some("Add") && add.input.len() == 2 => {
+                        let input = usize::from(add.input[0] == node_output);
+                        let site = BiasSite::Add { add_output: add.output.first().cloned().unwrap_or_default(), input };
+                        floats(&add.input[input])?.filter(|v| v.len() == channels).map(|values| Bias { site, values })
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            let groups = node.attribute.iter().find(|a| a.name.as_deref() == Some("group")).and_then(|a| a.i).unwrap_or(1).max(1) as usize;
+            let activation = node.input.first().cloned().unwrap_or_default();
+            layers.push(Layer { name: name.clone(), op, node_output, activation, groups, shape, layout, values, bias });
         }
     }
     Ok(layers)
 }
 
-/// Ops whose inputs or attributes changed meaning at the given opset: a model older than that
-/// cannot simply be relabelled to the newer opset the quantized form needs.
-const CHANGED_AT: &[(&str, i64)] = &[
-    ("Softmax", 13),
-    ("LogSoftmax", 13),
-    ("Hardmax", 13),
-    ("Squeeze", 13),
-    ("Unsqueeze", 13),
-    ("Split", 13),
-    ("ReduceSum", 13),
-    ("ReduceMean", 18),
-    ("ReduceMax", 18),
-    ("ReduceMin", 18),
-    ("ReduceProd", 18),
-    ("ReduceL1", 18),
-    ("ReduceL2", 18),
-    ("ReduceLogSum", 18),
-    ("ReduceLogSumExp", 18),
-    ("ReduceSumSquare", 18),
-    ("GroupNormalization", 21),
-];
+/// Points the layer's bias site at a new initializer holding `values` (the old bias tensor
+/// may be shared, so it is left alone).
+pub fn apply_bias(graph: &mut GraphProto, layer: &Layer, values: &[f32]) -> Result<()> {
+    let Some(bias) = &layer.bias else { return Ok(()) };
+    let name = format!("{}_bias_corrected", layer.name);
+    let tensor =
+        raw_tensor(name.clone(), &[values.len()], DataType::F32.onnx_code(), values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    graph.initializer.retain(|t| t.name.as_deref() != Some(name.as_str()));
+    graph.initializer.push(tensor);
+    let (output, input) = match &bias.site {
+        BiasSite::Conv => (&layer.node_output, 2),
+        BiasSite::Add { add_output, input } => (add_output, *input),
+    };
+    let node = graph.node.iter_mut().find(|n| n.output.first() == Some(output)).with_context(|| format!("no node writes '{output}'"))?;
+    if node.input.len() <= input {
+        node.input.resize(input + 1, String::new());
+    }
+    let old = std::mem::replace(&mut node.input[input], name);
+    // The replaced bias goes too, unless something else still reads it.
+    let read = graph.node.iter().any(|n| n.input.contains(&old)) || graph.output.iter().any(|o| o.name.as_deref() == Some(old.as_str()));
+    if !read {
+        graph.initializer.retain(|t| t.name.as_deref() != Some(old.as_str()));
+    }
+    Ok(())
+}
+
+/// `model` with every `Constant` node that holds a tensor turned into an initializer of the
+/// same name (exporters such as paddle2onnx put weights in Constant nodes); `None` when there
+/// is none.
+pub fn constants_as_initializers(model: &ModelProto) -> Option<ModelProto> {
+    let graph = model.graph.as_ref()?;
+    let is_tensor_constant = |n: &NodeProto| {
+        n.op_type.as_deref() == Some("Constant")
+            && matches!(n.domain.as_deref(), None | Some(""))
+            && n.output.len() == 1
+            && matches!(n.attribute.as_slice(), [a] if a.name.as_deref() == Some("value") && a.t.is_some())
+    };
+    if !graph.node.iter().any(is_tensor_constant) {
+        return None;
+    }
+    let mut out = model.clone();
+    let graph = out.graph.as_mut()?;
+    let (constants, nodes): (Vec<NodeProto>, Vec<NodeProto>) = std::mem::take(&mut graph.node).into_iter().partition(is_tensor_constant);
+    graph.node = nodes;
+    for mut c in constants {
+        let mut t = c.attribute.remove(0).t?;
+        t.name = c.output.pop();
+        graph.initializer.push(t);
+    }
+    Some(out)
+}
 
 /// The opset a set of precisions needs: 21 for int4 blocks, 13 for per-axis int8.
 fn opset_needed(precisions: impl Iterator<Item = Precision>) -> i64 {
@@ -126,37 +246,6 @@ fn opset_needed(precisions: impl Iterator<Item = Precision>) -> i64 {
         })
         .max()
         .unwrap_or(1)
-}
-
-/// Moves the default domain to `opset` when it is older, refusing when an op in the graph
-/// changed meaning in between.
-fn raise_opset(model: &mut ModelProto, opset: i64) -> Result<()> {
-    let default = |d: &Option<String>| matches!(d.as_deref(), None | Some("") | Some("ai.onnx"));
-    let current = model.opset_import.iter().find(|o| default(&o.domain)).and_then(|o| o.version).unwrap_or(1);
-    if current >= opset {
-        return Ok(());
-    }
-    let graph = model.graph.as_ref().context("model has no graph")?;
-    for node in graph.node.iter().filter(|n| default(&n.domain)) {
-        let op = node.op_type.as_deref().unwrap_or("");
-        if let Some(&(_, at)) = CHANGED_AT.iter().find(|(name, at)| *name == op && current < *at && *at <= opset) {
-            bail!(
-                "node '{}' ({op}) changed meaning at opset {at}; the model is at opset {current} and the quantized form needs {opset} \
-                 (int4 blocks need 21, per-channel int8 13): convert the model's opset first, or choose a precision that needs less",
-                node.name.as_deref().unwrap_or("?")
-            );
-        }
-    }
-    for o in model.opset_import.iter_mut().filter(|o| default(&o.domain)) {
-        o.version = Some(opset);
-    }
-    if !model.opset_import.iter().any(|o| default(&o.domain)) {
-        model.opset_import.push(distq_runtime::onnx::proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) });
-    }
-    // INT4/UINT4 and opset 21 arrived with IR version 10; per-axis QDQ needs IR 7.
-    let ir = if opset >= 21 { 10 } else { 7 };
-    model.ir_version = Some(model.ir_version.unwrap_or(ir).max(ir));
-    Ok(())
 }
 
 fn raw_tensor(name: String, dims: &[usize], dtype: i32, raw: Vec<u8>) -> TensorProto {
@@ -220,10 +309,11 @@ fn restore(name: &str, q: &Quantized) -> (Vec<TensorProto>, NodeProto) {
     }
 }
 
-/// `model` with each `(weight name, quantized)` stored compactly and restored in the graph.
-pub fn rewrite(model: &ModelProto, quantized: &[(&str, &Quantized)]) -> Result<ModelProto> {
+/// `model` with each `(weight name, quantized)` stored compactly and restored in the graph,
+/// and each `(layer, bias)` correction applied.
+pub fn rewrite(model: &ModelProto, quantized: &[(&str, &Quantized)], biases: &[(&Layer, &[f32])]) -> Result<ModelProto> {
     let mut out = model.clone();
-    raise_opset(&mut out, opset_needed(quantized.iter().map(|(_, q)| q.precision)))?;
+    super::opset::raise(&mut out, opset_needed(quantized.iter().map(|(_, q)| q.precision)))?;
     let graph: &mut GraphProto = out.graph.as_mut().context("model has no graph")?;
     let names: HashSet<&str> = quantized.iter().map(|(n, _)| *n).collect();
     graph.initializer.retain(|t| !names.contains(t.name.as_deref().unwrap_or("")));
@@ -238,5 +328,68 @@ pub fn rewrite(model: &ModelProto, quantized: &[(&str, &Quantized)]) -> Result<M
     // Restoring nodes read only initializers: placed first, the graph stays sorted.
     nodes.append(&mut graph.node);
     graph.node = nodes;
+    for (layer, values) in biases {
+        apply_bias(graph, layer, values)?;
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantize::weights::quantize;
+
+    fn layer(op: &str, shape: Vec<usize>, groups: usize, layout: Layout) -> Layer {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| ((i * 7919) % 211) as f32 / 100.0 - 1.05).collect();
+        let channels = shape[layout.channel_axis];
+        let bias = Some(Bias { site: BiasSite::Conv, values: (0..channels).map(|c| c as f32 * 0.1).collect() });
+        Layer { name: "w".into(), op: op.into(), node_output: "y".into(), activation: "x".into(), groups, shape, layout, values, bias }
+    }
+
+    /// Σ over an output channel's weights times the mean of the input channel each reads, plus
+    /// the bias: the mean output the correction must preserve.
+    fn mean_outputs(l: &Layer, w: &[f32], bias: &[f32], means: &[f32]) -> Vec<f32> {
+        let mut out = bias.to_vec();
+        for (i, &v) in w.iter().enumerate() {
+            let (o, input) = match l.op.as_str() {
+                "Conv" => {
+                    let (m, c) = (l.shape[0], l.shape[1]);
+                    let inner = w.len() / (m * c);
+                    let o = i / (c * inner);
+                    (o, (o / (m / l.groups)) * c + i / inner % c)
+                }
+                _ => (i % l.shape[1], i / l.shape[1]),
+            };
+            out[o] += v * means[input];
+        }
+        out
+    }
+
+    #[test]
+    fn bias_correction_restores_the_mean_output() {
+        let cases = [
+            (layer("Conv", vec![6, 4, 3, 3], 1, Layout { channel_axis: 0, reduction_axis: 1 }), 4),
+            (layer("Conv", vec![6, 2, 3, 3], 3, Layout { channel_axis: 0, reduction_axis: 1 }), 6),
+            (layer("MatMul", vec![40, 5], 1, Layout { channel_axis: 1, reduction_axis: 0 }), 40),
+        ];
+        for (l, inputs) in cases {
+            let means: Vec<f32> = (0..inputs).map(|i| 0.5 + i as f32 * 0.37).collect();
+            let q = quantize(&l.values, &l.shape, Precision::Int4 { block: 16 }, l.layout)
+                .unwrap_or_else(|_| quantize(&l.values, &l.shape, Precision::Int8, l.layout).unwrap());
+            let restored = q.dequantized();
+            let corrected = l.corrected_bias(&restored, &means).unwrap();
+            let bias = &l.bias.as_ref().unwrap().values;
+            let (want, got, uncorrected) = (
+                mean_outputs(&l, &l.values, bias, &means),
+                mean_outputs(&l, &restored, &corrected, &means),
+                mean_outputs(&l, &restored, bias, &means),
+            );
+            for ((w, g), u) in want.iter().zip(&got).zip(&uncorrected) {
+                assert!((w - g).abs() < 1e-4, "{} {:?}: mean output {g} vs fp32 {w}", l.op, l.shape);
+                assert!((w - u).abs() > (w - g).abs(), "the correction changes something");
+            }
+            assert!(l.corrected_bias(&restored, &means[1..]).is_none(), "means of the wrong length are refused");
+        }
+    }
 }

@@ -22,13 +22,13 @@ pub struct LayerReport {
     pub losses: Vec<(String, f64)>,
 }
 
-/// A point of the greedy size → metric front (metric predicted from the summed losses).
+/// A point of the greedy size → loss front.
 #[derive(Serialize)]
 pub struct FrontPoint {
     /// Estimated file bytes.
     pub size_bytes: u64,
-    /// Predicted metric.
-    pub predicted_metric: f64,
+    /// Summed sensitivity of the lowered layers (in `sensitivity_metric` loss units).
+    pub loss: f64,
     /// Whether this is the point written.
     pub chosen: bool,
 }
@@ -46,6 +46,8 @@ pub struct Report {
     pub metric_value: f64,
     /// Evaluation samples.
     pub samples: usize,
+    /// The metric sensitivities were measured in (KL for a top-1 target: smooth).
+    pub sensitivity_metric: Metric,
     /// Per layer, in graph order.
     pub layers: Vec<LayerReport>,
     /// The front (empty for a uniform precision).
@@ -79,26 +81,20 @@ impl Report {
             self.samples
         );
         if !self.front.is_empty() {
-            let _ = writeln!(s, "front (size → predicted {:?}), every 4th point:", self.metric);
+            let _ = writeln!(s, "front (size → summed {:?} loss of the lowered layers), every 4th point:", self.sensitivity_metric);
             for (i, p) in self.front.iter().enumerate().filter(|(i, p)| i % 4 == 0 || p.chosen) {
-                let _ = writeln!(
-                    s,
-                    "  {i:>3}  {:>8.2} MB  {:.5}{}",
-                    mb(p.size_bytes),
-                    p.predicted_metric,
-                    if p.chosen { "  ← written" } else { "" }
-                );
+                let _ = writeln!(s, "  {i:>3}  {:>8.2} MB  {:.5}{}", mb(p.size_bytes), p.loss, if p.chosen { "  ← written" } else { "" });
             }
         }
         s
     }
 
     /// An SVG: per-layer losses (log scale, one mark per candidate precision) above the
-    /// front (size → predicted metric).
+    /// front (size → summed loss).
     pub fn svg(&self) -> String {
         let (w, h, pad) = (900.0, 640.0, 50.0);
         let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n");
-        let _ = writeln!(s, "<text x='{pad}' y='20'>per-layer loss in {:?} when lowered alone (log scale)</text>", self.metric);
+        let _ = writeln!(s, "<text x='{pad}' y='20'>per-layer loss in {:?} when lowered alone (log scale)</text>", self.sensitivity_metric);
         let colors = [("fp16", "#2a9d8f"), ("int8", "#e9c46a"), ("int4", "#e76f51")];
         let losses: Vec<f64> = self.layers.iter().flat_map(|l| l.losses.iter().map(|(_, v)| v.max(1e-7))).collect();
         let (lo, hi) = (1e-7f64.log10(), losses.iter().fold(1e-6f64, |m, &v| m.max(v)).log10());
@@ -117,18 +113,15 @@ impl Report {
         }
         if let (Some(first), Some(last)) = (self.front.first(), self.front.last()) {
             let (y0, y1) = (360.0, h - pad);
-            let _ = writeln!(s, "<text x='{pad}' y='{}'>size (MB) → predicted {:?}</text>", y0 - 10.0, self.metric);
+            let _ = writeln!(s, "<text x='{pad}' y='{}'>size (MB) → summed {:?} loss</text>", y0 - 10.0, self.sensitivity_metric);
             let (smin, smax) = (last.size_bytes as f64, first.size_bytes as f64);
-            let (mmin, mmax) = self
-                .front
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.predicted_metric), b.max(p.predicted_metric)));
+            let (mmin, mmax) = self.front.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.loss), b.max(p.loss)));
             let px = |b: u64| pad + (w - 2.0 * pad) * (b as f64 - smin) / (smax - smin).max(1.0);
             let py = |m: f64| y1 - (y1 - y0) * (m - mmin) / (mmax - mmin).max(1e-12);
-            let points: Vec<String> = self.front.iter().map(|p| format!("{:.1},{:.1}", px(p.size_bytes), py(p.predicted_metric))).collect();
+            let points: Vec<String> = self.front.iter().map(|p| format!("{:.1},{:.1}", px(p.size_bytes), py(p.loss))).collect();
             let _ = writeln!(s, "<polyline fill='none' stroke='#264653' points='{}'/>", points.join(" "));
             for p in self.front.iter().filter(|p| p.chosen) {
-                let _ = writeln!(s, "<circle cx='{:.1}' cy='{:.1}' r='5' fill='#e76f51'/>", px(p.size_bytes), py(p.predicted_metric));
+                let _ = writeln!(s, "<circle cx='{:.1}' cy='{:.1}' r='5' fill='#e76f51'/>", px(p.size_bytes), py(p.loss));
             }
             let _ = writeln!(
                 s,

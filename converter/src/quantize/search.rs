@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use distq_runtime::onnx::proto::ModelProto;
 use distq_runtime::{Model, Session, Tensor};
 use prost::Message;
+use std::collections::HashMap;
 
 /// One layer's options: each candidate precision with its quantized weight, file bytes and
 /// measured loss (metric units, ≥ 0 means worse than fp32).
@@ -32,26 +33,39 @@ pub struct Candidate {
     pub bytes: usize,
     /// Metric loss when only this layer is lowered (None until measured).
     pub loss: Option<f64>,
+    /// The bias correcting the mean output shift, when the layer has a bias site and its
+    /// input's channel means were observed.
+    pub bias: Option<Vec<f32>>,
 }
 
-/// Runs `model` with `replacements` (initializer name → f32 values) on `data`.
-pub fn run_with(model: &ModelProto, replacements: &[(&str, &[f32])], data: &Dataset, batch: usize) -> Result<Vec<Tensor>> {
+/// Runs `model` with layer `layer`'s weights replaced by `values` (and its bias by `bias`)
+/// on `data`.
+pub fn run_with(
+    model: &ModelProto,
+    layer: &Layer,
+    values: &[f32],
+    bias: Option<&[f32]>,
+    data: &Dataset,
+    batch: usize,
+) -> Result<Vec<Tensor>> {
     let mut m = model.clone();
     let graph = m.graph.as_mut().context("model has no graph")?;
-    for (name, values) in replacements {
-        let t =
-            graph.initializer.iter_mut().find(|t| t.name.as_deref() == Some(*name)).with_context(|| format!("no initializer '{name}'"))?;
-        t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into());
-        t.float_data.clear();
-        t.data_location = None;
-        t.external_data.clear();
+    if let Some(bias) = bias {
+        super::qdq::apply_bias(graph, layer, bias)?;
     }
+    let name = layer.name.as_str();
+    let t = graph.initializer.iter_mut().find(|t| t.name.as_deref() == Some(name)).with_context(|| format!("no initializer '{name}'"))?;
+    t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into());
+    t.float_data.clear();
+    t.data_location = None;
+    t.external_data.clear();
     let session = Session::new(Model::from_bytes(m.encode_to_vec())?);
     data.outputs(&session, batch)
 }
 
-/// Quantizes every layer to every candidate precision it accepts.
-pub fn candidates(layers: Vec<Layer>, precisions: &[Precision]) -> Result<Vec<Options>> {
+/// Quantizes every layer to every candidate precision it accepts, with the bias correction
+/// for the observed input channel `means` (by activation name) where it applies.
+pub fn candidates(layers: Vec<Layer>, precisions: &[Precision], means: &HashMap<String, Vec<f32>>) -> Result<Vec<Options>> {
     layers
         .into_iter()
         .map(|layer| {
@@ -61,7 +75,8 @@ pub fn candidates(layers: Vec<Layer>, precisions: &[Precision]) -> Result<Vec<Op
                 .map(|&precision| {
                     let quantized = quantize(&layer.values, &layer.shape, precision, layer.layout)
                         .with_context(|| format!("weight '{}'", layer.name))?;
-                    Ok(Candidate { precision, bytes: quantized.stored_bytes(), quantized, loss: None })
+                    let bias = means.get(&layer.activation).and_then(|m| layer.corrected_bias(&quantized.dequantized(), m));
+                    Ok(Candidate { precision, bytes: quantized.stored_bytes(), quantized, loss: None, bias })
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Options { layer, candidates })
@@ -90,7 +105,7 @@ pub fn measure(
     for option in options.iter_mut() {
         for c in &mut option.candidates {
             let restored = c.quantized.dequantized();
-            let out = run_with(model, &[(&option.layer.name, &restored)], data, batch)?;
+            let out = run_with(model, &option.layer, &restored, c.bias.as_deref(), data, batch)?;
             c.loss = Some(loss(metric, data.compare(metric, reference, &out)?).max(0.0));
             done += 1;
             progress(done, total);
@@ -158,9 +173,13 @@ mod tests {
         let layer = Layer {
             name: name.into(),
             op: "MatMul".into(),
+            node_output: format!("{name}_out"),
+            activation: "x".into(),
+            groups: 1,
             shape: vec![params / 4, 4],
             layout: Layout { channel_axis: 1, reduction_axis: 0 },
             values: vec![0.5; params],
+            bias: None,
         };
         let precisions = [Precision::F16, Precision::Int8, Precision::Int4 { block: 32 }];
         let candidates = precisions
@@ -168,7 +187,7 @@ mod tests {
             .zip(losses)
             .map(|(&p, &loss)| {
                 let quantized = quantize(&layer.values, &layer.shape, p, layer.layout).unwrap();
-                Candidate { precision: p, bytes: quantized.stored_bytes(), quantized, loss: Some(loss) }
+                Candidate { precision: p, bytes: quantized.stored_bytes(), quantized, loss: Some(loss), bias: None }
             })
             .collect();
         Options { layer, candidates }

@@ -37,17 +37,6 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Bits per stored value, scales and zero points included (for size estimates).
-    pub fn bits_per_value(self) -> f64 {
-        match self {
-            // A 4-byte scale and a 4-bit zero point per block.
-            Precision::Int4 { block } => 4.0 + (32.0 + 4.0) / block as f64,
-            Precision::Int8 => 8.0,
-            Precision::F16 => 16.0,
-            Precision::F32 => 32.0,
-        }
-    }
-
     /// Short name: `int4-b32`, `int8`, `fp16`, `fp32`.
     pub fn name(self) -> String {
         match self {
@@ -239,16 +228,6 @@ fn int4_blocks(w: &[f32], shape: &[usize], axis: usize, block: usize) -> Quantiz
 }
 
 impl Quantized {
-    /// Elements of the weight.
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Whether the weight has no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The weight as `DequantizeLinear` / `Cast` will restore it.
     pub fn dequantized(&self) -> Vec<f32> {
         let (outer, n, inner) = around(&self.shape, self.axis);

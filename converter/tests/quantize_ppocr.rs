@@ -2,8 +2,8 @@
 //! scikit-image's scanned page (`tools/ppocr_crops.py`: calibration and evaluation crops come
 //! from different lines). The recognizer: mixed precision within 30 % of its fp32 size at
 //! per-step argmax agreement ≥ 0.99, in our runtime and in onnxruntime. The classifier: its
-//! agreement at uniform int8 (its many small tensors stay fp32, so it does not reach 30 %
-//! of its size yet; the size is printed).
+//! agreement at uniform int8 (with its batch norms folded: 34 % of its size; the 30 % target
+//! is not met at ≥ 0.99 agreement yet, so the size is printed, not asserted).
 
 mod common;
 

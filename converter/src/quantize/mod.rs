@@ -9,6 +9,7 @@
 pub mod calibrate;
 pub mod metric;
 pub mod opset;
+pub mod prepare;
 pub mod qdq;
 pub mod report;
 pub mod search;
@@ -65,9 +66,12 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset, progress: Progress) -> Result<Outcome> {
     let fp32_bytes = model.file().proto.encoded_len() as u64;
     let prepared;
-    let model = match qdq::constants_as_initializers(&model.file().proto) {
+    // The fp32 reference is the model as given; layers are looked for in its prepared form.
+    let fp32_session = Session::new(Model::from_bytes(model.file().proto.encode_to_vec())?);
+    let model = match prepare::prepare(&model.file().proto) {
         Some(p) => {
-            prepared = Model::from_bytes(p.encode_to_vec()).context("the model with its Constant weights as initializers")?;
+            prepared = Model::from_bytes(p.encode_to_vec())
+                .context("the prepared model (Constant weights as initializers, batch norms folded)")?;
             &prepared
         }
         None => model,
@@ -83,7 +87,7 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     let layer_fp32: u64 = layers.iter().map(|l| 4 * l.params() as u64).sum();
     // Bytes outside the quantizable weights, plus what each restoring node and its tensors'
     // headers add (measured on real models: well under 200 bytes per layer).
-    let fixed = fp32_bytes - layer_fp32 + 200 * layers.len() as u64;
+    let fixed = (proto.encoded_len() as u64).saturating_sub(layer_fp32) + 200 * layers.len() as u64;
     let int4 = Precision::Int4 { block: config.block };
     let precisions = match config.uniform {
         Some(Precision::Int4 { .. }) => vec![Precision::Int8, int4],
@@ -108,7 +112,6 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         HashMap::new()
     };
     let mut options = search::candidates(layers, &precisions, &means)?;
-    let fp32_session = Session::new(Model::from_bytes(proto.encode_to_vec())?);
     let reference_eval = eval.outputs(&fp32_session, config.batch)?;
     metric::check_applicable(config.metric, &reference_eval)?;
     // The written form of an assignment, and its metric on `data` against `reference`.
@@ -179,14 +182,27 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     let mut chosen: Assignment = chosen;
     progress("verify", 0, 1);
     let (mut out, mut value) = evaluate(&options, &chosen, eval, &reference_eval)?;
-    // The evaluation set may disagree with the calibration samples: step back towards more
-    // precise points of the front (within the size budget) until it meets the target.
-    if config.uniform.is_none() && config.max_size.is_none() {
+    if config.uniform.is_none() {
         let mut index = front.iter().position(|s| s.assignment == chosen).unwrap_or(0);
-        while !meets(value) && index > 0 {
-            index = index.saturating_sub(index.div_ceil(8));
-            chosen = front[index].assignment.clone();
-            (out, value) = evaluate(&options, &chosen, eval, &reference_eval)?;
+        match config.max_size {
+            // The size is estimated per layer: while the written file is over the budget,
+            // take the next, smaller point of the front.
+            Some(max) => {
+                while out.encoded_len() as u64 > max && index + 1 < front.len() {
+                    index += 1;
+                    chosen = front[index].assignment.clone();
+                    (out, value) = evaluate(&options, &chosen, eval, &reference_eval)?;
+                }
+            }
+            // The evaluation set may disagree with the calibration samples: step back
+            // towards more precise points until it meets the target.
+            None => {
+                while !meets(value) && index > 0 {
+                    index = index.saturating_sub(index.div_ceil(8));
+                    chosen = front[index].assignment.clone();
+                    (out, value) = evaluate(&options, &chosen, eval, &reference_eval)?;
+                }
+            }
         }
     }
     progress("verify", 1, 1);

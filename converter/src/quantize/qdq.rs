@@ -13,9 +13,9 @@ use distq_runtime::onnx::{WeightFiles, tensor_from_proto};
 use distq_runtime::{DataType, Model};
 use std::collections::{HashMap, HashSet};
 
-/// Weights smaller than this stay float: their bytes do not matter and the runtime keeps
-/// them folded anyway.
-pub const MIN_VALUES: usize = 4096;
+/// Weights smaller than this stay float: a scale per channel would cost about as much as it
+/// saves.
+pub const MIN_VALUES: usize = 256;
 
 /// Where a layer's bias lives, for bias correction.
 #[derive(Debug, Clone)]
@@ -208,32 +208,6 @@ pub fn apply_bias(graph: &mut GraphProto, layer: &Layer, values: &[f32]) -> Resu
         graph.initializer.retain(|t| t.name.as_deref() != Some(old.as_str()));
     }
     Ok(())
-}
-
-/// `model` with every `Constant` node that holds a tensor turned into an initializer of the
-/// same name (exporters such as paddle2onnx put weights in Constant nodes); `None` when there
-/// is none.
-pub fn constants_as_initializers(model: &ModelProto) -> Option<ModelProto> {
-    let graph = model.graph.as_ref()?;
-    let is_tensor_constant = |n: &NodeProto| {
-        n.op_type.as_deref() == Some("Constant")
-            && matches!(n.domain.as_deref(), None | Some(""))
-            && n.output.len() == 1
-            && matches!(n.attribute.as_slice(), [a] if a.name.as_deref() == Some("value") && a.t.is_some())
-    };
-    if !graph.node.iter().any(is_tensor_constant) {
-        return None;
-    }
-    let mut out = model.clone();
-    let graph = out.graph.as_mut()?;
-    let (constants, nodes): (Vec<NodeProto>, Vec<NodeProto>) = std::mem::take(&mut graph.node).into_iter().partition(is_tensor_constant);
-    graph.node = nodes;
-    for mut c in constants {
-        let mut t = c.attribute.remove(0).t?;
-        t.name = c.output.pop();
-        graph.initializer.push(t);
-    }
-    Some(out)
 }
 
 /// The opset a set of precisions needs: 21 for int4 blocks, 13 for per-axis int8.

@@ -12,8 +12,9 @@
 //!
 //! Ops with any other incompatible change refuse with the node named.
 
+use super::qdq::{int_attr, raw_tensor};
 use anyhow::{Context, Result, bail};
-use distq_runtime::onnx::proto::attribute_proto::AttributeType;
+use distq_runtime::DataType;
 use distq_runtime::onnx::proto::{AttributeProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
 
 fn is_default(domain: &Option<String>) -> bool {
@@ -23,10 +24,6 @@ fn is_default(domain: &Option<String>) -> bool {
 /// The default domain's opset.
 pub fn default_opset(model: &ModelProto) -> i64 {
     model.opset_import.iter().find(|o| is_default(&o.domain)).and_then(|o| o.version).unwrap_or(1)
-}
-
-fn int_attr(name: &str, value: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(value), ..Default::default() }
 }
 
 /// Removes attribute `name` from `node`, returning its ints.
@@ -41,13 +38,7 @@ fn int_attr_value(node: &NodeProto, name: &str) -> Option<i64> {
 
 /// An int64 1-D initializer.
 fn ints_tensor(name: &str, values: &[i64]) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: vec![values.len() as i64],
-        data_type: Some(7),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
-        ..Default::default()
-    }
+    raw_tensor(name.into(), &[values.len()], DataType::I64.onnx_code(), values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// Opset at which each rewritable op changed.

@@ -9,6 +9,7 @@
 //! The fp32 reference the quantized model is measured against stays the original graph, so
 //! folding's own rounding is part of every reported metric.
 
+use super::qdq::f32_tensor;
 use distq_runtime::DataType;
 use distq_runtime::onnx::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 use std::collections::{HashMap, HashSet};
@@ -52,16 +53,6 @@ fn floats(t: &TensorProto) -> Option<Vec<f32>> {
         Some(raw) if raw.len() % 4 == 0 => Some(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
         Some(_) => None,
         None => Some(t.float_data.clone()),
-    }
-}
-
-fn f32_tensor(name: String, dims: Vec<i64>, values: &[f32]) -> TensorProto {
-    TensorProto {
-        name: Some(name),
-        dims,
-        data_type: Some(DataType::F32.onnx_code()),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
-        ..Default::default()
     }
 }
 
@@ -111,10 +102,10 @@ fn fold_batch_norms(graph: &mut GraphProto) -> bool {
         let per = w.len() / m;
         let w2: Vec<f32> = w.iter().enumerate().map(|(i, &v)| (v as f64 * s[i / per]) as f32).collect();
         let b2: Vec<f32> = (0..m).map(|j| ((bias[j] as f64 - mean[j] as f64) * s[j] + shift[j] as f64) as f32).collect();
-        let dims = initializers[&conv.input[1]].dims.clone();
+        let dims: Vec<usize> = initializers[&conv.input[1]].dims.iter().map(|&d| d as usize).collect();
         let tensors = vec![
-            f32_tensor(format!("{}_bn_folded", conv.input[1]), dims, &w2),
-            f32_tensor(format!("{}_bias_bn_folded", bn.output[0]), vec![m as i64], &b2),
+            f32_tensor(format!("{}_bn_folded", conv.input[1]), &dims, &w2),
+            f32_tensor(format!("{}_bias_bn_folded", bn.output[0]), &[m], &b2),
         ];
         folded.push((c, b, tensors));
     }

@@ -189,8 +189,7 @@ pub fn quantizable_layers(model: &Model) -> Result<Vec<Layer>> {
 pub fn apply_bias(graph: &mut GraphProto, layer: &Layer, values: &[f32]) -> Result<()> {
     let Some(bias) = &layer.bias else { return Ok(()) };
     let name = format!("{}_bias_corrected", layer.name);
-    let tensor =
-        raw_tensor(name.clone(), &[values.len()], DataType::F32.onnx_code(), values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    let tensor = f32_tensor(name.clone(), &[values.len()], values);
     graph.initializer.retain(|t| t.name.as_deref() != Some(name.as_str()));
     graph.initializer.push(tensor);
     let (output, input) = match &bias.site {
@@ -222,7 +221,8 @@ fn opset_needed(precisions: impl Iterator<Item = Precision>) -> i64 {
         .unwrap_or(1)
 }
 
-fn raw_tensor(name: String, dims: &[usize], dtype: i32, raw: Vec<u8>) -> TensorProto {
+/// An initializer of element type `dtype` holding `raw` little-endian bytes.
+pub(super) fn raw_tensor(name: String, dims: &[usize], dtype: i32, raw: Vec<u8>) -> TensorProto {
     TensorProto {
         name: Some(name),
         dims: dims.iter().map(|&d| d as i64).collect(),
@@ -232,7 +232,13 @@ fn raw_tensor(name: String, dims: &[usize], dtype: i32, raw: Vec<u8>) -> TensorP
     }
 }
 
-fn int_attr(name: &str, value: i64) -> AttributeProto {
+/// An f32 initializer.
+pub(super) fn f32_tensor(name: String, dims: &[usize], values: &[f32]) -> TensorProto {
+    raw_tensor(name, dims, DataType::F32.onnx_code(), values.iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
+/// An int attribute.
+pub(super) fn int_attr(name: &str, value: i64) -> AttributeProto {
     AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(value), ..Default::default() }
 }
 

@@ -86,6 +86,7 @@ fn every_precision_writes_a_loadable_qdq_model() {
         assert!(ok, "{precision}: {stderr}");
         assert!(stdout.contains("Cosine"), "{stdout}");
         let r = report(&json);
+        assert_eq!(r["rounding"], "gptq", "the default");
         let size = r["size_bytes"].as_u64().unwrap();
         assert_eq!(size, std::fs::metadata(&out).unwrap().len(), "{precision}: the report gives the file's size");
         let cosine = r["metric_value"].as_f64().unwrap();
@@ -133,6 +134,63 @@ fn mixed_precision_meets_a_size_budget() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `x[N, 4, 8, 8] → Conv(16×4×3×3, bias) → Relu → Conv(16×16×1×1, bias)`.
+fn conv_model(dir: &Path) -> PathBuf {
+    let t = |shape: Vec<usize>, seed| Tensor::from_vec(shape.clone(), values(shape.iter().product(), seed, 0.3)).unwrap();
+    let bytes = ModelBuilder::new(17)
+        .input("x", DataType::F32, &[-1, 4, 8, 8])
+        .initializer("w1", &t(vec![16, 4, 3, 3], 4))
+        .initializer("b1", &t(vec![16], 5))
+        .initializer("w2", &t(vec![16, 16, 1, 1], 6))
+        .initializer("b2", &t(vec![16], 7))
+        .node("Conv", &["x", "w1", "b1"], &["h"], vec![])
+        .node("Relu", &["h"], &["r"], vec![])
+        .node("Conv", &["r", "w2", "b2"], &["y"], vec![])
+        .output("y", DataType::F32, &[-1, 16, 6, 6])
+        .to_bytes();
+    let path = dir.join("conv.onnx");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// With `--observer`, int8 layers' inputs are quantized statically: one QuantizeLinear →
+/// DequantizeLinear pair per input, int32 biases, run by our runtime as integer convolutions,
+/// close to fp32 with every observer.
+#[test]
+fn observers_quantize_activations_statically() {
+    let dir = scratch("observer");
+    let model = conv_model(&dir);
+    let calib = dir.join("images.npz");
+    write_npz(&calib, &[("x".into(), Tensor::from_vec(vec![8, 4, 8, 8], values(8 * 256, 9, 1.0)).unwrap())]).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    for observer in ["minmax", "percentile", "entropy", "mse"] {
+        let (out, json) = (dir.join(format!("{observer}.onnx")), dir.join(format!("{observer}.json")));
+        let args = ["quantize", &s(&model), "-o", &s(&out), "--calib", &s(&calib), "--precision", "int8", "--observer", observer];
+        let (ok, _, stderr) = distq(&[&args[..], &["--report", &s(&json)]].concat());
+        assert!(ok, "{observer}: {stderr}");
+        let r = report(&json);
+        assert_eq!(r["observer"], observer);
+        let cosine = r["metric_value"].as_f64().unwrap();
+        assert!(cosine >= 0.99, "{observer}: cosine {cosine}");
+        for layer in r["layers"].as_array().unwrap() {
+            let (scale, zero) = (layer["activation"][0].as_f64().unwrap(), layer["activation"][1].as_u64().unwrap());
+            assert!(scale > 0.0 && zero <= 255, "{observer}: {layer}");
+        }
+        let loaded = Model::load(&out).unwrap();
+        let graph = loaded.file().proto.graph.as_ref().unwrap();
+        let count = |op: &str| graph.node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count();
+        assert_eq!(count("QuantizeLinear"), 2, "{observer}: one per conv input");
+        assert_eq!(count("DequantizeLinear"), 6, "{observer}: 2 inputs, 2 weights, 2 biases");
+        let int32 = graph.initializer.iter().filter(|t| t.data_type == Some(DataType::I32.onnx_code())).count();
+        assert_eq!(int32, 2, "{observer}: int32 biases");
+        // Our runtime runs both convolutions on the integer kernels.
+        let (ok, stdout, stderr) = distq(&["run", &s(&out), "--input", &s(&calib), "--profile"]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("QLinearConv") && !stdout.lines().any(|l| l.starts_with("Conv ")), "{observer}: {stdout}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn bad_input_is_named_and_writes_nothing() {
     let dir = scratch("bad");
@@ -165,6 +223,7 @@ fn bad_input_is_named_and_writes_nothing() {
         (vec![s(&model), "--calib".into(), s(&good), "--max-size-mb".into(), "0.001".into()], "budget not reachable"),
         (vec![s(&model), "--calib".into(), s(&good), "--block".into(), "48".into()], "--block 48"),
         (vec![s(&model), "--calib".into(), s(&dir.join("missing.npz"))], "missing.npz"),
+        (vec![s(&model), "--calib".into(), s(&good), "--observer".into(), "median".into()], "invalid value 'median' for '--observer"),
     ];
     for (args, want) in cases {
         let mut full = vec!["quantize".to_string(), "-o".into(), s(&out)];

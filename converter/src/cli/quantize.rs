@@ -3,7 +3,9 @@
 
 use super::say;
 use crate::fsutil::write_atomically;
+use crate::quantize::gptq::Rounding;
 use crate::quantize::metric::{Dataset, Metric};
+use crate::quantize::observe::Observer;
 use crate::quantize::weights::Precision;
 use crate::quantize::{Config, quantize, writer};
 use anyhow::{Context, Result, ensure};
@@ -71,6 +73,14 @@ pub struct Args {
     /// output shift, measured on the calibration samples, corrected in its bias).
     #[arg(long)]
     no_bias_correction: bool,
+    /// Quantize int8 layers' inputs statically (uint8 per tensor) with ranges from this
+    /// observer; without it inputs stay float and are quantized per row at run time.
+    #[arg(long, value_enum)]
+    observer: Option<Observer>,
+    /// How int4 weights are rounded: GPTQ compensates each MatMul / 1×1 Conv weight's
+    /// rounding error through its inputs' correlations (from the calibration samples).
+    #[arg(long, value_enum, default_value = "gptq")]
+    rounding: Rounding,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -100,6 +110,8 @@ pub fn run(args: Args) -> Result<()> {
         sensitivity_samples: args.sensitivity_samples,
         batch: args.batch,
         bias_correction: !args.no_bias_correction,
+        observer: args.observer,
+        rounding: args.rounding,
     };
     let mut last = String::new();
     let mut progress = |what: &str, done: usize, total: usize| {

@@ -24,7 +24,8 @@ pub enum Metric {
     Cosine,
     /// Argmax agreement over the last axis.
     Top1,
-    /// KL divergence of softmaxed outputs.
+    /// KL divergence of the output distributions (softmaxed first unless the outputs are
+    /// probabilities already).
     Kl,
     /// Mean squared error.
     Mse,
@@ -165,7 +166,10 @@ impl Dataset {
                     steps.iter().filter(|&&same| same).count() as f64 / steps.len().max(1) as f64
                 }
                 Metric::Kl => {
-                    r.chunks(last.max(1)).zip(c.chunks(last.max(1))).map(|(a, b)| kl(a, b)).sum::<f64>()
+                    // Scores already softmaxed by the model are compared as they are: a softmax
+                    // of probabilities would be near uniform and hide every change.
+                    let probabilities = r.chunks(last.max(1)).all(is_distribution);
+                    r.chunks(last.max(1)).zip(c.chunks(last.max(1))).map(|(a, b)| kl(a, b, probabilities)).sum::<f64>()
                         / (r.len() / last.max(1)).max(1) as f64
                 }
                 Metric::Mse => r.iter().zip(&c).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() / r.len().max(1) as f64,
@@ -218,14 +222,22 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// KL(softmax(p) ‖ softmax(q)).
-fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let log_softmax = |v: &[f32]| {
+fn kl(p: &[f32], q: &[f32], probabilities: bool) -> f64 {
+    let log_distribution = |v: &[f32]| {
+        if probabilities {
+            return v.iter().map(|&x| (x.max(0.0) as f64).max(1e-30).ln()).collect::<Vec<_>>();
+        }
         let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
         let lse = v.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
         v.iter().map(|&x| x as f64 - lse).collect::<Vec<_>>()
     };
-    let (lp, lq) = (log_softmax(p), log_softmax(q));
+    let (lp, lq) = (log_distribution(p), log_distribution(q));
     lp.iter().zip(&lq).map(|(&a, &b)| a.exp() * (a - b)).sum()
+}
+
+/// Whether a row of scores is a probability distribution (non-negative, summing to 1).
+fn is_distribution(row: &[f32]) -> bool {
+    row.iter().all(|&x| x >= 0.0) && (row.iter().map(|&x| x as f64).sum::<f64>() - 1.0).abs() < 1e-3
 }
 
 /// Fails clearly when a metric cannot apply to a model's output.
@@ -258,6 +270,11 @@ mod tests {
         assert_eq!(data.compare(Metric::Mse, &r, &c).unwrap(), (100.0 + 16.0) / 4.0 / 2.0);
         assert!(data.compare(Metric::Kl, &r, &r).unwrap().abs() < 1e-12);
         assert!(data.compare(Metric::Kl, &r, &c).unwrap() > 0.1);
+        // Outputs that are probabilities already are compared as they are: KL([0.5, 0.5] ‖
+        // [0.25, 0.75]) = 0.5·ln 2 + 0.5·ln(2/3) (a softmax of them would give ~0.016).
+        let plain = Dataset { arrays: Vec::new(), samples: 1, mask: None };
+        let kl = plain.compare(Metric::Kl, &[t(vec![0.5, 0.5], vec![1, 2])], &[t(vec![0.25, 0.75], vec![1, 2])]).unwrap();
+        assert!((kl - 0.5 * (2f64.ln() + (2.0f64 / 3.0).ln())).abs() < 1e-6, "{kl}");
         assert!(check_applicable(Metric::Top1, &[t(vec![1.0], vec![1, 1])]).is_err());
     }
 }

@@ -7,7 +7,9 @@
 //! ([`metric`]): what is measured is what ships.
 
 pub mod calibrate;
+pub mod gptq;
 pub mod metric;
+pub mod observe;
 pub mod opset;
 pub mod prepare;
 pub mod qdq;
@@ -20,11 +22,12 @@ use anyhow::{Context, Result, bail, ensure};
 use calibrate::ChannelAxis;
 use distq_runtime::onnx::proto::ModelProto;
 use distq_runtime::{Model, Session, Tensor};
+use gptq::Rounding;
 use metric::{Dataset, Metric};
+use observe::Observer;
 use prost::Message;
 use report::{FrontPoint, LayerReport, Report};
 use search::Assignment;
-use std::collections::HashMap;
 use weights::Precision;
 
 /// What to aim for.
@@ -46,10 +49,18 @@ pub struct Config {
     pub batch: usize,
     /// Correct each lowered layer's mean output shift in its bias.
     pub bias_correction: bool,
+    /// Quantize int8 layers' inputs statically, with ranges from this observer (`None`: the
+    /// inputs stay float and the runtime quantizes them per row).
+    pub observer: Option<Observer>,
+    /// How int4 weights are rounded (int8 is always rounded to nearest: GPTQ did not help it
+    /// on real models).
+    pub rounding: Rounding,
 }
 
 /// Calibration samples observed for bias correction (at least).
 const CORRECTION_SAMPLES: usize = 64;
+/// Calibration samples observed for activation ranges (at most).
+const RANGE_SAMPLES: usize = 256;
 
 /// The quantized model and what was measured on the way.
 pub struct Outcome {
@@ -61,6 +72,50 @@ pub struct Outcome {
 
 /// Reports progress of long steps: `(what, done, total)`.
 pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// What the calibration samples show about the layers' inputs, as far as `config` needs it:
+/// channel means (bias correction), uint8 ranges (static activations, int8 only) and second
+/// moments (GPTQ).
+fn calibration(
+    proto: &ModelProto,
+    layers: &[qdq::Layer],
+    config: &Config,
+    precisions: &[Precision],
+    calib: &Dataset,
+    progress: Progress,
+) -> Result<calibrate::Observations> {
+    let samples = calib.head(config.sensitivity_samples.max(CORRECTION_SAMPLES))?;
+    // Each activation once, with the axis its vectors run along.
+    let inputs = |keep: &dyn Fn(&qdq::Layer) -> Option<ChannelAxis>| {
+        let mut observed: Vec<(String, ChannelAxis)> = Vec::new();
+        for l in layers {
+            if let Some(axis) = keep(l).filter(|_| !observed.iter().any(|(n, _)| *n == l.activation)) {
+                observed.push((l.activation.clone(), axis));
+            }
+        }
+        observed
+    };
+    let axis = |l: &qdq::Layer| if l.op == "Conv" { ChannelAxis::Second } else { ChannelAxis::Last };
+    let mut out = calibrate::Observations::default();
+    if config.bias_correction {
+        progress("calibrate means", 0, 1);
+        out.means = calibrate::channel_means(proto, &inputs(&|l| l.bias.as_ref().map(|_| axis(l))), &samples, config.batch)?;
+        progress("calibrate means", 1, 1);
+    }
+    if let Some(observer) = config.observer.filter(|_| precisions.contains(&Precision::Int8)) {
+        let names = inputs(&|l| (l.op != "Gather").then(|| axis(l)));
+        let names: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        progress("calibrate ranges", 0, 1);
+        out.activations = calibrate::activation_ranges(proto, &names, observer, &calib.head(RANGE_SAMPLES)?, config.batch)?;
+        progress("calibrate ranges", 1, 1);
+    }
+    if config.rounding == Rounding::Gptq && precisions.iter().any(|p| matches!(p, Precision::Int8 | Precision::Int4 { .. })) {
+        progress("calibrate second moments", 0, 1);
+        out.hessians = calibrate::input_hessians(proto, &inputs(&gptq::input_axis), &samples, config.batch)?;
+        progress("calibrate second moments", 1, 1);
+    }
+    Ok(out)
+}
 
 /// Quantizes `model` (from `path`) per `config`, measuring on `calib` and verifying on `eval`.
 pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset, progress: Progress) -> Result<Outcome> {
@@ -94,33 +149,13 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         Some(p) => vec![p],
         None => vec![Precision::F16, Precision::Int8, int4],
     };
-    // Bias correction: the mean of each corrected layer's input, per channel.
-    let means = if config.bias_correction {
-        let mut observed: Vec<(String, ChannelAxis)> = Vec::new();
-        for l in layers.iter().filter(|l| l.bias.is_some()) {
-            let axis = if l.op == "Conv" { ChannelAxis::Second } else { ChannelAxis::Last };
-            if !observed.iter().any(|(n, _)| *n == l.activation) {
-                observed.push((l.activation.clone(), axis));
-            }
-        }
-        let samples = calib.head(config.sensitivity_samples.max(CORRECTION_SAMPLES))?;
-        progress("calibrate", 0, 1);
-        let means = calibrate::channel_means(proto, &observed, &samples, config.batch)?;
-        progress("calibrate", 1, 1);
-        means
-    } else {
-        HashMap::new()
-    };
-    let mut options = search::candidates(layers, &precisions, &means)?;
+    let observations = calibration(proto, &layers, config, &precisions, calib, progress)?;
+    let mut options = search::candidates(layers, &precisions, &observations)?;
     let reference_eval = eval.outputs(&fp32_session, config.batch)?;
     metric::check_applicable(config.metric, &reference_eval)?;
     // The written form of an assignment, and its metric on `data` against `reference`.
     let evaluate = |options: &[search::Options], a: &Assignment, data: &Dataset, reference: &[Tensor]| -> Result<(ModelProto, f64)> {
-        let chosen: Vec<(&str, &weights::Quantized)> =
-            options.iter().zip(a).filter_map(|(o, &x)| x.map(|i| (o.layer.name.as_str(), &o.candidates[i].quantized))).collect();
-        let biases: Vec<(&qdq::Layer, &[f32])> =
-            options.iter().zip(a).filter_map(|(o, &x)| Some((&o.layer, o.candidates[x?].bias.as_deref()?))).collect();
-        let out = qdq::rewrite(proto, &chosen, &biases)?;
+        let out = search::written(proto, options, a)?;
         let session = Session::new(Model::from_bytes(out.encode_to_vec()).context("the quantized model does not load")?);
         let value = data.compare(config.metric, reference, &data.outputs(&session, config.batch)?)?;
         Ok((out, value))
@@ -226,6 +261,7 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
             precision: a.map_or(Precision::F32, |i| o.candidates[i].precision).name(),
             sensitivity: a.and_then(|i| o.candidates[i].loss),
             losses: o.candidates.iter().filter_map(|c| c.loss.map(|l| (c.precision.name(), l))).collect(),
+            activation: a.and_then(|i| o.candidates[i].activation).map(|q| (q.scale, q.zero_point)),
         })
         .collect();
     let front = front
@@ -239,6 +275,8 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         metric_value: value,
         samples: eval.samples(),
         sensitivity_metric: proxy,
+        observer: config.observer,
+        rounding: config.rounding,
         layers,
         front,
     };

@@ -4,8 +4,9 @@
 //! name, so every consumer is unchanged. This is the form onnxruntime and our runtime both
 //! recognize (our planner keeps such weights compact in memory).
 
+use super::observe::ActivationQuant;
 use super::weights::{Layout, Precision, Quantized, Stored};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use distq_runtime::nibbles::pack_u4;
 use distq_runtime::onnx::proto::attribute_proto::AttributeType;
 use distq_runtime::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
@@ -196,16 +197,115 @@ pub fn apply_bias(graph: &mut GraphProto, layer: &Layer, values: &[f32]) -> Resu
         BiasSite::Conv => (&layer.node_output, 2),
         BiasSite::Add { add_output, input } => (add_output, *input),
     };
-    let node = graph.node.iter_mut().find(|n| n.output.first() == Some(output)).with_context(|| format!("no node writes '{output}'"))?;
+    replace_input(graph, output, input, name)?;
+    Ok(())
+}
+
+/// Points input `input` of the node writing `output` at `name`, dropping the initializer it
+/// read before unless something else still reads it. Returns the old input.
+fn replace_input(graph: &mut GraphProto, output: &str, input: usize, name: String) -> Result<String> {
+    let node = graph
+        .node
+        .iter_mut()
+        .find(|n| n.output.first().map(String::as_str) == Some(output))
+        .with_context(|| format!("no node writes '{output}'"))?;
     if node.input.len() <= input {
         node.input.resize(input + 1, String::new());
     }
     let old = std::mem::replace(&mut node.input[input], name);
-    // The replaced bias goes too, unless something else still reads it.
     let read = graph.node.iter().any(|n| n.input.contains(&old)) || graph.output.iter().any(|o| o.name.as_deref() == Some(old.as_str()));
     if !read {
         graph.initializer.retain(|t| t.name.as_deref() != Some(old.as_str()));
     }
+    Ok(old)
+}
+
+/// Static activation quantization: each quantized activation gets one `QuantizeLinear →
+/// DequantizeLinear` pair (uint8, per tensor) read by the lowered layers that quantize it,
+/// placed just before the first of them; other readers keep the float value. A Conv's or
+/// Gemm's float bias becomes int32 at scale `x_scale · w_scale` (the form integer kernels and
+/// onnxruntime's QDQ fusions take).
+fn quantize_activations(graph: &mut GraphProto, lowered: &[Lowered]) -> Result<()> {
+    let mut done: HashMap<&str, String> = HashMap::new();
+    for l in lowered {
+        let Some(q) = l.activation else { continue };
+        let act = l.layer.activation.as_str();
+        let restored = match done.get(act) {
+            Some(name) => name.clone(),
+            None => {
+                let (scale, zero, quantized, restored) =
+                    (format!("{act}_act_scale"), format!("{act}_act_zero_point"), format!("{act}_quantized"), format!("{act}_dequantized"));
+                let taken = |n: &String| {
+                    graph.initializer.iter().any(|t| t.name.as_ref() == Some(n)) || graph.node.iter().any(|x| x.output.contains(n))
+                };
+                ensure!(!taken(&quantized) && !taken(&restored), "activation '{act}': the names of its quantized forms are taken");
+                graph.initializer.push(f32_tensor(scale.clone(), &[], &[q.scale]));
+                graph.initializer.push(raw_tensor(zero.clone(), &[], DataType::U8.onnx_code(), vec![q.zero_point]));
+                let node = |op: &str, input: &str, output: &str| NodeProto {
+                    name: Some(format!("{act}_{op}")),
+                    op_type: Some(op.into()),
+                    input: vec![input.into(), scale.clone(), zero.clone()],
+                    output: vec![output.into()],
+                    ..Default::default()
+                };
+                let pair = [node("QuantizeLinear", act, &quantized), node("DequantizeLinear", &quantized, &restored)];
+                // Before the first layer reading the activation: after whatever writes it.
+                let first = graph
+                    .node
+                    .iter()
+                    .position(|n| {
+                        n.input.first().map(String::as_str) == Some(act)
+                            && lowered.iter().any(|x| x.activation.is_some() && n.output.first() == Some(&x.layer.node_output))
+                    })
+                    .with_context(|| format!("no lowered layer reads activation '{act}'"))?;
+                graph.node.splice(first..first, pair);
+                done.insert(act, restored.clone());
+                restored
+            }
+        };
+        replace_input(graph, &l.layer.node_output, 0, restored)?;
+        if matches!(l.layer.op.as_str(), "Conv" | "Gemm") {
+            integer_bias(graph, l, q)?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the float bias (input 2) of the lowered Conv or Gemm `l`, whose input is quantized
+/// by `q`, with int32 values dequantized at `q.scale · w_scale` per output channel.
+fn integer_bias(graph: &mut GraphProto, l: &Lowered, q: ActivationQuant) -> Result<()> {
+    let node = graph.node.iter().find(|n| n.output.first() == Some(&l.layer.node_output)).context("lowered node vanished")?;
+    let Some(bias) = node.input.get(2).filter(|b| !b.is_empty()).cloned() else { return Ok(()) };
+    let Some(tensor) = graph.initializer.iter().find(|t| t.name.as_ref() == Some(&bias)) else { return Ok(()) };
+    // Quantized models are built in memory: every tensor is inline.
+    let values = tensor_from_proto(tensor, &mut WeightFiles::new(None, None))
+        .and_then(|t| t.to_f32s())
+        .with_context(|| format!("layer '{}': bias '{bias}'", l.layer.name))?;
+    let w_scales = &l.quantized.scales;
+    let scales: Vec<f32> =
+        (0..values.len()).map(|c| q.scale * w_scales[if w_scales.len() == 1 { 0 } else { c.min(w_scales.len() - 1) }]).collect();
+    let ints: Vec<u8> = values
+        .iter()
+        .zip(&scales)
+        .flat_map(|(&b, &s)| ((b as f64 / s as f64).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32).to_le_bytes())
+        .collect();
+    let name = &l.layer.name;
+    let (quantized, scale, restored) = (format!("{name}_bias_quantized"), format!("{name}_bias_scale"), format!("{name}_bias_dequantized"));
+    graph.initializer.push(raw_tensor(quantized.clone(), &[values.len()], DataType::I32.onnx_code(), ints));
+    graph.initializer.push(f32_tensor(scale.clone(), &[values.len()], &scales));
+    // It reads only initializers: first in the graph, it keeps the graph sorted.
+    graph.node.insert(
+        0,
+        NodeProto {
+            name: Some(format!("{name}_bias_DequantizeLinear")),
+            op_type: Some("DequantizeLinear".into()),
+            input: vec![quantized, scale],
+            output: vec![restored.clone()],
+            attribute: vec![int_attr("axis", 0)],
+            ..Default::default()
+        },
+    );
+    replace_input(graph, &l.layer.node_output, 2, restored)?;
     Ok(())
 }
 
@@ -289,28 +389,46 @@ fn restore(name: &str, q: &Quantized) -> (Vec<TensorProto>, NodeProto) {
     }
 }
 
-/// `model` with each `(weight name, quantized)` stored compactly and restored in the graph,
-/// and each `(layer, bias)` correction applied.
-pub fn rewrite(model: &ModelProto, quantized: &[(&str, &Quantized)], biases: &[(&Layer, &[f32])]) -> Result<ModelProto> {
+/// One lowered layer as written: its stored weight, its corrected bias, and for static
+/// activation quantization its input's quantization.
+#[derive(Clone, Copy)]
+pub struct Lowered<'a> {
+    /// The layer.
+    pub layer: &'a Layer,
+    /// Its weight as stored.
+    pub quantized: &'a Quantized,
+    /// Its corrected bias.
+    pub bias: Option<&'a [f32]>,
+    /// Its input's uint8 quantization (`None`: the input stays float).
+    pub activation: Option<ActivationQuant>,
+}
+
+/// `model` with each lowered layer's weight stored compactly and restored in the graph, its
+/// bias corrected and its input quantized as `lowered` says.
+pub fn rewrite(model: &ModelProto, lowered: &[Lowered]) -> Result<ModelProto> {
     let mut out = model.clone();
-    super::opset::raise(&mut out, opset_needed(quantized.iter().map(|(_, q)| q.precision)))?;
+    super::opset::raise(&mut out, opset_needed(lowered.iter().map(|l| l.quantized.precision)))?;
     let graph: &mut GraphProto = out.graph.as_mut().context("model has no graph")?;
-    let names: HashSet<&str> = quantized.iter().map(|(n, _)| *n).collect();
+    let names: HashSet<&str> = lowered.iter().map(|l| l.layer.name.as_str()).collect();
     graph.initializer.retain(|t| !names.contains(t.name.as_deref().unwrap_or("")));
     // Old models also list initializers as graph inputs; the restored value replaces both.
     graph.input.retain(|v| !names.contains(v.name.as_deref().unwrap_or("")));
-    let mut nodes = Vec::with_capacity(graph.node.len() + quantized.len());
-    for (name, q) in quantized {
-        let (tensors, node) = restore(name, q);
+    let mut nodes = Vec::with_capacity(graph.node.len() + lowered.len());
+    for l in lowered {
+        let (tensors, node) = restore(&l.layer.name, l.quantized);
         graph.initializer.extend(tensors);
         nodes.push(node);
     }
     // Restoring nodes read only initializers: placed first, the graph stays sorted.
     nodes.append(&mut graph.node);
     graph.node = nodes;
-    for (layer, values) in biases {
-        apply_bias(graph, layer, values)?;
+    for l in lowered {
+        if let Some(values) = l.bias {
+            apply_bias(graph, l.layer, values)?;
+        }
     }
+    quantize_activations(graph, lowered)
+        .with_context(|| format!("static activation quantization of {}", graph.name.as_deref().unwrap_or("the graph")))?;
     Ok(out)
 }
 

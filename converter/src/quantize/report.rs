@@ -1,7 +1,9 @@
 //! What a quantization run reports: JSON for tools, a table for people, and an SVG with the
 //! per-layer sensitivity and the size → metric front.
 
+use super::gptq::Rounding;
 use super::metric::Metric;
+use super::observe::Observer;
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -20,6 +22,9 @@ pub struct LayerReport {
     pub sensitivity: Option<f64>,
     /// Measured loss at each candidate precision.
     pub losses: Vec<(String, f64)>,
+    /// The uint8 quantization of the layer's input as `[scale, zero_point]`, when it is
+    /// quantized statically (int8 with an observer).
+    pub activation: Option<(f32, u8)>,
 }
 
 /// A point of the greedy size → loss front.
@@ -48,6 +53,11 @@ pub struct Report {
     pub samples: usize,
     /// The metric sensitivities were measured in (KL for a top-1 target: smooth).
     pub sensitivity_metric: Metric,
+    /// How int8 layers' inputs were calibrated (`None`: inputs stay float, quantized per row
+    /// at run time).
+    pub observer: Option<Observer>,
+    /// How int4 weights were rounded (GPTQ where second moments were collected).
+    pub rounding: Rounding,
     /// Per layer, in graph order.
     pub layers: Vec<LayerReport>,
     /// The front (empty for a uniform precision).

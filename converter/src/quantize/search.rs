@@ -1,18 +1,20 @@
 //! Mixed precision from measured sensitivity. Each layer is lowered alone to each candidate
-//! precision (its weights replaced by exactly what the quantized file restores) and the
-//! model is run in our runtime on the calibration samples; the metric's loss is the layer's
+//! precision (written exactly as the quantized file will hold it) and the model is run in
+//! our runtime on the calibration samples; the metric's loss is the layer's
 //! sensitivity at that precision. A greedy walk then lowers, step by step, the layer that
 //! saves the most bytes per unit of loss, which traces a size → metric front; the pick for a
 //! size or metric target is verified end to end by the caller.
 
+use super::calibrate::Observations;
+use super::gptq::refine;
 use super::metric::{Dataset, Metric};
-use super::qdq::Layer;
+use super::observe::ActivationQuant;
+use super::qdq::{Layer, Lowered, rewrite};
 use super::weights::{Precision, Quantized, quantize};
 use anyhow::{Context, Result};
 use distq_runtime::onnx::proto::ModelProto;
 use distq_runtime::{Model, Session, Tensor};
 use prost::Message;
-use std::collections::HashMap;
 
 /// One layer's options: each candidate precision with its quantized weight, file bytes and
 /// measured loss (metric units, ≥ 0 means worse than fp32).
@@ -36,36 +38,28 @@ pub struct Candidate {
     /// The bias correcting the mean output shift, when the layer has a bias site and its
     /// input's channel means were observed.
     pub bias: Option<Vec<f32>>,
+    /// The static quantization of the layer's input (int8 with an observer).
+    pub activation: Option<ActivationQuant>,
 }
 
-/// Runs `model` with layer `layer`'s weights replaced by `values` (and its bias by `bias`)
-/// on `data`.
-pub fn run_with(
-    model: &ModelProto,
-    layer: &Layer,
-    values: &[f32],
-    bias: Option<&[f32]>,
-    data: &Dataset,
-    batch: usize,
-) -> Result<Vec<Tensor>> {
-    let mut m = model.clone();
-    let graph = m.graph.as_mut().context("model has no graph")?;
-    if let Some(bias) = bias {
-        super::qdq::apply_bias(graph, layer, bias)?;
+impl Options {
+    /// The layer as written at candidate `choice` (`None`: left fp32).
+    pub fn lowered(&self, choice: Option<usize>) -> Option<Lowered<'_>> {
+        let c = &self.candidates[choice?];
+        Some(Lowered { layer: &self.layer, quantized: &c.quantized, bias: c.bias.as_deref(), activation: c.activation })
     }
-    let name = layer.name.as_str();
-    let t = graph.initializer.iter_mut().find(|t| t.name.as_deref() == Some(name)).with_context(|| format!("no initializer '{name}'"))?;
-    t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into());
-    t.float_data.clear();
-    t.data_location = None;
-    t.external_data.clear();
-    let session = Session::new(Model::from_bytes(m.encode_to_vec())?);
-    data.outputs(&session, batch)
 }
 
-/// Quantizes every layer to every candidate precision it accepts, with the bias correction
-/// for the observed input channel `means` (by activation name) where it applies.
-pub fn candidates(layers: Vec<Layer>, precisions: &[Precision], means: &HashMap<String, Vec<f32>>) -> Result<Vec<Options>> {
+/// The written form of `assignment`.
+pub fn written(model: &ModelProto, options: &[Options], assignment: &Assignment) -> Result<ModelProto> {
+    let lowered: Vec<Lowered> = options.iter().zip(assignment).filter_map(|(o, &a)| o.lowered(a)).collect();
+    rewrite(model, &lowered)
+}
+
+/// Quantizes every layer to every candidate precision it accepts, using what calibration
+/// `observed` of its input: GPTQ rounding where second moments were collected, the bias
+/// correction for its channel means, and at int8 its static quantization.
+pub fn candidates(layers: Vec<Layer>, precisions: &[Precision], observed: &Observations) -> Result<Vec<Options>> {
     layers
         .into_iter()
         .map(|layer| {
@@ -73,10 +67,21 @@ pub fn candidates(layers: Vec<Layer>, precisions: &[Precision], means: &HashMap<
                 .iter()
                 .filter(|&&p| layer.accepts(p))
                 .map(|&precision| {
-                    let quantized = quantize(&layer.values, &layer.shape, precision, layer.layout)
-                        .with_context(|| format!("weight '{}'", layer.name))?;
-                    let bias = means.get(&layer.activation).and_then(|m| layer.corrected_bias(&quantized.dequantized(), m));
-                    Ok(Candidate { precision, bytes: quantized.stored_bytes(), quantized, loss: None, bias })
+                    let context = || format!("weight '{}'", layer.name);
+                    let mut quantized = quantize(&layer.values, &layer.shape, precision, layer.layout).with_context(context)?;
+                    if let Some(h) =
+                        observed.hessians.get(&layer.activation).filter(|h| matches!(precision, Precision::Int4 { .. }) && h.well_sampled())
+                    {
+                        refine(&mut quantized, &layer.values, layer.layout, h).with_context(context)?;
+                    }
+                    let means = observed.means.get(&layer.activation);
+                    let bias = means.and_then(|m| layer.corrected_bias(&quantized.dequantized(), m));
+                    let activation = observed
+                        .activations
+                        .get(&layer.activation)
+                        .copied()
+                        .filter(|_| precision == Precision::Int8 && layer.op != "Gather");
+                    Ok(Candidate { precision, bytes: quantized.stored_bytes(), quantized, loss: None, bias, activation })
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Options { layer, candidates })
@@ -103,10 +108,11 @@ pub fn measure(
     let total: usize = options.iter().map(|o| o.candidates.len()).sum();
     let mut done = 0;
     for option in options.iter_mut() {
-        for c in &mut option.candidates {
-            let restored = c.quantized.dequantized();
-            let out = run_with(model, &option.layer, &restored, c.bias.as_deref(), data, batch)?;
-            c.loss = Some(loss(metric, data.compare(metric, reference, &out)?).max(0.0));
+        for i in 0..option.candidates.len() {
+            let lowered = option.lowered(Some(i)).into_iter().collect::<Vec<_>>();
+            let session = Session::new(Model::from_bytes(rewrite(model, &lowered)?.encode_to_vec())?);
+            let out = data.outputs(&session, batch)?;
+            option.candidates[i].loss = Some(loss(metric, data.compare(metric, reference, &out)?).max(0.0));
             done += 1;
             progress(done, total);
         }
@@ -187,7 +193,7 @@ mod tests {
             .zip(losses)
             .map(|(&p, &loss)| {
                 let quantized = quantize(&layer.values, &layer.shape, p, layer.layout).unwrap();
-                Candidate { precision: p, bytes: quantized.stored_bytes(), quantized, loss: Some(loss), bias: None }
+                Candidate { precision: p, bytes: quantized.stored_bytes(), quantized, loss: Some(loss), bias: None, activation: None }
             })
             .collect();
         Options { layer, candidates }

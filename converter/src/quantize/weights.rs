@@ -161,7 +161,7 @@ const SHRINK_STEPS: usize = 21;
 
 /// The (scale, zero point) with the least squared error for one block: each shrunken range,
 /// with its rounded zero point and the two beside it.
-fn int4_block(values: &[f32]) -> (f32, u8) {
+pub(super) fn int4_block(values: &[f32]) -> (f32, u8) {
     let lo = values.iter().fold(0f32, |m, &v| m.min(v));
     let hi = values.iter().fold(0f32, |m, &v| m.max(v));
     if hi == lo {
@@ -182,12 +182,12 @@ fn int4_block(values: &[f32]) -> (f32, u8) {
     (best.1, best.2)
 }
 
-fn quantize_u4(v: f32, scale: f32, zero: u8) -> u8 {
+pub(super) fn quantize_u4(v: f32, scale: f32, zero: u8) -> u8 {
     (round(v / scale) + zero as f32).clamp(0.0, 15.0) as u8
 }
 
 /// `DequantizeLinear`'s formula: `(q − zero) · scale`.
-fn dequantize_u4(q: u8, scale: f32, zero: u8) -> f32 {
+pub(super) fn dequantize_u4(q: u8, scale: f32, zero: u8) -> f32 {
     (q as i32 - zero as i32) as f32 * scale
 }
 

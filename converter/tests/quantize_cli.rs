@@ -4,6 +4,7 @@
 //! no output file.
 
 use distq_converter::npz::write_npz;
+use distq_converter::quantize::writer::write_model;
 use distq_runtime::testing::ModelBuilder;
 use distq_runtime::{DataType, Model, Tensor};
 use std::path::{Path, PathBuf};
@@ -86,7 +87,8 @@ fn every_precision_writes_a_loadable_qdq_model() {
         assert!(ok, "{precision}: {stderr}");
         assert!(stdout.contains("Cosine"), "{stdout}");
         let r = report(&json);
-        assert_eq!(r["rounding"], "gptq", "the default");
+        let rounding = if precision == "int4" { "gptq" } else { "nearest" };
+        assert_eq!(r["rounding"], rounding, "GPTQ by default, for int4 weights");
         let size = r["size_bytes"].as_u64().unwrap();
         assert_eq!(size, std::fs::metadata(&out).unwrap().len(), "{precision}: the report gives the file's size");
         let cosine = r["metric_value"].as_f64().unwrap();
@@ -131,6 +133,18 @@ fn mixed_precision_meets_a_size_budget() {
     assert!(r["front"].as_array().unwrap().len() >= 4);
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
     assert!(Model::load(&out).is_ok());
+    // A model whose weights are in an external data file quantizes the same.
+    let external = dir.join("external.onnx");
+    let fp32 = Model::load(&model).unwrap();
+    write_model(&external, &fp32.file().proto, true).unwrap();
+    assert!(dir.join("external.onnx.data").exists());
+    let again = dir.join("again.onnx");
+    let (ok, _, stderr) =
+        distq(&["quantize", &s(&external), "-o", &s(&again), "--calib", &s(&calib), "--precision", "int8", "--report", &s(&json)]);
+    assert!(ok, "{stderr}");
+    let r = report(&json);
+    assert_eq!(r["fp32_size_bytes"].as_u64().unwrap(), std::fs::metadata(&model).unwrap().len(), "external weights counted");
+    assert!(r["metric_value"].as_f64().unwrap() >= 0.999);
     std::fs::remove_dir_all(dir).ok();
 }
 

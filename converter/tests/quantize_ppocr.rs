@@ -46,13 +46,19 @@ fn agreement(a: &distq_runtime::Tensor, b: &distq_runtime::Tensor) -> f64 {
 fn ppocr_rec_mixed_precision_and_cls_int8_on_real_crops() {
     let dir = std::env::temp_dir().join(format!("distq-quantize-ppocr-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (kind, file, args) in [
-        ("rec", "ppocr/ch_PP-OCRv4_rec_infer.onnx", vec!["--max-size-mb", "3.25", "--min-metric", "0.99"]),
-        ("cls", "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", vec!["--precision", "int8"]),
+    // (what, model, arguments, the agreement both runtimes must reach). The last quantizes
+    // every layer's input too (uint8, ranges from the MSE observer): the static W8A8 form an
+    // NPU takes, which costs the small classifier some agreement (onnxruntime's own int8
+    // lost 1 in 8 top-1 predictions on a real CNN, ../shared/anchors.md).
+    for (what, file, args, floor) in [
+        ("rec", "ppocr/ch_PP-OCRv4_rec_infer.onnx", vec!["--max-size-mb", "3.25", "--min-metric", "0.99"], 0.99),
+        ("cls", "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", vec!["--precision", "int8"], 0.99),
+        ("cls static", "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", vec!["--precision", "int8", "--observer", "mse"], 0.95),
     ] {
+        let kind = &what[..3];
         let fp32 = model(file);
         let (calib, eval) = (crops(&dir, kind, "calib"), crops(&dir, kind, "eval"));
-        let out = dir.join(format!("{kind}_quantized.onnx"));
+        let out = dir.join(format!("{}_quantized.onnx", what.replace(' ', "_")));
         let r = quantize(&fp32, &out, &calib, &eval, &args);
         let (size, fp32_size, ours) =
             (r["size_bytes"].as_f64().unwrap(), r["fp32_size_bytes"].as_f64().unwrap(), r["metric_value"].as_f64().unwrap());
@@ -63,12 +69,14 @@ fn ppocr_rec_mixed_precision_and_cls_int8_on_real_crops() {
             *precisions.entry(l["precision"].as_str().unwrap().to_string()).or_insert(0) += 1;
         }
         println!(
-            "PP-OCR {kind}: {:.3} MB = {:.1} % of fp32 (layers per precision {precisions:?}), top-1 agreement with fp32 over {} crops: ours {ours:.5}, onnxruntime {theirs:.5}",
+            "PP-OCR {what}: {:.3} MB = {:.1} % of fp32 (layers per precision {precisions:?}), top-1 agreement with fp32 over {} crops: ours {ours:.5}, onnxruntime {theirs:.5}",
             size / 1e6,
             100.0 * size / fp32_size,
             r["samples"]
         );
-        assert!(ours >= 0.99 && theirs >= 0.99, "{kind}: agreement ours {ours}, onnxruntime {theirs}");
+        assert!(ours >= floor && theirs >= floor, "{what}: agreement ours {ours}, onnxruntime {theirs}");
+        let samples = r["samples"].as_f64().unwrap();
+        assert!((ours - theirs).abs() <= 1.0 / samples + 1e-9, "{what}: ours {ours} and onnxruntime {theirs} differ by more than one crop");
         if kind == "rec" {
             assert!(size <= 0.30 * fp32_size, "rec at {size} bytes of {fp32_size}");
         }

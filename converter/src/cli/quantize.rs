@@ -10,8 +10,9 @@ use crate::quantize::weights::Precision;
 use crate::quantize::{Config, quantize, writer};
 use anyhow::{Context, Result, ensure};
 use distq_runtime::Model;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// Precision choices on the command line.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -113,18 +114,8 @@ pub fn run(args: Args) -> Result<()> {
         observer: args.observer,
         rounding: args.rounding,
     };
-    let mut last = String::new();
-    let mut progress = |what: &str, done: usize, total: usize| {
-        let line = format!("{what} {done}/{total}");
-        if line != last {
-            eprint!("\r{line}   ");
-            last = line;
-        }
-        if done == total {
-            eprintln!();
-        }
-    };
-    let outcome = quantize(&model, &config, &calib, &eval, &mut progress)?;
+    let mut progress = progress_printer(std::io::stderr().is_terminal());
+    let outcome = quantize(&model, &config, &calib, &eval, &mut |what, done, total| eprint!("{}", progress(what, done, total)))?;
     let mut report = outcome.report;
     report.size_bytes = writer::write_model(&args.output, &outcome.model, args.external_data)?;
     say!("{}", report.table().trim_end());
@@ -137,4 +128,51 @@ pub fn run(args: Args) -> Result<()> {
         write_atomically(path, |f| Ok(f.write_all(report.svg().as_bytes())?))?;
     }
     Ok(())
+}
+
+/// Progress of long steps for stderr: on a terminal a bar redrawn in place with the time
+/// left; otherwise (logs) one line when a step starts and at each further tenth.
+fn progress_printer(terminal: bool) -> impl FnMut(&str, usize, usize) -> String {
+    let (mut step, mut tenth, mut started) = (String::new(), 0, Instant::now());
+    move |what, done, total| {
+        let new_step = what != step;
+        if new_step {
+            (step, started) = (what.to_string(), Instant::now());
+        }
+        let total = total.max(1);
+        if terminal {
+            const WIDTH: usize = 30;
+            let filled = done.min(total) * WIDTH / total;
+            let left = if done > 0 && done < total {
+                format!(" {:.0} s left", started.elapsed().as_secs_f64() * (total - done) as f64 / done as f64)
+            } else {
+                String::new()
+            };
+            let end = if done >= total { "\n" } else { "" };
+            return format!("\r{what} [{}{}] {done}/{total}{left}\x1b[K{end}", "#".repeat(filled), "-".repeat(WIDTH - filled));
+        }
+        let now = done * 10 / total;
+        if new_step || now != tenth {
+            tenth = now;
+            return format!("{what} {done}/{total}\n");
+        }
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_printer;
+
+    #[test]
+    fn logs_get_a_line_per_tenth_and_terminals_a_bar() {
+        let mut log = progress_printer(false);
+        let lines: String = (0..=40).map(|i| log("sensitivity", i, 40)).collect();
+        assert_eq!(lines.lines().count(), 11, "start and each tenth: {lines}");
+        assert!(lines.ends_with("sensitivity 40/40\n"));
+        assert_eq!(log("verify", 0, 1), "verify 0/1\n", "a new step always shows");
+        let mut bar = progress_printer(true);
+        assert!(bar("search", 3, 6).starts_with("\rsearch [###############---------------] 3/6"));
+        assert!(bar("search", 6, 6).ends_with("\n"));
+    }
 }

@@ -113,9 +113,14 @@ impl Dataset {
 
     /// The first `n` samples (all when fewer).
     pub fn head(&self, n: usize) -> Result<Dataset> {
-        let n = n.min(self.samples);
-        let arrays = self.arrays.iter().map(|(name, t)| Ok((name.clone(), rows(t, 0..n)?))).collect::<Result<_>>()?;
-        Ok(Dataset { arrays, samples: n, mask: self.mask })
+        self.range(0..n)
+    }
+
+    /// Samples `range` (clipped to the set).
+    pub fn range(&self, range: std::ops::Range<usize>) -> Result<Dataset> {
+        let (start, end) = (range.start.min(self.samples), range.end.min(self.samples));
+        let arrays = self.arrays.iter().map(|(name, t)| Ok((name.clone(), rows(t, start..end.max(start))?))).collect::<Result<_>>()?;
+        Ok(Dataset { arrays, samples: end.saturating_sub(start), mask: self.mask })
     }
 
     /// Calls `f` with the inputs of each batch of up to `batch` samples, in order.

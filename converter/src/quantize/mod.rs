@@ -53,7 +53,8 @@ pub struct Config {
     /// inputs stay float and the runtime quantizes them per row).
     pub observer: Option<Observer>,
     /// How int4 weights are rounded (int8 is always rounded to nearest: GPTQ did not help it
-    /// on real models).
+    /// on real models). GPTQ needs `2 × sensitivity_samples` calibration samples (it fits
+    /// its own, the sensitivities are measured on others); with fewer, rounding is nearest.
     pub rounding: Rounding,
 }
 
@@ -109,9 +110,17 @@ fn calibration(
         out.activations = calibrate::activation_ranges(proto, &names, observer, &calib.head(RANGE_SAMPLES)?, config.batch)?;
         progress("calibrate ranges", 1, 1);
     }
-    if config.rounding == Rounding::Gptq && precisions.iter().any(|p| matches!(p, Precision::Int8 | Precision::Int4 { .. })) {
+    // GPTQ fits its samples: mixed precision measures sensitivities on others (the first
+    // `sensitivity_samples`), or GPTQ-rounded weights would look better than they are. Too
+    // small a calibration set keeps nearest rounding.
+    let fitted = match config.uniform {
+        Some(_) => samples.head(samples.samples())?,
+        None => calib.range(config.sensitivity_samples..config.sensitivity_samples + samples.samples())?,
+    };
+    let int4 = precisions.iter().any(|p| matches!(p, Precision::Int4 { .. }));
+    if config.rounding == Rounding::Gptq && int4 && (config.uniform.is_some() || fitted.samples() >= config.sensitivity_samples) {
         progress("calibrate second moments", 0, 1);
-        out.hessians = calibrate::input_hessians(proto, &inputs(&gptq::input_axis), &samples, config.batch)?;
+        out.hessians = calibrate::input_hessians(proto, &inputs(&gptq::input_axis), &fitted, config.batch)?;
         progress("calibrate second moments", 1, 1);
     }
     Ok(out)
@@ -119,14 +128,17 @@ fn calibration(
 
 /// Quantizes `model` (from `path`) per `config`, measuring on `calib` and verifying on `eval`.
 pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset, progress: Progress) -> Result<Outcome> {
-    let fp32_bytes = model.file().proto.encoded_len() as u64;
+    // Candidates are built and run in memory: external weights are read inline first.
+    let inlined = prepare::inline_external(model)?;
+    let original = inlined.as_ref().unwrap_or(&model.file().proto);
+    let fp32_bytes = original.encoded_len() as u64;
     let prepared;
     // The fp32 reference is the model as given; layers are looked for in its prepared form.
-    let fp32_session = Session::new(Model::from_bytes(model.file().proto.encode_to_vec())?);
-    let model = match prepare::prepare(&model.file().proto) {
+    let fp32_session = Session::new(Model::from_bytes(original.encode_to_vec())?);
+    let model = match prepare::prepare(original).or(inlined) {
         Some(p) => {
             prepared = Model::from_bytes(p.encode_to_vec())
-                .context("the prepared model (Constant weights as initializers, batch norms folded)")?;
+                .context("the prepared model (weights inline, Constant weights as initializers, batch norms folded)")?;
             &prepared
         }
         None => model,
@@ -150,6 +162,7 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         None => vec![Precision::F16, Precision::Int8, int4],
     };
     let observations = calibration(proto, &layers, config, &precisions, calib, progress)?;
+    let observations_used_gptq = !observations.hessians.is_empty();
     let mut options = search::candidates(layers, &precisions, &observations)?;
     let reference_eval = eval.outputs(&fp32_session, config.batch)?;
     metric::check_applicable(config.metric, &reference_eval)?;
@@ -173,24 +186,30 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     // Top-1 agreement moves in whole flips, which do not add up across layers: sensitivity
     // is measured as the KL divergence of the outputs instead (smooth, near-additive).
     let proxy = if config.metric == Metric::Top1 { Metric::Kl } else { config.metric };
-    let (chosen, front) = match config.uniform {
+    // The weight bytes a size budget leaves (the rest of the file is fixed).
+    let weight_budget = |max: u64| max.saturating_sub(fixed) as usize;
+    let (mut chosen, front, mut index): (Assignment, _, _) = match config.uniform {
         // Candidates run most precise first: the last is the precision asked for, or int8
         // where int4 does not fit.
-        Some(_) => (options.iter().map(|o| o.candidates.len().checked_sub(1)).collect(), Vec::new()),
+        Some(_) => (options.iter().map(|o| o.candidates.len().checked_sub(1)).collect(), Vec::new(), 0),
         None => {
             let sample = calib.head(config.sensitivity_samples)?;
             let reference = sample.outputs(&fp32_session, config.batch)?;
             search::measure(proto, &mut options, &sample, &reference, proxy, config.batch, |d, t| progress("sensitivity", d, t))?;
             let front = search::greedy_front(&options);
-            let index = match config.max_size {
-                Some(max) => front.iter().position(|s| fixed + s.bytes as u64 <= max).with_context(|| {
-                    let smallest = front.last().map_or(0, |s| fixed + s.bytes as u64);
-                    format!(
-                        "budget not reachable: {:.2} MB asked, the smallest this model gets is {:.2} MB (every layer at its lowest precision)",
-                        max as f64 / 1e6,
-                        smallest as f64 / 1e6
-                    )
-                })?,
+            match config.max_size {
+                // The most precise front point within the budget, its leftover bytes spent.
+                Some(max) => {
+                    let index = front.iter().position(|s| s.bytes <= weight_budget(max)).with_context(|| {
+                        let smallest = front.last().map_or(0, |s| fixed + s.bytes as u64);
+                        format!(
+                            "budget not reachable: {:.2} MB asked, the smallest this model gets is {:.2} MB (every layer at its lowest precision)",
+                            max as f64 / 1e6,
+                            smallest as f64 / 1e6
+                        )
+                    })?;
+                    (search::fill(&options, &front[index].assignment, weight_budget(max)), front, index)
+                }
                 // The front's most compact point whose metric on the calibration samples
                 // meets the target (bisection: the metric falls along the front).
                 None => {
@@ -208,24 +227,25 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
                         }
                     }
                     progress("search", probes as usize, probes as usize);
-                    good
+                    (front[good].assignment.clone(), front, good)
                 }
-            };
-            (front[index].assignment.clone(), front)
+            }
         }
     };
-    let mut chosen: Assignment = chosen;
     progress("verify", 0, 1);
     let (mut out, mut value) = evaluate(&options, &chosen, eval, &reference_eval)?;
     if config.uniform.is_none() {
-        let mut index = front.iter().position(|s| s.assignment == chosen).unwrap_or(0);
         match config.max_size {
             // The size is estimated per layer: while the written file is over the budget,
-            // take the next, smaller point of the front.
+            // shrink the weights' budget by the excess (at least 0.5 %) and pick again.
             Some(max) => {
-                while out.encoded_len() as u64 > max && index + 1 < front.len() {
-                    index += 1;
-                    chosen = front[index].assignment.clone();
+                let mut budget = weight_budget(max);
+                while out.encoded_len() as u64 > max {
+                    let over = out.encoded_len() - max as usize;
+                    budget = budget.saturating_sub(over.max(budget / 200));
+                    let Some(i) = front.iter().position(|s| s.bytes <= budget) else { break };
+                    index = i;
+                    chosen = search::fill(&options, &front[i].assignment, budget);
                     (out, value) = evaluate(&options, &chosen, eval, &reference_eval)?;
                 }
             }
@@ -266,7 +286,8 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         .collect();
     let front = front
         .iter()
-        .map(|s| FrontPoint { size_bytes: fixed + s.bytes as u64, loss: s.predicted_loss, chosen: s.assignment == chosen })
+        .enumerate()
+        .map(|(i, s)| FrontPoint { size_bytes: fixed + s.bytes as u64, loss: s.predicted_loss, chosen: i == index })
         .collect();
     let report = Report {
         size_bytes: size,
@@ -276,7 +297,7 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         samples: eval.samples(),
         sensitivity_metric: proxy,
         observer: config.observer,
-        rounding: config.rounding,
+        rounding: if observations_used_gptq { Rounding::Gptq } else { Rounding::Nearest },
         layers,
         front,
     };

@@ -10,8 +10,11 @@
 //! folding's own rounding is part of every reported metric.
 
 use super::qdq::f32_tensor;
-use distq_runtime::DataType;
+use anyhow::{Context, Result};
+use distq_runtime::onnx::WeightFiles;
+use distq_runtime::onnx::proto::tensor_proto::DataLocation;
 use distq_runtime::onnx::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
+use distq_runtime::{DataType, Model};
 use std::collections::{HashMap, HashSet};
 
 /// The prepared model, or `None` when nothing changes.
@@ -42,6 +45,27 @@ fn constants_as_initializers(graph: &mut GraphProto) -> bool {
         }
     }
     true
+}
+
+/// `model` with every initializer kept in an external data file read inline (the quantizer
+/// builds and runs its candidates in memory), or `None` when all are inline already.
+pub fn inline_external(model: &Model) -> Result<Option<ModelProto>> {
+    let file = model.file();
+    let external = DataLocation::External as i32;
+    if !file.proto.graph.as_ref().is_some_and(|g| g.initializer.iter().any(|t| t.data_location == Some(external))) {
+        return Ok(None);
+    }
+    let mut files = WeightFiles::new(file.base_dir.clone(), file.map.clone());
+    let mut out = file.proto.clone();
+    let initializers = &mut out.graph.as_mut().context("model has no graph")?.initializer;
+    for t in initializers.iter_mut().filter(|t| t.data_location == Some(external)) {
+        let name = t.name.clone().unwrap_or_default();
+        let bytes = files.resolve(&name, &t.external_data).with_context(|| format!("{}: initializer '{name}'", file.origin))?;
+        t.raw_data = Some(bytes);
+        t.external_data.clear();
+        t.data_location = None;
+    }
+    Ok(Some(out))
 }
 
 /// The f32 values of an inline initializer (external data is left alone).

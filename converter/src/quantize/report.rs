@@ -34,7 +34,8 @@ pub struct FrontPoint {
     pub size_bytes: u64,
     /// Summed sensitivity of the lowered layers (in `sensitivity_metric` loss units).
     pub loss: f64,
-    /// Whether this is the point written.
+    /// Whether the point written is this one (for a size budget: this one with the bytes
+    /// it leaves spent on the layers it helps most).
     pub chosen: bool,
 }
 
@@ -56,7 +57,8 @@ pub struct Report {
     /// How int8 layers' inputs were calibrated (`None`: inputs stay float, quantized per row
     /// at run time).
     pub observer: Option<Observer>,
-    /// How int4 weights were rounded (GPTQ where second moments were collected).
+    /// How int4 weights were rounded (nearest when GPTQ was asked for but the calibration
+    /// set was too small).
     pub rounding: Rounding,
     /// Per layer, in graph order.
     pub layers: Vec<LayerReport>,
@@ -90,6 +92,7 @@ impl Report {
             self.metric_value,
             self.samples
         );
+        let _ = writeln!(s, "int4 rounding: {:?}", self.rounding);
         if !self.front.is_empty() {
             let _ = writeln!(s, "front (size → summed {:?} loss of the lowered layers), every 4th point:", self.sensitivity_metric);
             for (i, p) in self.front.iter().enumerate().filter(|(i, p)| i % 4 == 0 || p.chosen) {

@@ -48,6 +48,16 @@ impl Options {
         let c = &self.candidates[choice?];
         Some(Lowered { layer: &self.layer, quantized: &c.quantized, bias: c.bias.as_deref(), activation: c.activation })
     }
+
+    /// File bytes at choice `a` (`None`: fp32).
+    fn bytes_at(&self, a: Option<usize>) -> usize {
+        a.map_or(4 * self.layer.params(), |i| self.candidates[i].bytes)
+    }
+
+    /// Measured loss at choice `a` (`None`: fp32, no loss).
+    fn loss_at(&self, a: Option<usize>) -> f64 {
+        a.map_or(0.0, |i| self.candidates[i].loss.unwrap_or(0.0))
+    }
 }
 
 /// The written form of `assignment`.
@@ -134,40 +144,67 @@ pub struct Step {
     pub predicted_loss: f64,
 }
 
+/// The layer and new choice that `score` rates highest over every layer's one possible move
+/// from `assignment` (`score` gives the move and its rating, or `None` when it has none).
+fn best_move(
+    options: &[Options],
+    assignment: &Assignment,
+    score: impl Fn(&Options, Option<usize>) -> Option<(Option<usize>, f64)>,
+) -> Option<(usize, Option<usize>)> {
+    options
+        .iter()
+        .zip(assignment)
+        .enumerate()
+        .filter_map(|(i, (o, &a))| score(o, a).map(|(to, rating)| (i, to, rating)))
+        .max_by(|x, y| x.2.total_cmp(&y.2))
+        .map(|(i, to, _)| (i, to))
+}
+
 /// The greedy walk from all-fp32 down to every layer at its lowest candidate: each step
 /// lowers one layer by one candidate, choosing the largest bytes saved per unit of added
 /// loss. Returns every point.
 pub fn greedy_front(options: &[Options]) -> Vec<Step> {
-    let fp32 = |o: &Options| 4 * o.layer.params();
-    let bytes_at = |o: &Options, a: Option<usize>| a.map_or(fp32(o), |i| o.candidates[i].bytes);
-    let loss_at = |o: &Options, a: Option<usize>| a.map_or(0.0, |i| o.candidates[i].loss.unwrap_or(0.0));
     let mut assignment: Assignment = vec![None; options.len()];
-    let mut steps = Vec::new();
     let point = |a: &Assignment| Step {
         assignment: a.clone(),
-        bytes: options.iter().zip(a).map(|(o, &x)| bytes_at(o, x)).sum(),
-        predicted_loss: options.iter().zip(a).map(|(o, &x)| loss_at(o, x)).sum(),
+        bytes: options.iter().zip(a).map(|(o, &x)| o.bytes_at(x)).sum(),
+        predicted_loss: options.iter().zip(a).map(|(o, &x)| o.loss_at(x)).sum(),
     };
-    steps.push(point(&assignment));
-    loop {
-        let best = options
-            .iter()
-            .zip(&assignment)
-            .enumerate()
-            .filter_map(|(i, (o, &a))| {
-                let next = a.map_or(0, |x| x + 1);
-                (next < o.candidates.len()).then(|| {
-                    let saved = bytes_at(o, a).saturating_sub(bytes_at(o, Some(next))) as f64;
-                    let added = (loss_at(o, Some(next)) - loss_at(o, a)).max(1e-12);
-                    (i, next, saved / added)
-                })
-            })
-            .max_by(|x, y| x.2.total_cmp(&y.2));
-        let Some((i, next, _)) = best else { break };
-        assignment[i] = Some(next);
+    let mut steps = vec![point(&assignment)];
+    let lower = |o: &Options, a: Option<usize>| {
+        let next = a.map_or(0, |x| x + 1);
+        (next < o.candidates.len()).then(|| {
+            let saved = o.bytes_at(a).saturating_sub(o.bytes_at(Some(next))) as f64;
+            let added = (o.loss_at(Some(next)) - o.loss_at(a)).max(1e-12);
+            (Some(next), saved / added)
+        })
+    };
+    while let Some((i, to)) = best_move(options, &assignment, lower) {
+        assignment[i] = to;
         steps.push(point(&assignment));
     }
     steps
+}
+
+/// Spends what `budget` (bytes of the quantizable weights) leaves beyond `assignment`: while
+/// it fits, raises the layer whose next more precise candidate (or fp32) removes the most
+/// loss per added byte. The greedy front moves in whole layers, so its point under a budget
+/// can leave a large layer's worth of bytes unused.
+pub fn fill(options: &[Options], assignment: &Assignment, budget: usize) -> Assignment {
+    let mut a = assignment.clone();
+    let mut used: usize = options.iter().zip(&a).map(|(o, &x)| o.bytes_at(x)).sum();
+    loop {
+        let raise = |o: &Options, x: Option<usize>| {
+            let up = x?.checked_sub(1);
+            let added = o.bytes_at(up).saturating_sub(o.bytes_at(x));
+            let gain = o.loss_at(x) - o.loss_at(up);
+            (gain > 0.0 && used + added <= budget).then(|| (up, gain / added.max(1) as f64))
+        };
+        let Some((i, up)) = best_move(options, &a, raise) else { break };
+        used += options[i].bytes_at(up) - options[i].bytes_at(a[i]);
+        a[i] = up;
+    }
+    a
 }
 
 #[cfg(test)]
@@ -212,5 +249,19 @@ mod tests {
         assert!(robust_int4 < fragile_int4);
         assert_eq!(front.last().unwrap().assignment, [Some(2), Some(2)]);
         assert!((front.last().unwrap().predicted_loss - 0.2001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fill_spends_the_budget_where_it_removes_most_loss() {
+        let options = [option("fragile", 4096, &[0.0, 0.001, 0.2]), option("robust", 4096, &[0.0, 0.0, 0.0001])];
+        let bytes = |o: &Options, i: usize| o.candidates[i].bytes;
+        let lowest = vec![Some(2), Some(2)];
+        let floor = bytes(&options[0], 2) + bytes(&options[1], 2);
+        // Room for one layer at int8: the fragile one gets it.
+        let room = bytes(&options[0], 1) - bytes(&options[0], 2);
+        assert_eq!(fill(&options, &lowest, floor + room), [Some(1), Some(2)]);
+        // No room: nothing changes; room for everything: back to fp32 only where it helps.
+        assert_eq!(fill(&options, &lowest, floor + room - 1), lowest);
+        assert_eq!(fill(&options, &lowest, usize::MAX), [Some(0), Some(1)], "fp16 and int8 lose nothing more than fp32");
     }
 }

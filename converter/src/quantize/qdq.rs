@@ -21,8 +21,8 @@ pub const MIN_VALUES: usize = 256;
 /// Where a layer's bias lives, for bias correction.
 #[derive(Debug, Clone)]
 pub enum BiasSite {
-    /// The Conv's input 2 (absent: zeros).
-    Conv,
+    /// The layer's own input 2: a Conv's or Gemm's bias (absent: zeros).
+    Input2,
     /// Input `input` of the `Add` (producing `add_output`) that follows a MatMul.
     Add {
         /// The Add's output, which names it.
@@ -54,15 +54,15 @@ pub struct Layer {
     pub activation: String,
     /// Conv groups (1 otherwise).
     pub groups: usize,
-    /// The bias that a correction of this layer's mean output shift would go to (Conv, and
-    /// MatMul followed by an Add of a constant per column).
     /// The weight's shape.
     pub shape: Vec<usize>,
     /// Its axes' roles.
     pub layout: Layout,
     /// Its values.
     pub values: Vec<f32>,
-    /// Its bias, when it has a place for one.
+    /// Its bias, where a correction of its mean output shift can go: a Conv's, a plain
+    /// Gemm's (alpha = beta = 1, no transA), or the Add of a per-column constant after a
+    /// MatMul.
     pub bias: Option<Bias>,
 }
 
@@ -101,14 +101,17 @@ impl Layer {
                     out[o] -= (q - w) * means[(o / per_group) * c + ci];
                 }
             }
-            "MatMul" => {
-                // [K, N]: output n sums over the input's last axis.
-                let n = self.shape[1];
-                if means.len() != self.shape[0] {
+            "MatMul" | "Gemm" => {
+                // 2-D: output channel c sums over the input's last axis k; the layout says
+                // which axis is which ([K, N], or [N, K] for a Gemm with transB).
+                let cols = self.shape[1];
+                if means.len() != self.shape[self.layout.reduction_axis] {
                     return None;
                 }
                 for (i, (&q, &w)) in dequantized.iter().zip(&self.values).enumerate() {
-                    out[i % n] -= (q - w) * means[i / n];
+                    let (row, col) = (i / cols, i % cols);
+                    let (c, k) = if self.layout.channel_axis == 1 { (col, row) } else { (row, col) };
+                    out[c] -= (q - w) * means[k];
                 }
             }
             _ => return None,
@@ -117,9 +120,14 @@ impl Layer {
     }
 }
 
+/// Attribute `name` of `node`.
+fn attribute<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name.as_deref() == Some(name))
+}
+
 /// The axes of the weight input of `op`, when `op` takes one there.
 fn weight_layout(node: &NodeProto, input: usize, rank: usize) -> Option<Layout> {
-    let attr = |name: &str| node.attribute.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.i).unwrap_or(0);
+    let attr = |name: &str| attribute(node, name).and_then(|a| a.i).unwrap_or(0);
     match (node.op_type.as_deref()?, input, rank) {
         ("MatMul", 1, 2) => Some(Layout { channel_axis: 1, reduction_axis: 0 }),
         ("Gemm", 1, 2) if attr("transB") != 0 => Some(Layout { channel_axis: 0, reduction_axis: 1 }),
@@ -164,9 +172,19 @@ pub fn quantizable_layers(model: &Model) -> Result<Vec<Layer>> {
             let channels = shape[layout.channel_axis];
             let bias = match op.as_str() {
                 "Conv" => match node.input.get(2).filter(|b| !b.is_empty()) {
-                    Some(b) => floats(b)?.filter(|v| v.len() == channels).map(|values| Bias { site: BiasSite::Conv, values }),
-                    None => Some(Bias { site: BiasSite::Conv, values: vec![0.0; channels] }),
+                    Some(b) => floats(b)?.filter(|v| v.len() == channels).map(|values| Bias { site: BiasSite::Input2, values }),
+                    None => Some(Bias { site: BiasSite::Input2, values: vec![0.0; channels] }),
                 },
+                // Plain Gemms only: alpha and beta would scale the shift, transA moves K.
+                "Gemm"
+                    if ["alpha", "beta"].iter().all(|a| attribute(node, a).and_then(|a| a.f).is_none_or(|v| v == 1.0))
+                        && attribute(node, "transA").and_then(|a| a.i).unwrap_or(0) == 0 =>
+                {
+                    match node.input.get(2).filter(|b| !b.is_empty()) {
+                        Some(b) => floats(b)?.filter(|v| v.len() == channels).map(|values| Bias { site: BiasSite::Input2, values }),
+                        None => Some(Bias { site: BiasSite::Input2, values: vec![0.0; channels] }),
+                    }
+                }
                 "MatMul" => match readers.get(node_output.as_str()).map(Vec::as_slice) {
                     Some([add]) if add.op_type.as_deref() == Some("Add") && add.input.len() == 2 => {
                         let input = usize::from(add.input[0] == node_output);
@@ -177,7 +195,7 @@ pub fn quantizable_layers(model: &Model) -> Result<Vec<Layer>> {
                 },
                 _ => None,
             };
-            let groups = node.attribute.iter().find(|a| a.name.as_deref() == Some("group")).and_then(|a| a.i).unwrap_or(1).max(1) as usize;
+            let groups = attribute(node, "group").and_then(|a| a.i).unwrap_or(1).max(1) as usize;
             let activation = node.input.first().cloned().unwrap_or_default();
             layers.push(Layer { name: name.clone(), op, node_output, activation, groups, shape, layout, values, bias });
         }
@@ -194,7 +212,7 @@ pub fn apply_bias(graph: &mut GraphProto, layer: &Layer, values: &[f32]) -> Resu
     graph.initializer.retain(|t| t.name.as_deref() != Some(name.as_str()));
     graph.initializer.push(tensor);
     let (output, input) = match &bias.site {
-        BiasSite::Conv => (&layer.node_output, 2),
+        BiasSite::Input2 => (&layer.node_output, 2),
         BiasSite::Add { add_output, input } => (add_output, *input),
     };
     replace_input(graph, output, input, name)?;
@@ -441,7 +459,7 @@ mod tests {
         let n: usize = shape.iter().product();
         let values: Vec<f32> = (0..n).map(|i| ((i * 7919) % 211) as f32 / 100.0 - 1.05).collect();
         let channels = shape[layout.channel_axis];
-        let bias = Some(Bias { site: BiasSite::Conv, values: (0..channels).map(|c| c as f32 * 0.1).collect() });
+        let bias = Some(Bias { site: BiasSite::Input2, values: (0..channels).map(|c| c as f32 * 0.1).collect() });
         Layer { name: "w".into(), op: op.into(), node_output: "y".into(), activation: "x".into(), groups, shape, layout, values, bias }
     }
 
@@ -457,6 +475,7 @@ mod tests {
                     let o = i / (c * inner);
                     (o, (o / (m / l.groups)) * c + i / inner % c)
                 }
+                _ if l.layout.channel_axis == 0 => (i / l.shape[1], i % l.shape[1]),
                 _ => (i % l.shape[1], i / l.shape[1]),
             };
             out[o] += v * means[input];
@@ -470,6 +489,8 @@ mod tests {
             (layer("Conv", vec![6, 4, 3, 3], 1, Layout { channel_axis: 0, reduction_axis: 1 }), 4),
             (layer("Conv", vec![6, 2, 3, 3], 3, Layout { channel_axis: 0, reduction_axis: 1 }), 6),
             (layer("MatMul", vec![40, 5], 1, Layout { channel_axis: 1, reduction_axis: 0 }), 40),
+            (layer("Gemm", vec![40, 5], 1, Layout { channel_axis: 1, reduction_axis: 0 }), 40),
+            (layer("Gemm", vec![5, 40], 1, Layout { channel_axis: 0, reduction_axis: 1 }), 40),
         ];
         for (l, inputs) in cases {
             let means: Vec<f32> = (0..inputs).map(|i| 0.5 + i as f32 * 0.37).collect();

@@ -60,12 +60,24 @@ fn stream(
     })
 }
 
-/// The axis of `shape` that `axis` names.
-fn channel_axis(axis: ChannelAxis, shape: &[usize]) -> usize {
-    match axis {
-        ChannelAxis::Second => 1,
-        ChannelAxis::Last => shape.len().saturating_sub(1),
-    }
+/// [`stream`] for values observed per channel: `visit(name, values, shape, channel axis)`.
+fn stream_channels(
+    model: &ModelProto,
+    observed: &[(String, ChannelAxis)],
+    data: &Dataset,
+    batch: usize,
+    mut visit: impl FnMut(&str, &[f32], &[usize], usize) -> Result<()>,
+) -> Result<()> {
+    let names: Vec<&str> = observed.iter().map(|(n, _)| n.as_str()).collect();
+    let axes: HashMap<&str, ChannelAxis> = observed.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    stream(model, &names, data, batch, |name, values, shape| {
+        let at = match axes[name] {
+            ChannelAxis::Second => 1,
+            ChannelAxis::Last => shape.len().saturating_sub(1),
+        };
+        ensure!(at < shape.len(), "observed value '{name}' has shape {shape:?}, no channel axis");
+        visit(name, values, shape, at)
+    })
 }
 
 /// The second moments `Σ x xᵀ` of the vectors (along their channel axis) of each value in
@@ -76,12 +88,8 @@ pub fn input_hessians(
     data: &Dataset,
     batch: usize,
 ) -> Result<HashMap<String, Hessian>> {
-    let names: Vec<&str> = observed.iter().map(|(n, _)| n.as_str()).collect();
-    let axes: HashMap<&str, ChannelAxis> = observed.iter().map(|(n, a)| (n.as_str(), *a)).collect();
     let mut hessians: HashMap<String, Hessian> = HashMap::new();
-    stream(model, &names, data, batch, |name, values, shape| {
-        let at = channel_axis(axes[name], shape);
-        ensure!(at < shape.len(), "observed value '{name}' has shape {shape:?}, no channel axis");
+    stream_channels(model, observed, data, batch, |name, values, shape, at| {
         hessians
             .entry(name.to_string())
             .or_insert_with(|| Hessian::new(shape[at]))
@@ -98,12 +106,8 @@ pub fn channel_means(
     data: &Dataset,
     batch: usize,
 ) -> Result<HashMap<String, Vec<f32>>> {
-    let names: Vec<&str> = observed.iter().map(|(n, _)| n.as_str()).collect();
-    let axes: HashMap<&str, ChannelAxis> = observed.iter().map(|(n, a)| (n.as_str(), *a)).collect();
     let mut sums: HashMap<String, (Vec<f64>, f64)> = HashMap::new();
-    stream(model, &names, data, batch, |name, values, shape| {
-        let at = channel_axis(axes[name], shape);
-        ensure!(at < shape.len(), "observed value '{name}' has shape {shape:?}, no channel axis");
+    stream_channels(model, observed, data, batch, |name, values, shape, at| {
         let (channels, inner) = (shape[at], shape[at + 1..].iter().product::<usize>());
         let (sum, count) = sums.entry(name.to_string()).or_insert_with(|| (vec![0.0; channels], 0.0));
         ensure!(sum.len() == channels, "observed value '{name}' changed its channel count");

@@ -113,14 +113,18 @@ fn calibration(
     // GPTQ fits its samples: mixed precision measures sensitivities on others (the first
     // `sensitivity_samples`), or GPTQ-rounded weights would look better than they are. Too
     // small a calibration set keeps nearest rounding.
+    let unseen;
     let fitted = match config.uniform {
-        Some(_) => samples.head(samples.samples())?,
-        None => calib.range(config.sensitivity_samples..config.sensitivity_samples + samples.samples())?,
+        Some(_) => &samples,
+        None => {
+            unseen = calib.range(config.sensitivity_samples..config.sensitivity_samples + samples.samples())?;
+            &unseen
+        }
     };
     let int4 = precisions.iter().any(|p| matches!(p, Precision::Int4 { .. }));
     if config.rounding == Rounding::Gptq && int4 && (config.uniform.is_some() || fitted.samples() >= config.sensitivity_samples) {
         progress("calibrate second moments", 0, 1);
-        out.hessians = calibrate::input_hessians(proto, &inputs(&gptq::input_axis), &fitted, config.batch)?;
+        out.hessians = calibrate::input_hessians(proto, &inputs(&gptq::input_axis), fitted, config.batch)?;
         progress("calibrate second moments", 1, 1);
     }
     Ok(out)

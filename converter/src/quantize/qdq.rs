@@ -171,14 +171,11 @@ pub fn quantizable_layers(model: &Model) -> Result<Vec<Layer>> {
             let node_output = node.output.first().cloned().unwrap_or_default();
             let channels = shape[layout.channel_axis];
             let bias = match op.as_str() {
-                "Conv" => match node.input.get(2).filter(|b| !b.is_empty()) {
-                    Some(b) => floats(b)?.filter(|v| v.len() == channels).map(|values| Bias { site: BiasSite::Input2, values }),
-                    None => Some(Bias { site: BiasSite::Input2, values: vec![0.0; channels] }),
-                },
-                // Plain Gemms only: alpha and beta would scale the shift, transA moves K.
-                "Gemm"
-                    if ["alpha", "beta"].iter().all(|a| attribute(node, a).and_then(|a| a.f).is_none_or(|v| v == 1.0))
-                        && attribute(node, "transA").and_then(|a| a.i).unwrap_or(0) == 0 =>
+                // Gemms only when plain: alpha and beta would scale the shift, transA moves K.
+                "Conv" | "Gemm"
+                    if op == "Conv"
+                        || (["alpha", "beta"].iter().all(|a| attribute(node, a).and_then(|a| a.f).is_none_or(|v| v == 1.0))
+                            && attribute(node, "transA").and_then(|a| a.i).unwrap_or(0) == 0) =>
                 {
                     match node.input.get(2).filter(|b| !b.is_empty()) {
                         Some(b) => floats(b)?.filter(|v| v.len() == channels).map(|values| Bias { site: BiasSite::Input2, values }),
@@ -215,13 +212,12 @@ pub fn apply_bias(graph: &mut GraphProto, layer: &Layer, values: &[f32]) -> Resu
         BiasSite::Input2 => (&layer.node_output, 2),
         BiasSite::Add { add_output, input } => (add_output, *input),
     };
-    replace_input(graph, output, input, name)?;
-    Ok(())
+    replace_input(graph, output, input, name)
 }
 
 /// Points input `input` of the node writing `output` at `name`, dropping the initializer it
-/// read before unless something else still reads it. Returns the old input.
-fn replace_input(graph: &mut GraphProto, output: &str, input: usize, name: String) -> Result<String> {
+/// read before unless something else still reads it.
+fn replace_input(graph: &mut GraphProto, output: &str, input: usize, name: String) -> Result<()> {
     let node = graph
         .node
         .iter_mut()
@@ -235,7 +231,7 @@ fn replace_input(graph: &mut GraphProto, output: &str, input: usize, name: Strin
     if !read {
         graph.initializer.retain(|t| t.name.as_deref() != Some(old.as_str()));
     }
-    Ok(old)
+    Ok(())
 }
 
 /// Static activation quantization: each quantized activation gets one `QuantizeLinear →
@@ -323,8 +319,7 @@ fn integer_bias(graph: &mut GraphProto, l: &Lowered, q: ActivationQuant) -> Resu
             ..Default::default()
         },
     );
-    replace_input(graph, &l.layer.node_output, 2, restored)?;
-    Ok(())
+    replace_input(graph, &l.layer.node_output, 2, restored)
 }
 
 /// The opset a set of precisions needs: 21 for int4 blocks, 13 for per-axis int8.

@@ -12,7 +12,8 @@ const MODEL: &str = "models/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx";
 
 #[test]
 fn run_bundled_model_and_save_outputs() {
-    let out_path = std::env::temp_dir().join(format!("distq-cli-{}.npz", std::process::id()));
+    let scratch = tempfile::tempdir().unwrap();
+    let out_path = scratch.path().join("outputs.npz");
     let input = data_path("ppocr_cls.npz");
     let (ok, stdout, stderr) =
         distq(&["run", MODEL, "--input", input.to_str().unwrap(), "-o", out_path.to_str().unwrap(), "--repeat", "2"]);
@@ -22,7 +23,6 @@ fn run_bundled_model_and_save_outputs() {
     let saved = distq_converter::npz::read_npz(&out_path).unwrap();
     let probs = saved[0].1.as_slice::<f32>().unwrap();
     assert!((probs[0] + probs[1] - 1.0).abs() < 1e-5, "softmax output {probs:?}");
-    std::fs::remove_file(out_path).ok();
 }
 
 #[test]

@@ -26,7 +26,8 @@ fn mean_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 #[ignore = "real models + onnxruntime: run by tools/test.sh"]
 fn minilm_dynamic_int8_from_onnxruntime_quantizer() {
     let fp32 = model("minilm/all-MiniLM-L6-v2.onnx");
-    let int8 = std::env::temp_dir().join(format!("distq-minilm-dyn-int8-{}.onnx", std::process::id()));
+    let scratch = tempfile::tempdir().unwrap();
+    let int8 = scratch.path().join("minilm-dyn-int8.onnx");
     python_tool("ort_quantize.py", &["dynamic".as_ref(), fp32.as_os_str(), int8.as_os_str()]);
     let inputs_path = data("minilm_8x64.npz");
     let inputs = read_npz(&inputs_path).unwrap();
@@ -35,7 +36,6 @@ fn minilm_dynamic_int8_from_onnxruntime_quantizer() {
     let ours = &Session::load(&int8).unwrap().run(inputs.clone()).unwrap()[0].1;
     let reference = &onnxruntime_outputs(&fp32, &inputs_path)[0].1;
     let theirs = &onnxruntime_outputs(&int8, &inputs_path)[0].1;
-    std::fs::remove_file(&int8).ok();
     let (ours, reference, theirs) = (pooled(ours, &mask), pooled(reference, &mask), pooled(theirs, &mask));
 
     let ours_fp32 = mean_cosine(&ours, &reference);
@@ -62,12 +62,12 @@ fn minilm_int4_block32_from_onnxruntime_quantizer() {
     let inputs = read_npz(&inputs_path).unwrap();
     let mask = inputs.iter().find(|(n, _)| n == "attention_mask").unwrap().1.clone();
     let reference = pooled(&onnxruntime_outputs(&fp32, &inputs_path)[0].1, &mask);
+    let scratch = tempfile::tempdir().unwrap();
     for kind in ["int4", "int4-qdq", "int4-int8"] {
-        let int4 = std::env::temp_dir().join(format!("distq-minilm-{kind}-{}.onnx", std::process::id()));
+        let int4 = scratch.path().join(format!("minilm-{kind}.onnx"));
         python_tool("ort_quantize.py", &[kind.as_ref(), fp32.as_os_str(), int4.as_os_str()]);
         let ours = &Session::load(&int4).unwrap().run(inputs.clone()).unwrap()[0].1;
         let theirs = &onnxruntime_outputs(&int4, &inputs_path)[0].1;
-        std::fs::remove_file(&int4).ok();
         let (ours, theirs) = (pooled(ours, &mask), pooled(theirs, &mask));
         let ours_theirs = min_cosine(&ours, &theirs);
         println!(
@@ -121,7 +121,8 @@ fn ppocr_static_qdq_int8_from_onnxruntime_quantizer() {
     ] {
         let fp32 = model(rel);
         let inputs_path = data(&format!("ppocr_{name}.npz"));
-        let int8 = std::env::temp_dir().join(format!("distq-ppocr-{name}-qdq-{}.onnx", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let int8 = scratch.path().join(format!("ppocr-{name}-qdq.onnx"));
         python_tool("ort_quantize.py", &["static".as_ref(), fp32.as_os_str(), int8.as_os_str(), inputs_path.as_os_str()]);
         let loaded = Model::load(&int8).unwrap();
         let (out_name, step) = {
@@ -131,7 +132,6 @@ fn ppocr_static_qdq_int8_from_onnxruntime_quantizer() {
         let ours = Session::new(loaded).run(read_npz(&inputs_path).unwrap()).unwrap().remove(0).1;
         let fused = onnxruntime_outputs(&int8, &inputs_path).remove(0).1;
         let unfused = onnxruntime_outputs_in(&int8, &inputs_path, "unoptimized").remove(0).1;
-        std::fs::remove_file(&int8).ok();
         let tolerance = step * 1.001;
         let (vs_fused, max_fused) = disagreement(&ours, &fused, tolerance);
         let (vs_unfused, max_unfused) = disagreement(&ours, &unfused, tolerance);

@@ -10,11 +10,9 @@ use distq_runtime::{DataType, Model, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A scratch folder for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("distq-quantize-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch folder for one test, removed when the guard drops (also when the test fails).
+fn scratch(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("distq-quantize-{test}-")).tempdir().unwrap()
 }
 
 /// Near-Gaussian values (a sum of 12 uniforms from a 64-bit LCG), like trained weights.
@@ -64,8 +62,9 @@ fn report(path: &Path) -> serde_json::Value {
 
 #[test]
 fn every_precision_writes_a_loadable_qdq_model() {
-    let dir = scratch("uniform");
-    let (model, calib) = (embedding_model(&dir), ids(&dir, "calib.npz", 12));
+    let scratch = scratch("uniform");
+    let dir = scratch.path();
+    let (model, calib) = (embedding_model(dir), ids(dir, "calib.npz", 12));
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let mut sizes = Vec::new();
     for precision in ["fp16", "int8", "int4"] {
@@ -106,13 +105,13 @@ fn every_precision_writes_a_loadable_qdq_model() {
         sizes.push(size);
     }
     assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "fp16 > int8 > int4 bytes: {sizes:?}");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn mixed_precision_meets_a_size_budget() {
-    let dir = scratch("mixed");
-    let (model, calib, eval) = (embedding_model(&dir), ids(&dir, "calib.npz", 8), ids(&dir, "eval.npz", 5));
+    let scratch = scratch("mixed");
+    let dir = scratch.path();
+    let (model, calib, eval) = (embedding_model(dir), ids(dir, "calib.npz", 8), ids(dir, "eval.npz", 5));
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let (out, json, svg) = (dir.join("mixed.onnx"), dir.join("mixed.json"), dir.join("mixed.svg"));
     // fp32 weights are 192 KB; 60 KB forces int4 on the table and int8 or lower elsewhere.
@@ -145,7 +144,6 @@ fn mixed_precision_meets_a_size_budget() {
     let r = report(&json);
     assert_eq!(r["fp32_size_bytes"].as_u64().unwrap(), std::fs::metadata(&model).unwrap().len(), "external weights counted");
     assert!(r["metric_value"].as_f64().unwrap() >= 0.999);
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// `x[N, 4, 8, 8] → Conv(16×4×3×3, bias) → Relu → Conv(16×16×1×1, bias)`.
@@ -172,8 +170,9 @@ fn conv_model(dir: &Path) -> PathBuf {
 /// close to fp32 with every observer.
 #[test]
 fn observers_quantize_activations_statically() {
-    let dir = scratch("observer");
-    let model = conv_model(&dir);
+    let scratch = scratch("observer");
+    let dir = scratch.path();
+    let model = conv_model(dir);
     let calib = dir.join("images.npz");
     write_npz(&calib, &[("x".into(), Tensor::from_vec(vec![8, 4, 8, 8], values(8 * 256, 9, 1.0)).unwrap())]).unwrap();
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -202,13 +201,13 @@ fn observers_quantize_activations_statically() {
         assert!(ok, "{stderr}");
         assert!(stdout.contains("QLinearConv") && !stdout.lines().any(|l| l.starts_with("Conv ")), "{observer}: {stdout}");
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn bad_input_is_named_and_writes_nothing() {
-    let dir = scratch("bad");
-    let model = embedding_model(&dir);
+    let scratch = scratch("bad");
+    let dir = scratch.path();
+    let model = embedding_model(dir);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let npz = |name: &str, arrays: Vec<(&str, Tensor)>| {
         let path = dir.join(name);
@@ -219,7 +218,7 @@ fn bad_input_is_named_and_writes_nothing() {
     let wrong_dtype = npz("wrong_dtype.npz", vec![("ids", Tensor::from_vec(vec![2, 16], vec![1f32; 32]).unwrap())]);
     let wrong_rank = npz("wrong_rank.npz", vec![("ids", Tensor::from_vec(vec![32], vec![1i64; 32]).unwrap())]);
     let empty = npz("empty.npz", vec![("ids", Tensor::from_vec(vec![0, 16], Vec::<i64>::new()).unwrap())]);
-    let good = ids(&dir, "good.npz", 4);
+    let good = ids(dir, "good.npz", 4);
     let plain = dir.join("plain.onnx");
     let relu = ModelBuilder::new(17).input("ids", DataType::I64, &[-1, 16]).node("Neg", &["ids"], &["y"], vec![]).output(
         "y",
@@ -248,8 +247,7 @@ fn bad_input_is_named_and_writes_nothing() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!out.exists(), "{full:?} left an output file");
         let leftovers: Vec<_> =
-            std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+            std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -23,8 +23,8 @@ fn sentences(split: &str) -> PathBuf {
 #[ignore = "real models + onnxruntime: run by tools/test.sh"]
 fn minilm_mixed_precision_within_17_mb() {
     let fp32 = model("minilm/all-MiniLM-L6-v2.onnx");
-    let dir = std::env::temp_dir().join(format!("distq-quantize-minilm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new().prefix("distq-quantize-minilm-").tempdir().unwrap();
+    let dir = scratch.path();
     let (out, report) = (dir.join("minilm_mixed.onnx"), dir.join("report.json"));
     let (calib, eval) = (sentences("train"), sentences("test"));
     println!("calibration {}, evaluation {}", calib.display(), eval.display());
@@ -71,5 +71,4 @@ fn minilm_mixed_precision_within_17_mb() {
     );
     assert!(theirs_fp32 >= 0.99, "onnxruntime on our file: mean cosine {theirs_fp32}");
     assert!(ours_theirs >= 0.9999, "ours and onnxruntime disagree: min cosine {ours_theirs}");
-    std::fs::remove_dir_all(dir).ok();
 }

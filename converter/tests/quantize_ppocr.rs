@@ -44,8 +44,8 @@ fn agreement(a: &distq_runtime::Tensor, b: &distq_runtime::Tensor) -> f64 {
 #[test]
 #[ignore = "real models + onnxruntime: run by tools/test.sh"]
 fn ppocr_rec_mixed_precision_and_cls_int8_on_real_crops() {
-    let dir = std::env::temp_dir().join(format!("distq-quantize-ppocr-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::Builder::new().prefix("distq-quantize-ppocr-").tempdir().unwrap();
+    let dir = scratch.path();
     // (what, model, arguments, the agreement both runtimes must reach). The last quantizes
     // every layer's input too (uint8, ranges from the MSE observer): the static W8A8 form an
     // NPU takes, which costs the small classifier some agreement (onnxruntime's own int8
@@ -57,7 +57,7 @@ fn ppocr_rec_mixed_precision_and_cls_int8_on_real_crops() {
     ] {
         let kind = &what[..3];
         let fp32 = model(file);
-        let (calib, eval) = (crops(&dir, kind, "calib"), crops(&dir, kind, "eval"));
+        let (calib, eval) = (crops(dir, kind, "calib"), crops(dir, kind, "eval"));
         let out = dir.join(format!("{}_quantized.onnx", what.replace(' ', "_")));
         let r = quantize(&fp32, &out, &calib, &eval, &args);
         let (size, fp32_size, ours) =
@@ -81,5 +81,4 @@ fn ppocr_rec_mixed_precision_and_cls_int8_on_real_crops() {
             assert!(size <= 0.30 * fp32_size, "rec at {size} bytes of {fp32_size}");
         }
     }
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -20,11 +20,9 @@ fn assert_mentions(msg: &str, parts: &[&str]) {
     }
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("distq-bad-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch folder, removed when the returned guard drops (also when the test fails).
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("distq-bad-{tag}-")).tempdir().unwrap()
 }
 
 #[test]
@@ -38,7 +36,8 @@ fn truncated_file() {
 
 #[test]
 fn garbage_and_empty_files() {
-    let dir = temp_dir("garbage");
+    let scratch = temp_dir("garbage");
+    let dir = scratch.path();
     let path = dir.join("garbage.onnx");
     std::fs::write(&path, b"\x89PNG\r\n\x1a\n this is not a model at all \xff\xff\xff").unwrap();
     assert_mentions(&err_of(Model::load(&path)), &["garbage.onnx", "not a valid ONNX model"]);
@@ -195,13 +194,14 @@ fn external_model(dir: &std::path::Path, location: &str, offset: u64, length: u6
 
 #[test]
 fn external_data_is_confined_and_bounded() {
-    let dir = temp_dir("external");
+    let scratch = temp_dir("external");
+    let dir = scratch.path();
     let mut weights = vec![0u8; 64];
     weights.extend(1.5f32.to_le_bytes());
     weights.extend(2.5f32.to_le_bytes());
     std::fs::write(dir.join("weights.bin"), &weights).unwrap();
     // The good case: mapped in place from the aligned offset.
-    let ok = Session::load(external_model(&dir, "weights.bin", 64, 8)).unwrap();
+    let ok = Session::load(external_model(dir, "weights.bin", 64, 8)).unwrap();
     let y = ok.run(vec![("x", Tensor::from_vec(vec![2], vec![1f32, 1.]).unwrap())]).unwrap();
     assert_eq!(y[0].1.as_slice::<f32>().unwrap(), &[2.5, 3.5]);
 
@@ -213,20 +213,21 @@ fn external_data_is_confined_and_bounded() {
         ("nope.bin".into(), 0, 8, &["tensor 'w'", "nope.bin"]),
     ];
     for (loc, off, len, parts) in cases {
-        assert_mentions(&err_of(Model::load(external_model(&dir, &loc, off, len))), parts);
+        assert_mentions(&err_of(Model::load(external_model(dir, &loc, off, len))), parts);
     }
     #[cfg(unix)]
     {
         let outside = temp_dir("outside");
+        let outside = outside.path();
         std::fs::write(outside.join("secret.bin"), [0u8; 8]).unwrap();
         std::os::unix::fs::symlink(outside.join("secret.bin"), dir.join("link.bin")).unwrap();
         assert_mentions(
-            &err_of(Model::load(external_model(&dir, "link.bin", 0, 8))),
+            &err_of(Model::load(external_model(dir, "link.bin", 0, 8))),
             &["tensor 'w'", "outside the model folder", "symlink"],
         );
     }
     // In-memory models have no folder to resolve against.
-    let bytes = std::fs::read(external_model(&dir, "weights.bin", 64, 8)).unwrap();
+    let bytes = std::fs::read(external_model(dir, "weights.bin", 64, 8)).unwrap();
     assert_mentions(&err_of(Model::from_bytes(bytes)), &["tensor 'w'", "loaded from memory"]);
 }
 

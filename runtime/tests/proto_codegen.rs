@@ -9,12 +9,13 @@ use std::path::Path;
 fn checked_in_proto_code_is_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let descriptors = protox::compile([root.join("proto/onnx.proto")], [root.join("proto")]).expect("onnx.proto compiles");
-    let out = tempdir();
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path();
     prost_build::Config::new()
         // Every `bytes` field (raw_data above all) becomes `bytes::Bytes`: decoding from a
         // `Bytes` over the mmap then slices it instead of copying weights.
         .bytes(["."])
-        .out_dir(&out)
+        .out_dir(out)
         .compile_fds(descriptors)
         .expect("prost-build generates code");
     let generated = std::fs::read_to_string(out.join("onnx.rs")).unwrap();
@@ -27,11 +28,4 @@ fn checked_in_proto_code_is_current() {
     }
     let current = std::fs::read_to_string(&checked_in).unwrap_or_default();
     assert!(current == expected, "src/onnx/proto.rs is stale: rerun with DISTQ_BLESS=1");
-    std::fs::remove_dir_all(out).ok();
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("distq-protogen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -61,8 +61,8 @@ mod tests {
             .node("MatMul", &["x", "w"], &["y"], vec![])
             .output("y", DataType::F32, &[2, 20])
             .build();
-        let dir = std::env::temp_dir().join(format!("distq-writer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let path = dir.join("m.onnx");
         let written = write_model(&path, &model, true).unwrap();
         let data = std::fs::read(dir.join("m.onnx.data")).unwrap();
@@ -86,6 +86,5 @@ mod tests {
         let x = Tensor::from_vec(vec![2, 30], vec![1f32; 60]).unwrap();
         let y = Session::new(decoded).run(vec![("x", x)]).unwrap().remove(0).1;
         assert_eq!(y.as_slice::<f32>().unwrap()[0], (0..30).map(|r| (r * 20) as f32 * 0.25).sum::<f32>());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -39,12 +39,11 @@ pub fn onnxruntime_outputs(model: &Path, inputs: &Path) -> Vec<(String, Tensor)>
 /// [`onnxruntime_outputs`] with onnxruntime's graph optimizations `"optimized"` (default) or
 /// `"unoptimized"` (Q/DQ pairs run as written).
 pub fn onnxruntime_outputs_in(model: &Path, inputs: &Path, mode: &str) -> Vec<(String, Tensor)> {
-    let out =
-        std::env::temp_dir().join(format!("distq-ort-{}-{}-{mode}.npz", std::process::id(), model.file_stem().unwrap().to_string_lossy()));
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("outputs.npz");
     python_tool("ort_reference.py", &[model.as_os_str(), inputs.as_os_str(), out.as_os_str(), mode.as_ref()]);
-    let outputs = distq_converter::npz::read_npz(&out).unwrap();
-    std::fs::remove_file(out).ok();
-    outputs
+
+    distq_converter::npz::read_npz(&out).unwrap()
 }
 
 /// Largest |a - b| and the largest |b| (the output's scale).

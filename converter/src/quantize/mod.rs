@@ -7,6 +7,7 @@
 //! ([`metric`]): what is measured is what ships.
 
 pub mod calibrate;
+pub mod compact;
 pub mod gptq;
 pub mod metric;
 pub mod observe;
@@ -56,6 +57,9 @@ pub struct Config {
     /// on real models). GPTQ needs `2 × sensitivity_samples` calibration samples (it fits
     /// its own, the sensitivities are measured on others); with fewer, rounding is nearest.
     pub rounding: Rounding,
+    /// Rename internal tensors to short ids and drop node names ([`compact`]): the output
+    /// is smaller, and sizes are measured on that form.
+    pub compact_names: bool,
 }
 
 /// Calibration samples observed for bias correction (at least).
@@ -156,9 +160,16 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         qdq::MIN_VALUES
     );
     let layer_fp32: u64 = layers.iter().map(|l| 4 * l.params() as u64).sum();
+    // The written form of a graph: names compacted if asked.
+    let finish = |mut out: ModelProto| {
+        if config.compact_names {
+            compact::compact_names(&mut out);
+        }
+        out
+    };
     // Bytes outside the quantizable weights, plus what each restoring node and its tensors'
     // headers add (measured on real models: well under 200 bytes per layer).
-    let fixed = (proto.encoded_len() as u64).saturating_sub(layer_fp32) + 200 * layers.len() as u64;
+    let fixed = (finish(proto.clone()).encoded_len() as u64).saturating_sub(layer_fp32) + 200 * layers.len() as u64;
     let int4 = Precision::Int4 { block: config.block };
     let precisions = match config.uniform {
         Some(Precision::Int4 { .. }) => vec![Precision::Int8, int4],
@@ -172,7 +183,7 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     metric::check_applicable(config.metric, &reference_eval)?;
     // The written form of an assignment, and its metric on `data` against `reference`.
     let evaluate = |options: &[search::Options], a: &Assignment, data: &Dataset, reference: &[Tensor]| -> Result<(ModelProto, f64)> {
-        let out = search::written(proto, options, a)?;
+        let out = finish(search::written(proto, options, a)?);
         let session = Session::new(Model::from_bytes(out.encode_to_vec()).context("the quantized model does not load")?);
         let value = data.compare(config.metric, reference, &data.outputs(&session, config.batch)?)?;
         Ok((out, value))

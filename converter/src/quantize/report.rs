@@ -92,7 +92,9 @@ impl Report {
             self.metric_value,
             self.samples
         );
-        let _ = writeln!(s, "int4 rounding: {:?}", self.rounding);
+        if self.layers.iter().any(|l| l.precision.starts_with("int4")) {
+            let _ = writeln!(s, "int4 rounding: {:?}", self.rounding);
+        }
         if !self.front.is_empty() {
             let _ = writeln!(s, "front (size → summed {:?} loss of the lowered layers), every 4th point:", self.sensitivity_metric);
             for (i, p) in self.front.iter().enumerate().filter(|(i, p)| i % 4 == 0 || p.chosen) {

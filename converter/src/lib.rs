@@ -1,9 +1,9 @@
-//! distq's converter: model inspection and I/O today; distillation, calibration and
-//! mixed-precision quantization build on it. The `distq` binary is a thin shell over [`cli`].
+//! distq's converter: model inspection and I/O, calibration and mixed-precision quantization,
+//! and benchmarking; distillation builds on it. The `distq` binary is a thin shell over [`cli`].
 
 pub mod cli;
 pub mod fsutil;
+pub mod inputs;
 pub mod models;
 pub mod npz;
 pub mod quantize;
-pub mod sysinfo;

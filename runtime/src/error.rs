@@ -72,6 +72,17 @@ pub enum Error {
     /// (turned into [`Error::Unsupported`] with the node's identity at import).
     #[error("unsupported: {0}")]
     UnsupportedFeature(String),
+    /// An energy meter is absent, unreadable or gave values it cannot use.
+    #[error("energy meter {method}: {reason}")]
+    Energy {
+        /// `rapl`, `power-supply`, `odpm` or `model`.
+        method: &'static str,
+        /// What is wrong, naming the file.
+        reason: String,
+    },
+    /// Benchmark options that cannot be run (no timed iterations).
+    #[error("benchmark: {0}")]
+    Benchmark(String),
 }
 
 impl Error {

@@ -15,6 +15,8 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
+pub mod energy;
 pub mod error;
 mod fuse;
 pub mod graph;

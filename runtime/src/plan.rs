@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeKind};
-use crate::ops::{BufferPool, Fact, Op};
+use crate::ops::{BufferPool, Fact, Op, Work};
 use crate::tensor::{DataType, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +58,45 @@ impl Plan {
     pub fn step_ops(&self) -> Vec<(&str, &str)> {
         self.steps.iter().map(|s| (s.node.as_str(), s.op_type.as_str())).collect()
     }
+
+    /// What each step costs per run: its arithmetic and the bytes it reads and writes.
+    pub fn costs(&self) -> Vec<StepCost> {
+        let bytes = |f: &Fact| f.shape.iter().product::<usize>() * f.dtype.size();
+        self.steps
+            .iter()
+            .map(|step| {
+                let inputs: Vec<Option<&Fact>> = step.inputs.iter().map(|s| s.map(|s| &self.facts[s])).collect();
+                let outputs: Vec<Fact> = step.outputs.iter().flatten().map(|&s| self.facts[s].clone()).collect();
+                let (mut weight_bytes, mut activation_bytes) = (0, outputs.iter().map(bytes).sum());
+                for &s in step.inputs.iter().flatten() {
+                    match &self.constants[s] {
+                        Some(t) => weight_bytes += t.byte_len(),
+                        None => activation_bytes += bytes(&self.facts[s]),
+                    }
+                }
+                let work = step.op.work(&inputs, &outputs);
+                if let Some(read) = work.constant_bytes_read {
+                    weight_bytes = weight_bytes.min(read as usize);
+                }
+                StepCost { node: step.node.clone(), op_type: step.op_type.clone(), work, weight_bytes, activation_bytes }
+            })
+            .collect()
+    }
+}
+
+/// One step's cost per run (see [`Plan::costs`]).
+#[derive(Clone, Debug)]
+pub struct StepCost {
+    /// Node name.
+    pub node: String,
+    /// Op type (fused steps name their parts).
+    pub op_type: String,
+    /// Its arithmetic.
+    pub work: Work,
+    /// Bytes of constant inputs (weights) it reads.
+    pub weight_bytes: usize,
+    /// Bytes of computed inputs it reads and of outputs it writes.
+    pub activation_bytes: usize,
 }
 
 struct Planner {

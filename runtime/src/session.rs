@@ -136,7 +136,7 @@ impl Session {
     }
 
     /// Checks named inputs against the graph's declarations; returns them in graph order.
-    fn order_inputs<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>) -> Result<Vec<Tensor>> {
+    pub(crate) fn order_inputs<N: AsRef<str>>(&self, inputs: Vec<(N, Tensor)>) -> Result<Vec<Tensor>> {
         let declared = self.model.inputs();
         let mut by_name: HashMap<String, Tensor> = HashMap::new();
         for (name, t) in inputs {

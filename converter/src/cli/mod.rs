@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch; one file per subcommand.
 
+mod bench;
 mod inspect;
 mod quantize;
 mod run;
@@ -24,6 +25,9 @@ enum Command {
     /// Quantize a model's weights to QDQ ONNX: int8, int4, fp16, or mixed per layer from
     /// measured sensitivity.
     Quantize(quantize::Args),
+    /// Benchmark a model (optionally against another): load time, latency percentiles,
+    /// throughput, peak memory, size and energy per inference.
+    Bench(bench::Args),
 }
 
 /// Writes one line to stdout. A closed pipe (`distq inspect m.onnx | head`) is not an
@@ -47,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,9 +2,9 @@
 
 use super::inspect::dims_text;
 use super::say;
-use crate::npz::{read_npy, read_npz, write_npz};
-use crate::sysinfo::peak_rss_bytes;
+use crate::npz::write_npz;
 use anyhow::{Context, Result, bail};
+use distq_runtime::bench::peak_rss_bytes;
 use distq_runtime::{Session, Tensor};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,18 +32,6 @@ pub struct Args {
     threads: usize,
 }
 
-fn load_inputs(specs: &[String]) -> Result<Vec<(String, Tensor)>> {
-    let mut inputs = Vec::new();
-    for spec in specs {
-        match spec.split_once('=') {
-            Some((name, path)) => inputs.push((name.to_string(), read_npy(path.as_ref())?)),
-            None if spec.ends_with(".npy") => bail!("{spec}: give .npy inputs as NAME={spec}"),
-            None => inputs.extend(read_npz(spec.as_ref())?),
-        }
-    }
-    Ok(inputs)
-}
-
 fn summary(t: &Tensor) -> String {
     let values: Vec<f64> = match t.dtype() {
         distq_runtime::DataType::F32 => t.as_slice::<f32>().map(|v| v.iter().map(|&x| x as f64).collect()).unwrap_or_default(),
@@ -65,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
     let session = Session::load(&args.model)?;
     session.set_threads(args.threads);
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let inputs = load_inputs(&args.input)?;
+    let inputs = crate::inputs::load(&args.input)?;
     for i in session.model().inputs() {
         if !inputs.iter().any(|(n, _)| n == &i.name) {
             bail!(

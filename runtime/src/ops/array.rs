@@ -550,6 +550,10 @@ impl Gather {
 }
 
 impl Op for Gather {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::gather_work(inputs[0].map(|t| t.dtype), outputs)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (x, idx) = (required(inputs, 0)?, required(inputs, 1)?);
         ensure!(matches!(idx.dtype, DataType::I64 | DataType::I32), "indices have dtype {}, expected int64 or int32", idx.dtype);

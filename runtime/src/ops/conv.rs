@@ -212,6 +212,10 @@ impl Conv {
 }
 
 impl Op for Conv {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::Work::macs(super::output_elements(outputs) * super::per_filter(inputs, 1), false)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (x, w) = (required(inputs, 0)?, required(inputs, 1)?);
         expect_dtype(x, &[DataType::F32], "input X")?;
@@ -382,6 +386,12 @@ impl ConvTranspose {
 }
 
 impl Op for ConvTranspose {
+    fn work(&self, inputs: &[Option<&Fact>], _outputs: &[Fact]) -> super::Work {
+        // Each input element scatters into a `M/g × k…` window.
+        let x: usize = inputs[0].map_or(0, |x| x.shape.iter().product());
+        super::Work::macs(x * super::per_filter(inputs, 1), false)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (x, w) = (required(inputs, 0)?, required(inputs, 1)?);
         expect_dtype(x, &[DataType::F32], "input X")?;

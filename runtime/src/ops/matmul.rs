@@ -157,6 +157,12 @@ fn batch_strides(shape: &[usize], strides: &[usize], batch: &[usize]) -> Vec<usi
 }
 
 impl Op for MatMul {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        // K: A's last dim as the MatMul reads it (through its perm).
+        let k = inputs[0].and_then(|a| self.operand(0, &a.shape).ok()).and_then(|(shape, _)| shape.last().copied()).unwrap_or(0);
+        super::Work::macs(super::output_elements(outputs) * k, false)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
         expect_dtype(a, &[DataType::F32], "input A")?;
@@ -227,6 +233,11 @@ impl Gemm {
 }
 
 impl Op for Gemm {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        let k = super::input_dim(inputs, 0, if self.trans_a { 0 } else { 1 });
+        super::Work::macs(super::output_elements(outputs) * k, false)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
         expect_dtype(a, &[DataType::F32], "input A")?;

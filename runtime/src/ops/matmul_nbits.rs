@@ -143,6 +143,10 @@ crate::simd::widest_fn! {
 }
 
 impl Op for MatMulNBits {
+    fn work(&self, _inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::Work::macs(super::output_elements(outputs) * self.k, self.int8_compute)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let a = required(inputs, 0)?;
         expect_dtype(a, &[DataType::F32], "A")?;

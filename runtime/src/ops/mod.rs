@@ -144,6 +144,79 @@ pub trait Op: std::any::Any + Send + Sync + std::fmt::Debug {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>>;
     /// Computes the outputs.
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>>;
+    /// The arithmetic one evaluation does, for the energy model. The default suits
+    /// elementwise and data-movement ops: one simple operation per output element. Ops with
+    /// multiply-accumulate loops override it.
+    fn work(&self, _inputs: &[Option<&Fact>], outputs: &[Fact]) -> Work {
+        Work { other_ops: outputs.iter().map(|o| o.shape.iter().product::<usize>() as u64).sum(), ..Work::default() }
+    }
+}
+
+/// Arithmetic of one op evaluation, by the precision the runtime computes it in (fp16
+/// weights are expanded and multiplied in f32; int4 weights at int8 compute count as int8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    /// f32 multiply-accumulates.
+    pub f32_macs: u64,
+    /// 8-bit multiply-accumulates (32-bit accumulation).
+    pub int8_macs: u64,
+    /// Other operations (elementwise, reductions, data movement), one per element.
+    pub other_ops: u64,
+    /// Bytes of its constant inputs it reads, when not all of them (a Gather reads only the
+    /// rows it gathers).
+    pub constant_bytes_read: Option<u64>,
+}
+
+impl Work {
+    /// `macs` multiply-accumulates in f32 (`int8` false) or 8-bit integers.
+    pub fn macs(macs: usize, int8: bool) -> Work {
+        let macs = macs as u64;
+        if int8 { Work { int8_macs: macs, ..Work::default() } } else { Work { f32_macs: macs, ..Work::default() } }
+    }
+}
+
+impl std::ops::Add for Work {
+    type Output = Work;
+    fn add(self, o: Work) -> Work {
+        let constant_bytes_read = match (self.constant_bytes_read, o.constant_bytes_read) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        Work {
+            f32_macs: self.f32_macs + o.f32_macs,
+            int8_macs: self.int8_macs + o.int8_macs,
+            other_ops: self.other_ops + o.other_ops,
+            constant_bytes_read,
+        }
+    }
+}
+
+/// A gather's work: one move per output element, reading only the gathered rows of its
+/// table (input 0, elements of `table_dtype`).
+pub(crate) fn gather_work(table_dtype: Option<DataType>, outputs: &[Fact]) -> Work {
+    let elements = output_elements(outputs);
+    Work { other_ops: elements as u64, constant_bytes_read: table_dtype.map(|d| (elements * d.size()) as u64), ..Work::default() }
+}
+
+/// Elements of the first output: the count a MAC loop's outer loops run over.
+pub(crate) fn output_elements(outputs: &[Fact]) -> usize {
+    outputs.first().map_or(0, |o| o.shape.iter().product())
+}
+
+/// The size of dim `axis` (from the end when negative) of input `i`, 0 when absent.
+pub(crate) fn input_dim(inputs: &[Option<&Fact>], i: usize, axis: isize) -> usize {
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .and_then(|f| f.shape.get(if axis < 0 { f.shape.len().wrapping_add_signed(axis) } else { axis as usize }))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Weight values per output channel of a convolution weight (`M × C/g × k…`) at input `i`.
+pub(crate) fn per_filter(inputs: &[Option<&Fact>], i: usize) -> usize {
+    inputs.get(i).copied().flatten().map_or(0, |w| w.shape.iter().skip(1).product())
 }
 
 /// What an importer gets: the node's attributes, its input count and the model's opset.

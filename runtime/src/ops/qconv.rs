@@ -53,6 +53,10 @@ impl QLinearConv {
 }
 
 impl Op for QLinearConv {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::Work::macs(super::output_elements(outputs) * super::per_filter(inputs, 3), true)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (x, w) = (required(inputs, 0)?, required(inputs, 3)?);
         expect_dtype(x, &[DataType::U8, DataType::I8], "input x")?;

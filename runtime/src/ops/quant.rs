@@ -227,6 +227,10 @@ impl DequantizedGather {
 }
 
 impl Op for DequantizedGather {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::gather_work(inputs[0].map(|t| t.dtype), outputs)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let gathered = self.gather.infer(&[optional(inputs, 0), optional(inputs, 3)])?;
         self.dequantize.infer(&[Some(&gathered[0]), optional(inputs, 1), optional(inputs, 2)])
@@ -269,6 +273,16 @@ impl CompactWeights {
 }
 
 impl Op for CompactWeights {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        // The wrapped op's work, plus expanding the weights.
+        let Ok((mut op_inputs, expand)) = self.split(inputs) else { return super::Work::default() };
+        let Ok(mut expanded) = self.expand.infer(expand) else { return super::Work::default() };
+        let expanding = self.expand.work(expand, &expanded);
+        let weights = expanded.remove(0);
+        op_inputs[self.weight] = Some(&weights);
+        self.op.work(&op_inputs, outputs) + expanding
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (mut op_inputs, expand) = self.split(inputs)?;
         let weights = self.expand.infer(expand)?.remove(0);
@@ -464,6 +478,10 @@ pub(crate) fn activations_u8<'a>(a: &'a Tensor, zero: Option<&Tensor>) -> Result
 }
 
 impl Op for MatMulInteger {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::Work::macs(super::output_elements(outputs) * super::input_dim(inputs, 0, -1), true)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
         expect_dtype(a, &[DataType::U8, DataType::I8], "A")?;
@@ -533,6 +551,10 @@ pub struct MatMulIntegerToFloat {
 }
 
 impl Op for MatMulIntegerToFloat {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        self.matmul.work(inputs, outputs)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let facts = self.matmul.infer(&inputs[..4])?;
         let n = *facts[0].shape.last().unwrap_or(&1);
@@ -599,6 +621,10 @@ impl QLinearMatMul {
 }
 
 impl Op for QLinearMatMul {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::Work::macs(super::output_elements(outputs) * super::input_dim(inputs, 0, -1), true)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let facts = self.matmul.infer(&Self::gemm_inputs(inputs))?;
         let n = *facts[0].shape.last().unwrap_or(&1);

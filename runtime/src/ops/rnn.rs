@@ -74,6 +74,13 @@ impl Lstm {
 }
 
 impl Op for Lstm {
+    fn work(&self, inputs: &[Option<&Fact>], _outputs: &[Fact]) -> super::Work {
+        // Per step, batch row and direction: the four gates from the input and the state.
+        let (seq, batch, input) = (super::input_dim(inputs, 0, 0), super::input_dim(inputs, 0, 1), super::input_dim(inputs, 0, 2));
+        let per_row = 4 * self.hidden * (input + self.hidden);
+        super::Work::macs(seq * batch * self.directions.len() * per_row, false)
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let (seq, batch, _) = self.check(inputs)?;
         let (d, h) = (self.directions.len(), self.hidden);

@@ -5,30 +5,15 @@
 //! `.venv/bin/python`); without it the bench says what is missing instead of skipping
 //! silently.
 
+#[path = "common.rs"]
+mod common;
+
+use common::quantized;
 use criterion::{Criterion, criterion_group, criterion_main};
-use distq_converter::models::{data_path, model_path, workspace_root};
+use distq_converter::models::{data_path, model_path};
 use distq_converter::npz::read_npz;
 use distq_runtime::Session;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// The quantized model `kind` of `fp32`, made on first use.
-fn quantized(fp32: &Path, kind: &str) -> Option<PathBuf> {
-    let root = workspace_root();
-    let out = root.join("models/cache").join(format!("minilm_{kind}.onnx"));
-    if out.exists() {
-        return Some(out);
-    }
-    let python = std::env::var("DISTQ_PYTHON").unwrap_or_else(|_| root.join(".venv/bin/python").to_string_lossy().into_owned());
-    std::fs::create_dir_all(out.parent()?).ok()?;
-    let ok =
-        Command::new(&python).arg(root.join("tools/ort_quantize.py")).arg(kind).arg(fp32).arg(&out).status().is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("bench minilm {kind}: could not run tools/ort_quantize.py with {python} (run tools/test.sh once, or set DISTQ_PYTHON)");
-    }
-    ok.then_some(out)
-}
 
 fn minilm(c: &mut Criterion) {
     let Some(fp32) = model_path("minilm/all-MiniLM-L6-v2.onnx") else {

@@ -315,14 +315,19 @@ fn activation_bounds(g: &Planned, y: usize) -> Option<(usize, Bounds, usize)> {
     if op.downcast_ref::<Unary>() == Some(&Unary::Relu) {
         return Some((a, (Some(0.0), None), out));
     }
-    let clip = op.downcast_ref::<Clip>()?;
+    Some((a, clip_bounds(step, facts)?, out))
+}
+
+/// The bounds of a Clip step whose bounds are constant (attributes or constant inputs).
+fn clip_bounds(step: &Step, facts: &[Fact]) -> Option<Bounds> {
+    let clip = (step.op.as_ref() as &dyn Any).downcast_ref::<Clip>()?;
     let (mut lo, mut hi) = clip.attribute_bounds();
     for (i, bound) in [(1, &mut lo), (2, &mut hi)] {
         if let Some(s) = step.inputs.get(i).copied().flatten() {
             *bound = Some(facts[s].value.as_ref()?.as_slice::<f32>().ok()?.first().copied()?);
         }
     }
-    Some((a, (lo, hi), out))
+    Some((lo, hi))
 }
 
 /// `Gather` from a table folded out of `DequantizeLinear(constant)` → [`DequantizedGather`]
@@ -385,6 +390,10 @@ fn as_chain_step(step: &Step, v: usize, x: Option<usize>, facts: &[Fact]) -> Opt
     let op: &dyn Any = step.op.as_ref();
     if let Some(&u) = op.downcast_ref::<Unary>() {
         return (u.takes_f32() && step.inputs == [Some(v)]).then_some(ChainStep::Unary(u));
+    }
+    if op.is::<Clip>() {
+        let (lo, hi) = clip_bounds(step, facts)?;
+        return (step.inputs.first() == Some(&Some(v))).then_some(ChainStep::Clamp { lo, hi });
     }
     let op = *op.downcast_ref::<Binary>().filter(|&&b| chains_binary(b))?;
     let (w, other_first) = match step.inputs.as_slice() {
@@ -595,6 +604,44 @@ mod tests {
         let y = fused.run(vec![("x", x.clone())]).unwrap().remove(0).1;
         let want = split.run(vec![("x", x)]).unwrap().remove(0).1;
         assert_eq!(y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
+    }
+
+    /// HardSwish as paddle2onnx exports it, `x · Clip(x + 3, 0, 6) / 6`, with both bounds or
+    /// only the lower one; with `expose` the Clip output is also a graph output (the reference).
+    fn hard_swish(upper: bool, expose: bool) -> Session {
+        let clip_inputs: &[&str] = if upper { &["a", "zero", "six"] } else { &["a", "zero"] };
+        let mut m = ModelBuilder::new(13)
+            .input("x", DataType::F32, &[2, 900])
+            .initializer("three", &Tensor::scalar(3f32))
+            .initializer("zero", &Tensor::scalar(0f32))
+            .initializer("six", &Tensor::scalar(6f32))
+            .node("Add", &["x", "three"], &["a"], vec![])
+            .node("Clip", clip_inputs, &["c"], vec![])
+            .node("Mul", &["x", "c"], &["m"], vec![])
+            .node("Div", &["m", "six"], &["y"], vec![])
+            .output("y", DataType::F32, &[2, 900]);
+        if expose {
+            m = m.output("c", DataType::F32, &[2, 900]);
+        }
+        Session::new(Model::from_bytes(m.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn clip_joins_chains_bit_identically() {
+        let mut v: Vec<f32> = (0..1800).map(|i| (i as f32 - 900.0) * 0.011).collect();
+        v[7] = f32::NAN;
+        let x = Tensor::from_vec(vec![2, 900], v).unwrap();
+        let shapes = [(DataType::F32, vec![2, 900])];
+        for upper in [true, false] {
+            let (fused, split) = (hard_swish(upper, false), hard_swish(upper, true));
+            assert_eq!(plan_ops(&fused, &shapes), ["Chain(Add→Clip→Mul→Div)"]);
+            assert_eq!(plan_ops(&split, &shapes), ["Chain(Add→Clip)", "Mul", "Div"]);
+            let y = fused.run(vec![("x", x.clone())]).unwrap().remove(0).1;
+            let want = split.run(vec![("x", x.clone())]).unwrap().remove(0).1;
+            let (y, want) = (y.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
+            assert!(y.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "upper bound {upper}");
+            assert!(y[7].is_nan() && y[0] == 0.0, "NaN passes, values below -3 clip to 0");
+        }
     }
 
     /// Pseudo-random values in about [-4, 4).

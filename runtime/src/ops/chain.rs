@@ -4,7 +4,7 @@
 //! `Div → Erf → Add → Mul → Mul` is one); a lone unary op runs as a chain of one. Each step
 //! computes exactly what its standalone op computes, so fusion does not change results.
 
-use super::elementwise::{Binary, Unary};
+use super::elementwise::{Binary, Unary, clamp_in_place};
 use super::{BufferPool, Fact, Op, expect_dtype, out, required};
 use crate::error::Result;
 use crate::tensor::{DataType, Tensor};
@@ -29,6 +29,13 @@ pub enum ChainStep {
         op: Binary,
         /// Operand order.
         input_first: bool,
+    },
+    /// `v = Clip(v, lo, hi)` with constant bounds.
+    Clamp {
+        /// Lower bound, if any.
+        lo: Option<f32>,
+        /// Upper bound, if any.
+        hi: Option<f32>,
     },
 }
 
@@ -131,6 +138,7 @@ pub(crate) fn run_steps(steps: &[ChainStep], block: &[f32], v: &mut [f32]) {
             ChainStep::Unary(u) => u.apply_f32(v),
             ChainStep::Scalar { op, value, scalar_first } => binary_in_place(op, v, Operand::Scalar(value), scalar_first),
             ChainStep::Input { op, input_first } => binary_in_place(op, v, Operand::Slice(block), input_first),
+            ChainStep::Clamp { lo, hi } => clamp_in_place(v, lo, hi),
         }
     }
 }

@@ -218,6 +218,36 @@ impl Clip {
     }
 }
 
+/// Clamps `v` to `[lo, hi]` as Clip does (a NaN stays NaN); the bounds are matched once,
+/// outside the loops, so that each loop vectorizes.
+#[inline(always)]
+pub(crate) fn clamp_in_place<T: PartialOrd + Copy>(v: &mut [T], lo: Option<T>, hi: Option<T>) {
+    match (lo, hi) {
+        (Some(l), Some(h)) => {
+            for a in v.iter_mut() {
+                *a = if *a < l {
+                    l
+                } else if *a > h {
+                    h
+                } else {
+                    *a
+                };
+            }
+        }
+        (Some(l), None) => {
+            for a in v.iter_mut() {
+                *a = if *a < l { l } else { *a };
+            }
+        }
+        (None, Some(h)) => {
+            for a in v.iter_mut() {
+                *a = if *a > h { h } else { *a };
+            }
+        }
+        (None, None) => {}
+    }
+}
+
 fn import_clip(c: &ImportCtx) -> Result<Box<dyn Op>> {
     if c.opset < 11 {
         Ok(Box::new(Clip { min: Some(c.attrs.float("min", f32::MIN)?), max: Some(c.attrs.float("max", f32::MAX)?) }))
@@ -250,16 +280,8 @@ impl Op for Clip {
             };
             let (lo, hi) = (bound(1, self.min)?, bound(2, self.max)?);
             let mut v = pool.take(x.len());
-            v.extend(x.iter().map(|&a| {
-                let a = match lo {
-                    Some(l) if a < l => l,
-                    _ => a,
-                };
-                match hi {
-                    Some(h) if a > h => h,
-                    _ => a,
-                }
-            }));
+            v.extend_from_slice(x);
+            clamp_in_place(&mut v, lo, hi);
             Ok(vec![out(shape, v)?])
         })
     }

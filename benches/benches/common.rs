@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `(name, model under the models folder, inputs under models/data)`.
-#[allow(dead_code)] // each bench target uses its part
 pub const FP32_CASES: &[(&str, &str, &str)] = &[
     ("minilm_8x64", "minilm/all-MiniLM-L6-v2.onnx", "minilm_8x64.npz"),
     ("ppocr_det_192x384", "ppocr/ch_PP-OCRv4_det_infer.onnx", "ppocr_det.npz"),

@@ -5,6 +5,7 @@
 //! A runtime that cannot run a model gets its error in the table, not a silent gap.
 
 #[path = "common.rs"]
+#[allow(dead_code)] // each bench target uses its own part of it
 mod common;
 
 use common::{FP32_CASES, python, quantized};

@@ -3,6 +3,7 @@
 //! reported, not silently skipped.
 
 #[path = "common.rs"]
+#[allow(dead_code)] // each bench target uses its own part of it
 mod common;
 
 use common::FP32_CASES;

@@ -6,6 +6,7 @@
 //! silently.
 
 #[path = "common.rs"]
+#[allow(dead_code)] // each bench target uses its own part of it
 mod common;
 
 use common::quantized;

@@ -75,7 +75,7 @@ pub struct Args {
     #[arg(long)]
     no_bias_correction: bool,
     /// Quantize int8 layers' inputs statically (uint8 per tensor) with ranges from this
-    /// observer; without it inputs stay float and are quantized per row at run time.
+    /// observer; without it inputs stay float (weight-only quantization).
     #[arg(long, value_enum)]
     observer: Option<Observer>,
     /// How int4 weights are rounded: GPTQ compensates each MatMul / 1×1 Conv weight's

@@ -51,7 +51,7 @@ pub struct Config {
     /// Correct each lowered layer's mean output shift in its bias.
     pub bias_correction: bool,
     /// Quantize int8 layers' inputs statically, with ranges from this observer (`None`: the
-    /// inputs stay float and the runtime quantizes them per row).
+    /// inputs stay float: weight-only quantization).
     pub observer: Option<Observer>,
     /// How int4 weights are rounded (int8 is always rounded to nearest: GPTQ did not help it
     /// on real models). GPTQ needs `2 × sensitivity_samples` calibration samples (it fits

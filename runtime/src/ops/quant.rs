@@ -98,6 +98,15 @@ impl QuantParams {
     fn runs(&self, len: usize, mut f: impl FnMut(Range<usize>, Params)) {
         match self.layout {
             Layout::Tensor => f(0..len, Params::One(self.scales[0], self.zeros[0])),
+            // The axis is the innermost: each row runs over every channel's parameters (runs
+            // of one element each would cost a call per element: a MatMul weight `[K, N]`
+            // quantized per output column).
+            Layout::Axis { len: channels, inner: 1 } => {
+                for start in (0..len).step_by(channels.max(1)) {
+                    let end = (start + channels).min(len);
+                    f(start..end, Params::Each(&self.scales[..end - start], &self.zeros[..end - start]));
+                }
+            }
             Layout::Axis { len: channels, inner } => {
                 for (c, start) in (0..len).step_by(inner.max(1)).enumerate() {
                     f(start..(start + inner).min(len), Params::One(self.scales[c % channels], self.zeros[c % channels]));

@@ -23,7 +23,7 @@ pub enum EnergySource {
 pub struct BenchOptions {
     /// Timed runs (at least 1).
     pub iters: usize,
-    /// Untimed runs first (planning, caches, buffer pool).
+    /// Untimed runs first (caches, buffer pool; the plan is made before them in any case).
     pub warmup: usize,
     /// Energy source.
     pub energy: EnergySource,
@@ -132,12 +132,12 @@ impl Session {
             return Err(Error::Benchmark("iters is 0: at least one timed run is needed".into()));
         }
         let inputs: Vec<(String, Tensor)> = inputs.into_iter().map(|(n, t)| (n.as_ref().to_string(), t)).collect();
-        for _ in 0..options.warmup.max(1) {
-            self.run(inputs.clone())?;
-        }
-        // The plan the runs used (keyed by the inputs in graph order).
+        // The plan the runs use (keyed by the inputs in graph order), made before any timing.
         let key: Vec<_> = self.order_inputs(inputs.clone())?.iter().map(|t| (t.dtype(), t.shape().to_vec())).collect();
         let plan = self.plan_for(&key)?;
+        for _ in 0..options.warmup {
+            self.run(inputs.clone())?;
+        }
         let model = estimate(&plan, &HOROWITZ_45NM);
         let (mut meter, mut notes) = match options.energy {
             EnergySource::Only(Method::Model) => (None, Vec::new()),

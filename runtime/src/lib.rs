@@ -16,6 +16,8 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+#[cfg(feature = "capi")]
+pub mod capi;
 pub mod energy;
 pub mod error;
 mod fuse;

@@ -175,6 +175,19 @@ macro_rules! elements {
             fn dtype(&self) -> DataType { match self { $(TensorData::$variant(_) => DataType::$variant,)* TensorData::Bool(_) => DataType::Bool } }
             fn len(&self) -> usize { match self { $(TensorData::$variant(b) => b.as_slice().len(),)* TensorData::Bool(v) => v.len() } }
             fn is_mapped(&self) -> bool { match self { $(TensorData::$variant(b) => matches!(b, Buffer::Mapped(_)),)* TensorData::Bool(_) => false } }
+            fn as_le_bytes(&self) -> &[u8] {
+                // Safety: every element type is plain old data (`Bool` is repr(transparent) over
+                // u8), so its storage may be viewed as bytes; on little-endian targets (checked
+                // above) those are the ONNX raw-data bytes.
+                fn bytes<T>(s: &[T]) -> &[u8] { unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) } }
+                match self { $(TensorData::$variant(b) => bytes(b.as_slice()),)* TensorData::Bool(v) => bytes(v) }
+            }
+            fn detached(&self) -> TensorData {
+                match self {
+                    $(TensorData::$variant(b @ Buffer::Mapped(_)) => TensorData::$variant(Buffer::Owned(Arc::new(b.as_slice().to_vec()))),)*
+                    owned => owned.clone(),
+                }
+            }
             fn from_le_bytes(dtype: DataType, bytes: Bytes) -> Result<TensorData> {
                 match dtype {
                     $(DataType::$variant => Ok(TensorData::$variant(Buffer::from_le_bytes(bytes)?)),)*
@@ -292,6 +305,24 @@ impl Tensor {
     /// True when the data is read in place from the model file.
     pub fn is_mapped(&self) -> bool {
         self.data.is_mapped()
+    }
+
+    /// The element data as little-endian bytes (ONNX `raw_data` layout; bools as 0/1 bytes).
+    ///
+    /// ```
+    /// use distq_runtime::Tensor;
+    /// let t = Tensor::from_vec(vec![2], vec![1i32, -1])?;
+    /// assert_eq!(t.as_le_bytes(), &[1, 0, 0, 0, 255, 255, 255, 255]);
+    /// # Ok::<(), distq_runtime::Error>(())
+    /// ```
+    pub fn as_le_bytes(&self) -> &[u8] {
+        self.data.as_le_bytes()
+    }
+
+    /// The same tensor with storage of its own: data read in place from the model file or
+    /// from caller memory is copied, owned storage is shared as by `clone`.
+    pub fn detached(&self) -> Tensor {
+        Tensor { shape: self.shape.clone(), data: self.data.detached() }
     }
 
     /// The elements, if the dtype is `T`.

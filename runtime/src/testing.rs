@@ -200,3 +200,54 @@ pub fn add_one_model() -> Vec<u8> {
         .output("y", DataType::F32, &[-1])
         .to_bytes()
 }
+
+/// Writes named tensors to `dir` in the plain format the C and Java wrapper tests read and
+/// write: `dir/<manifest>` has one line per tensor, `name dtype-code rank dims… file`, and
+/// each file holds the raw little-endian elements.
+///
+/// ```
+/// use distq_runtime::Tensor;
+/// use distq_runtime::testing::{read_raw_tensors, write_raw_tensors};
+/// let dir = std::env::temp_dir().join(format!("distq-raw-doc-{}", std::process::id()));
+/// let t = vec![("x".to_string(), Tensor::from_vec(vec![2], vec![1i64, 2])?)];
+/// write_raw_tensors(&dir, "inputs.txt", &t).unwrap();
+/// let back = read_raw_tensors(&dir, "inputs.txt").unwrap();
+/// assert_eq!(back[0].1.as_slice::<i64>()?, &[1, 2]);
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), distq_runtime::Error>(())
+/// ```
+pub fn write_raw_tensors(dir: &std::path::Path, manifest: &str, tensors: &[(String, Tensor)]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let stem = manifest.trim_end_matches(".txt");
+    let mut lines = String::new();
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let file = format!("{stem}{i}.bin");
+        std::fs::write(dir.join(&file), t.as_le_bytes())?;
+        let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+        lines += &format!("{name} {} {} {} {file}\n", t.dtype().onnx_code(), t.shape().len(), dims.join(" "));
+    }
+    std::fs::write(dir.join(manifest), lines)
+}
+
+/// Reads what [`write_raw_tensors`] (or a wrapper test) wrote.
+pub fn read_raw_tensors(dir: &std::path::Path, manifest: &str) -> std::io::Result<Vec<(String, Tensor)>> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {what}", dir.join(manifest).display()));
+    let text = std::fs::read_to_string(dir.join(manifest))?;
+    text.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let number = |i: usize| fields.get(i).and_then(|f| f.parse::<usize>().ok()).ok_or_else(|| bad(format!("bad line '{line}'")));
+            let dtype = fields
+                .get(1)
+                .and_then(|f| f.parse().ok())
+                .and_then(DataType::from_onnx)
+                .ok_or_else(|| bad(format!("bad dtype in '{line}'")))?;
+            let rank = number(2)?;
+            let shape = (0..rank).map(|d| number(3 + d)).collect::<std::io::Result<Vec<usize>>>()?;
+            let file = fields.get(3 + rank).ok_or_else(|| bad(format!("no file in '{line}'")))?;
+            let bytes = std::fs::read(dir.join(file))?;
+            let t = Tensor::from_le_bytes(dtype, shape, bytes.into()).map_err(|e| bad(e.to_string()))?;
+            Ok((fields[0].to_string(), t))
+        })
+        .collect()
+}

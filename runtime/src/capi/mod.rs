@@ -114,15 +114,20 @@ pub(crate) fn entry(body: impl FnOnce() -> Result<(), Failure>) -> DistqStatus {
             failure.status
         }
         Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
-            set_last_error(&format!("internal error (a bug in distq, please report it): {what}"));
+            set_last_error(&panic_message(payload.as_ref()));
             DistqStatus::Internal
         }
     }
+}
+
+/// The message a caught panic is reported with (here and by the Java wrapper).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    format!("internal error (a bug in distq, please report it): {what}")
 }
 
 /// `pointer` as a reference, or a NullArgument failure naming `what`.

@@ -1,0 +1,96 @@
+//! The Java API in a real JVM (JDK 17, `javac`, `java -Xcheck:jni`) over the host-built
+//! `libdistq_jni.so`: every error path becomes the right Java exception without crashing the
+//! JVM, one session serves several Java threads, and real models give outputs equal to the
+//! Rust API's bit for bit.
+
+use distq_runtime::testing::{add_one_model, read_raw_tensors, write_raw_tensors};
+use distq_runtime::{Session, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The folder holding `libdistq_jni.so` (`target/<profile>`, beside this test's `deps/`).
+fn library_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    assert!(dir.join("libdistq_jni.so").is_file(), "{}/libdistq_jni.so is missing: `cargo test -p distq-android` builds it", dir.display());
+    dir
+}
+
+fn tool(name: &str) -> Command {
+    let cmd = Command::new(name);
+    assert!(
+        Command::new(name).arg("-version").output().is_ok(),
+        "`{name}` not found: these tests need a JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)"
+    );
+    cmd
+}
+
+/// Compiles the API and the test program into `dir/classes`.
+fn compile(dir: &Path) -> PathBuf {
+    let android = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let classes = dir.join("classes");
+    let sources = ["DistqException", "Tensor", "BenchmarkResult", "Outputs", "Session"]
+        .iter()
+        .map(|c| android.join(format!("java/dev/distq/{c}.java")))
+        .chain([android.join("tests/java/dev/distq/SessionTest.java")]);
+    let output = tool("javac").args(["-Xlint:all", "-Werror", "--release", "17", "-d"]).arg(&classes).args(sources).output().unwrap();
+    assert!(output.status.success(), "javac failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    classes
+}
+
+/// Runs `dev.distq.SessionTest` with `args`; JNI misuse warnings from -Xcheck:jni fail it.
+fn java(classes: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    let output = tool("java")
+        .arg("-Xcheck:jni")
+        .arg(format!("-Djava.library.path={}", library_dir().display()))
+        .arg("-cp")
+        .arg(classes)
+        .arg("dev.distq.SessionTest")
+        .args(args)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("{stdout}");
+    assert!(output.status.success(), "the JVM run failed ({}):\n{stdout}\n{stderr}", output.status);
+    assert!(!stderr.contains("WARNING"), "-Xcheck:jni warned:\n{stderr}");
+    output
+}
+
+#[test]
+fn java_api_throws_the_right_exceptions_and_serves_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes = compile(dir.path());
+    let model = dir.path().join("add_one.onnx");
+    std::fs::write(&model, add_one_model()).unwrap();
+    let output = java(&classes, &["errors".as_ref(), model.as_os_str()]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains(", 0 failed"));
+}
+
+/// Runs `model` on `inputs` through the Java API and through [`Session::run`].
+fn assert_java_matches_rust(classes: &Path, model: &Path, inputs: Vec<(String, Tensor)>) {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw_tensors(dir.path(), "inputs.txt", &inputs).unwrap();
+    java(classes, &["run".as_ref(), model.as_os_str(), dir.path().as_os_str()]);
+    let from_java = read_raw_tensors(dir.path(), "outputs.txt").unwrap();
+    let from_rust = Session::load(model).unwrap().run(inputs).unwrap();
+    assert_eq!(from_java.len(), from_rust.len());
+    for ((java_name, j), (name, r)) in from_java.iter().zip(&from_rust) {
+        assert_eq!((java_name, j.dtype(), j.shape()), (name, r.dtype(), r.shape()));
+        assert!(j.as_le_bytes() == r.as_le_bytes(), "output '{name}' of {} differs between Java and Rust", model.display());
+    }
+    println!("{}: {} outputs equal to the Rust API's", model.display(), from_java.len());
+}
+
+#[test]
+#[ignore = "real models: tools/test.sh runs it"]
+fn java_api_runs_real_models_like_the_rust_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes = compile(dir.path());
+    let real = |rel: &str| {
+        distq_converter::models::model_path(rel)
+            .unwrap_or_else(|| panic!("model {rel} is missing: run models/fetch.sh (or set DISTQ_MODELS_DIR)"))
+    };
+    let data = |name| distq_converter::npz::read_npz(&distq_converter::models::data_path(name)).unwrap();
+    assert_java_matches_rust(&classes, &real("minilm/all-MiniLM-L6-v2.onnx"), data("minilm_8x64.npz"));
+    assert_java_matches_rust(&classes, &real("ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx"), data("ppocr_cls.npz"));
+}

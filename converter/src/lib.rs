@@ -7,3 +7,4 @@ pub mod inputs;
 pub mod models;
 pub mod npz;
 pub mod quantize;
+pub mod reference;

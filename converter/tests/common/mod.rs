@@ -4,7 +4,6 @@
 
 use distq_runtime::Tensor;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A model file; fails loudly when it is missing.
 pub fn model(rel: &str) -> PathBuf {
@@ -17,18 +16,9 @@ pub fn data(name: &str) -> PathBuf {
     distq_converter::models::data_path(name)
 }
 
-fn python() -> String {
-    std::env::var("DISTQ_PYTHON").expect("DISTQ_PYTHON must name a python with onnxruntime (tools/test.sh sets it)")
-}
-
 /// Runs one of the `tools/` Python scripts with `$DISTQ_PYTHON`.
 pub fn python_tool(script: &str, args: &[&std::ffi::OsStr]) {
-    let status = Command::new(python())
-        .arg(distq_converter::models::workspace_root().join("tools").join(script))
-        .args(args)
-        .status()
-        .expect("python runs");
-    assert!(status.success(), "tools/{script} failed");
+    distq_converter::reference::python_tool(script, args).unwrap();
 }
 
 /// Runs `model` on `inputs` in onnxruntime through `$DISTQ_PYTHON` (the test script's venv).
@@ -39,20 +29,12 @@ pub fn onnxruntime_outputs(model: &Path, inputs: &Path) -> Vec<(String, Tensor)>
 /// [`onnxruntime_outputs`] with onnxruntime's graph optimizations `"optimized"` (default) or
 /// `"unoptimized"` (Q/DQ pairs run as written).
 pub fn onnxruntime_outputs_in(model: &Path, inputs: &Path, mode: &str) -> Vec<(String, Tensor)> {
-    let scratch = tempfile::tempdir().unwrap();
-    let out = scratch.path().join("outputs.npz");
-    python_tool("ort_reference.py", &[model.as_os_str(), inputs.as_os_str(), out.as_os_str(), mode.as_ref()]);
-
-    distq_converter::npz::read_npz(&out).unwrap()
+    distq_converter::reference::onnxruntime_outputs(model, inputs, mode).unwrap()
 }
 
 /// Largest |a - b| and the largest |b| (the output's scale).
 pub fn max_diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
-    assert_eq!(a.shape(), b.shape(), "shapes differ");
-    let (a, b) = (a.as_slice::<f32>().unwrap(), b.as_slice::<f32>().unwrap());
-    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
-    (diff, scale)
+    distq_converter::reference::max_diff(a, b).unwrap()
 }
 
 /// Mean-pooled (over the attention mask) sentence embeddings of a [batch, seq, hidden] output.

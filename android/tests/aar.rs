@@ -10,8 +10,7 @@ use std::process::Command;
 #[test]
 fn build_aar_packages_the_java_api_and_the_native_libraries() {
     let android = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = std::env::current_exe().unwrap();
-    let library = exe.parent().and_then(Path::parent).unwrap().join("libdistq_jni.so");
+    let library = distq_converter::native_lib::build("distq-android", "libdistq_jni.so").unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("prebuilt/x86_64")).unwrap();
     std::fs::copy(&library, dir.path().join("prebuilt/x86_64/libdistq_jni.so")).unwrap();

@@ -7,12 +7,10 @@ use distq_runtime::testing::{add_one_model, read_raw_tensors, write_raw_tensors}
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The folder holding `libdistq_jni.so` (`target/<profile>`, beside this test's `deps/`).
+/// The folder holding `libdistq_jni.so`, built now (see `distq_converter::native_lib`).
 fn library_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    assert!(dir.join("libdistq_jni.so").is_file(), "{}/libdistq_jni.so is missing: `cargo test -p distq-android` builds it", dir.display());
-    dir
+    let library = distq_converter::native_lib::build("distq-android", "libdistq_jni.so").unwrap();
+    library.parent().unwrap().to_path_buf()
 }
 
 fn tool(name: &str) -> Command {

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod fsutil;
 pub mod inputs;
 pub mod models;
+pub mod native_lib;
 pub mod npz;
 pub mod quantize;
 pub mod reference;

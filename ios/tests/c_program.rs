@@ -6,12 +6,9 @@ use distq_runtime::testing::{add_one_model, read_raw_tensors, write_raw_tensors}
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The static library cargo built beside this test binary (`target/<profile>/libdistq.a`).
+/// `libdistq.a`, built now (see `distq_converter::native_lib`).
 fn static_library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().and_then(Path::parent).unwrap().join("libdistq.a");
-    assert!(lib.is_file(), "{} is missing: `cargo test -p distq-ios` builds it", lib.display());
-    lib
+    distq_converter::native_lib::build("distq-ios", "libdistq.a").unwrap()
 }
 
 /// Compiles `tests/c/distq_c_test.c` into `dir` and returns the executable.

@@ -97,6 +97,9 @@ static int misuse(const char *model_path) {
     CHECK(distq_outputs_find(outputs, "nope", &view) == DISTQ_STATUS_INVALID_ARGUMENT && error_says("no output is called 'nope'"), "unknown output");
     CHECK(distq_outputs_get(outputs, 1, &view) == DISTQ_STATUS_INVALID_ARGUMENT, "output index out of range");
     distq_outputs_free(outputs);
+    /* Freed handles are refused, not dereferenced; freeing twice is harmless. */
+    CHECK(distq_outputs_count(outputs, &n) == DISTQ_STATUS_INVALID_ARGUMENT && error_says("freed already"), "freed outputs");
+    distq_outputs_free(outputs);
     outputs = NULL;
   }
 
@@ -128,6 +131,10 @@ static int misuse(const char *model_path) {
   CHECK(distq_session_benchmark(session, &input, 1, 10, 1, &bench) == DISTQ_STATUS_OK, "benchmark");
   CHECK(bench.iters == 10 && bench.p50_ms > 0.0 && bench.p50_ms <= bench.max_ms && bench.joules_per_inference > 0.0, "benchmark figures");
 
+  distq_session_free(session);
+  input = f32_tensor("x", shape, 1, x, 3);
+  CHECK(distq_session_run(session, &input, 1, &outputs) == DISTQ_STATUS_INVALID_ARGUMENT && error_says("freed already"), "freed session");
+  CHECK(distq_session_input_count(session, &n) == DISTQ_STATUS_INVALID_ARGUMENT, "freed session count");
   distq_session_free(session);
   printf("c misuse: %d checks, %d failed\n", checks, failures);
   return failures != 0;

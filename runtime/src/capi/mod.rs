@@ -6,18 +6,22 @@
 //!   naming the problem (file, input, node, dim); it is kept per thread until the next failing
 //!   call on that thread. Out-parameters are set to NULL (or zero) first, so a failed call
 //!   never leaves a dangling handle behind.
-//! - Objects are opaque handles freed by their `_free` function, which accepts NULL.
+//! - Objects are opaque, generation-checked handles (not addresses) freed by their `_free`
+//!   function. NULL, freed, forged and wrong-kind handles are reported
+//!   (`DISTQ_STATUS_NULL_ARGUMENT`, `DISTQ_STATUS_INVALID_ARGUMENT`), never dereferenced;
+//!   freeing twice is harmless.
 //! - Input tensors are borrowed for the duration of the call only: the runtime copies nothing
 //!   it does not have to and keeps no pointer into them afterwards. Outputs are owned by a
 //!   [`DistqOutputs`] until it is freed.
 //! - Thread safety: a session may be used from several threads at once (runs, benchmarks,
-//!   queries); each run gets its own working memory. Freeing a session while another thread
-//!   still uses it is undefined behaviour, as for any C object. A `DistqOutputs` may be read
-//!   from several threads; it is freed by one.
+//!   queries); each run gets its own working memory. Freeing a session while other threads
+//!   run it is safe: their calls finish, later ones fail. Pointers the library hands out (names,
+//!   output views) stay valid until their owner is freed.
 //! - No panic crosses the boundary: every entry point catches unwinding and returns
 //!   [`DistqStatus::Internal`] (the wrappers are built with `panic = "unwind"` for this).
 
 mod borrow;
+mod handles;
 mod outputs;
 mod session;
 #[cfg(test)]
@@ -128,15 +132,6 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into());
     format!("internal error (a bug in distq, please report it): {what}")
-}
-
-/// `pointer` as a reference, or a NullArgument failure naming `what`.
-///
-/// # Safety
-/// A non-null `pointer` must point to a valid `T` for `'a`.
-pub(crate) unsafe fn non_null<'a, T>(pointer: *const T, what: &str) -> Result<&'a T, Failure> {
-    // Safety: the caller's contract.
-    unsafe { pointer.as_ref() }.ok_or_else(|| Failure::new(DistqStatus::NullArgument, format!("{what} is NULL")))
 }
 
 /// An out-parameter as a mutable reference, or a NullArgument failure naming `what`.

@@ -1,12 +1,14 @@
 //! Tensors across the ABI, running a session and reading its outputs, and benchmarks.
 
 use super::borrow::{BorrowedInput, benchmark_borrowed, run_borrowed};
-use super::session::DistqSession;
-use super::{DistqStatus, Failure, c_str, entry, non_null, out_ptr};
+use super::handles::Handles;
+use super::session::{DistqSession, session_of};
+use super::{DistqStatus, Failure, c_str, entry, out_ptr};
 use crate::bench::{BenchOptions, EnergySource};
 use crate::energy::Method;
 use crate::{DataType, Tensor};
 use std::ffi::{CString, c_char, c_void};
+use std::sync::Arc;
 
 /// `float` (ONNX dtype codes).
 pub const DISTQ_DTYPE_FLOAT: i32 = 1;
@@ -45,10 +47,18 @@ pub struct DistqTensor {
     pub byte_len: usize,
 }
 
-/// The outputs of one run (opaque), in the model's output order. Free with
-/// `distq_outputs_free`.
+/// The outputs of one run (opaque: a generation-checked handle, like `DistqSession*`), in the
+/// model's output order. Free with `distq_outputs_free`.
 pub struct DistqOutputs {
     entries: Vec<OwnedOutput>,
+}
+
+/// The live outputs.
+static OUTPUTS: Handles<DistqOutputs> = Handles::new(2);
+
+/// The outputs behind a handle (see `Handles::resolve`).
+fn outputs_of(handle: *const DistqOutputs) -> Result<Arc<DistqOutputs>, Failure> {
+    OUTPUTS.resolve(handle, "outputs")
 }
 
 struct OwnedOutput {
@@ -134,8 +144,7 @@ fn borrowed<'a>(parts: &'a [InputParts<'a>]) -> Vec<BorrowedInput<'a>> {
 /// read in place during the call (no copy) and may be reused or freed when it returns.
 ///
 /// # Safety
-/// `session` must be NULL or a live session; `inputs` must hold `count` valid `DistqTensor`s;
-/// `out` must point to writable storage.
+/// `inputs` must hold `count` valid `DistqTensor`s; `out` must point to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn distq_session_run(
     session: *const DistqSession,
@@ -147,7 +156,7 @@ pub unsafe extern "C" fn distq_session_run(
         // Safety: the caller's contract, for each pointer.
         let out = unsafe { out_ptr(out, "out") }?;
         *out = std::ptr::null_mut();
-        let session = unsafe { non_null(session, "session") }?;
+        let session = session_of(session)?;
         let parts = unsafe { read_inputs(inputs, count) }?;
         let outputs = run_borrowed(&session.session, &borrowed(&parts))?;
         let entries = outputs
@@ -158,34 +167,32 @@ pub unsafe extern "C" fn distq_session_run(
                 tensor,
             })
             .collect();
-        *out = Box::into_raw(Box::new(DistqOutputs { entries }));
+        let handle =
+            OUTPUTS.insert(DistqOutputs { entries }).ok_or_else(|| Failure::new(DistqStatus::InvalidArgument, "too many live outputs"))?;
+        *out = handle as *mut DistqOutputs;
         Ok(())
     })
 }
 
-/// Frees the outputs of a run (NULL is ignored); their views become invalid.
-///
-/// # Safety
-/// `outputs` must be NULL or a handle from `distq_session_run` not yet freed.
+/// Frees the outputs of a run; their views become invalid. NULL and handles freed already
+/// are ignored.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn distq_outputs_free(outputs: *mut DistqOutputs) {
-    if !outputs.is_null() {
-        // Safety: the caller's contract.
-        drop(unsafe { Box::from_raw(outputs) });
-    }
+pub extern "C" fn distq_outputs_free(outputs: *mut DistqOutputs) {
+    // Dropping tensors does not panic, but nothing may unwind into C.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| OUTPUTS.remove(outputs as usize)));
 }
 
 /// The number of outputs, through `out`.
 ///
 /// # Safety
-/// `outputs` must be NULL or a live handle; `out` must point to writable storage.
+/// `out` must point to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn distq_outputs_count(outputs: *const DistqOutputs, out: *mut usize) -> DistqStatus {
     entry(|| {
         // Safety: the caller's contract.
         let out = unsafe { out_ptr(out, "out") }?;
         *out = 0;
-        *out = unsafe { non_null(outputs, "outputs") }?.entries.len();
+        *out = outputs_of(outputs)?.entries.len();
         Ok(())
     })
 }
@@ -193,13 +200,14 @@ pub unsafe extern "C" fn distq_outputs_count(outputs: *const DistqOutputs, out: 
 /// A view of output `index` through `out` (valid until the outputs are freed).
 ///
 /// # Safety
-/// `outputs` must be NULL or a live handle; `out` must point to writable storage.
+/// `out` must point to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn distq_outputs_get(outputs: *const DistqOutputs, index: usize, out: *mut DistqTensor) -> DistqStatus {
     entry(|| {
         // Safety: the caller's contract.
         let out = unsafe { out_ptr(out, "out") }?;
-        let entries = &unsafe { non_null(outputs, "outputs") }?.entries;
+        let outputs = outputs_of(outputs)?;
+        let entries = &outputs.entries;
         let entry = entries.get(index).ok_or_else(|| {
             Failure::new(DistqStatus::InvalidArgument, format!("output index {index} is out of range: there are {}", entries.len()))
         })?;
@@ -211,13 +219,14 @@ pub unsafe extern "C" fn distq_outputs_get(outputs: *const DistqOutputs, index: 
 /// A view of the output called `name` through `out` (valid until the outputs are freed).
 ///
 /// # Safety
-/// `outputs` must be NULL or a live handle; `name` NUL-terminated; `out` writable.
+/// `name` must be NUL-terminated; `out` writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn distq_outputs_find(outputs: *const DistqOutputs, name: *const c_char, out: *mut DistqTensor) -> DistqStatus {
     entry(|| {
         // Safety: the caller's contract.
         let out = unsafe { out_ptr(out, "out") }?;
-        let entries = &unsafe { non_null(outputs, "outputs") }?.entries;
+        let outputs = outputs_of(outputs)?;
+        let entries = &outputs.entries;
         let name = unsafe { c_str(name, "name") }?;
         let entry = entries.iter().find(|e| e.name.to_bytes() == name.as_bytes()).ok_or_else(|| {
             let names: Vec<_> = entries.iter().map(|e| e.name.to_string_lossy()).collect();
@@ -295,7 +304,7 @@ pub unsafe extern "C" fn distq_session_benchmark(
         // Safety: the caller's contract, for each pointer.
         let out = unsafe { out_ptr(out, "out") }?;
         *out = DistqBenchmark::default();
-        let session = unsafe { non_null(session, "session") }?;
+        let session = session_of(session)?;
         let parts = unsafe { read_inputs(inputs, count) }?;
         let options = BenchOptions { iters, warmup, energy: EnergySource::Auto, ..Default::default() };
         let r = benchmark_borrowed(&session.session, &borrowed(&parts), &options)?;

@@ -1,11 +1,14 @@
 //! Session handles: load from a path or bytes, threads, the model's input and output names.
 
-use super::{DistqStatus, Failure, c_str, entry, non_null, out_ptr};
+use super::handles::Handles;
+use super::{DistqStatus, Failure, c_str, entry, out_ptr};
 use crate::{Model, Session};
 use std::ffi::{CString, c_char};
+use std::sync::Arc;
 
-/// A loaded model ready to run (opaque). Create with `distq_session_load` or
-/// `distq_session_from_bytes`; free with `distq_session_free`.
+/// A loaded model ready to run (opaque: a `DistqSession*` is a generation-checked handle,
+/// not an address). Create with `distq_session_load` or `distq_session_from_bytes`; free with
+/// `distq_session_free`.
 pub struct DistqSession {
     pub(crate) session: Session,
     input_names: Vec<CString>,
@@ -13,14 +16,22 @@ pub struct DistqSession {
 }
 
 impl DistqSession {
-    fn new(session: Session) -> Box<DistqSession> {
+    fn new(session: Session) -> DistqSession {
         let names = |infos: &[crate::graph::ValueInfo]| -> Vec<CString> {
             infos.iter().map(|i| CString::new(i.name.replace('\0', "\\0")).unwrap_or_default()).collect()
         };
         let input_names = names(session.model().inputs());
         let output_names = names(session.model().outputs());
-        Box::new(DistqSession { session, input_names, output_names })
+        DistqSession { session, input_names, output_names }
     }
+}
+
+/// The live sessions.
+static SESSIONS: Handles<DistqSession> = Handles::new(1);
+
+/// The session behind a handle (see `Handles::resolve`).
+pub(crate) fn session_of(handle: *const DistqSession) -> Result<Arc<DistqSession>, Failure> {
+    SESSIONS.resolve(handle, "session")
 }
 
 /// Publishes a new session through `out` (set to NULL first, so failures leave NULL).
@@ -29,7 +40,10 @@ fn create(out: *mut *mut DistqSession, load: impl FnOnce() -> Result<Session, Fa
         // Safety: `out` points to writable storage (checked for NULL).
         let out = unsafe { out_ptr(out, "out") }?;
         *out = std::ptr::null_mut();
-        *out = Box::into_raw(DistqSession::new(load()?));
+        let handle = SESSIONS
+            .insert(DistqSession::new(load()?))
+            .ok_or_else(|| Failure::new(DistqStatus::InvalidArgument, "too many live sessions"))?;
+        *out = handle as *mut DistqSession;
         Ok(())
     })
 }
@@ -64,28 +78,21 @@ pub unsafe extern "C" fn distq_session_from_bytes(data: *const u8, len: usize, o
     })
 }
 
-/// Frees a session (NULL is ignored). No other thread may be using it.
-///
-/// # Safety
-/// `session` must be NULL or a handle from `distq_session_load`/`_from_bytes` not yet freed.
+/// Frees a session. NULL and handles freed already are ignored; calls still running on
+/// other threads finish first (the memory goes when the last one returns), later calls with
+/// the handle fail with `DISTQ_STATUS_INVALID_ARGUMENT`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn distq_session_free(session: *mut DistqSession) {
-    if !session.is_null() {
-        // Safety: the caller's contract; dropping a session does not panic.
-        drop(unsafe { Box::from_raw(session) });
-    }
+pub extern "C" fn distq_session_free(session: *mut DistqSession) {
+    // Dropping a session does not panic, but nothing may unwind into C.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| SESSIONS.remove(session as usize)));
 }
 
 /// Lets later runs of `session` split each kernel over `threads` threads (default 1; 0 counts
 /// as 1). Outputs do not depend on it.
-///
-/// # Safety
-/// `session` must be NULL or a live session handle.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn distq_session_set_threads(session: *const DistqSession, threads: usize) -> DistqStatus {
+pub extern "C" fn distq_session_set_threads(session: *const DistqSession, threads: usize) -> DistqStatus {
     entry(|| {
-        // Safety: the caller's contract.
-        unsafe { non_null(session, "session") }?.session.set_threads(threads);
+        session_of(session)?.session.set_threads(threads);
         Ok(())
     })
 }
@@ -93,10 +100,10 @@ pub unsafe extern "C" fn distq_session_set_threads(session: *const DistqSession,
 /// Reports how many names a list has, through `out`.
 fn count(session: *const DistqSession, out: *mut usize, list: fn(&DistqSession) -> &[CString]) -> DistqStatus {
     entry(|| {
-        // Safety: the callers' contract (a live handle, writable `out`).
+        // Safety: the callers' contract (writable `out`).
         let out = unsafe { out_ptr(out, "out") }?;
         *out = 0;
-        *out = list(unsafe { non_null(session, "session") }?).len();
+        *out = list(&*session_of(session)?).len();
         Ok(())
     })
 }
@@ -104,10 +111,11 @@ fn count(session: *const DistqSession, out: *mut usize, list: fn(&DistqSession) 
 /// Gives the `index`-th name of a list through `out`.
 fn name(session: *const DistqSession, index: usize, out: *mut *const c_char, list: fn(&DistqSession) -> &[CString]) -> DistqStatus {
     entry(|| {
-        // Safety: the callers' contract (a live handle, writable `out`).
+        // Safety: the callers' contract (writable `out`).
         let out = unsafe { out_ptr(out, "out") }?;
         *out = std::ptr::null();
-        let names = list(unsafe { non_null(session, "session") }?);
+        let session = session_of(session)?;
+        let names = list(&session);
         let name = names.get(index).ok_or_else(|| {
             Failure::new(DistqStatus::InvalidArgument, format!("index {index} is out of range: the model has {} of them", names.len()))
         })?;
@@ -119,7 +127,7 @@ fn name(session: *const DistqSession, index: usize, out: *mut *const c_char, lis
 /// The number of model inputs, through `out`.
 ///
 /// # Safety
-/// `session` must be NULL or a live session handle; `out` must point to writable storage.
+/// `out` must point to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn distq_session_input_count(session: *const DistqSession, out: *mut usize) -> DistqStatus {
     count(session, out, |s| &s.input_names)
@@ -128,7 +136,7 @@ pub unsafe extern "C" fn distq_session_input_count(session: *const DistqSession,
 /// The name of input `index`, through `out` (owned by the session, valid until it is freed).
 ///
 /// # Safety
-/// `session` must be NULL or a live session handle; `out` must point to writable storage.
+/// `out` must point to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn distq_session_input_name(session: *const DistqSession, index: usize, out: *mut *const c_char) -> DistqStatus {
     name(session, index, out, |s| &s.input_names)
@@ -137,7 +145,7 @@ pub unsafe extern "C" fn distq_session_input_name(session: *const DistqSession, 
 /// The number of model outputs, through `out`.
 ///
 /// # Safety
-/// `session` must be NULL or a live session handle; `out` must point to writable storage.
+/// `out` must point to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn distq_session_output_count(session: *const DistqSession, out: *mut usize) -> DistqStatus {
     count(session, out, |s| &s.output_names)
@@ -146,7 +154,7 @@ pub unsafe extern "C" fn distq_session_output_count(session: *const DistqSession
 /// The name of output `index`, through `out` (owned by the session, valid until it is freed).
 ///
 /// # Safety
-/// `session` must be NULL or a live session handle; `out` must point to writable storage.
+/// `out` must point to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn distq_session_output_name(session: *const DistqSession, index: usize, out: *mut *const c_char) -> DistqStatus {
     name(session, index, out, |s| &s.output_names)

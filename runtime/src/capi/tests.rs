@@ -44,7 +44,7 @@ fn run_first(session: *const DistqSession, inputs: &[DistqTensor]) -> Result<Vec
     assert_eq!(unsafe { distq_outputs_get(outputs, 0, &mut view) }, DistqStatus::Ok);
     assert_eq!(view.dtype, DISTQ_DTYPE_FLOAT);
     let values = unsafe { std::slice::from_raw_parts(view.data as *const f32, view.byte_len / 4) }.to_vec();
-    unsafe { distq_outputs_free(outputs) };
+    distq_outputs_free(outputs);
     Ok(values)
 }
 
@@ -154,8 +154,7 @@ fn inputs_that_do_not_fit_the_model_are_refused() {
     }
     assert_eq!(run_first(session, &[]), Err(DistqStatus::Input));
     assert!(last_error().contains("input 'x': is missing"), "{}", last_error());
-    // Safety: a live session.
-    unsafe { distq_session_free(session) };
+    distq_session_free(session);
 }
 
 #[test]
@@ -180,22 +179,21 @@ fn outputs_do_not_alias_caller_memory() {
     drop(x);
     // Safety: view stays valid until the outputs are freed.
     assert_eq!(unsafe { std::slice::from_raw_parts(view.data as *const f32, 2) }, &[5.0, 6.0]);
-    unsafe {
-        distq_outputs_free(outputs);
-        distq_session_free(session);
-    }
+    distq_outputs_free(outputs);
+    distq_session_free(session);
 }
+
+/// A session handle shared with threads.
+struct Shared(*mut DistqSession);
+// Safety: the ABI documents sessions as usable from several threads.
+unsafe impl Sync for Shared {}
 
 #[test]
 fn one_session_runs_from_several_threads_at_once() {
-    struct Shared(*mut DistqSession);
-    // Safety: the ABI documents sessions as usable from several threads.
-    unsafe impl Sync for Shared {}
     let session = Shared(session_of(add_one_model()));
-    // Safety: a live session.
-    assert_eq!(unsafe { distq_session_set_threads(session.0, 2) }, DistqStatus::Ok);
+    assert_eq!(distq_session_set_threads(session.0, 2), DistqStatus::Ok);
     std::thread::scope(|s| {
-        for t in 0..4 {
+        for t in 0..8 {
             let session = &session;
             s.spawn(move || {
                 for i in 0..50 {
@@ -207,8 +205,67 @@ fn one_session_runs_from_several_threads_at_once() {
             });
         }
     });
-    // Safety: all threads have finished.
-    unsafe { distq_session_free(session.0) };
+    distq_session_free(session.0);
+}
+
+#[test]
+fn freed_forged_and_wrong_kind_handles_are_refused() {
+    let session = session_of(add_one_model());
+    let x = [1f32, 2.0];
+    let mut outputs = null_mut();
+    // Safety: x is live for the run.
+    assert_eq!(unsafe { distq_session_run(session, &f32_input(c"x", &[2], &x), 1, &mut outputs) }, DistqStatus::Ok);
+    let mut n = 0;
+    // An outputs handle where a session goes, and the other way round.
+    // Safety: only handles and valid out pointers are passed.
+    unsafe {
+        assert_eq!(distq_session_input_count(outputs as *const DistqSession, &mut n), DistqStatus::InvalidArgument);
+        assert!(last_error().contains("is not a live session handle"), "{}", last_error());
+        assert_eq!(distq_outputs_count(session as *const DistqOutputs, &mut n), DistqStatus::InvalidArgument);
+        assert_eq!(distq_session_input_count(0xdead_beef as *const DistqSession, &mut n), DistqStatus::InvalidArgument);
+    }
+    distq_outputs_free(outputs);
+    distq_outputs_free(outputs);
+    // Safety: valid out pointer.
+    assert_eq!(unsafe { distq_outputs_count(outputs, &mut n) }, DistqStatus::InvalidArgument);
+    assert!(last_error().contains("is not a live outputs handle (freed already"), "{}", last_error());
+    distq_session_free(session);
+    distq_session_free(session);
+    assert_eq!(run_first(session, &[f32_input(c"x", &[2], &x)]), Err(DistqStatus::InvalidArgument));
+    assert!(last_error().contains("freed already"), "{}", last_error());
+    // A new session may reuse the slot, but not the handle.
+    let again = session_of(add_one_model());
+    assert_ne!(again, session);
+    assert_eq!(run_first(session, &[f32_input(c"x", &[2], &x)]), Err(DistqStatus::InvalidArgument));
+    assert_eq!(run_first(again, &[f32_input(c"x", &[2], &x)]), Ok(vec![2.0, 3.0]));
+    distq_session_free(again);
+}
+
+#[test]
+fn freeing_a_session_while_threads_run_it_is_safe() {
+    let session = Shared(session_of(add_one_model()));
+    let x: Vec<f32> = (0..4096).map(|i| i as f32).collect();
+    std::thread::scope(|s| {
+        let runners: Vec<_> = (0..4)
+            .map(|_| {
+                let (session, x) = (&session, &x);
+                s.spawn(move || {
+                    // Every run either completes correctly or is refused once the free lands.
+                    let mut completed = 0;
+                    while let Ok(y) = run_first(session.0, &[f32_input(c"x", &[x.len() as i64], x)]) {
+                        assert_eq!(y[4095], 4096.0);
+                        completed += 1;
+                    }
+                    completed
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        distq_session_free(session.0);
+        for r in runners {
+            r.join().unwrap();
+        }
+    });
 }
 
 #[test]

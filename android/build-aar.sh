@@ -3,7 +3,7 @@
 #
 # Builds libdistq_jni.so for arm64-v8a, armeabi-v7a and x86_64 with the Android NDK
 # ($ANDROID_NDK_HOME), compiles the dev.distq Java API, and assembles an AAR:
-#   classes.jar  AndroidManifest.xml  R.txt  jni/<abi>/libdistq_jni.so
+#   classes.jar  AndroidManifest.xml  R.txt  proguard.txt  jni/<abi>/libdistq_jni.so
 # With --prebuilt DIR, the libraries are taken from DIR/<abi>/libdistq_jni.so instead (built
 # elsewhere; any subset of ABIs) and no NDK is needed.
 #
@@ -62,6 +62,12 @@ cat > "$stage/aar/AndroidManifest.xml" <<XML
 </manifest>
 XML
 : > "$stage/aar/R.txt"
+# Consumer rules for R8/ProGuard in the app: the JNI functions are found by class and method
+# name, and the native side constructs DistqException(String) by name.
+cat > "$stage/aar/proguard.txt" <<'RULES'
+-keepclasseswithmembernames,includedescriptorclasses class dev.distq.** { native <methods>; }
+-keep class dev.distq.DistqException { <init>(java.lang.String); }
+RULES
 mkdir -p "$(dirname "$out")"
 # An AAR is a zip; jar's M flag writes it without a jar manifest.
 jar cfM "$out.tmp" -C "$stage/aar" .

@@ -1,7 +1,7 @@
 //! `android/build-aar.sh --prebuilt` assembles an AAR with the layout Gradle expects:
-//! classes.jar (the dev.distq API as Java 8 bytecode), AndroidManifest.xml, R.txt and
-//! jni/<abi>/libdistq_jni.so. The NDK build itself needs an NDK, which CI does not have; the
-//! host-built library stands in for an ABI here.
+//! classes.jar (the dev.distq API as Java 8 bytecode), AndroidManifest.xml, R.txt, the R8
+//! keep rules (proguard.txt) and jni/<abi>/libdistq_jni.so. The NDK build itself needs an
+//! NDK, which CI does not have; the host-built library stands in for an ABI here.
 
 use std::io::Read;
 use std::path::Path;
@@ -26,12 +26,15 @@ fn build_aar_packages_the_java_api_and_the_native_libraries() {
 
     let mut archive = zip::ZipArchive::new(std::fs::File::open(&aar).unwrap()).unwrap();
     let names: Vec<String> = archive.file_names().map(String::from).collect();
-    for wanted in ["AndroidManifest.xml", "R.txt", "classes.jar", "jni/x86_64/libdistq_jni.so"] {
+    for wanted in ["AndroidManifest.xml", "R.txt", "proguard.txt", "classes.jar", "jni/x86_64/libdistq_jni.so"] {
         assert!(names.iter().any(|n| n == wanted), "{wanted} missing from the AAR: {names:?}");
     }
     let mut manifest = String::new();
     archive.by_name("AndroidManifest.xml").unwrap().read_to_string(&mut manifest).unwrap();
     assert!(manifest.contains("package=\"dev.distq\"") && manifest.contains("minSdkVersion"), "{manifest}");
+    let mut rules = String::new();
+    archive.by_name("proguard.txt").unwrap().read_to_string(&mut rules).unwrap();
+    assert!(rules.contains("native <methods>") && rules.contains("DistqException"), "{rules}");
     assert_eq!(archive.by_name("jni/x86_64/libdistq_jni.so").unwrap().size(), std::fs::metadata(&library).unwrap().len());
 
     let mut jar = Vec::new();

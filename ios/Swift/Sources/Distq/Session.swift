@@ -101,7 +101,8 @@ public final class Session {
     /// Calls `body` with C views of `items` (names, shapes and data pinned for the call).
     private static func withCTensors(_ items: ArraySlice<(key: String, value: Tensor)>, _ built: [DistqTensor],
                                      _ body: ([DistqTensor]) throws -> Void) throws {
-        guard let (name, tensor) = items.first else { return try body(built) }
+        guard let item = items.first else { return try body(built) }
+        let (name, tensor) = (item.key, item.value)
         let shape = tensor.shape.map(Int64.init)
         try name.withCString { cName in
             try shape.withUnsafeBufferPointer { cShape in

@@ -3,7 +3,7 @@
 
 use crate::throw::Failure;
 use distq_runtime::DataType;
-use distq_runtime::capi::BorrowedInput;
+use distq_runtime::capi::{BorrowedInput, shape_of};
 use jni::Env;
 use jni::objects::{JByteBuffer, JIntArray, JLongArray, JObjectArray, JString};
 
@@ -42,13 +42,8 @@ impl<'call> JavaInputs<'call> {
             let bad = |reason: String| Failure::Argument(format!("input '{name}': {reason}"));
             let dtype = DataType::from_onnx(dtypes[i]).ok_or_else(|| bad(format!("dtype code {} is unknown", dtypes[i])))?;
             let rank = usize::try_from(ranks[i]).map_err(|_| bad(format!("rank {}", ranks[i])))?;
-            let shape = dims
-                .get(next_dim..next_dim + rank)
-                .ok_or_else(|| bad("the dims array is too short".into()))?
-                .iter()
-                .enumerate()
-                .map(|(d, &v)| usize::try_from(v).map_err(|_| bad(format!("dim {d} is {v}"))))
-                .collect::<Result<Vec<usize>, Failure>>()?;
+            let shape =
+                shape_of(dims.get(next_dim..next_dim + rank).ok_or_else(|| bad("the dims array is too short".into()))?).map_err(bad)?;
             next_dim += rank;
             let buffer = arrays.buffers.get_element(env, i)?;
             let address = env.get_direct_buffer_address(&buffer).map_err(|_| bad("its ByteBuffer is not direct".into()))?;

@@ -4,8 +4,7 @@ use crate::inputs::{InputArrays, JavaInputs};
 use crate::outputs::into_handle;
 use crate::throw::{Failure, ThrowJava};
 use distq_runtime::bench::{BenchOptions, EnergySource};
-use distq_runtime::capi::{benchmark_borrowed, run_borrowed};
-use distq_runtime::energy::Method;
+use distq_runtime::capi::{DistqEnergyMethod, benchmark_borrowed, run_borrowed};
 use distq_runtime::{Model, Session};
 use jni::EnvUnowned;
 use jni::objects::{JByteBuffer, JClass, JDoubleArray, JIntArray, JLongArray, JObjectArray, JString};
@@ -144,12 +143,6 @@ pub extern "system" fn Java_dev_distq_Session_nativeBenchmark<'caller>(
             ..Default::default()
         };
         let r = benchmark_borrowed(session, &inputs.borrowed(), &options)?;
-        let method = match r.energy.method {
-            Method::Model => 0.0,
-            Method::Rapl => 1.0,
-            Method::PowerSupply => 2.0,
-            Method::Odpm => 3.0,
-        };
         let l = r.latency;
         let values = [
             l.p50,
@@ -160,7 +153,7 @@ pub extern "system" fn Java_dev_distq_Session_nativeBenchmark<'caller>(
             l.max,
             r.throughput_per_s,
             r.energy.joules_per_inference,
-            method,
+            DistqEnergyMethod::from(r.energy.method) as i32 as f64,
             r.peak_rss_bytes.unwrap_or(0) as f64,
             r.arena_bytes as f64,
             r.iters as f64,

@@ -21,6 +21,18 @@ pub struct BorrowedInput<'a> {
     pub data: &'a [u8],
 }
 
+/// Dims as the ABIs pass them (signed, as in ONNX) as a shape; the error names the first
+/// negative dim.
+///
+/// ```
+/// use distq_runtime::capi::shape_of;
+/// assert_eq!(shape_of(&[2, 3]), Ok(vec![2, 3]));
+/// assert_eq!(shape_of(&[2, -1]), Err("dim 1 is -1".to_string()));
+/// ```
+pub fn shape_of(dims: &[i64]) -> std::result::Result<Vec<usize>, String> {
+    dims.iter().enumerate().map(|(d, &v)| usize::try_from(v).map_err(|_| format!("dim {d} is {v}"))).collect()
+}
+
 /// Caller bytes seen as `Bytes` for the duration of one call. `alive` is shared by every
 /// clone the runtime makes, so the call can check that none outlives it.
 struct CallerBytes {

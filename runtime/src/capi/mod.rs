@@ -27,7 +27,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 
-pub use borrow::{BorrowedInput, benchmark_borrowed, run_borrowed};
+pub use borrow::{BorrowedInput, benchmark_borrowed, run_borrowed, shape_of};
 pub use outputs::*;
 pub use session::*;
 

@@ -1,6 +1,6 @@
 //! Tensors across the ABI, running a session and reading its outputs, and benchmarks.
 
-use super::borrow::{BorrowedInput, benchmark_borrowed, run_borrowed};
+use super::borrow::{BorrowedInput, benchmark_borrowed, run_borrowed, shape_of};
 use super::handles::Handles;
 use super::session::{DistqSession, session_of};
 use super::{DistqStatus, Failure, c_str, entry, out_ptr};
@@ -118,11 +118,7 @@ unsafe fn read_inputs<'a>(inputs: *const DistqTensor, count: usize) -> Result<Ve
                 // Safety: the caller's contract.
                 rank => unsafe { std::slice::from_raw_parts(t.shape, rank) },
             };
-            let shape = dims
-                .iter()
-                .enumerate()
-                .map(|(d, &v)| usize::try_from(v).map_err(|_| bad(DistqStatus::InvalidArgument, format!("dim {d} is {v}"))))
-                .collect::<Result<Vec<usize>, Failure>>()?;
+            let shape = shape_of(dims).map_err(|reason| bad(DistqStatus::InvalidArgument, reason))?;
             let data: &[u8] = match t.byte_len {
                 0 => &[],
                 _ if t.data.is_null() => {
@@ -251,6 +247,17 @@ pub enum DistqEnergyMethod {
     Odpm = 3,
 }
 
+impl From<Method> for DistqEnergyMethod {
+    fn from(method: Method) -> DistqEnergyMethod {
+        match method {
+            Method::Model => DistqEnergyMethod::Model,
+            Method::Rapl => DistqEnergyMethod::Rapl,
+            Method::PowerSupply => DistqEnergyMethod::PowerSupply,
+            Method::Odpm => DistqEnergyMethod::Odpm,
+        }
+    }
+}
+
 /// A benchmark's results. Latencies in milliseconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -308,12 +315,6 @@ pub unsafe extern "C" fn distq_session_benchmark(
         let parts = unsafe { read_inputs(inputs, count) }?;
         let options = BenchOptions { iters, warmup, energy: EnergySource::Auto, ..Default::default() };
         let r = benchmark_borrowed(&session.session, &borrowed(&parts), &options)?;
-        let method = match r.energy.method {
-            Method::Model => DistqEnergyMethod::Model,
-            Method::Rapl => DistqEnergyMethod::Rapl,
-            Method::PowerSupply => DistqEnergyMethod::PowerSupply,
-            Method::Odpm => DistqEnergyMethod::Odpm,
-        };
         *out = DistqBenchmark {
             p50_ms: r.latency.p50,
             p90_ms: r.latency.p90,
@@ -323,7 +324,7 @@ pub unsafe extern "C" fn distq_session_benchmark(
             max_ms: r.latency.max,
             throughput_per_s: r.throughput_per_s,
             joules_per_inference: r.energy.joules_per_inference,
-            energy_method: method as i32,
+            energy_method: DistqEnergyMethod::from(r.energy.method) as i32,
             peak_rss_bytes: r.peak_rss_bytes.unwrap_or(0),
             arena_bytes: r.arena_bytes as u64,
             iters: r.iters,

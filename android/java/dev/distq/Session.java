@@ -29,8 +29,13 @@ public final class Session implements AutoCloseable {
 
     private Session(long handle) {
         this.handle = handle;
-        this.inputNames = nativeNames(handle, false);
-        this.outputNames = nativeNames(handle, true);
+        try {
+            this.inputNames = nativeNames(handle, false);
+            this.outputNames = nativeNames(handle, true);
+        } catch (RuntimeException e) {
+            nativeFree(handle); // no Session object escapes to close it
+            throw e;
+        }
     }
 
     /**

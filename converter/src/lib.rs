@@ -2,6 +2,7 @@
 //! and benchmarking; distillation builds on it. The `distq` binary is a thin shell over [`cli`].
 
 pub mod cli;
+pub mod distill;
 pub mod fsutil;
 pub mod inputs;
 pub mod models;

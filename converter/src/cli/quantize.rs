@@ -1,21 +1,22 @@
 //! `distq quantize MODEL -o OUT --calib CALIB.npz [...]`: weight quantization to QDQ ONNX,
 //! uniform or mixed precision from measured sensitivity.
 
+use super::progress::progress_printer;
 use super::say;
 use crate::fsutil::write_atomically;
 use crate::quantize::gptq::Rounding;
 use crate::quantize::metric::{Dataset, Metric};
 use crate::quantize::observe::Observer;
+use crate::quantize::report::Report;
 use crate::quantize::weights::Precision;
-use crate::quantize::{Config, quantize, writer};
+use crate::quantize::{Config, Outcome, quantize, writer};
 use anyhow::{Context, Result, ensure};
 use distq_runtime::Model;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
 /// Precision choices on the command line.
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum PrecisionArg {
     /// Per layer, from measured sensitivity (fp16 / int8 / int4).
     Mixed,
@@ -27,19 +28,9 @@ enum PrecisionArg {
     Fp16,
 }
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// The fp32 ONNX model.
-    model: PathBuf,
-    /// Where to write the quantized model.
-    #[arg(long, short)]
-    output: PathBuf,
-    /// Calibration samples: .npz with arrays named like the model inputs, first axis = samples.
-    #[arg(long)]
-    calib: PathBuf,
-    /// Evaluation samples (same layout); default: the calibration set.
-    #[arg(long)]
-    eval: Option<PathBuf>,
+/// Quantization flags shared by `quantize` and `convert`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct QuantizeFlags {
     #[arg(long, value_enum, default_value = "mixed")]
     precision: PrecisionArg,
     /// How outputs are compared with fp32.
@@ -67,9 +58,6 @@ pub struct Args {
     /// Calibration samples per sensitivity run.
     #[arg(long, default_value_t = 32)]
     sensitivity_samples: usize,
-    /// Samples per model run.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
     /// Leave biases as they are (by default each lowered Conv / MatMul + Add gets its mean
     /// output shift, measured on the calibration samples, corrected in its bias).
     #[arg(long)]
@@ -89,96 +77,89 @@ pub struct Args {
     compact_names: bool,
 }
 
-pub fn run(args: Args) -> Result<()> {
-    ensure!(matches!(args.block, 32 | 64 | 128), "--block {}: int4 blocks are 32, 64 or 128 values", args.block);
-    if let Some(mb) = args.max_size_mb {
-        ensure!(mb > 0.0 && mb.is_finite(), "--max-size-mb {mb}: give a positive size");
+impl QuantizeFlags {
+    /// The quantizer's configuration, running `batch` samples per model run.
+    pub fn config(&self, batch: usize) -> Result<Config> {
+        ensure!(matches!(self.block, 32 | 64 | 128), "--block {}: int4 blocks are 32, 64 or 128 values", self.block);
+        if let Some(mb) = self.max_size_mb {
+            ensure!(mb > 0.0 && mb.is_finite(), "--max-size-mb {mb}: give a positive size");
+        }
+        ensure!(self.sensitivity_samples > 0 && batch > 0, "--sensitivity-samples and --batch must be positive");
+        let uniform = match self.precision {
+            PrecisionArg::Mixed => None,
+            PrecisionArg::Int8 => Some(Precision::Int8),
+            PrecisionArg::Int4 => Some(Precision::Int4 { block: self.block }),
+            PrecisionArg::Fp16 => Some(Precision::F16),
+        };
+        Ok(Config {
+            uniform,
+            block: self.block,
+            metric: self.metric,
+            max_size: self.max_size_mb.map(|mb| (mb * 1e6) as u64),
+            min_metric: self.min_metric,
+            sensitivity_samples: self.sensitivity_samples,
+            batch,
+            bias_correction: !self.no_bias_correction,
+            observer: self.observer,
+            rounding: self.rounding,
+            compact_names: self.compact_names,
+            fixed: None,
+        })
     }
-    ensure!(args.sensitivity_samples > 0 && args.batch > 0, "--sensitivity-samples and --batch must be positive");
+
+    /// Quantizes with a progress bar on stderr.
+    pub fn quantize(&self, model: &Model, config: &Config, calib: &Dataset, eval: &Dataset) -> Result<Outcome> {
+        let mut progress = progress_printer(std::io::stderr().is_terminal());
+        quantize(model, config, calib, eval, &mut |what, done, total| eprint!("{}", progress(what, done, total, "")))
+    }
+
+    /// Writes the quantized model to `output`, and the report and plot where asked; prints
+    /// the report's table.
+    pub fn write(&self, outcome: Outcome, output: &Path) -> Result<Report> {
+        let mut report = outcome.report;
+        report.size_bytes = writer::write_model(output, &outcome.model, self.external_data)?;
+        say!("{}", report.table().trim_end());
+        say!("wrote {}", output.display());
+        if let Some(path) = &self.report {
+            let json = serde_json::to_string_pretty(&report)?;
+            write_atomically(path, |f| Ok(f.write_all(json.as_bytes())?))?;
+        }
+        if let Some(path) = &self.plot {
+            write_atomically(path, |f| Ok(f.write_all(report.svg().as_bytes())?))?;
+        }
+        Ok(report)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The fp32 ONNX model.
+    model: PathBuf,
+    /// Where to write the quantized model.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Calibration samples: .npz with arrays named like the model inputs, first axis = samples.
+    #[arg(long)]
+    calib: PathBuf,
+    /// Evaluation samples (same layout); default: the calibration set.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Samples per model run.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[command(flatten)]
+    flags: QuantizeFlags,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = args.flags.config(args.batch)?;
     let model = Model::load(&args.model).with_context(|| format!("{}: cannot load", args.model.display()))?;
     let calib = Dataset::load(&args.calib, &model)?;
     let eval = match &args.eval {
         Some(path) => Dataset::load(path, &model)?,
         None => calib.head(calib.samples())?,
     };
-    let uniform = match args.precision {
-        PrecisionArg::Mixed => None,
-        PrecisionArg::Int8 => Some(Precision::Int8),
-        PrecisionArg::Int4 => Some(Precision::Int4 { block: args.block }),
-        PrecisionArg::Fp16 => Some(Precision::F16),
-    };
-    let config = Config {
-        uniform,
-        block: args.block,
-        metric: args.metric,
-        max_size: args.max_size_mb.map(|mb| (mb * 1e6) as u64),
-        min_metric: args.min_metric,
-        sensitivity_samples: args.sensitivity_samples,
-        batch: args.batch,
-        bias_correction: !args.no_bias_correction,
-        observer: args.observer,
-        rounding: args.rounding,
-        compact_names: args.compact_names,
-    };
-    let mut progress = progress_printer(std::io::stderr().is_terminal());
-    let outcome = quantize(&model, &config, &calib, &eval, &mut |what, done, total| eprint!("{}", progress(what, done, total)))?;
-    let mut report = outcome.report;
-    report.size_bytes = writer::write_model(&args.output, &outcome.model, args.external_data)?;
-    say!("{}", report.table().trim_end());
-    say!("wrote {}", args.output.display());
-    if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report)?;
-        write_atomically(path, |f| Ok(f.write_all(json.as_bytes())?))?;
-    }
-    if let Some(path) = &args.plot {
-        write_atomically(path, |f| Ok(f.write_all(report.svg().as_bytes())?))?;
-    }
+    let outcome = args.flags.quantize(&model, &config, &calib, &eval)?;
+    args.flags.write(outcome, &args.output)?;
     Ok(())
-}
-
-/// Progress of long steps for stderr: on a terminal a bar redrawn in place with the time
-/// left; otherwise (logs) one line when a step starts and at each further tenth.
-fn progress_printer(terminal: bool) -> impl FnMut(&str, usize, usize) -> String {
-    let (mut step, mut tenth, mut started) = (String::new(), 0, Instant::now());
-    move |what, done, total| {
-        let new_step = what != step;
-        if new_step {
-            (step, started) = (what.to_string(), Instant::now());
-        }
-        let total = total.max(1);
-        if terminal {
-            const WIDTH: usize = 30;
-            let filled = done.min(total) * WIDTH / total;
-            let left = if done > 0 && done < total {
-                format!(" {:.0} s left", started.elapsed().as_secs_f64() * (total - done) as f64 / done as f64)
-            } else {
-                String::new()
-            };
-            let end = if done >= total { "\n" } else { "" };
-            return format!("\r{what} [{}{}] {done}/{total}{left}\x1b[K{end}", "#".repeat(filled), "-".repeat(WIDTH - filled));
-        }
-        let now = done * 10 / total;
-        if new_step || now != tenth {
-            tenth = now;
-            return format!("{what} {done}/{total}\n");
-        }
-        String::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::progress_printer;
-
-    #[test]
-    fn logs_get_a_line_per_tenth_and_terminals_a_bar() {
-        let mut log = progress_printer(false);
-        let lines: String = (0..=40).map(|i| log("sensitivity", i, 40)).collect();
-        assert_eq!(lines.lines().count(), 11, "start and each tenth: {lines}");
-        assert!(lines.ends_with("sensitivity 40/40\n"));
-        assert_eq!(log("verify", 0, 1), "verify 0/1\n", "a new step always shows");
-        let mut bar = progress_printer(true);
-        assert!(bar("search", 3, 6).starts_with("\rsearch [###############---------------] 3/6"));
-        assert!(bar("search", 6, 6).ends_with("\n"));
-    }
 }

@@ -33,6 +33,19 @@ pub enum ChannelAxis {
     Last,
 }
 
+/// `model` with the values `names` exposed as extra graph outputs (those already outputs are
+/// left as they are).
+pub fn with_outputs(model: &ModelProto, names: &[&str]) -> Result<ModelProto> {
+    let mut probe = model.clone();
+    let graph = probe.graph.as_mut().context("model has no graph")?;
+    for &name in names {
+        if !graph.output.iter().any(|o| o.name.as_deref() == Some(name)) {
+            graph.output.push(ValueInfoProto { name: Some(name.into()), ..Default::default() });
+        }
+    }
+    Ok(probe)
+}
+
 /// Runs `model` on the samples of `data` with the values `names` exposed as outputs, calling
 /// `visit(name, values, shape)` for each observed value of each batch.
 fn stream(
@@ -42,14 +55,7 @@ fn stream(
     batch: usize,
     mut visit: impl FnMut(&str, &[f32], &[usize]) -> Result<()>,
 ) -> Result<()> {
-    let mut probe = model.clone();
-    let graph = probe.graph.as_mut().context("model has no graph")?;
-    for &name in names {
-        if !graph.output.iter().any(|o| o.name.as_deref() == Some(name)) {
-            graph.output.push(ValueInfoProto { name: Some(name.into()), ..Default::default() });
-        }
-    }
-    let session = Session::new(Model::from_bytes(probe.encode_to_vec())?);
+    let session = Session::new(Model::from_bytes(with_outputs(model, names)?.encode_to_vec())?);
     data.for_each_batch(batch, |inputs| {
         let outputs = session.run(inputs)?;
         for &name in names {

@@ -60,6 +60,9 @@ pub struct Config {
     /// Rename internal tensors to short ids and drop node names ([`compact`]): the output
     /// is smaller, and sizes are measured on that form.
     pub compact_names: bool,
+    /// Precisions decided beforehand (by an earlier search, before quantization-aware
+    /// training), by layer name: no sensitivity search; layers not named stay fp32.
+    pub fixed: Option<Vec<(String, Precision)>>,
 }
 
 /// Calibration samples observed for bias correction (at least).
@@ -73,6 +76,9 @@ pub struct Outcome {
     pub model: ModelProto,
     /// The report (its `size_bytes` is the encoded model's size).
     pub report: Report,
+    /// The precision chosen for each layer (by the prepared model's initializer names),
+    /// for [`Config::fixed`] after quantization-aware training.
+    pub precisions: Vec<(String, Precision)>,
 }
 
 /// Reports progress of long steps: `(what, done, total)`.
@@ -171,11 +177,14 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     // headers add (measured on real models: well under 200 bytes per layer).
     let fixed = (finish(proto.clone()).encoded_len() as u64).saturating_sub(layer_fp32) + 200 * layers.len() as u64;
     let int4 = Precision::Int4 { block: config.block };
-    let precisions = match config.uniform {
+    let mut precisions = match config.uniform {
         Some(Precision::Int4 { .. }) => vec![Precision::Int8, int4],
         Some(p) => vec![p],
         None => vec![Precision::F16, Precision::Int8, int4],
     };
+    if let Some(fixed) = &config.fixed {
+        precisions.retain(|p| fixed.iter().any(|(_, f)| f == p));
+    }
     let observations = calibration(proto, &layers, config, &precisions, calib, progress)?;
     let observations_used_gptq = !observations.hessians.is_empty();
     let mut options = search::candidates(layers, &precisions, &observations)?;
@@ -197,17 +206,32 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         }
         (None, _) => None,
     };
+    let target = target.filter(|_| config.fixed.is_none());
     let meets = |value: f64| target.is_none_or(|m| if higher { value >= m } else { value <= m });
     // Top-1 agreement moves in whole flips, which do not add up across layers: sensitivity
     // is measured as the KL divergence of the outputs instead (smooth, near-additive).
     let proxy = if config.metric == Metric::Top1 { Metric::Kl } else { config.metric };
     // The weight bytes a size budget leaves (the rest of the file is fixed).
     let weight_budget = |max: u64| max.saturating_sub(fixed) as usize;
-    let (mut chosen, front, mut index): (Assignment, _, _) = match config.uniform {
+    let (mut chosen, front, mut index): (Assignment, _, _) = match (&config.fixed, config.uniform) {
+        (Some(fixed), _) => {
+            let assignment = options
+                .iter()
+                .map(|o| {
+                    let Some((_, p)) = fixed.iter().find(|(n, _)| *n == o.layer.name) else { return Ok(None) };
+                    if *p == Precision::F32 {
+                        return Ok(None);
+                    }
+                    let i = o.candidates.iter().position(|c| c.precision == *p);
+                    i.map(Some).with_context(|| format!("layer '{}' cannot be stored as {}", o.layer.name, p.name()))
+                })
+                .collect::<Result<_>>()?;
+            (assignment, Vec::new(), 0)
+        }
         // Candidates run most precise first: the last is the precision asked for, or int8
         // where int4 does not fit.
-        Some(_) => (options.iter().map(|o| o.candidates.len().checked_sub(1)).collect(), Vec::new(), 0),
-        None => {
+        (None, Some(_)) => (options.iter().map(|o| o.candidates.len().checked_sub(1)).collect(), Vec::new(), 0),
+        (None, None) => {
             let sample = calib.head(config.sensitivity_samples)?;
             let reference = sample.outputs(&fp32_session, config.batch)?;
             search::measure(proto, &mut options, &sample, &reference, proxy, config.batch, |d, t| progress("sensitivity", d, t))?;
@@ -249,7 +273,7 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     };
     progress("verify", 0, 1);
     let (mut out, mut value) = evaluate(&options, &chosen, eval, &reference_eval)?;
-    if config.uniform.is_none() {
+    if config.uniform.is_none() && config.fixed.is_none() {
         match config.max_size {
             // The size is estimated per layer: while the written file is over the budget,
             // shrink the weights' budget by the excess (at least 0.5 %) and pick again.
@@ -286,6 +310,11 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
             target.map_or(String::new(), |m| format!("metric {m}")),
         );
     }
+    let precisions = options
+        .iter()
+        .zip(&chosen)
+        .map(|(o, &a)| (o.layer.name.clone(), a.map_or(Precision::F32, |i| o.candidates[i].precision)))
+        .collect();
     let layers = options
         .iter()
         .zip(&chosen)
@@ -316,5 +345,5 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         layers,
         front,
     };
-    Ok(Outcome { model: out, report })
+    Ok(Outcome { model: out, report, precisions })
 }

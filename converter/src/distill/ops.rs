@@ -230,8 +230,13 @@ pub fn apply(node: &NodeProto, inputs: &[Option<Tensor>], float: DType) -> Resul
             one(from_runtime(&t, float)?)
         }
         "Shape" => {
+            // Opset 15's start / end pick a range of dims (negative counts from the back).
             let dims: Vec<i64> = input(0)?.dims().iter().map(|&d| d as i64).collect();
-            one(Tensor::from_vec(dims.clone(), dims.len(), &Device::Cpu)?)
+            let rank = dims.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
+            let (start, end) = (clamp(int("start", 0)?), clamp(int("end", rank)?));
+            let picked = dims[start..end.max(start)].to_vec();
+            one(Tensor::from_vec(picked.clone(), picked.len(), &Device::Cpu)?)
         }
         "ConstantOfShape" => {
             let shape = to_usizes(&int_values(input(0)?)?)?;

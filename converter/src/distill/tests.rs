@@ -209,3 +209,18 @@ fn every_op_matches_the_runtime_and_finite_differences() {
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Shape's opset-15 range attributes (integer output: outside the float table).
+#[test]
+fn shape_takes_a_range_of_dims() {
+    let bytes = ModelBuilder::new(17)
+        .input("x", DataType::F32, &[2, 3, 4])
+        .node("Shape", &["x"], &["y"], vec![("start", Attr::Int(1)), ("end", Attr::Int(-1))])
+        .output("y", DataType::I64, &[1])
+        .to_bytes();
+    let graph =
+        TrainableGraph::new(&OnnxFile::decode(bytes.into(), None, "shape".into()).unwrap(), DType::F32, &Freeze::default()).unwrap();
+    let x = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu).unwrap();
+    let y = graph.forward(&[("x", x)], &["y"]).unwrap().remove(0);
+    assert_eq!(y.to_vec1::<i64>().unwrap(), [3]);
+}

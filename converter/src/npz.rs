@@ -6,7 +6,8 @@ use distq_runtime::{DataType, Tensor};
 use npyz::WriterBuilder;
 use std::path::Path;
 
-/// Reads every array of an `.npz` file, in archive order, as tensors.
+/// Reads every array of an `.npz` file as tensors, sorted by name (the zip reader lists
+/// names in hash order, which differs from run to run).
 ///
 /// ```
 /// use distq_converter::npz::{read_npz, write_npz};
@@ -22,7 +23,8 @@ use std::path::Path;
 /// ```
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let mut archive = npyz::npz::NpzArchive::open(path).with_context(|| format!("{}: cannot open as .npz", path.display()))?;
-    let names: Vec<String> = archive.array_names().map(str::to_string).collect();
+    let mut names: Vec<String> = archive.array_names().map(str::to_string).collect();
+    names.sort();
     if names.is_empty() {
         bail!("{}: the archive holds no arrays", path.display());
     }

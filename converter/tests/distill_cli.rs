@@ -169,7 +169,7 @@ fn bad_input_is_named_and_leaves_no_file() {
         (vec!["train", s(&init), "-o", s(&out), "--data", s(&train), "--labels", "y"], "no array named 'y'"),
         (vec!["train", s(&init), "-o", s(&out), "--data", s(&train)], "needs labels"),
         (vec!["train", s(&init), "-o", s(&out), "--data", s(&bad_labels), "--labels", "label"], "label 12 is outside 0..10"),
-        (vec!["train", s(&init), "-o", s(&out), "--data", s(&short), "--labels", "label"], "array 'label' has 3 samples, 'image' has 64"),
+        (vec!["train", s(&init), "-o", s(&out), "--data", s(&short), "--labels", "label"], "'label' has 3 samples, 'image' has 64"),
         (vec!["train", s(&init), "-o", s(&out), "--data", s(&train), "--labels", "label", "--lr", "0"], "learning rate must be positive"),
         (vec!["train", s(&init), "-o", s(&out), "--data", s(&train), "--labels", "label", "--resume"], "--resume needs --checkpoint"),
         (vec!["train", s(&train), "-o", s(&out), "--data", s(&train), "--labels", "label"], "cannot load"),

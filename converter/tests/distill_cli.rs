@@ -65,8 +65,13 @@ fn training_learns_and_distillation_writes_a_runnable_student() {
     let teacher = dir.path().join("teacher.onnx");
     let before = accuracy(&init, &val);
     let common = ["--data", s(&train), "--labels", "label", "--val", s(&val), "--batch", "32", "--seed", "3"];
-    let (ok, out, err) = distq(&[&["train", s(&init), "-o", s(&teacher), "--epochs", "3", "--lr", "3e-3"][..], &common].concat());
+    // A checkpoint folder that does not exist yet is made (with the JSON log in it).
+    let checkpoint = dir.path().join("new/checkpoint");
+    let (ok, out, err) = distq(
+        &[&["train", s(&init), "-o", s(&teacher), "--epochs", "3", "--lr", "3e-3", "--checkpoint", s(&checkpoint)][..], &common].concat(),
+    );
     assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(checkpoint.join("log.jsonl")).unwrap().lines().filter(|l| l.contains("train_loss")).count(), 3);
     assert!(out.contains("epoch   3") && out.contains("(best, kept)"), "{out}");
     let after = accuracy(&teacher, &val);
     assert!(after > 0.6 && after > before + 0.3, "validation accuracy {before} → {after}");

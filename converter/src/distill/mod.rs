@@ -255,13 +255,16 @@ pub fn fit(graph: &TrainableGraph, objective: &Objective, data: &TrainData, conf
         }
     }
     let mut log = match &config.log {
-        Some(path) => Some(
+        Some(path) => Some({
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+            }
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .with_context(|| format!("{}: cannot open the log", path.display()))?,
-        ),
+                .with_context(|| format!("{}: cannot open the log", path.display()))?
+        }),
         None => None,
     };
     let save = |state: &checkpoint::Progress, adam: &Adam, best: &Option<Vec<Tensor>>| -> Result<()> {

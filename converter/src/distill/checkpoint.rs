@@ -67,8 +67,17 @@ pub struct State {
     pub best: Option<Vec<Tensor>>,
 }
 
+/// FNV-1a's starting value.
+pub(crate) const FNV_START: u64 = 0xCBF2_9CE4_8422_2325;
+
+/// FNV-1a of `bytes`, continuing from `hash` ([`FNV_START`] for a fresh one): checkpoint
+/// checksums and the teacher cache's key.
+pub(crate) fn fnv_extend(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3))
+}
+
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3))
+    fnv_extend(FNV_START, bytes)
 }
 
 /// Writes a checkpoint into `dir` (created if needed).

@@ -2,6 +2,7 @@
 //! on disk, so big teachers never run per epoch (or again after `--resume`).
 
 use super::Progress;
+use super::checkpoint::{FNV_START, fnv_extend};
 use super::data::{Arrays, concat_rows};
 use super::loss::masked_mean;
 use super::ops::{from_runtime, to_runtime_f32};
@@ -11,7 +12,6 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use distq_runtime::{Model, Session};
 use prost::Message;
-use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 
 /// Samples per teacher run.
@@ -19,26 +19,14 @@ const BATCH: usize = 32;
 
 /// FNV-1a over files' bytes and a few strings: the cache key.
 fn fingerprint(files: &[&Path], extra: &[&str]) -> Result<u64> {
-    struct Fnv(u64);
-    impl Hasher for Fnv {
-        fn finish(&self) -> u64 {
-            self.0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            for &b in bytes {
-                self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01B3);
-            }
-        }
-    }
-    let mut h = Fnv(0xCBF2_9CE4_8422_2325);
+    let mut h = FNV_START;
     for f in files {
-        h.write(&std::fs::read(f).with_context(|| format!("{}: cannot read", f.display()))?);
+        h = fnv_extend(h, &std::fs::read(f).with_context(|| format!("{}: cannot read", f.display()))?);
     }
     for s in extra {
-        h.write(s.as_bytes());
-        h.write(&[0]);
+        h = fnv_extend(fnv_extend(h, s.as_bytes()), &[0]);
     }
-    Ok(h.finish())
+    Ok(h)
 }
 
 /// The cache file for `teacher`'s `outputs` on `data` (pooled over `pool`'s tokens, if

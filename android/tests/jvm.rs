@@ -63,6 +63,21 @@ fn java_api_throws_the_right_exceptions_and_serves_threads() {
     assert!(String::from_utf8_lossy(&output.stdout).contains(", 0 failed"));
 }
 
+/// The bundled CNN run from 8 Java threads at once on one session (kernels on 2 threads
+/// each): every run's outputs equal the first run's byte for byte, and the first run's equal
+/// the Rust API's.
+#[test]
+fn java_api_runs_one_session_from_8_threads_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes = compile(dir.path());
+    let (model, inputs) = distq_converter::models::bundled_cnn(8).unwrap();
+    write_raw_tensors(dir.path(), "inputs.txt", &inputs).unwrap();
+    let output = java(&classes, &["run".as_ref(), model.as_os_str(), dir.path().as_os_str(), "8".as_ref()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("8 threads x 10 runs on one session, 0 differing"), "{stdout}");
+    distq_converter::reference::check_same_as_rust_api(&model, inputs, &read_raw_tensors(dir.path(), "outputs.txt").unwrap()).unwrap();
+}
+
 /// Runs `model` on the inputs in `npz` through the Java API; checks the outputs against the
 /// Rust API (bit for bit) and onnxruntime.
 fn check_java(classes: &Path, model_rel: &str, npz: &str) {

@@ -27,3 +27,23 @@ pub fn model_path(rel: &str) -> Option<PathBuf> {
 pub fn data_path(name: &str) -> PathBuf {
     workspace_root().join("models/data").join(name)
 }
+
+/// The bundled Fashion-MNIST CNN (`models/fashion/teacher.onnx`) and its first `images`
+/// validation images as the `image` input: a real model every checkout has.
+///
+/// ```
+/// let (model, inputs) = distq_converter::models::bundled_cnn(2)?;
+/// assert!(model.ends_with("teacher.onnx"));
+/// assert_eq!(inputs[0].1.shape(), &[2, 1, 28, 28]);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn bundled_cnn(images: usize) -> anyhow::Result<(PathBuf, distq_runtime::NamedTensors)> {
+    let dir = workspace_root().join("models/fashion");
+    let arrays = crate::npz::read_npz(&dir.join("fashion_val.npz"))?;
+    let all = &arrays.iter().find(|(n, _)| n == "image").ok_or_else(|| anyhow::anyhow!("fashion_val.npz has no 'image'"))?.1;
+    let mut shape = all.shape().to_vec();
+    let per_image: usize = shape[1..].iter().product();
+    shape[0] = images.min(shape[0]);
+    let data = all.as_slice::<u8>()?[..shape[0] * per_image].to_vec();
+    Ok((dir.join("teacher.onnx"), vec![("image".to_string(), distq_runtime::Tensor::from_vec(shape, data)?)]))
+}

@@ -1,9 +1,10 @@
 //! `.npz` / `.npy` reading and writing (numpy's formats) for model inputs and outputs.
 
 use crate::fsutil::write_atomically;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use distq_runtime::{DataType, Tensor};
 use npyz::WriterBuilder;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 /// Reads every array of an `.npz` file as tensors, sorted by name (the zip reader lists
@@ -22,36 +23,72 @@ use std::path::Path;
 /// # Ok::<(), anyhow::Error>(())
 /// ```
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let mut archive = npyz::npz::NpzArchive::open(path).with_context(|| format!("{}: cannot open as .npz", path.display()))?;
-    let mut names: Vec<String> = archive.array_names().map(str::to_string).collect();
-    names.sort();
-    if names.is_empty() {
-        bail!("{}: the archive holds no arrays", path.display());
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    read_npz_from(std::io::BufReader::new(file)).with_context(|| path.display().to_string())
+}
+
+/// Reads every array of an `.npz` archive held by `reader`, sorted by name. Memory stays
+/// within twice the data actually present, whatever sizes the headers claim.
+///
+/// ```
+/// use distq_converter::npz::read_npz_from;
+/// let err = read_npz_from(std::io::Cursor::new(b"PK\x03\x04 not really".to_vec())).unwrap_err();
+/// assert!(format!("{err:#}").contains("not a .npz"));
+/// ```
+pub fn read_npz_from<R: Read + Seek>(reader: R) -> Result<Vec<(String, Tensor)>> {
+    let mut archive = zip::ZipArchive::new(reader).context("not a .npz (zip) archive")?;
+    let mut arrays = Vec::new();
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index).with_context(|| format!("zip entry {index}"))?;
+        let Some(name) = npyz::npz::array_name_from_file_name(entry.name()).map(str::to_string) else {
+            continue;
+        };
+        // The declared size may lie: it only caps the first allocation, the data decides.
+        let mut bytes = Vec::with_capacity((entry.size() as usize).min(1 << 24));
+        entry.read_to_end(&mut bytes).with_context(|| format!("array '{name}': cannot read"))?;
+        let t = npy_to_tensor(&bytes).with_context(|| format!("array '{name}'"))?;
+        arrays.push((name, t));
     }
-    names
-        .into_iter()
-        .map(|name| {
-            let file = archive.by_name(&name)?.with_context(|| format!("array '{name}' vanished"))?;
-            let t = npy_to_tensor(file).with_context(|| format!("{}: array '{name}'", path.display()))?;
-            Ok((name, t))
-        })
-        .collect()
+    arrays.sort_by(|a, b| a.0.cmp(&b.0));
+    if arrays.is_empty() {
+        bail!("the archive holds no arrays");
+    }
+    if let Some(w) = arrays.windows(2).find(|w| w[0].0 == w[1].0) {
+        bail!("array '{}' appears twice", w[0].0);
+    }
+    Ok(arrays)
 }
 
 /// Reads one `.npy` file as a tensor.
 pub fn read_npy(path: &Path) -> Result<Tensor> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).with_context(|| format!("{}: not a .npy file", path.display()))?;
-    npy_to_tensor(npy).with_context(|| path.display().to_string())
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    npy_to_tensor(&bytes).with_context(|| path.display().to_string())
 }
 
-fn npy_to_tensor<R: std::io::Read>(npy: npyz::NpyFile<R>) -> Result<Tensor> {
+/// The array in `.npy` bytes. The header's shape is checked against the bytes present
+/// before anything is allocated for it.
+fn npy_to_tensor(bytes: &[u8]) -> Result<Tensor> {
+    let npy = npyz::NpyFile::new(bytes).context("not a .npy array")?;
     if npy.order() == npyz::Order::Fortran {
         bail!("Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>()?;
     let descr = npy.dtype().descr();
-    let t = match descr.trim_matches('\'').trim_start_matches(['<', '|', '=']) {
+    let kind = descr.trim_matches('\'').trim_start_matches(['<', '|', '=']);
+    let item_bytes: usize = match kind {
+        "f8" | "i8" => 8,
+        "f4" | "i4" => 4,
+        "f2" => 2,
+        "i1" | "u1" | "b1" => 1,
+        _ => bail!("unsupported dtype '{descr}' (supported: float32/64/16, int64/32/8, uint8, bool, little-endian)"),
+    };
+    let needed = shape.iter().try_fold(item_bytes, |acc, &d| acc.checked_mul(d));
+    ensure!(
+        needed.is_some_and(|n| n <= bytes.len()),
+        "shape {shape:?} of '{descr}' needs more bytes than the {} the array holds",
+        bytes.len()
+    );
+    let t = match kind {
         "f4" => Tensor::from_vec(shape, npy.into_vec::<f32>()?)?,
         "f8" => Tensor::from_vec(shape, npy.into_vec::<f64>()?)?,
         "f2" => Tensor::from_vec(shape, npy.into_vec::<half::f16>()?.into_iter().map(|h| h.to_bits()).collect())?,
@@ -59,8 +96,7 @@ fn npy_to_tensor<R: std::io::Read>(npy: npyz::NpyFile<R>) -> Result<Tensor> {
         "i4" => Tensor::from_vec(shape, npy.into_vec::<i32>()?)?,
         "i1" => Tensor::from_vec(shape, npy.into_vec::<i8>()?)?,
         "u1" => Tensor::from_vec(shape, npy.into_vec::<u8>()?)?,
-        "b1" => Tensor::from_bools(shape, npy.into_vec::<bool>()?)?,
-        _ => bail!("unsupported dtype '{descr}' (supported: float32/64/16, int64/32/8, uint8, bool, little-endian)"),
+        _ => Tensor::from_bools(shape, npy.into_vec::<bool>()?)?,
     };
     Ok(t)
 }

@@ -44,20 +44,29 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> Result<(f32, f32)> {
     Ok((diff, scale))
 }
 
-/// Checks what a wrapper (the C ABI, the Java API) computed for `model` on the inputs in
-/// `inputs` (an `.npz`): the same bytes as [`distq_runtime::Session::run`], and within
-/// [`ONNXRUNTIME_TOLERANCE`] of onnxruntime for float outputs. Returns a line per output.
-pub fn check_wrapper_outputs(model: &Path, inputs: &Path, outputs: &[(String, Tensor)]) -> Result<Vec<String>> {
-    let ours = distq_runtime::Session::load(model)?.run(crate::npz::read_npz(inputs)?)?;
-    let theirs = onnxruntime_outputs(model, inputs, "optimized")?;
+/// Checks that a wrapper's `outputs` for `model` on `inputs` are the bytes
+/// [`distq_runtime::Session::run`] gives, names, dtypes and shapes included.
+pub fn check_same_as_rust_api(model: &Path, inputs: distq_runtime::NamedTensors, outputs: &[(String, Tensor)]) -> Result<()> {
+    let ours = distq_runtime::Session::load(model)?.run(inputs)?;
     if outputs.len() != ours.len() {
         bail!("{} outputs, the model has {}", outputs.len(), ours.len());
     }
-    let mut lines = Vec::new();
     for ((name, got), (rust_name, rust)) in outputs.iter().zip(&ours) {
         if (name, got.dtype(), got.shape()) != (rust_name, rust.dtype(), rust.shape()) || got.as_le_bytes() != rust.as_le_bytes() {
             bail!("output '{name}' {:?} differs from the Rust API's '{rust_name}' {:?}", got.shape(), rust.shape());
         }
+    }
+    Ok(())
+}
+
+/// Checks what a wrapper (the C ABI, the Java API) computed for `model` on the inputs in
+/// `inputs` (an `.npz`): the same bytes as [`distq_runtime::Session::run`], and within
+/// [`ONNXRUNTIME_TOLERANCE`] of onnxruntime for float outputs. Returns a line per output.
+pub fn check_wrapper_outputs(model: &Path, inputs: &Path, outputs: &[(String, Tensor)]) -> Result<Vec<String>> {
+    check_same_as_rust_api(model, crate::npz::read_npz(inputs)?, outputs)?;
+    let theirs = onnxruntime_outputs(model, inputs, "optimized")?;
+    let mut lines = Vec::new();
+    for (name, got) in outputs {
         let ort = &theirs.iter().find(|(n, _)| n == name).with_context(|| format!("onnxruntime gave no output '{name}'"))?.1;
         let (diff, scale) = max_diff(got, ort)?;
         if diff > ONNXRUNTIME_TOLERANCE * scale.max(1e-3) {

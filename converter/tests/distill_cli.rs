@@ -3,7 +3,7 @@
 //! with SIGKILL resumes to the loss of an uninterrupted run, and bad input fails with a
 //! message naming the problem and no output file.
 
-use distq_converter::distill::data::{Arrays, take_rows};
+use distq_converter::distill::data::{Arrays, epoch_order, take_rows};
 use distq_converter::distill::zoo::{CnnWidths, image_cnn};
 use distq_converter::models::workspace_root;
 use distq_converter::npz::write_npz;
@@ -96,7 +96,7 @@ fn final_loss(log: &Path) -> f64 {
 }
 
 #[test]
-fn a_killed_distillation_resumes_to_the_uninterrupted_loss() {
+fn a_distillation_killed_at_random_points_resumes_to_the_uninterrupted_loss() {
     let dir = tempfile::tempdir().unwrap();
     let train = slice(dir.path(), "train", 1600);
     let teacher = workspace_root().join("models/fashion/teacher.onnx");
@@ -114,33 +114,52 @@ fn a_killed_distillation_resumes_to_the_uninterrupted_loss() {
         Command::new(env!("CARGO_BIN_EXE_distq")).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
     };
     let uninterrupted = dir.path().join("whole");
+    let started = Instant::now();
     let whole = run(&uninterrupted, &dir.path().join("whole.onnx"), false).wait_with_output().unwrap();
     assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+    let duration = started.elapsed();
 
-    // SIGKILL once a checkpoint past step 40 of 200 is on disk, well before the end.
+    // SIGKILL at three random points (the seed is printed; DISTQ_KILL_SEED replays one): each
+    // once the checkpointed step reaches a random target, plus a random part of the time of 5
+    // steps, so kills land in a step, in a checkpoint being written, or just after one. Each
+    // restart resumes from what the last kill left, and no kill leaves an output.
+    let seed = std::env::var("DISTQ_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64);
+    println!("kill seed {seed} (uninterrupted run: {duration:?})");
     let interrupted = dir.path().join("killed");
     let output = dir.path().join("killed.onnx");
-    let mut child = run(&interrupted, &output, false);
-    let started = Instant::now();
     let step = || -> usize {
         let text = std::fs::read_to_string(interrupted.join("state.json")).unwrap_or_default();
         serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["progress"]["step"].as_u64()).unwrap_or(0) as usize
     };
-    while step() < 40 {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
-        std::thread::sleep(Duration::from_millis(5));
+    let mut targets: Vec<usize> = epoch_order(180, seed, 0)[..3].to_vec();
+    targets.sort();
+    let phases = epoch_order(100, seed, 1);
+    let mut kills = Vec::new();
+    for (&target, &phase) in targets.iter().zip(&phases) {
+        let mut child = run(&interrupted, &output, interrupted.join("state.json").exists());
+        let started = Instant::now();
+        while step() < target && child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint past step {target} after 5 minutes");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(duration.mul_f64(5.0 / 200.0 * phase as f64 / 100.0));
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before this kill: nothing left to interrupt
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills.push(step());
+        assert!(!output.exists(), "a killed run leaves no output model (kills so far at steps {kills:?})");
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let killed_at = step();
-    assert!(killed_at < 200, "killed at step {killed_at}");
-    assert!(!output.exists(), "a killed run leaves no output model");
-
+    println!("killed at steps {kills:?} of 200");
+    assert!(kills.len() == 3, "the run finished before all 3 kills (seed {seed}): {kills:?}");
     let resumed = run(&interrupted, &output, true).wait_with_output().unwrap();
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     let (a, b) = (final_loss(&uninterrupted.join("log.jsonl")), final_loss(&interrupted.join("log.jsonl")));
-    assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "final loss: uninterrupted {a}, killed at step {killed_at} and resumed {b}");
+    assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "final loss: uninterrupted {a}, killed at steps {kills:?} (seed {seed}) then {b}");
     assert_eq!(accuracy(&output, &fashion("val")), accuracy(&dir.path().join("whole.onnx"), &fashion("val")));
 
     // A truncated checkpoint is reported, not loaded.

@@ -20,7 +20,7 @@ use std::time::Instant;
 /// Distillation epochs over the 7500 training sentences.
 const EPOCHS: usize = 2;
 /// Sentences the quantization-aware fine-tuning sees.
-const QAT_SAMPLES: usize = 2000;
+const QAT_SAMPLES: usize = 1000;
 
 #[test]
 #[ignore = "real model: run by tools/test.sh"]

@@ -42,6 +42,23 @@ fn c_program_runs_a_model_and_survives_every_misuse() {
     assert!(stdout.contains(", 0 failed"), "{stdout}");
 }
 
+/// The bundled CNN run from 8 C threads at once on one session (each run also splitting its
+/// kernels over 2 threads): every run's outputs equal the first run's byte for byte, and the
+/// first run's equal the Rust API's.
+#[test]
+fn c_program_runs_one_session_from_8_threads_identically() {
+    let (model, inputs) = distq_converter::models::bundled_cnn(8).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path());
+    write_raw_tensors(dir.path(), "inputs.txt", &inputs).unwrap();
+    let output = Command::new(exe).arg("run").arg(&model).arg(dir.path()).arg("8").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("8 threads x 10 runs on one session, 0 differing"), "{stdout}");
+    distq_converter::reference::check_same_as_rust_api(&model, inputs, &read_raw_tensors(dir.path(), "outputs.txt").unwrap()).unwrap();
+}
+
 /// Runs `model` on the inputs in `npz` through the C program; checks the outputs against the
 /// Rust API (bit for bit) and onnxruntime.
 fn check_c_program(model_rel: &str, npz: &str) {

@@ -35,5 +35,5 @@ mod threads;
 
 pub use error::{Error, Result};
 pub use plan::Plan;
-pub use session::{Model, NamedTensors, Session, StepTime};
+pub use session::{DEFAULT_MAX_TENSOR_BYTES, Model, NamedTensors, Session, StepTime};
 pub use tensor::{DataType, Tensor};

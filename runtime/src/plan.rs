@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeKind};
 use crate::ops::{BufferPool, Fact, Op, Work};
-use crate::tensor::{DataType, Tensor};
+use crate::tensor::{DataType, Tensor, checked_numel};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -108,6 +108,8 @@ struct Planner {
     /// Folded DequantizeLinear and float16 → float32 Cast nodes by output slot: fusion reads
     /// the compact constants behind a float weight from them.
     expanded: HashMap<usize, Step>,
+    /// Largest tensor a step may produce (see `Session::set_max_tensor_bytes`).
+    max_tensor_bytes: usize,
 }
 
 impl Planner {
@@ -164,6 +166,20 @@ impl Planner {
     fn op(&mut self, name: &str, op_type: &str, op: &Arc<dyn Op>, inputs: Vec<Option<usize>>, outputs: &[String]) -> Result<()> {
         let in_facts: Vec<Option<&Fact>> = inputs.iter().map(|s| s.map(|s| &self.facts[s])).collect();
         let mut out_facts = op.infer(&in_facts)?;
+        for (i, f) in out_facts.iter().enumerate() {
+            // Sizes are known here, before anything is allocated: a hostile model asking for
+            // 2^40 elements is refused instead of aborting the process on allocation.
+            let bytes = checked_numel(&f.shape).ok().and_then(|n| n.checked_mul(f.dtype.size()));
+            if bytes.is_none_or(|b| b > self.max_tensor_bytes) {
+                return Err(Error::Op(format!(
+                    "output {i} would be {}{:?}, {} bytes, over the session's limit of {} bytes per tensor",
+                    f.dtype,
+                    f.shape,
+                    bytes.map_or("too many".to_string(), |b| b.to_string()),
+                    self.max_tensor_bytes
+                )));
+            }
+        }
         if outputs.len() > out_facts.len() {
             return Err(Error::Op(format!("the node declares {} outputs, the op produces {}", outputs.len(), out_facts.len())));
         }
@@ -214,9 +230,17 @@ pub(crate) fn check_output(fact: &Fact, t: &Tensor) -> Result<()> {
 }
 
 /// Plans `graph` for inputs of the given dtypes and shapes (in graph input order).
-pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)]) -> Result<Plan> {
-    let mut p =
-        Planner { env: HashMap::new(), facts: Vec::new(), constants: Vec::new(), steps: Vec::new(), folded: 0, expanded: HashMap::new() };
+/// No step may produce a tensor of more than `max_tensor_bytes`.
+pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], max_tensor_bytes: usize) -> Result<Plan> {
+    let mut p = Planner {
+        env: HashMap::new(),
+        facts: Vec::new(),
+        constants: Vec::new(),
+        steps: Vec::new(),
+        folded: 0,
+        expanded: HashMap::new(),
+        max_tensor_bytes,
+    };
     let mut input_slots = Vec::new();
     for (info, (dtype, shape)) in graph.inputs.iter().zip(inputs) {
         let s = p.slot(Fact::new(*dtype, shape.clone()));

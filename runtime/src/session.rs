@@ -73,7 +73,13 @@ pub struct Session {
     pool: Mutex<BufferPool>,
     /// Threads each run's kernels may use.
     threads: AtomicUsize,
+    /// Largest tensor a plan may produce.
+    max_tensor_bytes: AtomicUsize,
 }
+
+/// Default for [`Session::set_max_tensor_bytes`]: 1 GiB, beyond what a phone should give to
+/// one activation (a MiniLM batch of 256 × 128 tokens needs 200 MB for its attention scores).
+pub const DEFAULT_MAX_TENSOR_BYTES: usize = 1 << 30;
 
 /// Dtype and shape of each input, in graph order: what a plan is made for.
 type PlanKey = Vec<(DataType, Vec<usize>)>;
@@ -93,7 +99,29 @@ impl Session {
             plans: Mutex::new(HashMap::new()),
             pool: Mutex::new(BufferPool::default()),
             threads: AtomicUsize::new(1),
+            max_tensor_bytes: AtomicUsize::new(DEFAULT_MAX_TENSOR_BYTES),
         }
+    }
+
+    /// Refuses plans in which any step would produce a tensor larger than `bytes` (default
+    /// [`DEFAULT_MAX_TENSOR_BYTES`]): sizes are known when planning, so a model (or inputs)
+    /// asking for more fails with an error naming the node instead of exhausting memory.
+    /// Plans cached earlier are dropped.
+    ///
+    /// ```
+    /// use distq_runtime::{Model, Session, Tensor};
+    /// let session = Session::new(Model::from_bytes(distq_runtime::testing::add_one_model())?);
+    /// session.set_max_tensor_bytes(64);
+    /// let small = Tensor::from_vec(vec![16], vec![0f32; 16])?;
+    /// assert!(session.run(vec![("x", small)]).is_ok());
+    /// let big = Tensor::from_vec(vec![17], vec![0f32; 17])?;
+    /// let err = session.run(vec![("x", big)]).unwrap_err().to_string();
+    /// assert!(err.contains("over the session's limit of 64 bytes"), "{err}");
+    /// # Ok::<(), distq_runtime::Error>(())
+    /// ```
+    pub fn set_max_tensor_bytes(&self, bytes: usize) {
+        self.max_tensor_bytes.store(bytes, Ordering::Relaxed);
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Lets the kernels of later runs split their work over `threads` threads (default 1;
@@ -199,7 +227,7 @@ impl Session {
         if let Some(p) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(p.clone());
         }
-        let p = Arc::new(plan(&self.model.graph, inputs)?);
+        let p = Arc::new(plan(&self.model.graph, inputs, self.max_tensor_bytes.load(Ordering::Relaxed))?);
         let mut cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_CACHED_PLANS {
             cache.clear();

@@ -1,29 +1,12 @@
 //! Bad input of every kind the foundation promises to reject: each gets a clear error naming
 //! the problem, never a panic. Models are generated here with the builder, not hand-edited.
 
-use distq_runtime::onnx::proto::{StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
+mod common;
+
+use common::{assert_mentions, err_of, external_model, raw_tensor, temp_dir, with_initializer};
 use distq_runtime::testing::{Attr, ModelBuilder, add_one_model};
-use distq_runtime::{DataType, Error, Model, Session, Tensor};
+use distq_runtime::{DataType, Model, Session, Tensor};
 use prost::Message;
-use std::path::PathBuf;
-
-fn err_of(r: Result<Model, Error>) -> String {
-    match r {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e.to_string(),
-    }
-}
-
-fn assert_mentions(msg: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(msg.contains(p), "error message {msg:?} should mention {p:?}");
-    }
-}
-
-/// A scratch folder, removed when the returned guard drops (also when the test fails).
-fn temp_dir(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("distq-bad-{tag}-")).tempdir().unwrap()
-}
 
 #[test]
 fn truncated_file() {
@@ -46,19 +29,6 @@ fn garbage_and_empty_files() {
     // Valid protobuf, but not a model: a lone unknown field.
     assert_mentions(&err_of(Model::from_bytes(vec![0xf8, 0x01, 0x01])), &["no ir_version"]);
     assert_mentions(&err_of(Model::load(dir.join("missing.onnx"))), &["missing.onnx"]);
-}
-
-fn with_initializer(t: TensorProto) -> Vec<u8> {
-    ModelBuilder::new(17)
-        .input("x", DataType::F32, &[2])
-        .initializer_proto(t)
-        .node("Add", &["x", "w"], &["y"], vec![])
-        .output("y", DataType::F32, &[2])
-        .to_bytes()
-}
-
-fn raw_tensor(dims: Vec<i64>, bytes: usize) -> TensorProto {
-    TensorProto { name: Some("w".into()), dims, data_type: Some(1), raw_data: Some(vec![0u8; bytes].into()), ..Default::default() }
 }
 
 #[test]
@@ -175,23 +145,6 @@ fn op_errors_name_the_node() {
     assert_mentions(&msg, &["node 'n0_Add' (Add)", "[2, 3]", "[4]", "cannot be broadcast"]);
 }
 
-fn external_model(dir: &std::path::Path, location: &str, offset: u64, length: u64) -> PathBuf {
-    let t = TensorProto {
-        name: Some("w".into()),
-        dims: vec![2],
-        data_type: Some(1),
-        data_location: Some(DataLocation::External as i32),
-        external_data: [("location", location.to_string()), ("offset", offset.to_string()), ("length", length.to_string())]
-            .into_iter()
-            .map(|(k, v)| StringStringEntryProto { key: Some(k.into()), value: Some(v) })
-            .collect(),
-        ..Default::default()
-    };
-    let path = dir.join("model.onnx");
-    std::fs::write(&path, with_initializer(t)).unwrap();
-    path
-}
-
 #[test]
 fn external_data_is_confined_and_bounded() {
     let scratch = temp_dir("external");
@@ -201,7 +154,7 @@ fn external_data_is_confined_and_bounded() {
     weights.extend(2.5f32.to_le_bytes());
     std::fs::write(dir.join("weights.bin"), &weights).unwrap();
     // The good case: mapped in place from the aligned offset.
-    let ok = Session::load(external_model(dir, "weights.bin", 64, 8)).unwrap();
+    let ok = Session::load(external_model(dir, "weights.bin", vec![2], 64, 8)).unwrap();
     let y = ok.run(vec![("x", Tensor::from_vec(vec![2], vec![1f32, 1.]).unwrap())]).unwrap();
     assert_eq!(y[0].1.as_slice::<f32>().unwrap(), &[2.5, 3.5]);
 
@@ -213,7 +166,7 @@ fn external_data_is_confined_and_bounded() {
         ("nope.bin".into(), 0, 8, &["tensor 'w'", "nope.bin"]),
     ];
     for (loc, off, len, parts) in cases {
-        assert_mentions(&err_of(Model::load(external_model(dir, &loc, off, len))), parts);
+        assert_mentions(&err_of(Model::load(external_model(dir, &loc, vec![2], off, len))), parts);
     }
     #[cfg(unix)]
     {
@@ -222,12 +175,12 @@ fn external_data_is_confined_and_bounded() {
         std::fs::write(outside.join("secret.bin"), [0u8; 8]).unwrap();
         std::os::unix::fs::symlink(outside.join("secret.bin"), dir.join("link.bin")).unwrap();
         assert_mentions(
-            &err_of(Model::load(external_model(dir, "link.bin", 0, 8))),
+            &err_of(Model::load(external_model(dir, "link.bin", vec![2], 0, 8))),
             &["tensor 'w'", "outside the model folder", "symlink"],
         );
     }
     // In-memory models have no folder to resolve against.
-    let bytes = std::fs::read(external_model(dir, "weights.bin", 64, 8)).unwrap();
+    let bytes = std::fs::read(external_model(dir, "weights.bin", vec![2], 64, 8)).unwrap();
     assert_mentions(&err_of(Model::from_bytes(bytes)), &["tensor 'w'", "loaded from memory"]);
 }
 

@@ -61,6 +61,8 @@ pub fn outputs(teacher: &Path, data: &Arrays, outputs: &[String], pool: Option<&
     }
     let inputs: Vec<String> = model.inputs().iter().map(|i| i.name.clone()).collect();
     let session = Session::new(model);
+    // The teacher runs once per cache key; all cores make that pass several times faster.
+    session.set_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut parts: Vec<Vec<distq_runtime::Tensor>> = vec![Vec::new(); outputs.len()];
     let total = data.samples();
     for start in (0..total).step_by(BATCH) {

@@ -2,11 +2,19 @@
  * gcc -std=c99 -Wall -Wextra -Werror -pedantic against ios/include/distq.h and libdistq.a).
  *
  *   distq_c_test misuse ADD_ONE.onnx   runs y = x + 1 and every misuse case; exit 0 if all hold
- *   distq_c_test run MODEL.onnx DIR    runs MODEL on DIR/inputs.txt, writes DIR/outputs.txt
+ *   distq_c_test run MODEL.onnx DIR [THREADS]
+ *                                      runs MODEL on DIR/inputs.txt, writes DIR/outputs.txt;
+ *                                      with THREADS, then runs the same inputs on the same
+ *                                      session from THREADS threads at once, and every output
+ *                                      must equal the first run's byte for byte
  *
  * inputs.txt: one line per input, "name dtype rank d0 .. dn file" (file: raw little-endian
  * elements, relative to DIR). outputs.txt: the same format, files written beside it. */
+/* pthreads are POSIX, beyond C99. */
+#define _POSIX_C_SOURCE 200809L
 #include "distq.h"
+
+#include <pthread.h>
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -158,7 +166,68 @@ static void *read_file(const char *path, size_t *len) {
 #define MAX_INPUTS 16
 #define MAX_RANK 8
 
-static int run(const char *model_path, const char *dir) {
+/* What each thread of the concurrency check shares: one session, the inputs, and the
+ * outputs of the single-threaded run to compare with. */
+typedef struct {
+  DistqSession *session;
+  const DistqTensor *inputs;
+  size_t count;
+  DistqOutputs *expected;
+  int mismatches;
+} SharedRun;
+
+#define RUNS_PER_THREAD 10
+#define MAX_THREADS 64
+
+static void *run_and_compare(void *arg) {
+  SharedRun *shared = (SharedRun *)arg;
+  size_t i, n = 0, want = 0;
+  int k, mismatches = 0;
+  for (k = 0; k < RUNS_PER_THREAD; k++) {
+    DistqOutputs *outputs = NULL;
+    if (distq_session_run(shared->session, shared->inputs, shared->count, &outputs) != DISTQ_STATUS_OK) {
+      mismatches++;
+      continue;
+    }
+    distq_outputs_count(outputs, &n);
+    distq_outputs_count(shared->expected, &want);
+    if (n != want) mismatches++;
+    for (i = 0; i < n && i < want; i++) {
+      DistqTensor got, ref;
+      distq_outputs_get(outputs, i, &got);
+      distq_outputs_get(shared->expected, i, &ref);
+      if (got.byte_len != ref.byte_len || memcmp(got.data, ref.data, ref.byte_len) != 0) mismatches++;
+    }
+    distq_outputs_free(outputs);
+  }
+  shared->mismatches = mismatches;
+  return NULL;
+}
+
+/* Runs `inputs` from `threads` threads at once on `session`; every output must equal
+ * `expected` byte for byte. Returns the number of mismatched or failed runs. */
+static int concurrent_runs(DistqSession *session, const DistqTensor *inputs, size_t count, DistqOutputs *expected, int threads) {
+  pthread_t ids[MAX_THREADS];
+  SharedRun shared[MAX_THREADS];
+  int t, mismatches = 0;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  for (t = 0; t < threads; t++) {
+    shared[t].session = session;
+    shared[t].inputs = inputs;
+    shared[t].count = count;
+    shared[t].expected = expected;
+    shared[t].mismatches = 0;
+    if (pthread_create(&ids[t], NULL, run_and_compare, &shared[t]) != 0) return fprintf(stderr, "pthread_create failed\n"), 1;
+  }
+  for (t = 0; t < threads; t++) {
+    pthread_join(ids[t], NULL);
+    mismatches += shared[t].mismatches;
+  }
+  printf("c threads: %d threads x %d runs on one session, %d differing from the first run\n", threads, RUNS_PER_THREAD, mismatches);
+  return mismatches;
+}
+
+static int run(const char *model_path, const char *dir, int threads) {
   char path[4096], file[256];
   char names[MAX_INPUTS][256];
   int64_t shapes[MAX_INPUTS][MAX_RANK];
@@ -212,6 +281,10 @@ static int run(const char *model_path, const char *dir) {
     if (out != NULL) fclose(out);
   }
   if (manifest != NULL) fclose(manifest);
+  if (threads > 0) {
+    distq_session_set_threads(session, 2);
+    if (concurrent_runs(session, inputs, count, outputs, threads) != 0) status = 1;
+  }
   distq_outputs_free(outputs);
   distq_session_free(session);
   for (i = 0; i < count; i++) free(buffers[i]);
@@ -221,7 +294,8 @@ static int run(const char *model_path, const char *dir) {
 
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "misuse") == 0) return misuse(argv[2]);
-  if (argc == 4 && strcmp(argv[1], "run") == 0) return run(argv[2], argv[3]);
-  fprintf(stderr, "usage: %s misuse ADD_ONE.onnx | run MODEL.onnx DIR\n", argv[0]);
+  if (argc == 4 && strcmp(argv[1], "run") == 0) return run(argv[2], argv[3], 0);
+  if (argc == 5 && strcmp(argv[1], "run") == 0) return run(argv[2], argv[3], atoi(argv[4]));
+  fprintf(stderr, "usage: %s misuse ADD_ONE.onnx | run MODEL.onnx DIR [THREADS]\n", argv[0]);
   return 2;
 }

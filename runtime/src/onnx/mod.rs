@@ -54,8 +54,15 @@ impl OnnxFile {
         if bytes.is_empty() {
             return Err(decode_err("the file is empty".into()));
         }
-        let proto = ModelProto::decode(bytes)
-            .map_err(|e| decode_err(format!("protobuf decoding failed ({e}); the file is truncated or not ONNX")))?;
+        let proto = ModelProto::decode(bytes).map_err(|e| {
+            let e = e.to_string();
+            // prost names every enclosing message; past its nesting limit that is a long echo.
+            if e.ends_with("recursion limit reached") {
+                decode_err("messages nest deeper than protobuf's limit of 100 (subgraphs within subgraphs)".into())
+            } else {
+                decode_err(format!("protobuf decoding failed ({e}); the file is truncated or not ONNX"))
+            }
+        })?;
         // Random bytes can parse as a protobuf made only of unknown fields: demand the parts
         // every ONNX model has.
         if proto.ir_version.unwrap_or(0) <= 0 {

@@ -96,6 +96,9 @@ impl QuantParams {
     /// whose parameters are one value (the whole tensor, a channel's span, a block along the
     /// last axis) or one per element from contiguous slices (blocks along an outer axis).
     fn runs(&self, len: usize, mut f: impl FnMut(Range<usize>, Params)) {
+        if len == 0 {
+            return; // a zero dim: nothing to run, and the strides below may be 0
+        }
         match self.layout {
             Layout::Tensor => f(0..len, Params::One(self.scales[0], self.zeros[0])),
             // The axis is the innermost: each row runs over every channel's parameters (runs
@@ -876,6 +879,18 @@ mod tests {
 
     /// Every layout's runs give each element the parameters the definition does: per axis
     /// `a`; blocked `(outer, a / block, inner)`.
+    /// Found by the int4 fuzz target: a zero dim after the axis made the run stride 0.
+    #[test]
+    fn empty_tensors_dequantize_in_every_layout() {
+        let x = Tensor::from_vec(vec![2, 0], Vec::<i8>::new()).unwrap();
+        for (axis, block, scale_shape) in [(0, 0, vec![2]), (0, 1, vec![2, 0]), (1, 2, vec![2, 0])] {
+            let n = scale_shape.iter().product();
+            let scale = f32t(&scale_shape, &vec![1.0; n]);
+            let y = run(&DequantizeLinear { axis: Axis { axis, block } }, &[Some(x.clone()), scale, None]).unwrap();
+            assert_eq!(y[0].shape(), &[2, 0], "axis {axis} block {block}");
+        }
+    }
+
     #[test]
     fn runs_follow_the_definition_in_every_layout() {
         let shape = [2usize, 5, 3];

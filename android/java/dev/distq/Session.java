@@ -3,6 +3,7 @@ package dev.distq;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.util.Map;
+import java.util.Objects;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 
 /**
@@ -46,11 +47,12 @@ public final class Session implements AutoCloseable {
      * @throws DistqException if it is not a valid ONNX model or uses an unsupported operator
      */
     public static Session load(String path) throws IOException {
-        return new Session(nativeLoad(path));
+        return new Session(nativeLoad(Objects.requireNonNull(path, "path is null")));
     }
 
     /** Makes a session from model bytes (copied; models with external data need {@link #load}). */
     public static Session fromBytes(byte[] model) {
+        Objects.requireNonNull(model, "model bytes are null");
         ByteBuffer direct = ByteBuffer.allocateDirect(model.length);
         direct.put(model);
         return new Session(nativeFromBytes(direct));
@@ -140,17 +142,20 @@ public final class Session implements AutoCloseable {
         final ByteBuffer[] buffers;
 
         NativeInputs(Map<String, Tensor> inputs) {
+            Objects.requireNonNull(inputs, "inputs are null");
             int n = inputs.size(), i = 0, rankSum = 0;
             names = new String[n];
             dtypes = new int[n];
             ranks = new int[n];
             buffers = new ByteBuffer[n];
-            for (Tensor t : inputs.values()) rankSum += t.shape().length;
+            for (Map.Entry<String, Tensor> e : inputs.entrySet()) {
+                if (e.getKey() == null || e.getValue() == null) throw new NullPointerException("null input name or tensor");
+                rankSum += e.getValue().shape().length;
+            }
             dims = new long[rankSum];
             int d = 0;
             for (Map.Entry<String, Tensor> e : inputs.entrySet()) {
                 Tensor t = e.getValue();
-                if (e.getKey() == null || t == null) throw new NullPointerException("null input name or tensor");
                 names[i] = e.getKey();
                 dtypes[i] = t.dtype().code;
                 long[] shape = t.shape();

@@ -3,6 +3,7 @@ package dev.distq;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.Arrays;
+import java.util.Objects;
 
 /**
  * A tensor: an element type, a shape and a direct, native-order {@link ByteBuffer} holding
@@ -80,6 +81,7 @@ public final class Tensor {
      * change it while a run is in progress.
      */
     public static Tensor wrap(DType dtype, long[] shape, ByteBuffer direct) {
+        Objects.requireNonNull(direct, "buffer is null");
         if (!direct.isDirect()) throw new IllegalArgumentException("the buffer is not direct: use ByteBuffer.allocateDirect or Tensor.allocate");
         int expected = byteLength(dtype, shape);
         if (direct.capacity() != expected) {

@@ -15,7 +15,10 @@ import java.util.Map;
  * The Java API in a real JVM (run by android/tests/jvm.rs with -Xcheck:jni):
  *
  *   errors ADD_ONE.onnx   y = x + 1, every error path, several threads; exit 0 if all hold
- *   run MODEL.onnx DIR    runs MODEL on DIR/inputs.txt, writes DIR/outputs.txt
+ *   run MODEL.onnx DIR [THREADS]
+ *                         runs MODEL on DIR/inputs.txt, writes DIR/outputs.txt; with THREADS,
+ *                         then runs them from THREADS threads at once on the same session,
+ *                         every output equal to the first run's byte for byte
  *
  * The manifests have one line per tensor, "name dtype-code rank dims... file".
  */
@@ -56,7 +59,14 @@ public final class SessionTest {
         expectThrows(FileNotFoundException.class, "/nonexistent/model.onnx", () -> Session.load("/nonexistent/model.onnx"));
         expectThrows(DistqException.class, "not a valid ONNX model", () -> Session.fromBytes(new byte[] {-1, -1, -1, -1, -1}));
 
+        // NULL where an object goes: a Java exception naming it, never a crash in native code.
+        expectThrows(NullPointerException.class, "path is null", () -> Session.load(null));
+        expectThrows(NullPointerException.class, "model bytes are null", () -> Session.fromBytes(null));
+        expectThrows(NullPointerException.class, "buffer is null", () -> Tensor.wrap(Tensor.DType.FLOAT32, new long[] {2}, null));
+
         Session session = Session.load(addOne);
+        expectThrows(NullPointerException.class, "inputs are null", () -> session.run(null));
+        expectThrows(NullPointerException.class, "null input name or tensor", () -> session.run(one("x", null)));
         check(session.inputNames().length == 1 && session.inputNames()[0].equals("x"), "input names");
         check(session.outputNames()[0].equals("y"), "output names");
         float[] y = session.run(one("x", Tensor.fromFloats(new float[] {1, 2, 3}, 3))).get("y").toFloatArray();
@@ -88,7 +98,7 @@ public final class SessionTest {
         session.setThreads(2);
         List<Thread> threads = new ArrayList<>();
         List<String> threadFailures = java.util.Collections.synchronizedList(new ArrayList<>());
-        for (int t = 0; t < 4; t++) {
+        for (int t = 0; t < 8; t++) {
             final int id = t;
             threads.add(new Thread(() -> {
                 for (int i = 0; i < 100; i++) {
@@ -112,7 +122,7 @@ public final class SessionTest {
         System.out.println("java errors: " + checks + " checks, " + failures + " failed");
     }
 
-    private static void run(String model, Path dir) throws IOException {
+    private static void run(String model, Path dir, int threads) throws Exception {
         Map<String, Tensor> inputs = new LinkedHashMap<>();
         for (String line : Files.readAllLines(dir.resolve("inputs.txt"))) {
             String[] f = line.trim().split("\\s+");
@@ -138,18 +148,47 @@ public final class SessionTest {
                 b.get(bytes);
                 Files.write(dir.resolve(file), bytes);
             }
+            if (threads > 0) concurrentRuns(session, inputs, threads);
         }
         Files.write(dir.resolve("outputs.txt"), manifest.toString().getBytes("UTF-8"));
         System.out.println("java run: " + inputs.size() + " inputs");
     }
 
+    /** Runs `inputs` from `threads` threads at once on `session` (kernels on 2 threads each):
+     *  every output must equal the first run's byte for byte. */
+    private static void concurrentRuns(Session session, Map<String, Tensor> inputs, int threads) throws Exception {
+        Map<String, Tensor> expected = session.run(inputs);
+        session.setThreads(2);
+        final int runs = 10;
+        List<Thread> started = new ArrayList<>();
+        List<String> mismatches = java.util.Collections.synchronizedList(new ArrayList<>());
+        for (int t = 0; t < threads; t++) {
+            final int id = t;
+            started.add(new Thread(() -> {
+                for (int i = 0; i < runs; i++) {
+                    Map<String, Tensor> got = session.run(inputs);
+                    for (Map.Entry<String, Tensor> e : expected.entrySet()) {
+                        if (!e.getValue().buffer().equals(got.get(e.getKey()).buffer())) {
+                            mismatches.add("thread " + id + " run " + i + " output " + e.getKey());
+                        }
+                    }
+                }
+            }));
+        }
+        for (Thread t : started) t.start();
+        for (Thread t : started) t.join();
+        check(mismatches.isEmpty(), "runs differing from the first: " + mismatches);
+        System.out.println("java threads: " + threads + " threads x " + runs + " runs on one session, " + mismatches.size()
+                + " differing from the first run");
+    }
+
     public static void main(String[] args) throws Exception {
         if (args.length == 2 && args[0].equals("errors")) {
             errors(args[1]);
-        } else if (args.length == 3 && args[0].equals("run")) {
-            run(args[1], Paths.get(args[2]));
+        } else if ((args.length == 3 || args.length == 4) && args[0].equals("run")) {
+            run(args[1], Paths.get(args[2]), args.length == 4 ? Integer.parseInt(args[3]) : 0);
         } else {
-            System.err.println("usage: SessionTest errors ADD_ONE.onnx | run MODEL.onnx DIR");
+            System.err.println("usage: SessionTest errors ADD_ONE.onnx | run MODEL.onnx DIR [THREADS]");
             System.exit(2);
         }
         System.exit(failures == 0 ? 0 : 1);

@@ -16,7 +16,7 @@ use crate::distill::loss::masked_mean;
 use crate::distill::ops::{from_runtime, to_runtime_f32};
 use crate::distill::qat::FakeQuant;
 use crate::distill::{Objective, TrainConfig};
-use crate::quantize::metric::Dataset;
+use crate::quantize::metric::{Dataset, argmax, cosine};
 use crate::quantize::weights::Precision;
 use crate::quantize::{prepare, qdq, writer};
 use anyhow::{Context, Result};
@@ -69,16 +69,10 @@ fn score(model: &Path, setup: &Setup) -> Result<Option<(String, f64)>> {
             _ => got.to_f32s()?,
         };
         let per = got.len() / rows.len();
-        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
         let teacher = take_rows(targets.get(targets.names().next().context("no targets")?)?, &rows)?.to_f32s()?;
         for (r, row) in got.chunks(per).enumerate() {
             total += match (&setup.objective, &setup.data.labels) {
-                (Objective::Feature { .. }, _) => {
-                    let t = &teacher[r * per..(r + 1) * per];
-                    let dot: f32 = row.iter().zip(t).map(|(a, b)| a * b).sum();
-                    let norms = row.iter().map(|a| a * a).sum::<f32>().sqrt() * t.iter().map(|b| b * b).sum::<f32>().sqrt();
-                    f64::from(dot / norms.max(1e-12))
-                }
+                (Objective::Feature { .. }, _) => cosine(row, &teacher[r * per..(r + 1) * per]),
                 (_, Some(labels)) => f64::from(u8::from(argmax(row) as i64 == take_rows(val.get(labels)?, &[rows[r]])?.to_i64s()?[0])),
                 (_, None) => f64::from(u8::from(argmax(row) == argmax(&teacher[r * per..(r + 1) * per]))),
             };

@@ -14,7 +14,7 @@ use crate::distill::derive::narrow_width;
 use crate::distill::loss::FeatureLoss;
 use crate::distill::zoo::{CnnWidths, image_cnn};
 use crate::models::workspace_root;
-use crate::quantize::metric::{Dataset, Metric};
+use crate::quantize::metric::{Dataset, Metric, argmax};
 use crate::quantize::{Config, quantize, writer};
 use anyhow::{Context, Result, ensure};
 use distq_runtime::bench::{BenchOptions, EnergySource};
@@ -100,8 +100,7 @@ fn measure(name: &'static str, path: &Path, test: &Arrays) -> Result<Row> {
         let logits = out.to_f32s()?;
         let labels = take_rows(test.get("label")?, &rows)?.to_i64s()?;
         for (row, &label) in logits.chunks(10).zip(&labels) {
-            let predicted = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-            correct += usize::from(predicted as i64 == label);
+            correct += usize::from(argmax(row) as i64 == label);
         }
     }
     let one = test.rows(&["image".to_string()], &[0])?;

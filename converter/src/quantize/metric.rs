@@ -212,7 +212,8 @@ fn pool(x: &[f32], mask: &[f32]) -> Vec<f32> {
     sum.iter().map(|&s| (s / count) as f32).collect()
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+/// Cosine similarity of two vectors (1 when both are zero), accumulated in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
     let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
     let (na, nb) = (norm(a), norm(b));
@@ -222,7 +223,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-fn argmax(v: &[f32]) -> usize {
+/// Index of the largest value (the first of equals; 0 for an empty slice).
+pub fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
 }
 

@@ -290,6 +290,20 @@ fn cases() -> Vec<Case> {
             mentions: &["subgraphs nest deeper than"],
         },
         Case {
+            name: "a chain of 30 000 nodes, then a bad Add",
+            model: |_| {
+                let names: Vec<String> = (0..=30_000).map(|i| if i == 0 { "x".to_string() } else { format!("v{i}") }).collect();
+                // Planned node by node to the end, where [2] + [3] cannot broadcast.
+                let three = Tensor::from_vec(vec![3], vec![0f32; 3]).unwrap();
+                let mut b = ModelBuilder::new(17).input("x", DataType::F32, &[2]).initializer("three", &three);
+                for w in names.windows(2) {
+                    b = b.node("Relu", &[&w[0]], &[&w[1]], vec![]);
+                }
+                Source::Bytes(b.node("Add", &["v30000", "three"], &["y"], vec![]).output("y", DataType::F32, &[2]).to_bytes())
+            },
+            mentions: &["n30000_Add", "cannot be broadcast"],
+        },
+        Case {
             name: "two initializers with one name",
             model: |_| {
                 let t = Tensor::from_vec(vec![2], vec![1f32, 2.]).unwrap();

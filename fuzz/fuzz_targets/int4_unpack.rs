@@ -49,13 +49,13 @@ fn dims(bytes: &mut Bytes) -> Vec<i64> {
 }
 
 fn dequantize_linear(bytes: &mut Bytes) {
-    let signed = bytes.byte() % 2 == 0;
+    let signed = bytes.byte().is_multiple_of(2);
     let (code, zero_code) = if signed { (22, 22) } else { (21, 21) };
     let q_dims = dims(bytes);
     let q_len = bytes.byte() as usize;
     let q_data = bytes.take(q_len).to_vec();
     let mode = bytes.byte();
-    let scale_dims = if mode % 2 == 0 { vec![] } else { dims(bytes) };
+    let scale_dims = if mode.is_multiple_of(2) { vec![] } else { dims(bytes) };
     let scales: Vec<f32> = bytes.take(64).iter().map(|&b| b as f32 / 16.0).collect();
     let numel: usize = scale_dims.iter().map(|&d| d as usize).product();
     let scale_data: Vec<u8> = scales.iter().cycle().take(numel).flat_map(|s| s.to_le_bytes()).collect();

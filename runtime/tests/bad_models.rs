@@ -223,3 +223,18 @@ fn if_with_shape_condition_is_inlined() {
     let plan = s.plan_for(&[(DataType::F32, vec![3])]).unwrap();
     assert_eq!(plan.num_steps(), 1, "only the chosen branch's Relu runs");
 }
+
+/// Found by the onnx_load fuzz target: an axis on a rank-0 input passed the axis check and
+/// then sliced past the shape.
+#[test]
+fn axis_ops_on_a_scalar_are_refused() {
+    let bytes = ModelBuilder::new(17)
+        .input("i", DataType::I64, &[1])
+        .initializer("s", &Tensor::scalar(1.5f32))
+        .node("Gather", &["s", "i"], &["y"], vec![])
+        .output("y", DataType::F32, &[1])
+        .to_bytes();
+    let s = Session::new(Model::from_bytes(bytes).unwrap());
+    let msg = s.run(vec![("i", Tensor::from_vec(vec![1], vec![0i64]).unwrap())]).unwrap_err().to_string();
+    assert_mentions(&msg, &["n0_Gather", "axis 0 is out of range for rank 0"]);
+}

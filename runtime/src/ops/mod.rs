@@ -333,7 +333,7 @@ pub(crate) fn optional<T: Copy>(inputs: &[Option<T>], i: usize) -> Option<T> {
 /// Resolves a possibly negative axis against `rank`.
 pub(crate) fn normalize_axis(axis: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;
-    ensure!((-r..r.max(1)).contains(&axis) || (rank == 0 && axis == 0), "axis {axis} is out of range for rank {rank}");
+    ensure!((-r..r).contains(&axis), "axis {axis} is out of range for rank {rank}");
     Ok(if axis < 0 { (axis + r) as usize } else { axis as usize })
 }
 

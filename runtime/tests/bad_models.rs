@@ -238,3 +238,19 @@ fn axis_ops_on_a_scalar_are_refused() {
     let msg = s.run(vec![("i", Tensor::from_vec(vec![1], vec![0i64]).unwrap())]).unwrap_err().to_string();
     assert_mentions(&msg, &["n0_Gather", "axis 0 is out of range for rank 0"]);
 }
+
+/// Found by the onnx_load fuzz target: a Range bound holding no value was indexed.
+#[test]
+fn range_with_an_empty_bound_is_refused() {
+    let bytes = ModelBuilder::new(17)
+        .input("x", DataType::F32, &[1])
+        .initializer("start", &Tensor::from_vec(vec![0], Vec::<i64>::new()).unwrap())
+        .initializer("limit", &Tensor::scalar(4i64))
+        .initializer("delta", &Tensor::scalar(1i64))
+        .node("Range", &["start", "limit", "delta"], &["y"], vec![])
+        .output("y", DataType::I64, &[-1])
+        .to_bytes();
+    let s = Session::new(Model::from_bytes(bytes).unwrap());
+    let msg = s.run(vec![("x", Tensor::from_vec(vec![1], vec![0f32]).unwrap())]).unwrap_err().to_string();
+    assert_mentions(&msg, &["n0_Range", "Range input 0 holds 0 values"]);
+}

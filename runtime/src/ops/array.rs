@@ -794,10 +794,13 @@ impl Op for Range {
         let get = |i: usize| -> Result<f64> {
             let f = required(inputs, i)?;
             ensure!(f.dtype == s.dtype, "Range inputs differ in dtype");
-            Ok(match f.dtype {
-                DataType::F32 | DataType::F64 => f.const_f32s("Range bounds")?[0] as f64,
-                _ => f.const_i64s("Range bounds")?[0] as f64,
-            })
+            let values: Vec<f64> = match f.dtype {
+                DataType::F32 | DataType::F64 => f.const_f32s("Range bounds")?.iter().map(|&v| v as f64).collect(),
+                _ => f.const_i64s("Range bounds")?.iter().map(|&v| v as f64).collect(),
+            };
+            // Checked here, before eval indexes them: a fuzzed model gave an empty bound.
+            ensure!(values.len() == 1, "Range input {i} holds {} values; each bound is one value", values.len());
+            Ok(values[0])
         };
         Ok(vec![Fact::new(s.dtype, vec![range_len(get(0)?, get(1)?, get(2)?)?])])
     }

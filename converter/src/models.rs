@@ -41,9 +41,6 @@ pub fn bundled_cnn(images: usize) -> anyhow::Result<(PathBuf, distq_runtime::Nam
     let dir = workspace_root().join("models/fashion");
     let arrays = crate::npz::read_npz(&dir.join("fashion_val.npz"))?;
     let all = &arrays.iter().find(|(n, _)| n == "image").ok_or_else(|| anyhow::anyhow!("fashion_val.npz has no 'image'"))?.1;
-    let mut shape = all.shape().to_vec();
-    let per_image: usize = shape[1..].iter().product();
-    shape[0] = images.min(shape[0]);
-    let data = all.as_slice::<u8>()?[..shape[0] * per_image].to_vec();
-    Ok((dir.join("teacher.onnx"), vec![("image".to_string(), distq_runtime::Tensor::from_vec(shape, data)?)]))
+    let rows: Vec<usize> = (0..images.min(all.shape()[0])).collect();
+    Ok((dir.join("teacher.onnx"), vec![("image".to_string(), crate::distill::data::take_rows(all, &rows)?)]))
 }

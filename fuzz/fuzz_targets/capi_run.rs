@@ -4,8 +4,8 @@
 #![no_main]
 
 use distq_fuzz::{Bytes, declared_shapes};
-use distq_runtime::Model;
 use distq_runtime::capi::*;
+use distq_runtime::{DataType, Model};
 use libfuzzer_sys::fuzz_target;
 use std::ffi::CStr;
 
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
             let elements: usize = dims.iter().map(|&d| d.max(0) as usize).product();
-            let size = [0usize, 4, 1, 1, 2, 2, 4, 8, 0, 1, 2, 8][code.clamp(0, 11) as usize];
+            let size = DataType::from_onnx(code).map_or(0, DataType::size);
             // Mostly the right byte length; sometimes one off.
             let wrong = (mode & 2 != 0 && i == 0) as usize;
             let byte_len = (elements * size + wrong).min(1 << 20);

@@ -96,8 +96,8 @@ fn distq(args: &[&str]) -> String {
 /// `distq convert` (mixed precision at ≤ 1/4 of the student's size, quantization-aware
 /// training); cosine to the teacher on the 1000 test sentences, ours and onnxruntime's.
 #[test]
-#[ignore = "real model, minutes of training: run by tools/test.sh"]
-fn minilm_distills_to_two_layers_and_converts_at_a_quarter_of_its_size() {
+#[ignore = "must-show, 15 minutes of training: tools/mustshow/minilm_distill.sh"]
+fn mustshow_minilm_distills_to_two_layers_and_converts_at_a_quarter_of_its_size() {
     let teacher = model("minilm/all-MiniLM-L6-v2.onnx");
     let scratch = tempfile::Builder::new().prefix("distq-distill-minilm-").tempdir().unwrap();
     let dir = scratch.path();
@@ -156,4 +156,82 @@ fn minilm_distills_to_two_layers_and_converts_at_a_quarter_of_its_size() {
     );
     assert!(bytes * 4 <= student_bytes, "{bytes} bytes, student {student_bytes}");
     assert!(ours_q >= 0.84 && theirs_q >= 0.84, "converted cosine: ours {ours_q}, onnxruntime {theirs_q}");
+}
+
+/// The training epochs' losses in a run's JSON log.
+fn epoch_losses(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["train_loss"].as_f64())
+        .collect()
+}
+
+/// CI's short version of the must-show: MiniLM → 2 layers on 256 real sentences for 2 epochs
+/// of 16 steps. The loss falls from the first epoch to the second, and a run SIGKILLed once a
+/// checkpoint past step 16 is on disk resumes to the uninterrupted run's final loss.
+#[test]
+#[ignore = "real model: run by tools/test.sh"]
+fn minilm_distills_a_few_steps_with_a_falling_loss_and_resumes_after_a_kill() {
+    let teacher = model("minilm/all-MiniLM-L6-v2.onnx");
+    let scratch = tempfile::Builder::new().prefix("distq-distill-minilm-short-").tempdir().unwrap();
+    let dir = scratch.path();
+    let all = Arrays::read(&data_path("sentences_train_256.npz")).unwrap();
+    let names: Vec<String> = ["input_ids", "attention_mask", "token_type_ids"].map(String::from).to_vec();
+    let train = dir.join("train.npz");
+    write_npz(&train, &all.rows(&names, &(0..256).collect::<Vec<_>>()).unwrap()).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let args = |checkpoint: &Path, out: &Path| -> Vec<String> {
+        format!(
+            "distill --teacher {} --derive layers=2 --loss feature --feature-loss cosine --feature-pool attention_mask \
+             --freeze embeddings --data {} --batch 16 --epochs 2 --lr 5e-4 --seed 0 --teacher-cache {} \
+             --checkpoint {} --checkpoint-every 4 -o {}",
+            s(&teacher),
+            s(&train),
+            s(&dir.join("teacher-cache")),
+            s(checkpoint),
+            s(out)
+        )
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+    };
+    let whole = dir.join("whole");
+    let started = Instant::now();
+    let a: Vec<String> = args(&whole, &dir.join("whole.onnx"));
+    distq(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let losses = epoch_losses(&whole.join("log.jsonl"));
+    println!("MiniLM 2-layer student, 256 sentences: epoch losses {losses:?} in {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(losses.len(), 2, "{losses:?}");
+    assert!(losses[1] < losses[0], "the loss did not fall: {losses:?}");
+
+    // Killed once a checkpoint past step 16 (of 32) is on disk, then resumed.
+    let killed = dir.join("killed");
+    let out = dir.join("killed.onnx");
+    let step = || -> u64 {
+        let text = std::fs::read_to_string(killed.join("state.json")).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["progress"]["step"].as_u64()).unwrap_or(0)
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distq"))
+        .args(args(&killed, &out))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiting = Instant::now();
+    while step() < 16 && child.try_wait().unwrap().is_none() {
+        assert!(waiting.elapsed().as_secs() < 300, "no checkpoint past step 16 after 5 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at = step();
+    assert!(!out.exists(), "a killed run leaves no output model");
+    let mut resume = args(&killed, &out);
+    resume.push("--resume".into());
+    distq(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    let (a, b) = (losses[1], *epoch_losses(&killed.join("log.jsonl")).last().unwrap());
+    println!("killed at step {at} of 32, resumed: final loss {b:.6}, uninterrupted {a:.6}");
+    assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-3), "final loss: uninterrupted {a}, killed at step {at} then resumed {b}");
 }

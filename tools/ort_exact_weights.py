@@ -59,8 +59,8 @@ def main(src, dst):
             if zp:
                 if int8_init(zp) is None and zp not in shifted:
                     sys.exit(f"{node.name or node.op_type}: zero point {zp} is not an int8 initializer")
-                if any(n.input[WEIGHT_SLOTS[n.op_type][1]] != zp for n, _ in consumers[zp] if n.op_type in WEIGHT_SLOTS):
-                    sys.exit(f"zero point {zp} is shared with other slots")
+                if any(n.op_type not in WEIGHT_SLOTS or slot != WEIGHT_SLOTS[n.op_type][1] for n, slot in consumers[zp]):
+                    sys.exit(f"zero point {zp} is also used as something other than a weight's zero point")
                 shift(zp)
             else:
                 # No zero point means 0 of the weight's type; uint8 weights need 128. Its

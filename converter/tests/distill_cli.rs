@@ -3,6 +3,9 @@
 //! with SIGKILL resumes to the loss of an uninterrupted run, and bad input fails with a
 //! message naming the problem and no output file.
 
+mod common;
+
+use common::{checkpoint_step, epoch_losses};
 use distq_converter::distill::data::{Arrays, epoch_order, take_rows};
 use distq_converter::distill::zoo::{CnnWidths, image_cnn};
 use distq_converter::models::workspace_root;
@@ -90,9 +93,7 @@ fn training_learns_and_distillation_writes_a_runnable_student() {
 
 /// The last epoch's training loss in a run's JSON log.
 fn final_loss(log: &Path) -> f64 {
-    let text = std::fs::read_to_string(log).unwrap();
-    let last = text.lines().rfind(|l| l.contains("train_loss")).unwrap().to_string();
-    serde_json::from_str::<serde_json::Value>(&last).unwrap()["train_loss"].as_f64().unwrap()
+    *epoch_losses(log).last().expect("no epoch in the log")
 }
 
 #[test]
@@ -130,10 +131,7 @@ fn a_distillation_killed_at_random_points_resumes_to_the_uninterrupted_loss() {
     println!("kill seed {seed} (uninterrupted run: {duration:?})");
     let interrupted = dir.path().join("killed");
     let output = dir.path().join("killed.onnx");
-    let step = || -> usize {
-        let text = std::fs::read_to_string(interrupted.join("state.json")).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["progress"]["step"].as_u64()).unwrap_or(0) as usize
-    };
+    let step = || checkpoint_step(&interrupted);
     let mut targets: Vec<usize> = epoch_order(180, seed, 0)[..3].to_vec();
     targets.sort();
     let phases = epoch_order(100, seed, 1);

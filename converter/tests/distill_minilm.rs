@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Tensor};
-use common::{cosine, model, onnxruntime_outputs, pooled, python_tool};
+use common::{checkpoint_step, cosine, epoch_losses, model, onnxruntime_outputs, pooled, python_tool};
 use distq_converter::distill::data::{Arrays, take_rows};
 use distq_converter::distill::graph::{Freeze, TrainableGraph};
 use distq_converter::models::data_path;
@@ -158,15 +158,6 @@ fn mustshow_minilm_distills_to_two_layers_and_converts_at_a_quarter_of_its_size(
     assert!(ours_q >= 0.84 && theirs_q >= 0.84, "converted cosine: ours {ours_q}, onnxruntime {theirs_q}");
 }
 
-/// The training epochs' losses in a run's JSON log.
-fn epoch_losses(log: &Path) -> Vec<f64> {
-    std::fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["train_loss"].as_f64())
-        .collect()
-}
-
 /// CI's short version of the must-show: MiniLM → 2 layers on 256 real sentences for 2 epochs
 /// of 16 steps. The loss falls from the first epoch to the second, and a run SIGKILLed once a
 /// checkpoint past step 16 is on disk resumes to the uninterrupted run's final loss.
@@ -208,10 +199,7 @@ fn minilm_distills_a_few_steps_with_a_falling_loss_and_resumes_after_a_kill() {
     // Killed once a checkpoint past step 16 (of 32) is on disk, then resumed.
     let killed = dir.join("killed");
     let out = dir.join("killed.onnx");
-    let step = || -> u64 {
-        let text = std::fs::read_to_string(killed.join("state.json")).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["progress"]["step"].as_u64()).unwrap_or(0)
-    };
+    let step = || checkpoint_step(&killed);
     let mut child = Command::new(env!("CARGO_BIN_EXE_distq"))
         .args(args(&killed, &out))
         .stdout(std::process::Stdio::null())

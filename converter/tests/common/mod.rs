@@ -59,3 +59,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (norm(a) * norm(b))
 }
+
+/// The training epochs' losses (`train_loss`) in a training run's JSON-lines log.
+pub fn epoch_losses(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["train_loss"].as_f64())
+        .collect()
+}
+
+/// The step of the last checkpoint in `dir` (its `state.json`), 0 before the first.
+pub fn checkpoint_step(dir: &Path) -> usize {
+    let text = std::fs::read_to_string(dir.join("state.json")).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["progress"]["step"].as_u64()).unwrap_or(0) as usize
+}

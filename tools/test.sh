@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log" "$log.json"' EXIT
 step_start=0
 step() { step_start=$(date +%s); echo; echo "=== [$(date +%T)] $*"; }
 done_step() { echo "=== step took $(( $(date +%s) - step_start )) s"; }
@@ -45,6 +45,22 @@ fi
 done_step
 
 step "cargo test --workspace (unit, doc, bad-input tests)"
+# The wrappers' tests link libdistq.a and load libdistq_jni.so: this build makes them, and
+# its messages say where (see converter/src/native_lib.rs).
+cargo test --workspace --no-run --message-format=json-render-diagnostics >"$log.json"
+eval "$(.venv/bin/python - "$log.json" <<'PY'
+import json, os, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and not m["profile"]["test"]:
+        for f in m["filenames"]:
+            name = os.path.basename(f)
+            if name == "libdistq_jni.so" or (name.startswith("libdistq-") and name.endswith(".a")):
+                var = "LIBDISTQ_A" if name.endswith(".a") else "LIBDISTQ_JNI_SO"
+                print(f"export DISTQ_{var}={f}; echo 'wrapper library: {f}'")
+PY
+)"
+[ -n "${DISTQ_LIBDISTQ_A:-}" ] && [ -n "${DISTQ_LIBDISTQ_JNI_SO:-}" ] || { echo "tools/test.sh: the build named no libdistq.a or libdistq_jni.so" >&2; exit 1; }
 cargo test --workspace 2>&1 | tee -a "$log"
 done_step
 

@@ -85,7 +85,7 @@ fn check_java(classes: &Path, model_rel: &str, npz: &str) {
         .unwrap_or_else(|| panic!("model {model_rel} is missing: run models/fetch.sh (or set DISTQ_MODELS_DIR)"));
     let inputs = distq_converter::models::data_path(npz);
     let dir = tempfile::tempdir().unwrap();
-    write_raw_tensors(dir.path(), "inputs.txt", &distq_converter::npz::read_npz(&inputs).unwrap()).unwrap();
+    write_raw_tensors(dir.path(), "inputs.txt", &distq_io::npz::read_npz(&inputs).unwrap()).unwrap();
     java(classes, &["run".as_ref(), model.as_os_str(), dir.path().as_os_str()]);
     let from_java = read_raw_tensors(dir.path(), "outputs.txt").unwrap();
     let lines = distq_converter::reference::check_wrapper_outputs(&model, &inputs, &from_java)

@@ -10,7 +10,7 @@ mod common;
 
 use common::{FP32_CASES, python, quantized};
 use distq_converter::models::{data_path, model_path, workspace_root};
-use distq_converter::npz::read_npz;
+use distq_io::npz::read_npz;
 use distq_runtime::bench::{BenchOptions, EnergySource};
 use distq_runtime::energy::Method;
 use distq_runtime::{DataType, Session};

@@ -12,7 +12,7 @@ mod common;
 use common::quantized;
 use criterion::{Criterion, criterion_group, criterion_main};
 use distq_converter::models::{data_path, model_path};
-use distq_converter::npz::read_npz;
+use distq_io::npz::read_npz;
 use distq_runtime::Session;
 use std::hint::black_box;
 

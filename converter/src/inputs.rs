@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail, ensure};
 use distq_runtime::graph::{Dim, ValueInfo};
 use distq_runtime::{DataType, Tensor};
 
-use crate::npz::{read_npy, read_npz};
+use distq_io::npz::{read_npy, read_npz};
 
 /// Reads inputs given as `IN.npz` (arrays named like the inputs) or `NAME=FILE.npy`.
 pub fn load(specs: &[String]) -> Result<Vec<(String, Tensor)>> {

@@ -3,10 +3,8 @@
 
 pub mod cli;
 pub mod distill;
-pub mod fsutil;
 pub mod inputs;
 pub mod models;
 pub mod native_lib;
-pub mod npz;
 pub mod quantize;
 pub mod reference;

@@ -39,7 +39,7 @@ pub fn data_path(name: &str) -> PathBuf {
 /// ```
 pub fn bundled_cnn(images: usize) -> anyhow::Result<(PathBuf, distq_runtime::NamedTensors)> {
     let dir = workspace_root().join("models/fashion");
-    let arrays = crate::npz::read_npz(&dir.join("fashion_val.npz"))?;
+    let arrays = distq_io::npz::read_npz(&dir.join("fashion_val.npz"))?;
     let all = &arrays.iter().find(|(n, _)| n == "image").ok_or_else(|| anyhow::anyhow!("fashion_val.npz has no 'image'"))?.1;
     let rows: Vec<usize> = (0..images.min(all.shape()[0])).collect();
     Ok((dir.join("teacher.onnx"), vec![("image".to_string(), crate::distill::data::take_rows(all, &rows)?)]))

@@ -1,15 +1,27 @@
 //! The wrappers' native libraries (`libdistq.a`, `libdistq_jni.so`) for their tests.
-//! `cargo test` builds only the rlib of a library crate, never its staticlib or cdylib, so a
-//! test that links C or loads a library from Java builds it here, up to date, with a nested
-//! cargo in its own target folder (the outer cargo holds the main one).
+//! `cargo test` builds them (an integration test's library unit keeps its staticlib and
+//! cdylib crate types) but leaves them under a hashed name in `deps/`. `tools/test.sh` reads
+//! their paths from that same build's JSON messages and passes them as `DISTQ_LIBDISTQ_A`
+//! and `DISTQ_LIBDISTQ_JNI_SO`, so no crate is compiled twice. A bare `cargo test` has no such
+//! variable: the library is then built here, with a nested cargo in its own target folder
+//! (the outer cargo holds the main one).
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Builds `package` (test profile: optimized, like the tests) and returns the path of its
-/// artifact `file` (e.g. `libdistq.a`).
+/// The path of `package`'s artifact `file` (e.g. `libdistq.a`): the one named by
+/// `DISTQ_<FILE>` (uppercase, `.` as `_`), else built now (test profile: optimized, like
+/// the tests).
 pub fn build(package: &str, file: &str) -> Result<PathBuf> {
+    let variable = format!("DISTQ_{}", file.to_uppercase().replace('.', "_"));
+    if let Some(path) = std::env::var_os(&variable) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("${variable} = {}: no such file", path.display());
+        }
+        return Ok(path);
+    }
     let target = crate::models::workspace_root().join("target/wrapper-libs");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(&cargo)

@@ -30,7 +30,7 @@ pub fn onnxruntime_outputs(model: &Path, inputs: &Path, mode: &str) -> Result<Na
     let scratch = tempfile::tempdir()?;
     let out = scratch.path().join("outputs.npz");
     python_tool("ort_reference.py", &[model.as_os_str(), inputs.as_os_str(), out.as_os_str(), mode.as_ref()])?;
-    crate::npz::read_npz(&out)
+    distq_io::npz::read_npz(&out)
 }
 
 /// Largest |a - b| over two float tensors of one shape, and the largest |b| (the scale).
@@ -63,7 +63,7 @@ pub fn check_same_as_rust_api(model: &Path, inputs: distq_runtime::NamedTensors,
 /// `inputs` (an `.npz`): the same bytes as [`distq_runtime::Session::run`], and within
 /// [`ONNXRUNTIME_TOLERANCE`] of onnxruntime for float outputs. Returns a line per output.
 pub fn check_wrapper_outputs(model: &Path, inputs: &Path, outputs: &[(String, Tensor)]) -> Result<Vec<String>> {
-    check_same_as_rust_api(model, crate::npz::read_npz(inputs)?, outputs)?;
+    check_same_as_rust_api(model, distq_io::npz::read_npz(inputs)?, outputs)?;
     let theirs = onnxruntime_outputs(model, inputs, "optimized")?;
     let mut lines = Vec::new();
     for (name, got) in outputs {

@@ -20,7 +20,7 @@ fn run_bundled_model_and_save_outputs() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("save_infer_model/scale_0.tmp_1: float [1, 2]"), "{stdout}");
     assert!(stdout.contains("activation arena"), "{stdout}");
-    let saved = distq_converter::npz::read_npz(&out_path).unwrap();
+    let saved = distq_io::npz::read_npz(&out_path).unwrap();
     let probs = saved[0].1.as_slice::<f32>().unwrap();
     assert!((probs[0] + probs[1] - 1.0).abs() < 1e-5, "softmax output {probs:?}");
 }

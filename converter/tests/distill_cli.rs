@@ -9,8 +9,8 @@ use common::{checkpoint_step, epoch_losses};
 use distq_converter::distill::data::{Arrays, epoch_order, take_rows};
 use distq_converter::distill::zoo::{CnnWidths, image_cnn};
 use distq_converter::models::workspace_root;
-use distq_converter::npz::write_npz;
 use distq_converter::quantize::writer::write_model;
+use distq_io::npz::write_npz;
 use distq_runtime::{Session, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -268,13 +268,14 @@ fn convert_chains_distillation_search_and_quantization_aware_training() {
     assert!((accuracy(line("quantization-aware (written)")) - written).abs() < 5e-5, "printed vs measured {written}");
 }
 
-/// `distq demo` as the README runs it: the table's rows, with the sizes and accuracies it
-/// promises. Real data and four trainings: run with the real-model tests.
+/// `distq demo` as the README runs it, at 2 of its 8 student epochs: the table's rows, with
+/// the sizes it promises and accuracies well above chance. The full run, whose table the
+/// README quotes, is `tools/mustshow/demo.sh`.
 #[test]
-#[ignore = "about a minute: run with --ignored (tools/test.sh's real-model step)"]
-fn demo_prints_its_table() {
+#[ignore = "real data, three trainings: run with --ignored (tools/test.sh's real-model step)"]
+fn demo_prints_its_table_after_two_epochs() {
     let started = Instant::now();
-    let (ok, stdout, err) = distq(&["demo"]);
+    let (ok, stdout, err) = distq(&["demo", "--epochs", "2"]);
     assert!(ok, "{err}");
     eprintln!("{stdout}");
     let row = |name: &str| -> (f64, f64) {
@@ -284,8 +285,9 @@ fn demo_prints_its_table() {
     };
     let (teacher, student, mixed, alone) =
         (row("teacher fp32"), row("student fp32, distilled"), row("student mixed, distilled"), row("student fp32, no teacher"));
-    for (accuracy, _) in [teacher, student, mixed, alone] {
-        assert!(accuracy > 0.8, "{stdout}");
+    assert!(teacher.0 > 0.9, "{stdout}");
+    for (accuracy, _) in [student, mixed, alone] {
+        assert!(accuracy > 0.75, "{stdout}");
     }
     assert!(mixed.1 <= student.1 / 4.0, "mixed {} KB vs fp32 {} KB", mixed.1, student.1);
     assert!(student.1 <= teacher.1 / 10.0);

@@ -10,7 +10,7 @@ use common::{checkpoint_step, cosine, epoch_losses, model, onnxruntime_outputs, 
 use distq_converter::distill::data::{Arrays, take_rows};
 use distq_converter::distill::graph::{Freeze, TrainableGraph};
 use distq_converter::models::data_path;
-use distq_converter::npz::write_npz;
+use distq_io::npz::write_npz;
 use distq_runtime::Session;
 use distq_runtime::onnx::OnnxFile;
 use std::path::Path;

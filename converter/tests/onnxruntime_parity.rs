@@ -8,7 +8,7 @@
 mod common;
 
 use common::{data, max_diff, model, onnxruntime_outputs};
-use distq_converter::npz::read_npz;
+use distq_io::npz::read_npz;
 use distq_runtime::Session;
 
 /// Tolerance relative to the largest magnitude of each output.

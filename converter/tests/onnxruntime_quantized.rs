@@ -11,7 +11,7 @@
 mod common;
 
 use common::{cosine, data, model, onnxruntime_outputs, onnxruntime_outputs_in, pooled, python_tool};
-use distq_converter::npz::read_npz;
+use distq_io::npz::read_npz;
 use distq_runtime::{Model, Session, Tensor};
 
 fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {

@@ -3,8 +3,8 @@
 //! precision meets a size budget, and bad input fails with a message naming the problem and
 //! no output file.
 
-use distq_converter::npz::write_npz;
 use distq_converter::quantize::writer::write_model;
+use distq_io::npz::write_npz;
 use distq_runtime::testing::ModelBuilder;
 use distq_runtime::{DataType, Model, Tensor};
 use std::path::{Path, PathBuf};

@@ -8,25 +8,32 @@ mod common;
 
 use common::{cosine, model, onnxruntime_outputs, pooled, python_tool};
 use distq_converter::models::{data_path, workspace_root};
-use distq_converter::npz::read_npz;
+use distq_io::npz::read_npz;
 use distq_runtime::{Session, Tensor};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
-
-/// The shared sentence set, else its committed subset.
-fn sentences(split: &str) -> PathBuf {
-    let shared = workspace_root().join(format!("../shared/data/sentences_{split}.npz"));
-    if shared.is_file() { shared } else { data_path(&format!("sentences_{split}_256.npz")) }
-}
 
 #[test]
 #[ignore = "real models + onnxruntime: run by tools/test.sh"]
-fn minilm_mixed_precision_within_17_mb() {
+fn minilm_mixed_precision_within_17_mb_on_256_sentences() {
+    check_mixed_within_17_mb(&data_path("sentences_train_256.npz"), &data_path("sentences_test_256.npz"));
+}
+
+#[test]
+#[ignore = "must-show, about 5 minutes: tools/mustshow/minilm_quantize.sh"]
+fn mustshow_minilm_mixed_precision_within_17_mb_on_the_shared_sentences() {
+    let shared = |split: &str| workspace_root().join(format!("../shared/data/sentences_{split}.npz"));
+    let (calib, eval) = (shared("train"), shared("test"));
+    assert!(calib.is_file() && eval.is_file(), "{} and {}: the shared sentence sets are missing", calib.display(), eval.display());
+    check_mixed_within_17_mb(&calib, &eval);
+}
+
+/// Quantizes MiniLM to ≤ 17 MB calibrated on `calib`, and checks it on `eval` in both runtimes.
+fn check_mixed_within_17_mb(calib: &Path, eval: &Path) {
     let fp32 = model("minilm/all-MiniLM-L6-v2.onnx");
     let scratch = tempfile::Builder::new().prefix("distq-quantize-minilm-").tempdir().unwrap();
     let dir = scratch.path();
     let (out, report) = (dir.join("minilm_mixed.onnx"), dir.join("report.json"));
-    let (calib, eval) = (sentences("train"), sentences("test"));
     println!("calibration {}, evaluation {}", calib.display(), eval.display());
     let status = Command::new(env!("CARGO_BIN_EXE_distq"))
         .args(["quantize".as_ref(), fp32.as_os_str(), "-o".as_ref(), out.as_os_str(), "--calib".as_ref(), calib.as_os_str()])
@@ -41,10 +48,10 @@ fn minilm_mixed_precision_within_17_mb() {
     assert!(ours_metric >= 0.99, "mean pooled cosine in our runtime {ours_metric}");
 
     python_tool("check_onnx.py", &[out.as_os_str()]);
-    let inputs = read_npz(&eval).unwrap();
+    let inputs = read_npz(eval).unwrap();
     let mask = inputs.iter().find(|(n, _)| n == "attention_mask").unwrap().1.clone();
-    let theirs = pooled(&onnxruntime_outputs(&out, &eval)[0].1, &mask);
-    let reference = pooled(&onnxruntime_outputs(&fp32, &eval)[0].1, &mask);
+    let theirs = pooled(&onnxruntime_outputs(&out, eval)[0].1, &mask);
+    let reference = pooled(&onnxruntime_outputs(&fp32, eval)[0].1, &mask);
     // Ours on the same sentences, in batches of 16.
     let session = Session::load(&out).unwrap();
     let rows = |t: &Tensor, start: usize, n: usize| {

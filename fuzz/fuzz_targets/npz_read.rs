@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(arrays) = distq_converter::npz::read_npz_from(std::io::Cursor::new(data)) {
+    if let Ok(arrays) = distq_io::npz::read_npz_from(std::io::Cursor::new(data)) {
         for (name, t) in &arrays {
             // What was read is what the shape says, and bounded by the input.
             assert_eq!(t.byte_len(), t.len() * t.dtype().size(), "{name}");

@@ -65,7 +65,7 @@ fn check_c_program(model_rel: &str, npz: &str) {
     let (model, inputs) = (real(model_rel), distq_converter::models::data_path(npz));
     let dir = tempfile::tempdir().unwrap();
     let exe = compile(dir.path());
-    write_raw_tensors(dir.path(), "inputs.txt", &distq_converter::npz::read_npz(&inputs).unwrap()).unwrap();
+    write_raw_tensors(dir.path(), "inputs.txt", &distq_io::npz::read_npz(&inputs).unwrap()).unwrap();
     let output = Command::new(exe).arg("run").arg(&model).arg(dir.path()).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let from_c = read_raw_tensors(dir.path(), "outputs.txt").unwrap();

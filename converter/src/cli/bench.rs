@@ -2,9 +2,9 @@
 //! memory, size on disk and energy per inference; with `--vs`, the ratios between the two.
 
 use super::say;
-use crate::fsutil::write_atomically;
 use crate::inputs;
 use anyhow::{Context, Result, ensure};
+use distq_io::atomic_file::write_atomically;
 use distq_runtime::bench::{BenchOptions, BenchReport, EnergySource};
 use distq_runtime::energy::Method;
 use distq_runtime::onnx::proto::tensor_proto::DataLocation;

@@ -3,7 +3,6 @@
 
 use super::progress::progress_printer;
 use super::say;
-use crate::fsutil::write_atomically;
 use crate::quantize::gptq::Rounding;
 use crate::quantize::metric::{Dataset, Metric};
 use crate::quantize::observe::Observer;
@@ -11,6 +10,7 @@ use crate::quantize::report::Report;
 use crate::quantize::weights::Precision;
 use crate::quantize::{Config, Outcome, quantize, writer};
 use anyhow::{Context, Result, ensure};
+use distq_io::atomic_file::write_atomically;
 use distq_runtime::Model;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

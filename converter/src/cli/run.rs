@@ -2,8 +2,8 @@
 
 use super::inspect::dims_text;
 use super::say;
-use crate::npz::write_npz;
 use anyhow::{Context, Result, bail};
+use distq_io::npz::write_npz;
 use distq_runtime::bench::peak_rss_bytes;
 use distq_runtime::{Session, Tensor};
 use std::collections::BTreeMap;

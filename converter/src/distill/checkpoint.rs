@@ -7,9 +7,9 @@
 //! process dies, `state.json` names a complete tensor file. A truncated or altered file is
 //! detected by the length and checksum and reported, never loaded.
 
-use crate::fsutil::write_atomically;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor};
+use distq_io::atomic_file::write_atomically;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;

@@ -3,9 +3,9 @@
 //! sees exactly the batches the interrupted one would have.
 
 use super::ops::from_runtime;
-use crate::npz::read_npz;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Tensor};
+use distq_io::npz::read_npz;
 use distq_runtime::DataType;
 use std::path::Path;
 

@@ -10,8 +10,8 @@
 //! - `kl`: KL(reference ‖ candidate) of softmax over the last axis (lower is better);
 //! - `mse`: mean squared error (lower is better).
 
-use crate::npz::read_npz;
 use anyhow::{Context, Result, bail, ensure};
+use distq_io::npz::read_npz;
 use distq_runtime::graph::Dim;
 use distq_runtime::{DataType, Model, Session, Tensor};
 use std::path::Path;

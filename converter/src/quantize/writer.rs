@@ -2,8 +2,8 @@
 //! 64-byte-aligned offsets (so a loader can use them in place, as ours does). Both files are
 //! written to temporaries and renamed into place: a failure leaves no half-written output.
 
-use crate::fsutil::write_atomically;
 use anyhow::{Context, Result};
+use distq_io::atomic_file::write_atomically;
 use distq_runtime::onnx::proto::tensor_proto::DataLocation;
 use distq_runtime::onnx::proto::{ModelProto, StringStringEntryProto};
 use prost::Message;

@@ -1,6 +1,6 @@
 //! `.npz` / `.npy` reading and writing (numpy's formats) for model inputs and outputs.
 
-use crate::fsutil::write_atomically;
+use crate::atomic_file::write_atomically;
 use anyhow::{Context, Result, bail, ensure};
 use distq_runtime::{DataType, Tensor};
 use npyz::WriterBuilder;
@@ -11,7 +11,7 @@ use std::path::Path;
 /// names in hash order, which differs from run to run).
 ///
 /// ```
-/// use distq_converter::npz::{read_npz, write_npz};
+/// use distq_io::npz::{read_npz, write_npz};
 /// use distq_runtime::Tensor;
 /// let path = std::env::temp_dir().join(format!("doc-{}.npz", std::process::id()));
 /// let t = Tensor::from_vec(vec![2], vec![1.5f32, -2.0])?;
@@ -31,7 +31,7 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// within twice the data actually present, whatever sizes the headers claim.
 ///
 /// ```
-/// use distq_converter::npz::read_npz_from;
+/// use distq_io::npz::read_npz_from;
 /// let err = read_npz_from(std::io::Cursor::new(b"PK\x03\x04 not really".to_vec())).unwrap_err();
 /// assert!(format!("{err:#}").contains("not a .npz"));
 /// ```

@@ -10,7 +10,6 @@
 # `mobile` profile libraries this machine can produce and prints their sizes:
 #   libdistq_jni.so for aarch64 Linux: the Android arm64 library's code, linked against glibc
 #     instead of bionic (the closest link possible without an NDK);
-#   libdistq_jni.so for the host;
 #   libdistq.a for aarch64-apple-ios (an archive of objects: the app's linker dead-strips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,14 +26,12 @@ done
 echo "=== compile distq-ios for aarch64-apple-ios, mobile profile (std from source)"
 $CARGO build -q -Zbuild-std --profile mobile -p distq-ios --target aarch64-apple-ios --target-dir "$tdir"
 
-echo "=== link libdistq_jni.so (mobile profile) for aarch64 Linux and the host"
+echo "=== link libdistq_jni.so (mobile profile) for aarch64 Linux"
 $CARGO build -q --profile mobile -p distq-android --target aarch64-unknown-linux-gnu --target-dir target/cross
-cargo build -q --profile mobile -p distq-android
 
 size() { stat -c %s "$1" | awk -v f="$1" '{ printf "%-58s %9d bytes (%.2f MB)\n", f, $1, $1 / 1048576 }'; }
 echo "=== sizes (stripped: the mobile profile strips symbols)"
 size target/cross/aarch64-unknown-linux-gnu/mobile/libdistq_jni.so
-size target/mobile/libdistq_jni.so
 size "$tdir/aarch64-apple-ios/mobile/libdistq.a"
 limit=$((2 * 1024 * 1024))
 arm64=$(stat -c %s target/cross/aarch64-unknown-linux-gnu/mobile/libdistq_jni.so)

@@ -45,9 +45,11 @@ fi
 done_step
 
 step "cargo test --workspace (unit, doc, bad-input tests)"
-# The wrappers' tests link libdistq.a and load libdistq_jni.so: this build makes them, and
-# its messages say where (see converter/src/native_lib.rs).
-cargo test --workspace --no-run --message-format=json-render-diagnostics >"$log.json"
+# Every target, the benches too, so that they are known to build (and CI's clippy, run
+# through this build, sees them). The wrappers' tests link libdistq.a and load
+# libdistq_jni.so: this build makes them, and its messages say where (see
+# converter/src/native_lib.rs).
+cargo test --workspace --all-targets --no-run --message-format=json-render-diagnostics >"$log.json"
 eval "$(.venv/bin/python - "$log.json" <<'PY'
 import json, os, sys
 for line in open(sys.argv[1]):

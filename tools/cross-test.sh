@@ -13,7 +13,7 @@ for pkg in "${packages[@]}"; do
   for cpu in max cortex-a72; do
     echo "=== test $pkg on aarch64 under qemu (QEMU_CPU=$cpu)"
     log=$(mktemp)
-    if ! QEMU_CPU=$cpu $CARGO test -p "$pkg" --lib --target aarch64-unknown-linux-gnu --target-dir "$tdir" -- --nocapture >"$log" 2>&1; then
+    if ! QEMU_CPU=$cpu $CARGO test -p "$pkg" --lib --profile qemu --target aarch64-unknown-linux-gnu --target-dir "$tdir" -- --nocapture >"$log" 2>&1; then
       cat "$log"; rm -f "$log"; exit 1
     fi
     grep -E "^test result|kernels on this CPU" "$log"; rm -f "$log"

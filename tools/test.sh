@@ -60,8 +60,8 @@ step "build every target (cargo test --workspace --all-targets --no-run)"
 # Every target, the benches too, so that they are known to build (and CI's clippy, run
 # through this build, sees them). The wrappers' tests link libdistq.a and load
 # libdistq_jni.so: this build makes them, and its messages say where (see
-# converter/src/native_lib.rs).
-cargo test --workspace --all-targets --no-run --message-format=json-render-diagnostics >"$log.json"
+# converter/src/native_lib.rs). Its unit times: target/cargo-timings/cargo-timing.html.
+cargo test --workspace --all-targets --no-run --timings --message-format=json-render-diagnostics >"$log.json"
 eval "$(python3 - "$log.json" <<'PY'
 import json, os, sys
 for line in open(sys.argv[1]):

@@ -104,13 +104,16 @@ fn npy_to_tensor(bytes: &[u8]) -> Result<Tensor> {
 /// Writes tensors as an `.npz` archive, atomically (a temp file renamed into place).
 pub fn write_npz(path: &Path, arrays: &[(String, Tensor)]) -> Result<()> {
     write_atomically(path, |file| {
-        let mut npz = npyz::npz::NpzWriter::new(std::io::BufWriter::new(file));
+        // npyz's own NpzWriter would need its `npz` feature, which turns on every compressor of
+        // zip (zstd and bzip2 in C, AES): the arrays are stored uncompressed anyway.
+        let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
         for (name, t) in arrays {
             let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
             let opts = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+            zip.start_file(npyz::npz::file_name_from_array_name(name), opts)?;
             macro_rules! put {
                 ($ty:ty, $data:expr) => {{
-                    let mut w = npz.array::<$ty>(name, opts)?.default_dtype().shape(&shape).begin_nd()?;
+                    let mut w = npyz::WriteOptions::<$ty>::new().default_dtype().shape(&shape).writer(&mut zip).begin_nd()?;
                     w.extend($data)?;
                     w.finish()?;
                 }};
@@ -127,7 +130,7 @@ pub fn write_npz(path: &Path, arrays: &[(String, Tensor)]) -> Result<()> {
                 other => bail!("cannot write {other} arrays"),
             }
         }
-        npz.zip_writer().finish()?;
+        zip.finish()?;
         Ok(())
     })
 }

@@ -51,7 +51,13 @@ fn ppocr_rec_and_cls_within_30_percent_on_real_crops() {
     // NPU takes, which costs the small classifier some agreement (onnxruntime's own int8
     // lost 1 in 8 top-1 predictions on a real CNN, ../shared/anchors.md).
     for (what, file, args, floor) in [
-        ("rec", "ppocr/ch_PP-OCRv4_rec_infer.onnx", vec!["--max-size-mb", "3.25", "--min-metric", "0.99"], 0.99),
+        // Sensitivities from 16 of the 27 calibration crops (CI time); verified on all 36.
+        (
+            "rec",
+            "ppocr/ch_PP-OCRv4_rec_infer.onnx",
+            vec!["--max-size-mb", "3.25", "--min-metric", "0.99", "--sensitivity-samples", "16"],
+            0.99,
+        ),
         ("cls", "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", vec!["--precision", "int8", "--compact-names"], 0.99),
         ("cls static", "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", vec!["--precision", "int8", "--observer", "mse"], 0.95),
     ] {

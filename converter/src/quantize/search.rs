@@ -105,7 +105,8 @@ pub fn loss(metric: Metric, value: f64) -> f64 {
 }
 
 /// Measures each candidate's loss on `data` (`reference` = the fp32 outputs), calling
-/// `progress(done, total)` after each.
+/// `progress(done, total)` after each. Candidates are independent runs: they spread over the
+/// cores ([`MEASURE_WORKERS`] at most), and each loss is the same whichever worker runs it.
 pub fn measure(
     model: &ModelProto,
     options: &mut [Options],
@@ -115,20 +116,56 @@ pub fn measure(
     batch: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<()> {
-    let total: usize = options.iter().map(|o| o.candidates.len()).sum();
-    let mut done = 0;
-    for option in options.iter_mut() {
-        for i in 0..option.candidates.len() {
-            let lowered = option.lowered(Some(i)).into_iter().collect::<Vec<_>>();
-            let session = Session::new(Model::from_bytes(rewrite(model, &lowered)?.encode_to_vec())?);
-            let out = data.outputs(&session, batch)?;
-            option.candidates[i].loss = Some(loss(metric, data.compare(metric, reference, &out)?).max(0.0));
-            done += 1;
-            progress(done, total);
+    let jobs: Vec<(usize, usize)> =
+        options.iter().enumerate().flat_map(|(o, opt)| (0..opt.candidates.len()).map(move |c| (o, c))).collect();
+    let total = jobs.len();
+    let shared: &[Options] = options;
+    let one = |(o, c): (usize, usize)| -> Result<f64> {
+        let lowered = shared[o].lowered(Some(c)).into_iter().collect::<Vec<_>>();
+        let session = Session::new(Model::from_bytes(rewrite(model, &lowered)?.encode_to_vec())?);
+        let out = data.outputs(&session, batch)?;
+        Ok(loss(metric, data.compare(metric, reference, &out)?).max(0.0))
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MEASURE_WORKERS).min(total.max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let losses = std::thread::scope(|scope| -> Result<Vec<Option<f64>>> {
+        for _ in 0..workers {
+            let sender = sender.clone();
+            let (next, jobs, one) = (&next, &jobs, &one);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&job) = jobs.get(i) else { break };
+                    let result = one(job).with_context(|| {
+                        format!("layer '{}' at {}", shared[job.0].layer.name, shared[job.0].candidates[job.1].precision.name())
+                    });
+                    let failed = result.is_err();
+                    if sender.send((i, result)).is_err() || failed {
+                        // Stop the others early: the run fails on the first error.
+                        next.store(jobs.len(), std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
         }
+        drop(sender);
+        let mut losses = vec![None; total];
+        for (done, (i, result)) in receiver.iter().enumerate() {
+            losses[i] = Some(result?);
+            progress(done + 1, total);
+        }
+        Ok(losses)
+    })?;
+    for (&(o, c), l) in jobs.iter().zip(losses) {
+        options[o].candidates[c].loss = Some(l.context("a sensitivity run ended without a result")?);
     }
     Ok(())
 }
+
+/// Sensitivity runs at once, at most: each holds a rewritten copy of the model (MiniLM: about
+/// 300 MB), so more would cost memory for little gain on a laptop's cores.
+pub const MEASURE_WORKERS: usize = 4;
 
 /// A precision per layer (an index into its candidates; `None` = fp32).
 pub type Assignment = Vec<Option<usize>>;

@@ -129,9 +129,13 @@ fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
 }
 
-/// Round half to even, as `QuantizeLinear` does.
+/// Round half to even, as `QuantizeLinear` does. Adding and taking away 1.5 · 2²³ rounds in
+/// the FPU's default mode (to nearest, ties to even) inline: `round_ties_even` is a libm call
+/// on baseline x86-64, and the int4 range search rounds every weight 63 times.
 fn round(v: f32) -> f32 {
-    v.round_ties_even()
+    const SHIFT: f32 = 12_582_912.0;
+    // Exact below 2²² (the sum stays where f32's step is 1); quantized values are far below.
+    if v.abs() < 4_194_304.0 { (v + SHIFT) - SHIFT } else { v.round_ties_even() }
 }
 
 fn int8_per_channel(w: &[f32], shape: &[usize], axis: usize) -> Quantized {
@@ -306,6 +310,17 @@ mod tests {
             }
         }
         assert!(searched < 0.98 * plain, "searched {searched} vs min/max {plain}");
+    }
+
+    #[test]
+    fn rounding_is_half_to_even_as_round_ties_even() {
+        let mut values = vec![0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 8_388_609.0, 4_194_303.5, -4_194_304.5, f32::MAX, f32::INFINITY];
+        values.extend((-2000..2000).map(|i| i as f32 * 0.137));
+        for v in values {
+            // By value: −0.5 rounds to +0 here, to −0 in libm, which quantize the same.
+            assert_eq!(round(v), v.round_ties_even(), "{v}");
+        }
+        assert!(round(f32::NAN).is_nan());
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! What the model benches share: the real models with their committed inputs, and
-//! onnxruntime's quantized forms of MiniLM, made once into `models/cache/`.
+//! onnxruntime's and distq's own quantized forms of MiniLM, made once into `models/cache/`.
 
-use distq_converter::models::workspace_root;
+use distq_converter::models::{data_path, workspace_root};
+use distq_converter::quantize::gptq::Rounding;
+use distq_converter::quantize::metric::{Dataset, Metric};
+use distq_converter::quantize::{Config, quantize, writer};
+use distq_runtime::Model;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -35,4 +39,51 @@ pub fn quantized(fp32: &Path, kind: &str) -> Option<PathBuf> {
         eprintln!("bench minilm {kind}: could not run tools/ort_quantize.py with {python} (run tools/test.sh once, or set DISTQ_PYTHON)");
     }
     ok.then_some(out)
+}
+
+/// MiniLM `fp32` converted by distq itself, as `distq quantize --max-size-mb 17
+/// --min-speedup 2.5 --sensitivity-samples 16` would (calibrated on the committed 256
+/// training sentences, verified on the 256 test sentences), made on first use (about a
+/// minute) into `models/cache/`; `None` with the reason on stderr.
+pub fn distq_quantized(fp32: &Path) -> Option<PathBuf> {
+    let out = workspace_root().join("models/cache/minilm_distq_17mb.onnx");
+    if out.exists() {
+        return Some(out);
+    }
+    let convert = || -> anyhow::Result<()> {
+        let model = Model::load(fp32)?;
+        let calib = Dataset::load(&data_path("sentences_train_256.npz"), &model)?;
+        let eval = Dataset::load(&data_path("sentences_test_256.npz"), &model)?;
+        let config = Config {
+            uniform: None,
+            block: 32,
+            metric: Metric::Cosine,
+            max_size: Some(17_000_000),
+            min_metric: None,
+            max_latency_ms: None,
+            min_speedup: Some(2.5),
+            sensitivity_samples: 16,
+            batch: 8,
+            bias_correction: true,
+            observer: None,
+            rounding: Rounding::Gptq,
+            compact_names: false,
+            fixed: None,
+        };
+        let outcome = quantize(&model, &config, &calib, &eval, &mut |_, _, _| {})?;
+        std::fs::create_dir_all(out.parent().expect("a cache folder"))?;
+        writer::write_model(&out, &outcome.model, false)?;
+        eprintln!(
+            "bench: {}",
+            outcome.report.table().lines().filter(|l| l.starts_with("size") || l.starts_with("time")).collect::<Vec<_>>().join("; ")
+        );
+        Ok(())
+    };
+    match convert() {
+        Ok(()) => Some(out),
+        Err(e) => {
+            eprintln!("bench minilm distq-quantized: {e:#}");
+            None
+        }
+    }
 }

@@ -8,7 +8,7 @@
 #[allow(dead_code)] // each bench target uses its own part of it
 mod common;
 
-use common::{FP32_CASES, python, quantized};
+use common::{FP32_CASES, distq_quantized, python, quantized};
 use distq_converter::models::{data_path, model_path, workspace_root};
 use distq_io::npz::read_npz;
 use distq_runtime::bench::{BenchOptions, EnergySource};
@@ -106,6 +106,9 @@ fn main() {
             if let Some(p) = quantized(&fp32, kind) {
                 cases.push((label.into(), p, "minilm_8x64.npz"));
             }
+        }
+        if let Some(p) = distq_quantized(&fp32) {
+            cases.push(("minilm_8x64 distq 17 MB, 2.5×".into(), p, "minilm_8x64.npz"));
         }
     }
     println!("1 thread each; p50 of {ITERS} runs after {WARMUP} warm-up runs, ms; ratios = their p50 / ours (> 1: we are faster)");

@@ -97,11 +97,17 @@ fn every_precision_writes_a_loadable_qdq_model() {
         assert_eq!(layers.len(), 3, "table, w1, w2");
         let want = if precision == "int4" { "int4-b32" } else { precision };
         assert!(layers.iter().all(|l| l["precision"] == want), "{layers:?}");
-        // The written file loads, and its weights are the quantized ones, not floats.
+        // The written file loads, and its weights are the quantized ones, not floats: restored
+        // by a DequantizeLinear or Cast each, except int8 MatMuls, which run on integers.
         let loaded = Model::load(&out).unwrap();
         let ops: Vec<String> = loaded.file().proto.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.clone().unwrap()).collect();
-        let restore = if precision == "fp16" { "Cast" } else { "DequantizeLinear" };
-        assert_eq!(ops.iter().filter(|o| *o == restore).count(), 3, "{ops:?}");
+        let count = |op: &str| ops.iter().filter(|o| *o == op).count();
+        let (restore, restored, integer) = match precision {
+            "fp16" => ("Cast", 3, 0),
+            "int8" => ("DequantizeLinear", 1, 2),
+            _ => ("DequantizeLinear", 3, 0),
+        };
+        assert_eq!((count(restore), count("MatMulInteger")), (restored, integer), "{ops:?}");
         sizes.push(size);
     }
     assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "fp16 > int8 > int4 bytes: {sizes:?}");
@@ -128,8 +134,21 @@ fn mixed_precision_meets_a_size_budget() {
     assert_eq!(r["samples"], 5);
     for layer in r["layers"].as_array().unwrap() {
         assert_eq!(layer["losses"].as_array().unwrap().len(), 3, "fp16, int8 and int4 measured: {layer}");
+        // MatMul layers are timed at fp32 and at each candidate; the table lookup is not.
+        let timed = if layer["op"] == "MatMul" { 4 } else { 0 };
+        assert_eq!(layer["ms"].as_array().unwrap().len(), timed, "{layer}");
     }
+    assert!(r["fp32_ms_per_sample"].as_f64().unwrap() > 0.0 && r["predicted_ms_per_sample"].as_f64().unwrap() > 0.0);
+    assert!(r["front"].as_array().unwrap().iter().all(|p| p["ms_per_sample"].as_f64().is_some()));
+    assert!(stdout.contains("time per sample on this machine: fp32"), "{stdout}");
     assert!(r["front"].as_array().unwrap().len() >= 4);
+    // A speed goal no precision reaches fails, naming it, and writes nothing.
+    let (slow, slow_json) = (dir.join("too_fast.onnx"), dir.join("too_fast.json"));
+    let goal = ["--min-speedup", "1000", "--report", &s(&slow_json)];
+    let args = ["quantize", &s(&model), "-o", &s(&slow), "--calib", &s(&calib), "--eval", &s(&eval), "--max-size-mb", "0.06"];
+    let (ok, _, stderr) = distq(&[&args[..], &goal].concat());
+    assert!(!ok && stderr.contains("speed goal not reachable within 0.06 MB"), "{stderr}");
+    assert!(!slow.exists() && !slow_json.exists(), "nothing is written when the goal fails");
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
     assert!(Model::load(&out).is_ok());
     // A model whose weights are in an external data file quantizes the same.

@@ -1,7 +1,11 @@
 //! `distq quantize` on the real MiniLM: mixed precision to ≤ 17 MB at mean pooled cosine
 //! ≥ 0.99 to fp32, verified in our runtime (the report) and in onnxruntime; the file passes
-//! onnx's full checker; onnxruntime's outputs equal ours (weight-only: both restore the same
-//! float weights). Calibrates on the shared training sentences and evaluates on the shared
+//! onnx's full checker; onnxruntime's outputs agree with ours on every sentence to cosine
+//! ≥ 0.99. Both run its int8 layers on integers with activations quantized per run, which is
+//! numerically chaotic (a 1e-6 difference flips a quantization step, and flips compound over
+//! 6 layers: onnxruntime's own optimized and unoptimized paths agree only to about 0.992 on
+//! its dynamic-int8 MiniLM, see `onnxruntime_quantized.rs`), so exact agreement is not
+//! expected. Calibrates on the shared training sentences and evaluates on the shared
 //! test sentences (the committed 256-sentence subsets when ../shared is absent).
 
 mod common;
@@ -81,5 +85,5 @@ fn check_mixed_within_17_mb(calib: &Path, eval: &Path, args: &[&str]) {
         r["fp32_size_bytes"].as_u64().unwrap() as f64 / 1e6,
     );
     assert!(theirs_fp32 >= 0.99, "onnxruntime on our file: mean cosine {theirs_fp32}");
-    assert!(ours_theirs >= 0.9999, "ours and onnxruntime disagree: min cosine {ours_theirs}");
+    assert!(ours_theirs >= 0.99, "ours and onnxruntime disagree: min cosine {ours_theirs}");
 }

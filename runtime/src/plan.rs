@@ -105,11 +105,23 @@ struct Planner {
     constants: Vec<Option<Arc<Tensor>>>,
     steps: Vec<Step>,
     folded: usize,
-    /// Folded DequantizeLinear and float16 → float32 Cast nodes by output slot: fusion reads
-    /// the compact constants behind a float weight from them.
+    /// DequantizeLinear and float16 → float32 Cast nodes of constants, by output slot: fusion
+    /// reads the compact constants behind a float weight from them. Large ones are deferred:
+    /// their float values are computed only if a step still reads them after fusion.
     expanded: HashMap<usize, Step>,
+    /// The output slots of the deferred expansions.
+    deferred: Vec<usize>,
     /// Largest tensor a step may produce (see `Session::set_max_tensor_bytes`).
     max_tensor_bytes: usize,
+}
+
+/// What a session asks of its plans.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlanOptions {
+    /// Largest tensor a step may produce (see `Session::set_max_tensor_bytes`).
+    pub max_tensor_bytes: usize,
+    /// The file's literal float arithmetic everywhere (see `Session::set_exact`).
+    pub exact: bool,
 }
 
 impl Planner {
@@ -185,16 +197,22 @@ impl Planner {
         }
         out_facts.truncate(outputs.len());
         let all_const = inputs.iter().flatten().all(|&s| self.constants[s].is_some());
-        if all_const {
-            let tensors: Vec<Option<&Tensor>> =
-                inputs.iter().map(|s| s.map(|s| self.constants[s].as_deref().expect("checked constant"))).collect();
-            let values = op.eval(&tensors, &mut BufferPool::default())?;
-            for (f, v) in out_facts.iter_mut().zip(values) {
+        // Weights expanded from compact constants: a large one waits for fusion, which mostly
+        // runs its readers on the compact form, so its float values never exist at all.
+        let from_f16 = inputs.first().copied().flatten().is_some_and(|s| self.facts[s].dtype == DataType::F16);
+        let expands = match (op_type, out_facts.as_slice()) {
+            ("DequantizeLinear", [_]) => true,
+            ("Cast", [f]) => from_f16 && f.dtype == DataType::F32,
+            _ => false,
+        };
+        let defer = all_const && expands && out_facts[0].shape.iter().product::<usize>() >= DEFERRED_VALUES;
+        if all_const && !defer {
+            for (f, v) in out_facts.iter_mut().zip(self.evaluate(op, &inputs)?) {
                 check_output(f, &v)?;
                 f.value = Some(Arc::new(v));
             }
         }
-        let folded = out_facts.iter().all(|f| f.value.is_some());
+        let folded = defer || out_facts.iter().all(|f| f.value.is_some());
         let mut out_slots = Vec::with_capacity(outputs.len());
         for (o, f) in outputs.iter().zip(out_facts) {
             if o.is_empty() {
@@ -211,15 +229,57 @@ impl Planner {
             return Ok(());
         }
         self.folded += 1;
-        let from_f16 = step.inputs.first().copied().flatten().is_some_and(|s| self.facts[s].dtype == DataType::F16);
-        if let ("DequantizeLinear", [Some(s)]) | ("Cast", [Some(s)]) = (op_type, step.outputs.as_slice())
-            && (op_type == "DequantizeLinear" || (from_f16 && self.facts[*s].dtype == DataType::F32))
-        {
+        if let (true, [Some(s)]) = (expands, step.outputs.as_slice()) {
+            if defer {
+                self.deferred.push(*s);
+            }
             self.expanded.insert(*s, step);
         }
         Ok(())
     }
+
+    /// `op` on constant `inputs`.
+    fn evaluate(&self, op: &Arc<dyn Op>, inputs: &[Option<usize>]) -> Result<Vec<Tensor>> {
+        let tensors: Vec<Option<&Tensor>> =
+            inputs.iter().map(|s| s.map(|s| self.constants[s].as_deref().expect("a constant input"))).collect();
+        op.eval(&tensors, &mut BufferPool::default())
+    }
+
+    /// After fusion: computes the deferred expansions that steps (or the graph's outputs)
+    /// still read, then folds the steps that read only constants as a result (a Transpose of
+    /// such a weight, say).
+    fn materialize(&mut self, graph_outputs: &[usize]) -> Result<()> {
+        let read: Vec<usize> = self.steps.iter().flat_map(|s| s.inputs.iter().flatten()).chain(graph_outputs).copied().collect();
+        for s in std::mem::take(&mut self.deferred) {
+            if !read.contains(&s) {
+                continue;
+            }
+            let step = &self.expanded[&s];
+            let value = self.evaluate(&step.op, &step.inputs).map_err(|e| e.in_node(&step.node, &step.op_type))?.remove(0);
+            check_output(&self.facts[s], &value)?;
+            let value = Arc::new(value);
+            (self.constants[s], self.facts[s].value) = (Some(value.clone()), Some(value));
+        }
+        for step in std::mem::take(&mut self.steps) {
+            if !step.inputs.iter().flatten().all(|&s| self.constants[s].is_some()) {
+                self.steps.push(step);
+                continue;
+            }
+            let values = self.evaluate(&step.op, &step.inputs).map_err(|e| e.in_node(&step.node, &step.op_type))?;
+            for (&s, v) in step.outputs.iter().zip(values).filter_map(|(s, v)| Some((s.as_ref()?, v))) {
+                check_output(&self.facts[s], &v)?;
+                let v = Arc::new(v);
+                (self.constants[s], self.facts[s].value) = (Some(v.clone()), Some(v));
+            }
+            self.folded += 1;
+        }
+        Ok(())
+    }
 }
+
+/// Values from which an expanded constant is deferred to after fusion (smaller ones fold at
+/// once: their float form costs little, and shape arithmetic may need it).
+pub(crate) const DEFERRED_VALUES: usize = 4096;
 
 /// Checks a computed tensor against the planned fact (guards against inference bugs).
 pub(crate) fn check_output(fact: &Fact, t: &Tensor) -> Result<()> {
@@ -230,8 +290,7 @@ pub(crate) fn check_output(fact: &Fact, t: &Tensor) -> Result<()> {
 }
 
 /// Plans `graph` for inputs of the given dtypes and shapes (in graph input order).
-/// No step may produce a tensor of more than `max_tensor_bytes`.
-pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], max_tensor_bytes: usize) -> Result<Plan> {
+pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: PlanOptions) -> Result<Plan> {
     let mut p = Planner {
         env: HashMap::new(),
         facts: Vec::new(),
@@ -239,7 +298,8 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], max_tensor_
         steps: Vec::new(),
         folded: 0,
         expanded: HashMap::new(),
-        max_tensor_bytes,
+        deferred: Vec::new(),
+        max_tensor_bytes: options.max_tensor_bytes,
     };
     let mut input_slots = Vec::new();
     for (info, (dtype, shape)) in graph.inputs.iter().zip(inputs) {
@@ -250,7 +310,8 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], max_tensor_
     p.graph(graph)?;
     let outputs = graph.outputs.iter().map(|o| Ok((o.name.clone(), p.lookup(&o.name, "<graph output>")?))).collect::<Result<Vec<_>>>()?;
     let output_slots: Vec<usize> = outputs.iter().map(|o| o.1).collect();
-    p.steps = crate::fuse::fuse(std::mem::take(&mut p.steps), &p.facts, &output_slots, &p.expanded);
+    p.steps = crate::fuse::fuse(std::mem::take(&mut p.steps), &p.facts, &output_slots, &p.expanded, options.exact);
+    p.materialize(&output_slots)?;
     // Constants no step reads any more (float weights replaced by their integer form) are
     // dropped, so the plan does not keep both.
     let mut read = vec![false; p.facts.len()];

@@ -5,12 +5,12 @@ use crate::error::{Error, Result};
 use crate::graph::{Dim, Graph, ValueInfo};
 use crate::onnx::{OnnxFile, import::import_model};
 use crate::ops::BufferPool;
-use crate::plan::{Plan, check_output, plan};
+use crate::plan::{Plan, PlanOptions, check_output, plan};
 use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A loaded model: the graph IR with weights mapped from the file.
@@ -75,6 +75,8 @@ pub struct Session {
     threads: AtomicUsize,
     /// Largest tensor a plan may produce.
     max_tensor_bytes: AtomicUsize,
+    /// The file's literal float arithmetic everywhere.
+    exact: AtomicBool,
 }
 
 /// Default for [`Session::set_max_tensor_bytes`]: 1 GiB, beyond what a phone should give to
@@ -100,6 +102,7 @@ impl Session {
             pool: Mutex::new(BufferPool::default()),
             threads: AtomicUsize::new(1),
             max_tensor_bytes: AtomicUsize::new(DEFAULT_MAX_TENSOR_BYTES),
+            exact: AtomicBool::new(false),
         }
     }
 
@@ -122,6 +125,50 @@ impl Session {
     pub fn set_max_tensor_bytes(&self, bytes: usize) {
         self.max_tensor_bytes.store(bytes, Ordering::Relaxed);
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Runs every op by the file's literal float semantics (default `false`). By default, as
+    /// onnxruntime does at its default accuracy level, a MatMul whose weights are 4-bit blocks
+    /// (`DequantizeLinear` with `block_size`, opset 21) runs on the integer kernels, its
+    /// activations quantized to int8 per row and block: faster, and within a few parts in a
+    /// thousand of the float result. Exact sessions compute such layers in f32 instead.
+    /// Plans cached earlier are dropped.
+    ///
+    /// ```
+    /// use distq_runtime::testing::{Attr, ModelBuilder};
+    /// use distq_runtime::{DataType, Model, Session, Tensor};
+    /// // y = x · dequantize(q), q: 8 × 2 values 0..=15 in blocks of 4 along K, zero point 8.
+    /// let q = Tensor::from_vec(vec![8, 2], (0..16u8).collect())?;
+    /// let model = ModelBuilder::new(21)
+    ///     .input("x", DataType::F32, &[1, 8])
+    ///     .initializer("q", &q)
+    ///     .initializer("scale", &Tensor::from_vec(vec![2, 2], vec![0.1f32, 0.2, 0.3, 0.4])?)
+    ///     .initializer("zero", &Tensor::from_vec(vec![2, 2], vec![8u8; 4])?)
+    ///     .node("DequantizeLinear", &["q", "scale", "zero"], &["w"], vec![("axis", Attr::Int(0)), ("block_size", Attr::Int(4))])
+    ///     .node("MatMul", &["x", "w"], &["y"], vec![])
+    ///     .output("y", DataType::F32, &[1, 2])
+    ///     .to_bytes();
+    /// let x = Tensor::from_vec(vec![1, 8], vec![0.3f32, -1.0, 0.7, 0.05, 2.0, -0.4, 0.9, 1.1])?;
+    /// let run = |exact| -> distq_runtime::Result<Vec<f32>> {
+    ///     let session = Session::new(Model::from_bytes(model.clone())?);
+    ///     session.set_exact(exact);
+    ///     Ok(session.run(vec![("x", x.clone())])?[0].1.as_slice::<f32>()?.to_vec())
+    /// };
+    /// let (fast, exact) = (run(false)?, run(true)?);
+    /// assert_ne!(fast, exact);
+    /// for (f, e) in fast.iter().zip(&exact) {
+    ///     assert!((f - e).abs() < 0.01 * e.abs().max(1.0), "{f} vs {e}");
+    /// }
+    /// # Ok::<(), distq_runtime::Error>(())
+    /// ```
+    pub fn set_exact(&self, exact: bool) {
+        self.exact.store(exact, Ordering::Relaxed);
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Whether runs follow the file's literal float arithmetic ([`Session::set_exact`]).
+    pub fn exact(&self) -> bool {
+        self.exact.load(Ordering::Relaxed)
     }
 
     /// Lets the kernels of later runs split their work over `threads` threads (default 1;
@@ -227,7 +274,8 @@ impl Session {
         if let Some(p) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(p.clone());
         }
-        let p = Arc::new(plan(&self.model.graph, inputs, self.max_tensor_bytes.load(Ordering::Relaxed))?);
+        let options = PlanOptions { max_tensor_bytes: self.max_tensor_bytes.load(Ordering::Relaxed), exact: self.exact() };
+        let p = Arc::new(plan(&self.model.graph, inputs, options)?);
         let mut cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_CACHED_PLANS {
             cache.clear();

@@ -57,6 +57,10 @@ pub struct Args {
     /// Threads each op may split its work over.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The file's literal float arithmetic everywhere: 4-bit block weights in f32 instead of
+    /// at int8 compute (see `Session::set_exact`).
+    #[arg(long)]
+    exact: bool,
     #[arg(long, value_enum, default_value = "auto")]
     energy: EnergyArg,
     /// Root of the sysfs tree the energy meters read.
@@ -134,6 +138,7 @@ fn measure(path: &Path, args: &Args, options: &BenchOptions) -> Result<Measured>
     };
     let session = Session::new(model);
     session.set_threads(args.threads);
+    session.set_exact(args.exact);
     let report = session.benchmark(inputs.clone(), options).with_context(|| format!("benchmarking {}", path.display()))?;
     Ok(Measured { path: path.to_path_buf(), model_bytes, load_ms, inputs, report })
 }

@@ -176,6 +176,8 @@ pub fn run(args: Args) -> Result<()> {
         metric: Metric::Top1,
         max_size: None,
         min_metric: Some(0.99),
+        max_latency_ms: None,
+        min_speedup: None,
         sensitivity_samples: 256,
         batch: 256,
         bias_correction: true,

@@ -43,6 +43,14 @@ pub struct QuantizeFlags {
     /// 0.99 (cosine, top1) or 0.01 (kl, mse).
     #[arg(long)]
     min_metric: Option<f64>,
+    /// Largest time per sample on this machine, ms, as predicted from each MatMul layer's
+    /// time measured here at each precision (see the report's `ms`).
+    #[arg(long)]
+    max_latency_ms: Option<f64>,
+    /// Smallest speed-up over fp32 on this machine, predicted the same way; mixed precision
+    /// without --max-latency-ms or this asks for 1 (never slower than fp32).
+    #[arg(long)]
+    min_speedup: Option<f64>,
     /// int4 block size (32, 64 or 128).
     #[arg(long, default_value_t = 32)]
     block: usize,
@@ -85,6 +93,9 @@ impl QuantizeFlags {
             ensure!(mb > 0.0 && mb.is_finite(), "--max-size-mb {mb}: give a positive size");
         }
         ensure!(self.sensitivity_samples > 0 && batch > 0, "--sensitivity-samples and --batch must be positive");
+        for (flag, value) in [("--max-latency-ms", self.max_latency_ms), ("--min-speedup", self.min_speedup)] {
+            ensure!(value.is_none_or(|v| v > 0.0 && v.is_finite()), "{flag} {}: give a positive number", value.unwrap_or(0.0));
+        }
         let uniform = match self.precision {
             PrecisionArg::Mixed => None,
             PrecisionArg::Int8 => Some(Precision::Int8),
@@ -97,6 +108,8 @@ impl QuantizeFlags {
             metric: self.metric,
             max_size: self.max_size_mb.map(|mb| (mb * 1e6) as u64),
             min_metric: self.min_metric,
+            max_latency_ms: self.max_latency_ms,
+            min_speedup: self.min_speedup,
             sensitivity_samples: self.sensitivity_samples,
             batch,
             bias_correction: !self.no_bias_correction,

@@ -30,6 +30,10 @@ pub struct Args {
     /// Threads each op may split its work over.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The file's literal float arithmetic everywhere: 4-bit block weights in f32 instead of
+    /// at int8 compute (see `Session::set_exact`).
+    #[arg(long)]
+    exact: bool,
 }
 
 fn summary(t: &Tensor) -> String {
@@ -52,6 +56,7 @@ pub fn run(args: Args) -> Result<()> {
     let t0 = Instant::now();
     let session = Session::load(&args.model)?;
     session.set_threads(args.threads);
+    session.set_exact(args.exact);
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let inputs = crate::inputs::load(&args.input)?;
     for i in session.model().inputs() {

@@ -2,13 +2,15 @@
 //!
 //! The pipeline: find the quantizable weights ([`qdq::quantizable_layers`]), quantize each to
 //! every candidate precision ([`weights`]), measure each candidate's sensitivity in our own
-//! runtime ([`search`]), pick a precision per layer for the size or metric target, write the
+//! runtime ([`search`]) and its time on this machine ([`latency`]), pick a precision per layer
+//! for the size or metric target within the speed goal, write the
 //! QDQ graph ([`qdq::rewrite`]) and verify the written form end to end on the evaluation set
 //! ([`metric`]): what is measured is what ships.
 
 pub mod calibrate;
 pub mod compact;
 pub mod gptq;
+pub mod latency;
 pub mod metric;
 pub mod observe;
 pub mod opset;
@@ -44,6 +46,12 @@ pub struct Config {
     pub max_size: Option<u64>,
     /// Smallest metric allowed (largest, for kl and mse).
     pub min_metric: Option<f64>,
+    /// Largest time per sample allowed on this machine, ms, as predicted from each layer's
+    /// measured time ([`latency`]).
+    pub max_latency_ms: Option<f64>,
+    /// Smallest speed-up over fp32 allowed on this machine, predicted the same way. Mixed
+    /// precision without either goal asks for 1: never slower than fp32.
+    pub min_speedup: Option<f64>,
     /// Calibration samples used per sensitivity run.
     pub sensitivity_samples: usize,
     /// Samples per model run.
@@ -64,6 +72,10 @@ pub struct Config {
     /// training), by layer name: no sensitivity search; layers not named stay fp32.
     pub fixed: Option<Vec<(String, Precision)>>,
 }
+
+/// The weight of time against bytes in the speed-first greedy walk, bytes per ms saved per
+/// sample: large enough that any time saved outweighs any bytes.
+const BYTES_PER_MS_MAX: f64 = 1e15;
 
 /// Calibration samples observed for bias correction (at least).
 const CORRECTION_SAMPLES: usize = 64;
@@ -213,6 +225,10 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     let proxy = if config.metric == Metric::Top1 { Metric::Kl } else { config.metric };
     // The weight bytes a size budget leaves (the rest of the file is fixed).
     let weight_budget = |max: u64| max.saturating_sub(fixed) as usize;
+    // This machine's fp32 time per sample and the goal, ms (mixed precision only), and the
+    // time the chosen layers must save.
+    let mut timing: Option<(f64, f64)> = None;
+    let mut min_ms_saved = f64::NEG_INFINITY;
     let (mut chosen, front, mut index): (Assignment, _, _) = match (&config.fixed, config.uniform) {
         (Some(fixed), _) => {
             let assignment = options
@@ -234,39 +250,102 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         (None, None) => {
             let sample = calib.head(config.sensitivity_samples)?;
             let reference = sample.outputs(&fp32_session, config.batch)?;
+            // Layer times first, alone on the machine; then the sensitivity runs.
+            progress("latency", 0, 1);
+            latency::measure(proto, &mut options, &sample, config.batch)?;
+            let model_ms = latency::model_ms_per_sample(&fp32_session, &sample, config.batch)?;
+            progress("latency", 1, 1);
+            let goal_ms = match (config.max_latency_ms, config.min_speedup) {
+                (Some(ms), Some(speedup)) => ms.min(model_ms / speedup),
+                (Some(ms), None) => ms,
+                (None, speedup) => model_ms / speedup.unwrap_or(1.0),
+            };
+            // Without a speed flag the goal (never slower than fp32) is soft: where no point
+            // meets it within the size and metric targets, the pick is made without regard to
+            // time (and the report says it is slower).
+            let soft = config.max_latency_ms.is_none() && config.min_speedup.is_none();
+            timing = Some((model_ms, goal_ms));
+            min_ms_saved = model_ms - goal_ms;
             search::measure(proto, &mut options, &sample, &reference, proxy, config.batch, |d, t| progress("sensitivity", d, t))?;
-            let front = search::greedy_front(&options);
+            let fast_enough = |s: &search::Step| s.ms_saved >= min_ms_saved;
             match config.max_size {
-                // The most precise front point within the budget, its leftover bytes spent.
+                // The most precise front point within the budget, its leftover bytes spent,
+                // on the front that weighs time least while that point meets the speed goal.
                 Some(max) => {
-                    let index = front.iter().position(|s| s.bytes <= weight_budget(max)).with_context(|| {
-                        let smallest = front.last().map_or(0, |s| fixed + s.bytes as u64);
-                        format!(
-                            "budget not reachable: {:.2} MB asked, the smallest this model gets is {:.2} MB (every layer at its lowest precision)",
-                            max as f64 / 1e6,
-                            smallest as f64 / 1e6
-                        )
-                    })?;
-                    (search::fill(&options, &front[index].assignment, weight_budget(max)), front, index)
-                }
-                // The front's most compact point whose metric on the calibration samples
-                // meets the target (bisection: the metric falls along the front).
-                None => {
-                    let (mut good, mut bad) = (0, front.len());
-                    let probes = usize::BITS - front.len().leading_zeros();
-                    let mut probe = 0;
-                    while bad - good > 1 {
-                        let mid = (good + bad) / 2;
-                        progress("search", probe, probes as usize);
-                        probe += 1;
-                        if meets(evaluate(&options, &front[mid].assignment, &sample, &reference)?.1) {
-                            good = mid;
-                        } else {
-                            bad = mid;
+                    let at_budget = |front: &[search::Step]| front.iter().position(|s| s.bytes <= weight_budget(max) && fast_enough(s));
+                    let mut front = search::greedy_front(&options, 0.0);
+                    if at_budget(&front).is_none() {
+                        let (mut slow, mut fast) = (0.0f64, BYTES_PER_MS_MAX);
+                        front = search::greedy_front(&options, fast);
+                        for _ in 0..24 {
+                            let mid = (slow * fast).sqrt().max(fast / 1e3);
+                            let candidate = search::greedy_front(&options, mid);
+                            if at_budget(&candidate).is_some() {
+                                (fast, front) = (mid, candidate);
+                            } else {
+                                slow = mid;
+                            }
                         }
                     }
-                    progress("search", probes as usize, probes as usize);
-                    (front[good].assignment.clone(), front, good)
+                    let index = match at_budget(&front) {
+                        Some(i) => Some(i),
+                        // The default goal gives way: the size pick without regard to time.
+                        None if soft => {
+                            min_ms_saved = f64::NEG_INFINITY;
+                            front = search::greedy_front(&options, 0.0);
+                            front.iter().position(|s| s.bytes <= weight_budget(max))
+                        }
+                        None => None,
+                    };
+                    let index = index.with_context(|| {
+                        let smallest = front.last().map_or(0, |s| fixed + s.bytes as u64);
+                        let fastest = front.iter().filter(|s| s.bytes <= weight_budget(max)).map(|s| s.ms_saved).fold(f64::NEG_INFINITY, f64::max);
+                        match fastest > f64::NEG_INFINITY {
+                            true => format!(
+                                "speed goal not reachable within {:.2} MB: {goal_ms:.3} ms per sample asked, the fastest point is predicted at {:.3} ms (fp32: {model_ms:.3} ms on this machine)",
+                                max as f64 / 1e6,
+                                model_ms - fastest
+                            ),
+                            false => format!(
+                                "budget not reachable: {:.2} MB asked, the smallest this model gets is {:.2} MB (every layer at its lowest precision)",
+                                max as f64 / 1e6,
+                                smallest as f64 / 1e6
+                            ),
+                        }
+                    })?;
+                    (search::fill(&options, &front[index].assignment, weight_budget(max), min_ms_saved), front, index)
+                }
+                // The front's most compact point whose metric on the calibration samples
+                // meets the target (bisection: the metric falls along the front); time
+                // weighs in only when that point misses the speed goal.
+                None => {
+                    let mut probe = 0;
+                    let mut pick = |front: &[search::Step]| -> Result<usize> {
+                        let (mut good, mut bad) = (0, front.len());
+                        while bad - good > 1 {
+                            let mid = (good + bad) / 2;
+                            progress("search", probe, probe + 1);
+                            probe += 1;
+                            if meets(evaluate(&options, &front[mid].assignment, &sample, &reference)?.1) {
+                                good = mid;
+                            } else {
+                                bad = mid;
+                            }
+                        }
+                        progress("search", probe, probe);
+                        Ok(good)
+                    };
+                    let mut front = search::greedy_front(&options, 0.0);
+                    let mut index = pick(&front)?;
+                    if !fast_enough(&front[index]) {
+                        let speed_first = search::greedy_front(&options, BYTES_PER_MS_MAX);
+                        let i = pick(&speed_first)?;
+                        // The default goal gives way where speed first does not meet it either.
+                        if fast_enough(&speed_first[i]) || !soft {
+                            (front, index) = (speed_first, i);
+                        }
+                    }
+                    (front[index].assignment.clone(), front, index)
                 }
             }
         }
@@ -282,9 +361,9 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
                 while out.encoded_len() as u64 > max {
                     let over = out.encoded_len() - max as usize;
                     budget = budget.saturating_sub(over.max(budget / 200));
-                    let Some(i) = front.iter().position(|s| s.bytes <= budget) else { break };
+                    let Some(i) = front.iter().position(|s| s.bytes <= budget && s.ms_saved >= min_ms_saved) else { break };
                     index = i;
-                    chosen = search::fill(&options, &front[i].assignment, budget);
+                    chosen = search::fill(&options, &front[i].assignment, budget, min_ms_saved);
                     (out, value) = evaluate(&options, &chosen, eval, &reference_eval)?;
                 }
             }
@@ -310,6 +389,17 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
             target.map_or(String::new(), |m| format!("metric {m}")),
         );
     }
+    let ms_saved: f64 = options.iter().zip(&chosen).map(|(o, &a)| o.ms_saved_at(a)).sum();
+    if let Some((model_ms, goal_ms)) = timing
+        && ms_saved < min_ms_saved
+        && (config.max_latency_ms.is_some() || config.min_speedup.is_some())
+    {
+        bail!(
+            "speed goal not reachable: {goal_ms:.3} ms per sample asked ({:.2}× fp32's {model_ms:.3} ms on this machine); the best found within the other targets is predicted at {:.3} ms",
+            model_ms / goal_ms,
+            model_ms - ms_saved
+        );
+    }
     let precisions = options
         .iter()
         .zip(&chosen)
@@ -326,12 +416,23 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
             sensitivity: a.and_then(|i| o.candidates[i].loss),
             losses: o.candidates.iter().filter_map(|c| c.loss.map(|l| (c.precision.name(), l))).collect(),
             activation: a.and_then(|i| o.candidates[i].activation).map(|q| (q.scale, q.zero_point)),
+            ms: o
+                .fp32_ms
+                .map(|ms| ("fp32".to_string(), ms))
+                .into_iter()
+                .chain(o.candidates.iter().filter_map(|c| Some((c.precision.name(), c.ms?))))
+                .collect(),
         })
         .collect();
     let front = front
         .iter()
         .enumerate()
-        .map(|(i, s)| FrontPoint { size_bytes: fixed + s.bytes as u64, loss: s.predicted_loss, chosen: i == index })
+        .map(|(i, s)| FrontPoint {
+            size_bytes: fixed + s.bytes as u64,
+            loss: s.predicted_loss,
+            ms_per_sample: timing.map(|(model_ms, _)| model_ms - s.ms_saved),
+            chosen: i == index,
+        })
         .collect();
     let report = Report {
         size_bytes: size,
@@ -344,6 +445,8 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
         rounding: if observations_used_gptq { Rounding::Gptq } else { Rounding::Nearest },
         layers,
         front,
+        fp32_ms_per_sample: timing.map(|t| t.0),
+        predicted_ms_per_sample: timing.map(|(model_ms, _)| model_ms - ms_saved),
     };
     Ok(Outcome { model: out, report, precisions })
 }

@@ -2,7 +2,10 @@
 //! lowered weight becomes its stored initializer(s) plus a `DequantizeLinear` (int8 per axis,
 //! int4 with `block_size`, opset 21) or a `Cast` (float16) whose output keeps the weight's
 //! name, so every consumer is unchanged. This is the form onnxruntime and our runtime both
-//! recognize (our planner keeps such weights compact in memory).
+//! recognize (our planner keeps such weights compact in memory). An int8 MatMul runs on
+//! integers instead, its input quantized at run time ([`quantize_inputs_at_run_time`]), and
+//! with a static observer every int8 layer's input gets a QDQ pair
+//! ([`quantize_activations`]).
 
 use super::observe::ActivationQuant;
 use super::weights::{Layout, Precision, Quantized, Stored};
@@ -426,11 +429,15 @@ pub fn rewrite(model: &ModelProto, lowered: &[Lowered]) -> Result<ModelProto> {
     graph.initializer.retain(|t| !names.contains(t.name.as_deref().unwrap_or("")));
     // Old models also list initializers as graph inputs; the restored value replaces both.
     graph.input.retain(|v| !names.contains(v.name.as_deref().unwrap_or("")));
+    let dynamic: Vec<&Lowered> = lowered.iter().filter(|l| runs_on_integers(graph, l)).collect();
     let mut nodes = Vec::with_capacity(graph.node.len() + lowered.len());
     for l in lowered {
         let (tensors, node) = restore(&l.layer.name, l.quantized);
         graph.initializer.extend(tensors);
-        nodes.push(node);
+        // A layer on the integer path reads its stored weight and scale directly.
+        if !dynamic.iter().any(|d| d.layer.name == l.layer.name) {
+            nodes.push(node);
+        }
     }
     // Restoring nodes read only initializers: placed first, the graph stays sorted.
     nodes.append(&mut graph.node);
@@ -442,13 +449,143 @@ pub fn rewrite(model: &ModelProto, lowered: &[Lowered]) -> Result<ModelProto> {
     }
     quantize_activations(graph, lowered)
         .with_context(|| format!("static activation quantization of {}", graph.name.as_deref().unwrap_or("the graph")))?;
+    quantize_inputs_at_run_time(graph, &dynamic)
+        .with_context(|| format!("dynamic activation quantization of {}", graph.name.as_deref().unwrap_or("the graph")))?;
     Ok(out)
+}
+
+/// Whether the lowered layer `l` runs on integer kernels with its input quantized at run time:
+/// an int8 MatMul weight whose input has no static quantization, read by that MatMul alone.
+fn runs_on_integers(graph: &GraphProto, l: &Lowered) -> bool {
+    l.quantized.precision == Precision::Int8
+        && l.activation.is_none()
+        && l.layer.op == "MatMul"
+        && graph.node.iter().filter(|n| n.input.contains(&l.layer.name)).count() == 1
+}
+
+/// Dynamic activation quantization, in the form onnxruntime's dynamic quantizer writes, which
+/// it and our runtime both run on integer GEMMs (ours fuses the chain into one, see the
+/// runtime's `MatMulIntegerToFloat`): each layer's `MatMul(x, W)` becomes
+/// `MatMulInteger(x_q, W_q, x_zero_point) → Cast(float) → Mul(x_scale · W_scale)`, writing the
+/// MatMul's output, with one `DynamicQuantizeLinear(x) → (x_q, x_scale, x_zero_point)` (uint8,
+/// per tensor) per activation, shared by the layers that read it (an attention block's
+/// query, key and value projections).
+fn quantize_inputs_at_run_time(graph: &mut GraphProto, layers: &[&Lowered]) -> Result<()> {
+    let mut done: HashMap<String, [String; 3]> = HashMap::new();
+    let taken = |graph: &GraphProto, n: &String| {
+        graph.initializer.iter().any(|t| t.name.as_ref() == Some(n)) || graph.node.iter().any(|x| x.output.contains(n))
+    };
+    let node = |name: String, op: &str, input: Vec<String>, output: Vec<String>, attribute: Vec<AttributeProto>| NodeProto {
+        name: Some(name),
+        op_type: Some(op.into()),
+        input,
+        output,
+        attribute,
+        ..Default::default()
+    };
+    let position = |graph: &GraphProto, output: &str| graph.node.iter().position(|n| n.output.first().map(String::as_str) == Some(output));
+    for l in layers {
+        let (name, out) = (&l.layer.name, &l.layer.node_output);
+        let at = position(graph, out).with_context(|| format!("layer '{name}': no node writes '{out}'"))?;
+        let x = graph.node[at].input.first().cloned().with_context(|| format!("layer '{name}': its MatMul has no input"))?;
+        let [x_q, x_scale, x_zero] = match done.get(&x) {
+            Some(names) => names.clone(),
+            None => {
+                let names = [format!("{x}_dynamic_quantized"), format!("{x}_dynamic_scale"), format!("{x}_dynamic_zero_point")];
+                ensure!(!names.iter().any(|n| taken(graph, n)), "activation '{x}': the names of its quantized forms are taken");
+                // Before the first layer reading the activation: after whatever writes it.
+                let first = graph
+                    .node
+                    .iter()
+                    .position(|n| n.input.first() == Some(&x) && layers.iter().any(|d| n.output.first() == Some(&d.layer.node_output)))
+                    .with_context(|| format!("no lowered layer reads activation '{x}'"))?;
+                graph.node.insert(
+                    first,
+                    node(format!("{x}_DynamicQuantizeLinear"), "DynamicQuantizeLinear", vec![x.clone()], names.to_vec(), vec![]),
+                );
+                done.insert(x.clone(), names.clone());
+                names
+            }
+        };
+        let at = position(graph, out).context("lowered node vanished")?;
+        let (acc, float, scale) = (format!("{out}_int32"), format!("{out}_float"), format!("{out}_scale"));
+        ensure!(![&acc, &float, &scale].iter().any(|n| taken(graph, n)), "layer '{name}': the names of its integer path are taken");
+        let chain = [
+            node(
+                format!("{out}_MatMulInteger"),
+                "MatMulInteger",
+                vec![x_q, format!("{name}_quantized"), x_zero],
+                vec![acc.clone()],
+                vec![],
+            ),
+            node(format!("{out}_Cast"), "Cast", vec![acc], vec![float.clone()], vec![int_attr("to", DataType::F32.onnx_code() as i64)]),
+            node(format!("{out}_scale_Mul"), "Mul", vec![x_scale, format!("{name}_scale")], vec![scale.clone()], vec![]),
+            node(format!("{out}_Mul"), "Mul", vec![float, scale], vec![out.clone()], vec![]),
+        ];
+        graph.node.splice(at..=at, chain);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quantize::weights::quantize;
+    use distq_runtime::testing::ModelBuilder;
+    use distq_runtime::{Session, Tensor};
+    use prost::Message;
+
+    /// Two int8 MatMuls reading one activation (as an attention block's projections), one
+    /// with a bias Add: one DynamicQuantizeLinear serves both, each runs MatMulInteger, and
+    /// the outputs are the integer arithmetic's, `(Σ (x_q − x_zero) · w_q) · x_scale · w_scale`.
+    #[test]
+    fn int8_matmuls_run_on_integers_with_their_input_quantized_once() {
+        let (k, n) = (64, 16);
+        let w = |seed: usize| {
+            Tensor::from_vec(vec![k, n], (0..k * n).map(|i| (((i + seed) * 7919) % 211) as f32 / 100.0 - 1.05).collect()).unwrap()
+        };
+        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        let model = ModelBuilder::new(13)
+            .input("x", DataType::F32, &[2, 3, k as i64])
+            .initializer("wa", &w(0))
+            .initializer("wb", &w(5))
+            .initializer("bias", &Tensor::from_vec(vec![n], bias.clone()).unwrap())
+            .node("MatMul", &["x", "wa"], &["ya"], vec![])
+            .node("Add", &["bias", "ya"], &["a"], vec![])
+            .node("MatMul", &["x", "wb"], &["b"], vec![])
+            .output("a", DataType::F32, &[2, 3, n as i64])
+            .output("b", DataType::F32, &[2, 3, n as i64])
+            .build();
+        let layers = quantizable_layers(&Model::from_bytes(model.encode_to_vec()).unwrap()).unwrap();
+        assert_eq!(layers.len(), 2);
+        let quantized: Vec<Quantized> = layers.iter().map(|l| quantize(&l.values, &l.shape, Precision::Int8, l.layout).unwrap()).collect();
+        let lowered: Vec<Lowered> =
+            layers.iter().zip(&quantized).map(|(layer, quantized)| Lowered { layer, quantized, bias: None, activation: None }).collect();
+        let out = rewrite(&model, &lowered).unwrap();
+        let ops: Vec<&str> = out.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_deref().unwrap()).collect();
+        assert_eq!(ops, ["DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul", "Mul", "Add", "MatMulInteger", "Cast", "Mul", "Mul"]);
+
+        let x: Vec<f32> = (0..2 * 3 * k).map(|i| (i as f32 * 0.37).sin() * 3.0 - 0.5).collect();
+        let got = Session::new(Model::from_bytes(out.encode_to_vec()).unwrap())
+            .run(vec![("x", Tensor::from_vec(vec![2, 3, k], x.clone()).unwrap())])
+            .unwrap();
+        // DynamicQuantizeLinear's definition: uint8 over the range widened to include 0.
+        let (lo, hi) = x.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let x_scale = (hi - lo) / 255.0;
+        let x_zero = (-lo / x_scale).round_ties_even().clamp(0.0, 255.0);
+        let x_q: Vec<f32> = x.iter().map(|&v| ((v / x_scale).round_ties_even() + x_zero).clamp(0.0, 255.0) - x_zero).collect();
+        for (output, q, b) in [(&got[0].1, &quantized[0], Some(&bias)), (&got[1].1, &quantized[1], None)] {
+            let Stored::I8(w_q) = &q.values else { panic!("int8 weights") };
+            let y = output.as_slice::<f32>().unwrap();
+            for (r, row) in x_q.chunks(k).enumerate() {
+                for j in 0..n {
+                    let acc: f32 = (0..k).map(|p| row[p] * w_q[p * n + j] as f32).sum();
+                    let want = acc * (x_scale * q.scales[j]) + b.map_or(0.0, |b| b[j]);
+                    assert!((y[r * n + j] - want).abs() <= 1e-4 * want.abs().max(1.0), "row {r} column {j}: {} vs {want}", y[r * n + j]);
+                }
+            }
+        }
+    }
 
     fn layer(op: &str, shape: Vec<usize>, groups: usize, layout: Layout) -> Layer {
         let n: usize = shape.iter().product();

@@ -25,6 +25,9 @@ pub struct LayerReport {
     /// The uint8 quantization of the layer's input as `[scale, zero_point]`, when it is
     /// quantized statically (int8 with an observer).
     pub activation: Option<(f32, u8)>,
+    /// Measured time per sample at fp32 and at each candidate precision, ms (layers that are
+    /// timed: MatMul).
+    pub ms: Vec<(String, f64)>,
 }
 
 /// A point of the greedy size → loss front.
@@ -34,6 +37,8 @@ pub struct FrontPoint {
     pub size_bytes: u64,
     /// Summed sensitivity of the lowered layers (in `sensitivity_metric` loss units).
     pub loss: f64,
+    /// Predicted time per sample, ms (when layers were timed).
+    pub ms_per_sample: Option<f64>,
     /// Whether the point written is this one (for a size budget: this one with the bytes
     /// it leaves spent on the layers it helps most).
     pub chosen: bool,
@@ -64,6 +69,11 @@ pub struct Report {
     pub layers: Vec<LayerReport>,
     /// The front (empty for a uniform precision).
     pub front: Vec<FrontPoint>,
+    /// The fp32 model's time per sample on this machine, ms, and the written model's as
+    /// predicted from its layers' (when layers were timed).
+    pub fp32_ms_per_sample: Option<f64>,
+    /// See `fp32_ms_per_sample`.
+    pub predicted_ms_per_sample: Option<f64>,
 }
 
 impl Report {
@@ -92,13 +102,22 @@ impl Report {
             self.metric_value,
             self.samples
         );
+        if let (Some(fp32), Some(ms)) = (self.fp32_ms_per_sample, self.predicted_ms_per_sample) {
+            let verdict = match ms <= fp32 {
+                true => format!("{:.2}× faster", fp32 / ms),
+                false => format!("{:.2}× slower: no point within the size and metric targets is faster on this machine", ms / fp32),
+            };
+            let _ = writeln!(s, "time per sample on this machine: fp32 {fp32:.3} ms, predicted {ms:.3} ms ({verdict})");
+        }
         if self.layers.iter().any(|l| l.precision.starts_with("int4")) {
             let _ = writeln!(s, "int4 rounding: {:?}", self.rounding);
         }
         if !self.front.is_empty() {
             let _ = writeln!(s, "front (size → summed {:?} loss of the lowered layers), every 4th point:", self.sensitivity_metric);
             for (i, p) in self.front.iter().enumerate().filter(|(i, p)| i % 4 == 0 || p.chosen) {
-                let _ = writeln!(s, "  {i:>3}  {:>8.2} MB  {:.5}{}", mb(p.size_bytes), p.loss, if p.chosen { "  ← written" } else { "" });
+                let ms = p.ms_per_sample.map_or(String::new(), |ms| format!("  {ms:>8.3} ms"));
+                let _ =
+                    writeln!(s, "  {i:>3}  {:>8.2} MB  {:.5}{ms}{}", mb(p.size_bytes), p.loss, if p.chosen { "  ← written" } else { "" });
             }
         }
         s

@@ -23,6 +23,8 @@ pub struct Options {
     pub layer: Layer,
     /// `(precision, quantized, bytes, loss)`, most precise first; fp32 is implicit.
     pub candidates: Vec<Candidate>,
+    /// Time per sample at fp32, ms (`None`: not measured).
+    pub fp32_ms: Option<f64>,
 }
 
 /// A precision a layer may take.
@@ -40,6 +42,8 @@ pub struct Candidate {
     pub bias: Option<Vec<f32>>,
     /// The static quantization of the layer's input (int8 with an observer).
     pub activation: Option<ActivationQuant>,
+    /// Time per sample in this form, ms ([`super::latency`]; `None`: not measured).
+    pub ms: Option<f64>,
 }
 
 impl Options {
@@ -57,6 +61,26 @@ impl Options {
     /// Measured loss at choice `a` (`None`: fp32, no loss).
     fn loss_at(&self, a: Option<usize>) -> f64 {
         a.map_or(0.0, |i| self.candidates[i].loss.unwrap_or(0.0))
+    }
+
+    /// Time saved per sample against fp32 at choice `a`, ms (0 where not measured; negative
+    /// when slower).
+    pub fn ms_saved_at(&self, a: Option<usize>) -> f64 {
+        match (self.fp32_ms, a.and_then(|i| self.candidates[i].ms)) {
+            (Some(fp32), Some(ms)) => fp32 - ms,
+            _ => 0.0,
+        }
+    }
+
+    /// Whether candidate `c` is worth a step when time counts: no other candidate is both as
+    /// small and as fast (fp16 weights, which this CPU expands to f32 per run, lose to int8
+    /// on both).
+    fn useful(&self, c: usize) -> bool {
+        let (bytes, saved) = (self.candidates[c].bytes, self.ms_saved_at(Some(c)));
+        !(0..self.candidates.len()).any(|d| {
+            let (b, s) = (self.candidates[d].bytes, self.ms_saved_at(Some(d)));
+            d != c && b <= bytes && s >= saved && (b < bytes || s > saved)
+        })
     }
 }
 
@@ -91,10 +115,10 @@ pub fn candidates(layers: Vec<Layer>, precisions: &[Precision], observed: &Obser
                         .get(&layer.activation)
                         .copied()
                         .filter(|_| precision == Precision::Int8 && layer.op != "Gather");
-                    Ok(Candidate { precision, bytes: quantized.stored_bytes(), quantized, loss: None, bias, activation })
+                    Ok(Candidate { precision, bytes: quantized.stored_bytes(), quantized, loss: None, bias, activation, ms: None })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok(Options { layer, candidates })
+            Ok(Options { layer, candidates, fp32_ms: None })
         })
         .collect()
 }
@@ -170,8 +194,8 @@ pub const MEASURE_WORKERS: usize = 4;
 /// A precision per layer (an index into its candidates; `None` = fp32).
 pub type Assignment = Vec<Option<usize>>;
 
-/// A point of the greedy walk: the assignment, its file bytes (weights only) and the summed
-/// loss it predicts.
+/// A point of the greedy walk: the assignment, its file bytes (weights only), the summed
+/// loss it predicts and the time per sample it saves against fp32.
 pub struct Step {
     /// Precision per layer.
     pub assignment: Assignment,
@@ -179,6 +203,8 @@ pub struct Step {
     pub bytes: usize,
     /// Sum of the lowered layers' losses.
     pub predicted_loss: f64,
+    /// Sum of the lowered layers' time saved per sample, ms.
+    pub ms_saved: f64,
 }
 
 /// The layer and new choice that `score` rates highest over every layer's one possible move
@@ -198,23 +224,25 @@ fn best_move(
 }
 
 /// The greedy walk from all-fp32 down to every layer at its lowest candidate: each step
-/// lowers one layer by one candidate, choosing the largest bytes saved per unit of added
-/// loss. Returns every point.
-pub fn greedy_front(options: &[Options]) -> Vec<Step> {
+/// lowers one layer by one candidate, choosing the largest `bytes saved + ms_per_byte⁻¹ · time
+/// saved` per unit of added loss (`bytes_per_ms` = 0: bytes alone). When time counts, a layer
+/// skips the candidates another one beats on both size and speed. Returns every point.
+pub fn greedy_front(options: &[Options], bytes_per_ms: f64) -> Vec<Step> {
     let mut assignment: Assignment = vec![None; options.len()];
     let point = |a: &Assignment| Step {
         assignment: a.clone(),
         bytes: options.iter().zip(a).map(|(o, &x)| o.bytes_at(x)).sum(),
         predicted_loss: options.iter().zip(a).map(|(o, &x)| o.loss_at(x)).sum(),
+        ms_saved: options.iter().zip(a).map(|(o, &x)| o.ms_saved_at(x)).sum(),
     };
     let mut steps = vec![point(&assignment)];
     let lower = |o: &Options, a: Option<usize>| {
-        let next = a.map_or(0, |x| x + 1);
-        (next < o.candidates.len()).then(|| {
-            let saved = o.bytes_at(a).saturating_sub(o.bytes_at(Some(next))) as f64;
-            let added = (o.loss_at(Some(next)) - o.loss_at(a)).max(1e-12);
-            (Some(next), saved / added)
-        })
+        let first = a.map_or(0, |x| x + 1);
+        let next = (first..o.candidates.len()).find(|&c| bytes_per_ms == 0.0 || o.useful(c))?;
+        let saved = o.bytes_at(a) as f64 - o.bytes_at(Some(next)) as f64;
+        let faster = o.ms_saved_at(Some(next)) - o.ms_saved_at(a);
+        let added = (o.loss_at(Some(next)) - o.loss_at(a)).max(1e-12);
+        Some((Some(next), (saved + bytes_per_ms * faster) / added))
     };
     while let Some((i, to)) = best_move(options, &assignment, lower) {
         assignment[i] = to;
@@ -225,20 +253,25 @@ pub fn greedy_front(options: &[Options]) -> Vec<Step> {
 
 /// Spends what `budget` (bytes of the quantizable weights) leaves beyond `assignment`: while
 /// it fits, raises the layer whose next more precise candidate (or fp32) removes the most
-/// loss per added byte. The greedy front moves in whole layers, so its point under a budget
-/// can leave a large layer's worth of bytes unused.
-pub fn fill(options: &[Options], assignment: &Assignment, budget: usize) -> Assignment {
+/// loss per added byte, as long as the layers still save `min_ms_saved` per sample (candidates
+/// another one beats on size and speed are skipped when that counts). The greedy front moves
+/// in whole layers, so its point under a budget can leave a large layer's worth of bytes unused.
+pub fn fill(options: &[Options], assignment: &Assignment, budget: usize, min_ms_saved: f64) -> Assignment {
     let mut a = assignment.clone();
     let mut used: usize = options.iter().zip(&a).map(|(o, &x)| o.bytes_at(x)).sum();
+    let mut saved: f64 = options.iter().zip(&a).map(|(o, &x)| o.ms_saved_at(x)).sum();
+    let timed = min_ms_saved > f64::NEG_INFINITY;
     loop {
         let raise = |o: &Options, x: Option<usize>| {
-            let up = x?.checked_sub(1);
+            let up = (0..x?).rev().find(|&c| !timed || o.useful(c));
             let added = o.bytes_at(up).saturating_sub(o.bytes_at(x));
             let gain = o.loss_at(x) - o.loss_at(up);
-            (gain > 0.0 && used + added <= budget).then(|| (up, gain / added.max(1) as f64))
+            let still_fast = saved - o.ms_saved_at(x) + o.ms_saved_at(up) >= min_ms_saved;
+            (gain > 0.0 && used + added <= budget && still_fast).then(|| (up, gain / added.max(1) as f64))
         };
         let Some((i, up)) = best_move(options, &a, raise) else { break };
         used += options[i].bytes_at(up) - options[i].bytes_at(a[i]);
+        saved += options[i].ms_saved_at(up) - options[i].ms_saved_at(a[i]);
         a[i] = up;
     }
     a
@@ -267,17 +300,25 @@ mod tests {
             .zip(losses)
             .map(|(&p, &loss)| {
                 let quantized = quantize(&layer.values, &layer.shape, p, layer.layout).unwrap();
-                Candidate { precision: p, bytes: quantized.stored_bytes(), quantized, loss: Some(loss), bias: None, activation: None }
+                Candidate {
+                    precision: p,
+                    bytes: quantized.stored_bytes(),
+                    quantized,
+                    loss: Some(loss),
+                    bias: None,
+                    activation: None,
+                    ms: None,
+                }
             })
             .collect();
-        Options { layer, candidates }
+        Options { layer, candidates, fp32_ms: None }
     }
 
     #[test]
     fn greedy_lowers_the_cheapest_bytes_first() {
         // "robust" loses nothing at any precision; "fragile" loses a lot at int4.
         let options = [option("fragile", 4096, &[0.0, 0.001, 0.2]), option("robust", 4096, &[0.0, 0.0, 0.0001])];
-        let front = greedy_front(&options);
+        let front = greedy_front(&options, 0.0);
         assert_eq!(front.len(), 7, "fp32 + 3 steps per layer");
         assert!(front.windows(2).all(|w| w[1].bytes < w[0].bytes), "every step saves bytes");
         // "robust" reaches int4 before "fragile" leaves int8.
@@ -288,6 +329,33 @@ mod tests {
         assert!((front.last().unwrap().predicted_loss - 0.2001).abs() < 1e-12);
     }
 
+    /// Times per sample: fp32 1.0 ms, fp16 1.3 (expanded per run), int8 0.3, int4 0.5.
+    fn timed(mut o: Options) -> Options {
+        o.fp32_ms = Some(1.0);
+        for (c, ms) in o.candidates.iter_mut().zip([1.3, 0.3, 0.5]) {
+            c.ms = Some(ms);
+        }
+        o
+    }
+
+    #[test]
+    fn time_weighed_walks_skip_candidates_beaten_on_size_and_speed() {
+        let options = [timed(option("fragile", 4096, &[0.0, 0.001, 0.2])), timed(option("robust", 4096, &[0.0, 0.0, 0.0001]))];
+        // Bytes alone: every layer passes through fp16, which is slower than fp32.
+        let by_bytes = greedy_front(&options, 0.0);
+        assert!(by_bytes.iter().any(|s| s.ms_saved < 0.0), "fp16 steps cost time");
+        // Time counts: int8 beats fp16 on both, so no layer takes fp16 and no step is slower.
+        let by_time = greedy_front(&options, 1e6);
+        assert!(by_time.iter().all(|s| s.assignment.iter().all(|&a| a != Some(0))));
+        assert_eq!(by_time.len(), 5, "fp32 + int8 and int4 per layer");
+        assert!(by_time.iter().all(|s| s.ms_saved >= 0.0));
+        assert!((by_time[2].ms_saved - 1.4).abs() < 1e-9, "both layers at int8 first: {}", by_time[2].ms_saved);
+        // Filling back towards fp32 stops where the layers would no longer save 1.0 ms.
+        let lowest = vec![Some(1), Some(1)];
+        assert_eq!(fill(&options, &lowest, usize::MAX, 1.0), lowest, "raising either to fp32 leaves 0.7 ms saved");
+        assert_eq!(fill(&options, &lowest, usize::MAX, 0.5), [None, Some(1)], "the fragile layer's int8 loss goes first");
+    }
+
     #[test]
     fn fill_spends_the_budget_where_it_removes_most_loss() {
         let options = [option("fragile", 4096, &[0.0, 0.001, 0.2]), option("robust", 4096, &[0.0, 0.0, 0.0001])];
@@ -296,9 +364,9 @@ mod tests {
         let floor = bytes(&options[0], 2) + bytes(&options[1], 2);
         // Room for one layer at int8: the fragile one gets it.
         let room = bytes(&options[0], 1) - bytes(&options[0], 2);
-        assert_eq!(fill(&options, &lowest, floor + room), [Some(1), Some(2)]);
+        assert_eq!(fill(&options, &lowest, floor + room, f64::NEG_INFINITY), [Some(1), Some(2)]);
         // No room: nothing changes; room for everything: back to fp32 only where it helps.
-        assert_eq!(fill(&options, &lowest, floor + room - 1), lowest);
-        assert_eq!(fill(&options, &lowest, usize::MAX), [Some(0), Some(1)], "fp16 and int8 lose nothing more than fp32");
+        assert_eq!(fill(&options, &lowest, floor + room - 1, f64::NEG_INFINITY), lowest);
+        assert_eq!(fill(&options, &lowest, usize::MAX, f64::NEG_INFINITY), [Some(0), Some(1)], "fp16 and int8 lose nothing more than fp32");
     }
 }

@@ -26,8 +26,9 @@ pub fn onnxruntime_outputs(model: &Path, inputs: &Path) -> Vec<(String, Tensor)>
     onnxruntime_outputs_in(model, inputs, "optimized")
 }
 
-/// [`onnxruntime_outputs`] with onnxruntime's graph optimizations `"optimized"` (default) or
-/// `"unoptimized"` (Q/DQ pairs run as written).
+/// [`onnxruntime_outputs`] with onnxruntime's graph optimizations `"optimized"` (default),
+/// `"unoptimized"` (Q/DQ pairs run as written) or `"int8-compute"` (optimized, int4 blocks at
+/// its default accuracy level 4, see `tools/ort_reference.py`).
 pub fn onnxruntime_outputs_in(model: &Path, inputs: &Path, mode: &str) -> Vec<(String, Tensor)> {
     distq_converter::reference::onnxruntime_outputs(model, inputs, mode).unwrap()
 }

@@ -8,7 +8,7 @@
 //! outer sum in f32, block by block in order, so every kernel gives bit-identical results.
 
 use super::gemm::PackedI8;
-use super::{GemmU8I8, TileRows};
+use super::{BlockScales, GemmU8I8, TileRows};
 use crate::ops::quant::quantize;
 
 /// Weights packed for one kernel with a scale per (block, column). Block sums of the
@@ -16,10 +16,10 @@ use crate::ops::quant::quantize;
 pub struct BlockScaledI8 {
     packed: PackedI8,
     block: usize,
-    /// `[blocks][n rounded up to whole panels]`: `(a_bias − 128) · Σ_{k ∈ blk} w[k, n]`, the
-    /// kernels' starting accumulators.
+    /// `[panel][block][nr]`: `(a_bias − 128) · Σ_{k ∈ blk} w[k, n]`, the kernels' starting
+    /// accumulators (0 past the last column).
     block_terms: Vec<i32>,
-    /// `[blocks][n]`.
+    /// `[panel][block][nr]` (0 past the last column).
     scales: Vec<f32>,
 }
 
@@ -38,17 +38,23 @@ impl BlockScaledI8 {
         scale: impl Fn(usize, usize) -> f32,
     ) -> BlockScaledI8 {
         assert!(block > 0 && block.is_multiple_of(4), "block size {block} is not a positive multiple of 4");
-        let blocks = k.div_ceil(block);
+        let (blocks, nr) = (k.div_ceil(block), kernel.nr());
         // k padded to whole blocks with zero weights, so every block is whole groups.
         let packed = PackedI8::from_fn(kernel, blocks * block, vec![0; n], |p, j| if p < k { get(p, j) } else { 0 });
-        let width = n.div_ceil(kernel.nr()) * kernel.nr();
-        let mut block_terms = vec![0i32; blocks * width];
+        // Column j of block blk, in its panel.
+        let at = |blk: usize, j: usize| (j / nr * blocks + blk) * nr + j % nr;
+        let width = n.div_ceil(nr) * nr;
+        let (mut block_terms, mut scales) = (vec![0i32; blocks * width], vec![0f32; blocks * width]);
         for p in 0..k {
-            for (j, t) in block_terms[p / block * width..][..n].iter_mut().enumerate() {
-                *t += (kernel.a_bias() - 128) * get(p, j) as i32;
+            for j in 0..n {
+                block_terms[at(p / block, j)] += (kernel.a_bias() - 128) * get(p, j) as i32;
             }
         }
-        let scales = (0..blocks * n).map(|i| scale(i / n, i % n)).collect();
+        for blk in 0..blocks {
+            for j in 0..n {
+                scales[at(blk, j)] = scale(blk, j);
+            }
+        }
         BlockScaledI8 { packed, block, block_terms, scales }
     }
 
@@ -101,48 +107,49 @@ crate::simd::widest_fn! {
     }
 }
 
-/// `c = a · b` (see the module docs), `c` row-major `rows × n`, rows split among the run's
-/// threads.
+/// `c = a · b [+ bias]` (see the module docs; the bias has one value per column), `c`
+/// row-major `rows × n`, rows split among the run's threads.
 ///
 /// # Panics
-/// When `b` was packed for another kernel or `a` and `c` do not match `b`'s shape.
-pub fn gemm_block_scaled(kernel: &dyn GemmU8I8, a: &QuantizedRows, b: &BlockScaledI8, c: &mut [f32]) {
+/// When `b` was packed for another kernel or `a`, `c` and `bias` do not match `b`'s shape.
+pub fn gemm_block_scaled(kernel: &dyn GemmU8I8, a: &QuantizedRows, b: &BlockScaledI8, bias: Option<&[f32]>, c: &mut [f32]) {
     assert_eq!(kernel.name(), b.packed.kernel(), "weights packed for {} used with {}", b.packed.kernel(), kernel.name());
     let n = b.cols();
     let rows = a.data.len().checked_div(a.stride).unwrap_or(0);
     assert!(a.stride == b.packed.k() && c.len() == rows * n, "gemm_block_scaled: activations and output do not fit the weights");
-    crate::threads::for_row_ranges(c, n, kernel.mr(), rows * n * a.stride, |row0, c| block_tiles(kernel, a, row0, b, c));
+    assert!(bias.is_none_or(|b| b.len() == n), "gemm_block_scaled: the bias holds {} values for {n} columns", bias.map_or(0, <[f32]>::len));
+    crate::threads::for_row_ranges(c, n, kernel.block_mr(), rows * n * a.stride, |row0, c| block_tiles(kernel, a, row0, b, bias, c));
 }
 
 crate::simd::widest_fn! {
-    /// Output rows `row0..` (`c`, whole rows), tile by tile, block by block.
-    fn block_tiles(kernel: &dyn GemmU8I8, a: &QuantizedRows, row0: usize, b: &BlockScaledI8, c: &mut [f32]) {
-        let (n, nr, mr, block, blocks) = (b.cols(), kernel.nr(), kernel.mr(), b.block, b.blocks());
-        let (m, k4, width) = (c.len() / n.max(1), block / 4, b.block_terms.len() / blocks.max(1));
-        let mut sums = vec![0i32; mr * nr];
-        let mut acc = vec![0f32; mr * nr];
-        for col0 in (0..n).step_by(nr) {
-            let panel = b.packed.panel(col0);
-            let cols = nr.min(n - col0);
-            for tile_row in (0..m).step_by(mr) {
-                let count = mr.min(m - tile_row);
-                acc.fill(0.0);
-                for blk in 0..blocks {
-                    let data = &a.data[(row0 + tile_row) * a.stride + blk * block..];
-                    let init = &b.block_terms[blk * width + col0..][..nr];
-                    kernel.tile(TileRows { data, stride: a.stride, count }, &panel[blk * k4 * nr * 4..][..k4 * nr * 4], k4, init, &mut sums);
-                    let w_scales = &b.scales[blk * n + col0..][..cols];
-                    for r in 0..count {
-                        let a_scale = a.scales[(row0 + tile_row + r) * blocks + blk];
-                        for ((acc, &s), &w) in acc[r * nr..][..cols].iter_mut().zip(&sums[r * nr..]).zip(w_scales) {
-                            *acc += s as f32 * (a_scale * w);
+    /// Output rows `row0..` (`c`, whole rows), tile by tile; the bias added on the way out.
+    fn block_tiles(kernel: &dyn GemmU8I8, a: &QuantizedRows, row0: usize, b: &BlockScaledI8, bias: Option<&[f32]>, c: &mut [f32]) {
+    let (n, nr, mr, blocks) = (b.cols(), kernel.nr(), kernel.block_mr(), b.blocks());
+    let (m, k4, terms) = (c.len() / n.max(1), b.block / 4, blocks * nr);
+    let mut acc = vec![0f32; mr * nr];
+    for col0 in (0..n).step_by(nr) {
+        let panel = b.packed.panel(col0);
+        let cols = nr.min(n - col0);
+        let (init, w) = (&b.block_terms[col0 / nr * terms..][..terms], &b.scales[col0 / nr * terms..][..terms]);
+        for tile_row in (0..m).step_by(mr) {
+            let count = mr.min(m - tile_row);
+            let row = row0 + tile_row;
+            acc.fill(0.0);
+            let rows = TileRows { data: &a.data[row * a.stride..], stride: a.stride, count };
+            let scales = BlockScales { a: &a.scales[row * blocks..], a_stride: blocks, w };
+            kernel.tile_block_scaled(rows, panel, k4, blocks, init, scales, &mut acc);
+            for r in 0..count {
+                let out = &mut c[(tile_row + r) * n + col0..][..cols];
+                match bias {
+                    None => out.copy_from_slice(&acc[r * nr..][..cols]),
+                    Some(bias) => {
+                        for ((y, &v), &b) in out.iter_mut().zip(&acc[r * nr..]).zip(&bias[col0..]) {
+                            *y = v + b;
                         }
                     }
-                }
-                for r in 0..count {
-                    c[(tile_row + r) * n + col0..][..cols].copy_from_slice(&acc[r * nr..][..cols]);
                 }
             }
         }
     }
+}
 }

@@ -70,12 +70,82 @@ pub trait GemmU8I8: Send + Sync {
     /// # Panics
     /// When the slices are too short for the shapes (see [`check_tile`]) or `rows > mr`.
     fn tile(&self, a: TileRows, panel: &[i8], k4: usize, init: &[i32], acc: &mut [i32]);
+
+    /// Most activation rows per tile of [`GemmU8I8::tile_block_scaled`].
+    fn block_mr(&self) -> usize {
+        self.mr()
+    }
+
+    /// The block-scaled tile of [`blocked`]: `k` in `blocks` blocks of `k4` groups, and for
+    /// every row `r` of `a` and column `j < nr`, block by block in order,
+    /// `acc[r·nr + j] += f32(init[blk·nr + j] + Σ_{p ∈ blk} (a[r, p] − a_bias) · panel[p, j]) · (a_scales[r·a_stride + blk] · w_scales[blk·nr + j])`,
+    /// each `+=` an f32 multiply then an add (no fused multiply-add: every kernel gives the
+    /// same bits). Kernels whose tile keeps only the integer sums in registers leave the
+    /// default: one [`GemmU8I8::tile`] per block.
+    ///
+    /// # Panics
+    /// When the slices are too short for the shapes or `rows > block_mr`.
+    #[allow(clippy::too_many_arguments)]
+    fn tile_block_scaled(&self, a: TileRows, panel: &[i8], k4: usize, blocks: usize, init: &[i32], scales: BlockScales, acc: &mut [f32]) {
+        check_block_tile(self, a, panel, k4, blocks, init, scales, acc);
+        let (nr, block_len) = (self.nr(), k4 * self.nr() * 4);
+        let mut sums = [0i32; MAX_TILE];
+        for blk in 0..blocks {
+            let rows = TileRows { data: &a.data[4 * k4 * blk..], ..a };
+            self.tile(rows, &panel[blk * block_len..][..block_len], k4, &init[blk * nr..][..nr], &mut sums);
+            for r in 0..a.count {
+                let a_scale = scales.a[r * scales.a_stride + blk];
+                let w = &scales.w[blk * nr..][..nr];
+                for ((acc, &s), &w) in acc[r * nr..][..nr].iter_mut().zip(&sums[r * nr..]).zip(w) {
+                    *acc += s as f32 * (a_scale * w);
+                }
+            }
+        }
+    }
+}
+
+/// The scales of a block-scaled tile: the activations' `a[r·a_stride + blk]` and the
+/// weights' `w[blk·nr + j]`.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockScales<'a> {
+    /// Per row and block.
+    pub a: &'a [f32],
+    /// Distance between rows in `a`.
+    pub a_stride: usize,
+    /// Per block and panel column.
+    pub w: &'a [f32],
+}
+
+/// Most accumulators of a tile, `mr · nr` (8 rows of 48 columns).
+const MAX_TILE: usize = 8 * 48;
+
+/// The bounds of a block-scaled tile: those of [`check_tile`] over the whole `k`, one `init`
+/// and one weight scale per block and column, an activation scale per row and block, and
+/// `rows ≤ block_mr`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_block_tile<K: GemmU8I8 + ?Sized>(
+    kernel: &K,
+    a: TileRows,
+    panel: &[i8],
+    k4: usize,
+    blocks: usize,
+    init: &[i32],
+    scales: BlockScales,
+    acc: &[f32],
+) {
+    let (nr, rows, name) = (kernel.nr(), a.count, kernel.name());
+    assert!((1..=kernel.block_mr()).contains(&rows) && rows * nr <= MAX_TILE, "{name}: {rows} rows in a block-scaled tile");
+    assert!(a.stride >= 4 * k4 * blocks && a.data.len() >= (rows - 1) * a.stride + 4 * k4 * blocks, "{name}: activations too short");
+    assert_eq!(panel.len(), blocks * k4 * nr * 4, "{name}: panel size");
+    assert!(init.len() >= blocks * nr && scales.w.len() >= blocks * nr, "{name}: per-block terms");
+    assert!(scales.a_stride >= blocks && scales.a.len() >= (rows - 1) * scales.a_stride + blocks, "{name}: activation scales");
+    assert!(acc.len() >= rows * nr, "{name}: accumulator size");
 }
 
 /// The bounds every kernel checks before its unchecked loads: `1 ≤ rows ≤ mr`, each row
 /// holds `4·k4` bytes, the panel is `k4·nr·4` bytes, `init` holds `nr` values and `acc`
 /// `rows·nr`.
-pub fn check_tile(kernel: &dyn GemmU8I8, a: TileRows, panel: &[i8], k4: usize, init: &[i32], acc: &[i32]) {
+pub fn check_tile<K: GemmU8I8 + ?Sized>(kernel: &K, a: TileRows, panel: &[i8], k4: usize, init: &[i32], acc: &[i32]) {
     let (nr, rows, lda) = (kernel.nr(), a.count, a.stride);
     let a = a.data;
     assert!((1..=kernel.mr()).contains(&rows), "{}: {rows} rows in a tile of {}", kernel.name(), kernel.mr());
@@ -151,8 +221,42 @@ pub fn best_gemm_u8i8() -> &'static dyn GemmU8I8 {
 /// have such kernels; elsewhere (32-bit ARM, …) the scalar reference runs.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! impl_gemm_kernel {
-    ($ty:ty, $name:literal, nr = $nr:literal, mr = $mr:literal, a_bias = $bias:literal, $tile:ident) => {
+    ($ty:ty, $name:literal, nr = $nr:literal, mr = $mr:literal, a_bias = $bias:literal, $tile:ident
+     $(, block_mr = $block_mr:literal, $block_tile:ident)?) => {
         impl $crate::kernels::GemmU8I8 for $ty {
+            $(
+            fn block_mr(&self) -> usize {
+                $block_mr
+            }
+
+            fn tile_block_scaled(
+                &self,
+                a: $crate::kernels::TileRows,
+                panel: &[i8],
+                k4: usize,
+                blocks: usize,
+                init: &[i32],
+                scales: $crate::kernels::BlockScales,
+                acc: &mut [f32],
+            ) {
+                $crate::kernels::check_block_tile(self, a, panel, k4, blocks, init, scales, acc);
+                let (rows, lda) = (a.count, a.stride);
+                let (a, panel, init, acc) = (a.data.as_ptr(), panel.as_ptr(), init.as_ptr(), acc.as_mut_ptr());
+                let (a_scales, a_stride, w_scales) = (scales.a.as_ptr(), scales.a_stride, scales.w.as_ptr());
+                // Safety: constructing the kernel proved its CPU features; `check_block_tile`
+                // proved the bounds its loads and stores assume.
+                unsafe {
+                    match rows {
+                        1 => $block_tile::<1>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, acc),
+                        2 if $block_mr >= 2 => $block_tile::<2>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, acc),
+                        3 if $block_mr >= 3 => $block_tile::<3>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, acc),
+                        4 if $block_mr >= 4 => $block_tile::<4>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, acc),
+                        _ => unreachable!("check_block_tile bounds rows by block_mr ≤ 4"),
+                    }
+                }
+            }
+            )?
+
             fn name(&self) -> &'static str {
                 $name
             }

@@ -91,32 +91,101 @@ impl Avx512Vnni {
     }
 }
 
-impl_gemm_kernel!(Avx512Vnni, "x86-avx512vnni-gemm-u8i8", nr = 48, mr = 8, a_bias = 0, tile_avx512vnni);
+impl_gemm_kernel!(
+    Avx512Vnni,
+    "x86-avx512vnni-gemm-u8i8",
+    nr = 48,
+    mr = 8,
+    a_bias = 0,
+    tile_avx512vnni,
+    block_mr = 4,
+    block_tile_avx512vnni
+);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_avx512vnni<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
-    // Safety: init holds 48 values.
+    // Safety: the caller checked the bounds of k4 groups from init's 48 values.
+    let c = unsafe { sums_avx512vnni::<R>(a, lda, panel, 0..k4, init) };
+    for (r, c) in c.iter().enumerate() {
+        for (v, &c) in c.iter().enumerate() {
+            // Safety: acc holds R rows of 48.
+            unsafe { _mm512_storeu_si512(acc.add(48 * r + 16 * v).cast(), c) };
+        }
+    }
+}
+
+/// The exact i32 sums of R rows × 48 columns over the groups `groups` of `k`, starting from
+/// the 48 values at `init`: 3 panel loads and R broadcasts per 3·R `vpdpbusd`.
+///
+/// # Safety
+/// The panel holds the groups (192 bytes each), every row their 4 bytes each, `init` 48 values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn sums_avx512vnni<const R: usize>(
+    a: *const u8,
+    lda: usize,
+    panel: *const i8,
+    groups: std::ops::Range<usize>,
+    init: *const i32,
+) -> [[__m512i; 3]; R] {
+    // Safety (every access): as the caller guarantees.
     let start =
         unsafe { [_mm512_loadu_si512(init.cast()), _mm512_loadu_si512(init.add(16).cast()), _mm512_loadu_si512(init.add(32).cast())] };
     let mut c = [start; R];
-    for g in 0..k4 {
-        // Safety: the panel holds k4 groups of 192 bytes.
+    for g in groups {
         let b = unsafe {
             let p = panel.add(192 * g);
             [_mm512_loadu_si512(p.cast()), _mm512_loadu_si512(p.add(64).cast()), _mm512_loadu_si512(p.add(128).cast())]
         };
         for (r, c) in c.iter_mut().enumerate() {
-            // Safety: row r holds 4·k4 bytes.
             let av = _mm512_set1_epi32(unsafe { group(a, r * lda + 4 * g) } as i32);
             for (c, &b) in c.iter_mut().zip(&b) {
                 *c = _mm512_dpbusd_epi32(*c, av, b);
             }
         }
     }
-    for (r, c) in c.iter().enumerate() {
-        for (v, &c) in c.iter().enumerate() {
-            // Safety: acc holds R rows of 48.
-            unsafe { _mm512_storeu_si512(acc.add(48 * r + 16 * v).cast(), c) };
+    c
+}
+
+/// The block-scaled tile (4 rows × 48 columns): per block, 12 zmm of exact i32 sums, then
+/// converted and scaled into 12 zmm of f32 sums, so nothing leaves the registers between
+/// blocks. Multiply then add, as the default tile does: the same bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_tile_avx512vnni<const R: usize>(
+    a: *const u8,
+    lda: usize,
+    panel: *const i8,
+    k4: usize,
+    blocks: usize,
+    init: *const i32,
+    a_scales: *const f32,
+    a_stride: usize,
+    w_scales: *const f32,
+    acc: *mut f32,
+) {
+    // Safety (every access): the caller checked blocks·k4 groups of 192 panel bytes, 48 init
+    // and weight scales per block, `blocks` activation scales per row, and R rows of 48 in acc.
+    let mut sums = [[_mm512_setzero_ps(); 3]; R];
+    for blk in 0..blocks {
+        let c = unsafe { sums_avx512vnni::<R>(a, lda, panel, blk * k4..(blk + 1) * k4, init.add(48 * blk)) };
+        let w = unsafe {
+            let w = w_scales.add(48 * blk);
+            [_mm512_loadu_ps(w), _mm512_loadu_ps(w.add(16)), _mm512_loadu_ps(w.add(32))]
+        };
+        for (r, (sums, c)) in sums.iter_mut().zip(&c).enumerate() {
+            let a_scale = _mm512_set1_ps(unsafe { *a_scales.add(r * a_stride + blk) });
+            for ((sum, &c), &w) in sums.iter_mut().zip(c).zip(&w) {
+                *sum = _mm512_add_ps(*sum, _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(a_scale, w)));
+            }
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        for (v, &s) in sums.iter().enumerate() {
+            unsafe {
+                let out = acc.add(48 * r + 16 * v);
+                _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), s));
+            }
         }
     }
 }

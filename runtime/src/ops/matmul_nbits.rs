@@ -1,12 +1,17 @@
-//! com.microsoft `MatMulNBits`: `Y = A · dequant(B)ᵀ + bias` with 4- or 8-bit weights in
-//! blocks along K, the weight-only format onnxruntime's int4 quantizer writes. The weights
-//! stay packed in memory (the model's own bytes); each run dequantizes them into a recycled
-//! f32 buffer (vectorized, a small cost next to the GEMM) and runs the f32 GEMM: the
-//! semantics of onnxruntime's `accuracy_level` 0, which the parity test holds us to.
+//! MatMul with weights quantized in blocks along K, in the two forms files hold them:
+//! - com.microsoft `MatMulNBits`: `Y = A · dequant(B)ᵀ + bias` with 4- or 8-bit weights, the
+//!   weight-only format onnxruntime's int4 quantizer writes. The weights stay packed in
+//!   memory (the model's own bytes); at `accuracy_level` 0 each run dequantizes them into a
+//!   recycled f32 buffer (vectorized, a small cost next to the GEMM) and runs the f32 GEMM,
+//!   which the parity test holds us to; at level 4 it runs the block-scaled integer GEMM.
+//! - the standard opset-21 form, `MatMul(A, DequantizeLinear(q, scale, zero; axis 0,
+//!   block_size))` with 4-bit constant weights: fused by the planner into
+//!   [`BlockQuantizedMatMul`], the block-scaled integer GEMM, as onnxruntime fuses it into
+//!   MatMulNBits at its default accuracy level 4 (`Session::set_exact` keeps the float form).
 
 use super::matmul::{MatRef, sgemm};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, numel, optional, out, required};
-use crate::error::{Result, ensure};
+use crate::error::{Error, Result, ensure};
 use crate::kernels::best_gemm_u8i8;
 use crate::kernels::blocked::{BlockScaledI8, gemm_block_scaled, quantize_rows};
 use crate::nibbles::unpack_u4;
@@ -177,7 +182,7 @@ impl Op for MatMulNBits {
             if self.int8_compute { self.int8.get(b, || self.block_scaled(packed, scales, optional(inputs, 3)))? } else { Arc::new(None) };
         if let Some(weights) = int8.as_ref() {
             let rows = quantize_rows(a.as_slice::<f32>()?, k, self.block);
-            gemm_block_scaled(best_gemm_u8i8(), &rows, weights, &mut y);
+            gemm_block_scaled(best_gemm_u8i8(), &rows, weights, None, &mut y);
         } else {
             let zeros = self.zeros.get(b, || self.zero_points(optional(inputs, 3)))?;
             let mut w = pool.overwritable(n * k);
@@ -193,6 +198,97 @@ impl Op for MatMulNBits {
                 }
             }
         }
+        Ok(vec![out(shape, y)?])
+    }
+}
+
+/// `MatMul(A, DequantizeLinear(q, scale, zero_point?))` with `K × N` 4-bit constant weights
+/// in blocks of `block` along K (axis 0), at int8 compute: `A` quantized per row and block
+/// ([`quantize_rows`]), the products exact in i32, scaled per block in f32
+/// ([`gemm_block_scaled`]), with a bias `Add` after it fused. Made by the planner's fusion
+/// pass, not imported.
+/// Inputs: `(A, q, scale, zero_point?, bias?)`, `scale` and `zero_point` of shape
+/// `[K / block, N]`, `bias` of N values.
+#[derive(Debug)]
+pub struct BlockQuantizedMatMul {
+    block: usize,
+    /// `q − zero_point` packed for the integer kernels, with the scales, built on first use.
+    weights: PreparedWeights<BlockScaledI8>,
+}
+
+impl BlockQuantizedMatMul {
+    /// The fused step for blocks of `block` values, if its integer GEMM takes them (blocks of
+    /// whole groups of 4).
+    pub(crate) fn new(block: usize) -> Option<BlockQuantizedMatMul> {
+        (block > 0 && block.is_multiple_of(4)).then(|| BlockQuantizedMatMul { block, weights: PreparedWeights::default() })
+    }
+
+    /// `q − zero_point` of `K × N` weights in blocks of `block` along K, if every difference
+    /// fits in i8 (the integer kernels' operand; always so for 4-bit values, which the loader
+    /// widens to bytes).
+    pub(crate) fn differences(q: &Tensor, zero: Option<&Tensor>, block: usize) -> Result<Option<Vec<i8>>> {
+        let widen = |t: &Tensor| -> Result<Vec<i32>> {
+            Ok(match t.dtype() {
+                DataType::U8 => t.as_slice::<u8>()?.iter().map(|&v| v as i32).collect(),
+                _ => t.as_slice::<i8>()?.iter().map(|&v| v as i32).collect(),
+            })
+        };
+        let [k, n] = q.shape()[..] else { return Err(Error::Op(format!("weights of shape {:?}; K × N expected", q.shape()))) };
+        let zeros = zero.map(widen).transpose()?;
+        let want = k.div_ceil(block) * n;
+        ensure!(
+            zeros.as_ref().is_none_or(|z| z.len() == want),
+            "zero point holds {} values; {want} expected",
+            zeros.map_or(0, |z| z.len())
+        );
+        let differences = widen(q)?.into_iter().enumerate().map(|(i, v)| {
+            let zero = zeros.as_ref().map_or(0, |z| z[i / n / block * n + i % n]);
+            i8::try_from(v - zero).ok()
+        });
+        Ok(differences.collect())
+    }
+
+    fn pack(&self, q: &Tensor, scale: &Tensor, zero: Option<&Tensor>) -> Result<BlockScaledI8> {
+        let (k, n) = (q.shape()[0], q.shape()[1]);
+        let scales = scale.as_slice::<f32>()?;
+        let blocks = k.div_ceil(self.block);
+        ensure!(scales.len() == blocks * n, "scale holds {} values; {blocks} blocks × N {n} expected", scales.len());
+        let w = Self::differences(q, zero, self.block)?.ok_or_else(|| Error::Op("weights minus zero points leave i8".into()))?;
+        Ok(BlockScaledI8::from_fn(best_gemm_u8i8(), k, n, self.block, |p, j| w[p * n + j], |blk, j| scales[blk * n + j]))
+    }
+}
+
+impl Op for BlockQuantizedMatMul {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::Work::macs(super::output_elements(outputs) * super::input_dim(inputs, 0, -1), true)
+    }
+
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (a, q) = (required(inputs, 0)?, required(inputs, 1)?);
+        expect_dtype(a, &[DataType::F32], "A")?;
+        expect_dtype(q, &[DataType::U8, DataType::I8], "weights")?;
+        expect_dtype(required(inputs, 2)?, &[DataType::F32], "scale")?;
+        let [k, n] = q.shape[..] else { return Err(Error::Op(format!("weights of shape {:?}; K × N expected", q.shape))) };
+        ensure!(a.shape.len() >= 2 && a.shape.last() == Some(&k), "inner dims differ: A {:?} × B {:?}", a.shape, q.shape);
+        if let Some(bias) = optional(inputs, 4) {
+            expect_dtype(bias, &[DataType::F32], "bias")?;
+            ensure!(bias.shape.iter().product::<usize>() == n, "bias has shape {:?}; N = {n} values expected", bias.shape);
+        }
+        let mut shape = a.shape.clone();
+        *shape.last_mut().expect("checked above") = n;
+        Ok(vec![Fact::new(DataType::F32, shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (a, q) = (required(inputs, 0)?, required(inputs, 1)?);
+        let weights = self.weights.get(q, || self.pack(q, required(inputs, 2)?, optional(inputs, 3)))?;
+        let (k, n) = (q.shape()[0], weights.cols());
+        let mut shape = a.shape().to_vec();
+        *shape.last_mut().unwrap_or(&mut 0) = n;
+        let mut y = pool.overwritable(numel(&shape)?);
+        let rows = quantize_rows(a.as_slice::<f32>()?, k, self.block);
+        let bias = optional(inputs, 4).map(|b| b.as_slice::<f32>()).transpose()?;
+        gemm_block_scaled(best_gemm_u8i8(), &rows, &weights, bias, &mut y);
         Ok(vec![out(shape, y)?])
     }
 }

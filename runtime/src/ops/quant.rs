@@ -151,6 +151,11 @@ impl DequantizeLinear {
     pub(crate) fn per_axis(&self) -> Option<i64> {
         (self.axis.block == 0).then_some(self.axis.axis)
     }
+
+    /// The axis and block size of blocked parameters (`None` when not blocked).
+    pub(crate) fn blocked(&self) -> Option<(i64, usize)> {
+        (self.axis.block > 0).then_some((self.axis.axis, self.axis.block))
+    }
 }
 
 impl Op for DequantizeLinear {
@@ -204,37 +209,91 @@ crate::simd::widest_fn! {
 
 /// `DequantizeLinear(constant) → Gather` as `Gather → DequantizeLinear`: quantized tables
 /// (embeddings) stay quantized in memory and only the gathered rows are dequantized, with
-/// the same arithmetic. Made by the planner's fusion pass, not imported.
+/// the same arithmetic. Blocked parameters (int4 rows in blocks) are gathered with the data.
+/// Made by the planner's fusion pass, not imported.
 /// Inputs: `(quantized data, scale, zero_point?, indices)`.
 #[derive(Debug)]
 pub struct DequantizedGather {
     pub(crate) gather: Arc<Gather>,
     /// Dequantizes the gathered values (its axis moved to where the gather put it).
     pub(crate) dequantize: DequantizeLinear,
+    /// How the scale and zero point reach the gathered values.
+    parameters: GatheredParameters,
+}
+
+/// The parameters of a [`DequantizedGather`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GatheredParameters {
+    /// Per tensor, or along an axis the gather keeps: used as they are.
+    Kept,
+    /// Blocked along an axis the gather keeps: gathered like the data.
+    Gathered,
+    /// One per gathered row (an embedding table quantized per row): gathered like the data,
+    /// with a trailing 1 so that each is one block of the whole row.
+    PerRow,
 }
 
 impl DequantizedGather {
-    /// For a table dequantized by `dequantize` and gathered by `gather` with indices of rank
-    /// `indices_rank`, when its parameters are per tensor or along an axis the gather keeps.
+    /// For a table of shape `table` dequantized by `dequantize` and gathered by `gather` with
+    /// indices of rank `indices_rank`, when its parameters are per tensor, along (or blocked
+    /// along) an axis the gather keeps, or one per row of a 2-D table gathered by rows.
     pub(crate) fn new(
         gather: Arc<Gather>,
         dequantize: &DequantizeLinear,
         per_tensor: bool,
-        table_rank: usize,
+        table: &[usize],
         indices_rank: usize,
     ) -> Option<Self> {
-        let gathered = normalize_axis(gather.axis(), table_rank).ok()?;
-        let axis = if per_tensor {
-            0
-        } else {
-            let a = normalize_axis(dequantize.per_axis()?, table_rank).ok()?;
-            match a.cmp(&gathered) {
-                std::cmp::Ordering::Less => a,
-                std::cmp::Ordering::Equal => return None,
-                std::cmp::Ordering::Greater => a + indices_rank - 1,
+        let gathered = normalize_axis(gather.axis(), table.len()).ok()?;
+        let (axis, block) = match (per_tensor, dequantize.per_axis(), dequantize.blocked()) {
+            (true, ..) => (None, 0),
+            (false, Some(axis), _) => (Some(axis), 0),
+            (false, None, Some((axis, block))) => (Some(axis), block),
+            (false, None, None) => return None,
+        };
+        let mut parameters = if block > 0 { GatheredParameters::Gathered } else { GatheredParameters::Kept };
+        let (axis, block) = match axis {
+            None => (0, 0),
+            Some(axis) => {
+                let a = normalize_axis(axis, table.len()).ok()?;
+                match a.cmp(&gathered) {
+                    std::cmp::Ordering::Less => (a, block),
+                    std::cmp::Ordering::Greater => (a + indices_rank - 1, block),
+                    // Per row of [rows, row length]: each gathered row is one block.
+                    std::cmp::Ordering::Equal if block == 0 && a == 0 && table.len() == 2 => {
+                        parameters = GatheredParameters::PerRow;
+                        (indices_rank, table[1].max(1))
+                    }
+                    std::cmp::Ordering::Equal => return None,
+                }
             }
         };
-        Some(DequantizedGather { gather, dequantize: DequantizeLinear { axis: Axis { axis: axis as i64, block: 0 } } })
+        let dequantize = DequantizeLinear { axis: Axis { axis: axis as i64, block } };
+        Some(DequantizedGather { gather, dequantize, parameters })
+    }
+
+    /// The shape a gathered parameter of shape `shape` takes.
+    fn parameter_shape(&self, mut shape: Vec<usize>) -> Vec<usize> {
+        if self.parameters == GatheredParameters::PerRow {
+            shape.push(1);
+        }
+        shape
+    }
+
+    /// The scale and zero point as the gathered values need them.
+    fn parameters<'a>(&self, inputs: &[Option<&'a Tensor>], pool: &mut BufferPool) -> Result<[Option<Cow<'a, Tensor>>; 2]> {
+        let indices = optional(inputs, 3);
+        let mut gathered = |t: Option<&'a Tensor>| -> Result<Option<Cow<'a, Tensor>>> {
+            Ok(match t {
+                Some(t) if self.parameters != GatheredParameters::Kept => {
+                    let g = self.gather.eval(&[Some(t), indices], pool)?.remove(0);
+                    let shape = self.parameter_shape(g.shape().to_vec());
+                    Some(Cow::Owned(g.reshaped(shape)?))
+                }
+                t => t.map(Cow::Borrowed),
+            })
+        };
+        Ok([gathered(optional(inputs, 1))?, gathered(optional(inputs, 2))?])
     }
 }
 
@@ -245,12 +304,23 @@ impl Op for DequantizedGather {
 
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let gathered = self.gather.infer(&[optional(inputs, 0), optional(inputs, 3)])?;
-        self.dequantize.infer(&[Some(&gathered[0]), optional(inputs, 1), optional(inputs, 2)])
+        let parameter = |i: usize| -> Result<Option<Fact>> {
+            match optional(inputs, i) {
+                Some(f) if self.parameters != GatheredParameters::Kept => {
+                    let g = self.gather.infer(&[Some(f), optional(inputs, 3)])?.remove(0);
+                    Ok(Some(Fact::new(g.dtype, self.parameter_shape(g.shape))))
+                }
+                f => Ok(f.cloned()),
+            }
+        };
+        let (scale, zero) = (parameter(1)?, parameter(2)?);
+        self.dequantize.infer(&[Some(&gathered[0]), scale.as_ref(), zero.as_ref()])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let gathered = self.gather.eval(&[optional(inputs, 0), optional(inputs, 3)], pool)?;
-        self.dequantize.eval(&[Some(&gathered[0]), optional(inputs, 1), optional(inputs, 2)], pool)
+        let [scale, zero] = self.parameters(inputs, pool)?;
+        self.dequantize.eval(&[Some(&gathered[0]), scale.as_deref(), zero.as_deref()], pool)
     }
 }
 

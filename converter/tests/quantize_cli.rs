@@ -149,7 +149,15 @@ fn mixed_precision_meets_a_size_budget() {
     let (ok, _, stderr) = distq(&[&args[..], &goal].concat());
     assert!(!ok && stderr.contains("speed goal not reachable within 0.06 MB"), "{stderr}");
     assert!(!slow.exists() && !slow_json.exists(), "nothing is written when the goal fails");
-    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    // The plot names the layers and their precisions, and gives its axes values.
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.trim_end().ends_with("</svg>"));
+    for layer in r["layers"].as_array().unwrap() {
+        let label = format!("{}: {}</title>", layer["name"].as_str().unwrap(), layer["precision"].as_str().unwrap());
+        assert!(plot.contains(&label), "{label} missing from the plot");
+    }
+    assert!(plot.contains(">1e-7</text>") && plot.contains(" MB</text>") && plot.contains(" ms</text>"), "axis values");
+    assert!(plot.contains("written: "), "the written point on the time front");
     assert!(Model::load(&out).is_ok());
     // A model whose weights are in an external data file quantizes the same.
     let external = dir.join("external.onnx");

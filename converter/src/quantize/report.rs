@@ -123,51 +123,146 @@ impl Report {
         s
     }
 
-    /// An SVG: per-layer losses (log scale, one mark per candidate precision) above the
-    /// front (size → summed loss).
+    /// An SVG a user picks from: per-layer losses when lowered alone (log scale, one dot per
+    /// candidate precision, the chosen one ringed, layer names under the axis) above the
+    /// fronts, size → summed loss and, where layers were timed, size → predicted time per
+    /// sample, each with its chosen point. Every axis has values; every dot a tooltip.
     pub fn svg(&self) -> String {
-        let (w, h, pad) = (900.0, 640.0, 50.0);
+        let (w, h, pad) = (960.0, 760.0, 70.0);
         let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n");
-        let _ = writeln!(s, "<text x='{pad}' y='20'>per-layer loss in {:?} when lowered alone (log scale)</text>", self.sensitivity_metric);
         let colors = [("fp16", "#2a9d8f"), ("int8", "#e9c46a"), ("int4", "#e76f51")];
-        let losses: Vec<f64> = self.layers.iter().flat_map(|l| l.losses.iter().map(|(_, v)| v.max(1e-7))).collect();
-        let (lo, hi) = (1e-7f64.log10(), losses.iter().fold(1e-6f64, |m, &v| m.max(v)).log10());
-        let top = (pad, 280.0);
+        let color = |p: &str| colors.iter().find(|(c, _)| p.starts_with(c)).map_or("#888", |(_, c)| c);
+        // Top: losses per layer.
+        let _ = writeln!(
+            s,
+            "<text x='{pad}' y='20'>{:?} loss of each layer lowered alone (log scale); ringed: the precision written</text>",
+            self.sensitivity_metric
+        );
+        for (k, (p, c)) in colors.iter().enumerate() {
+            let _ = writeln!(s, "<text x='{}' y='20' fill='{c}'>● {p}</text>", w - 230.0 + 60.0 * k as f64);
+        }
+        let floor = 1e-7f64;
+        let losses: Vec<f64> = self.layers.iter().flat_map(|l| l.losses.iter().map(|(_, v)| v.max(floor))).collect();
+        let (lo, hi) = (floor.log10(), losses.iter().fold(1e-6f64, |m, &v| m.max(v)).log10().ceil());
+        let (top, bottom) = (40.0, 300.0);
+        let y_of = |v: f64| bottom - (bottom - top) * ((v.max(floor).log10() - lo) / (hi - lo).max(1e-9));
+        let _ = writeln!(s, "<line x1='{pad}' y1='{top}' x2='{pad}' y2='{bottom}' stroke='#333'/>");
+        for decade in (lo as i32)..=(hi as i32) {
+            let y = y_of(10f64.powi(decade));
+            let _ = writeln!(s, "<line x1='{}' y1='{y:.1}' x2='{}' y2='{y:.1}' stroke='#ddd'/>", pad, w - pad);
+            let _ = writeln!(s, "<text x='{}' y='{:.1}' text-anchor='end'>1e{decade}</text>", pad - 4.0, y + 4.0);
+        }
         let n = self.layers.len().max(1) as f64;
         for (i, l) in self.layers.iter().enumerate() {
             let x = pad + (w - 2.0 * pad) * (i as f64 + 0.5) / n;
             for (p, v) in &l.losses {
-                let color = colors.iter().find(|(c, _)| p.starts_with(c)).map_or("#888", |(_, c)| c);
-                let y = top.1 - (top.1 - top.0) * ((v.max(1e-7).log10() - lo) / (hi - lo).max(1e-9));
-                let _ = writeln!(s, "<circle cx='{x:.1}' cy='{y:.1}' r='3' fill='{color}'><title>{} {p}: {v:.3e}</title></circle>", l.name);
-            }
-        }
-        for (k, (p, c)) in colors.iter().enumerate() {
-            let _ = writeln!(s, "<text x='{}' y='40' fill='{c}'>● {p}</text>", w - 220.0 + 60.0 * k as f64);
-        }
-        if let (Some(first), Some(last)) = (self.front.first(), self.front.last()) {
-            let (y0, y1) = (360.0, h - pad);
-            let _ = writeln!(s, "<text x='{pad}' y='{}'>size (MB) → summed {:?} loss</text>", y0 - 10.0, self.sensitivity_metric);
-            let (smin, smax) = (last.size_bytes as f64, first.size_bytes as f64);
-            let (mmin, mmax) = self.front.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.loss), b.max(p.loss)));
-            let px = |b: u64| pad + (w - 2.0 * pad) * (b as f64 - smin) / (smax - smin).max(1.0);
-            let py = |m: f64| y1 - (y1 - y0) * (m - mmin) / (mmax - mmin).max(1e-12);
-            let points: Vec<String> = self.front.iter().map(|p| format!("{:.1},{:.1}", px(p.size_bytes), py(p.loss))).collect();
-            let _ = writeln!(s, "<polyline fill='none' stroke='#264653' points='{}'/>", points.join(" "));
-            for p in self.front.iter().filter(|p| p.chosen) {
-                let _ = writeln!(s, "<circle cx='{:.1}' cy='{:.1}' r='5' fill='#e76f51'/>", px(p.size_bytes), py(p.loss));
+                let y = y_of(*v);
+                let _ = writeln!(
+                    s,
+                    "<circle cx='{x:.1}' cy='{y:.1}' r='3' fill='{}'><title>{} {p}: {v:.3e}</title></circle>",
+                    color(p),
+                    escape(&l.name)
+                );
+                if *p == l.precision {
+                    let _ = writeln!(s, "<circle cx='{x:.1}' cy='{y:.1}' r='6' fill='none' stroke='#264653' stroke-width='1.5'/>");
+                }
             }
             let _ = writeln!(
                 s,
-                "<text x='{pad}' y='{}'>{:.2} MB</text><text x='{}' y='{}'>{:.2} MB</text>",
-                h - 30.0,
-                smin / 1e6,
-                w - pad - 60.0,
-                h - 30.0,
-                smax / 1e6
+                "<text transform='translate({x:.1},{:.1}) rotate(60)' font-size='8'>{} ({})<title>{}: {}</title></text>",
+                bottom + 8.0,
+                escape(&short(&l.name, 18)),
+                l.precision,
+                escape(&l.name),
+                l.precision
             );
+        }
+        // Bottom: the fronts.
+        let (Some(first), Some(last)) = (self.front.first(), self.front.last()) else {
+            s.push_str("</svg>\n");
+            return s;
+        };
+        let (y0, y1) = (440.0, h - pad);
+        let _ = writeln!(
+            s,
+            "<text x='{pad}' y='{}'>front: file size (MB) → summed {:?} loss (line, left axis)",
+            y0 - 16.0,
+            self.sensitivity_metric
+        );
+        let timed = self.front.iter().all(|p| p.ms_per_sample.is_some());
+        if timed {
+            let _ = writeln!(s, " and predicted ms per sample on this machine (dashed, right axis)");
+        }
+        s.push_str("; the written point is marked</text>\n");
+        let (smin, smax) = (last.size_bytes.min(first.size_bytes) as f64, last.size_bytes.max(first.size_bytes) as f64);
+        let px = |b: u64| pad + (w - 2.0 * pad) * (b as f64 - smin) / (smax - smin).max(1.0);
+        let range =
+            |values: &mut dyn Iterator<Item = f64>| values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        let (mmin, mmax) = range(&mut self.front.iter().map(|p| p.loss));
+        let py = |m: f64| y1 - (y1 - y0) * (m - mmin) / (mmax - mmin).max(1e-12);
+        let _ = writeln!(
+            s,
+            "<line x1='{pad}' y1='{y1}' x2='{}' y2='{y1}' stroke='#333'/><line x1='{pad}' y1='{y0}' x2='{pad}' y2='{y1}' stroke='#333'/>",
+            w - pad
+        );
+        for t in 0..=4 {
+            let f = t as f64 / 4.0;
+            let (bytes, loss) = (smin + f * (smax - smin), mmin + f * (mmax - mmin));
+            let (x, y) = (px(bytes as u64), py(loss));
+            let _ = writeln!(s, "<text x='{x:.1}' y='{}' text-anchor='middle'>{:.2} MB</text>", y1 + 16.0, bytes / 1e6);
+            let _ = writeln!(s, "<text x='{}' y='{:.1}' text-anchor='end'>{loss:.2e}</text>", pad - 4.0, y + 4.0);
+        }
+        let points: Vec<String> = self.front.iter().map(|p| format!("{:.1},{:.1}", px(p.size_bytes), py(p.loss))).collect();
+        let _ = writeln!(s, "<polyline fill='none' stroke='#264653' points='{}'/>", points.join(" "));
+        for p in &self.front {
+            let ms = p.ms_per_sample.map_or(String::new(), |ms| format!(", {ms:.3} ms"));
+            let _ = writeln!(
+                s,
+                "<circle cx='{:.1}' cy='{:.1}' r='{}' fill='{}'><title>{:.2} MB, loss {:.3e}{ms}</title></circle>",
+                px(p.size_bytes),
+                py(p.loss),
+                if p.chosen { 6 } else { 2 },
+                if p.chosen { "#e76f51" } else { "#264653" },
+                p.size_bytes as f64 / 1e6,
+                p.loss
+            );
+        }
+        if timed {
+            let (tmin, tmax) = range(&mut self.front.iter().filter_map(|p| p.ms_per_sample));
+            let pt = |ms: f64| y1 - (y1 - y0) * (ms - tmin) / (tmax - tmin).max(1e-12);
+            let _ = writeln!(s, "<line x1='{0}' y1='{y0}' x2='{0}' y2='{y1}' stroke='#6d597a'/>", w - pad);
+            for t in 0..=4 {
+                let ms = tmin + t as f64 / 4.0 * (tmax - tmin);
+                let _ = writeln!(s, "<text x='{}' y='{:.1}' fill='#6d597a'>{ms:.3} ms</text>", w - pad + 4.0, pt(ms) + 4.0);
+            }
+            let points: Vec<String> =
+                self.front.iter().filter_map(|p| Some(format!("{:.1},{:.1}", px(p.size_bytes), pt(p.ms_per_sample?)))).collect();
+            let _ = writeln!(s, "<polyline fill='none' stroke='#6d597a' stroke-dasharray='4 3' points='{}'/>", points.join(" "));
+            for p in self.front.iter().filter(|p| p.chosen) {
+                let ms = p.ms_per_sample.unwrap_or(0.0);
+                let _ = writeln!(
+                    s,
+                    "<rect x='{:.1}' y='{:.1}' width='10' height='10' fill='#6d597a'><title>written: {ms:.3} ms per sample</title></rect>",
+                    px(p.size_bytes) - 5.0,
+                    pt(ms) - 5.0
+                );
+            }
         }
         s.push_str("</svg>\n");
         s
+    }
+}
+
+/// `text` with the characters XML gives a meaning escaped (layer names come from the model).
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;").replace('"', "&quot;")
+}
+
+/// `name` cut to `max` characters, keeping its end (where layer names differ).
+fn short(name: &str, max: usize) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    match chars.len() > max {
+        true => format!("…{}", chars[chars.len() - max + 1..].iter().collect::<String>()),
+        false => name.to_string(),
     }
 }

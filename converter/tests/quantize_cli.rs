@@ -85,7 +85,10 @@ fn every_precision_writes_a_loadable_qdq_model() {
         ]);
         assert!(ok, "{precision}: {stderr}");
         assert!(stdout.contains("Cosine"), "{stdout}");
+        // Without --eval, the final check runs on calibration samples held out of fitting.
+        assert!(stdout.contains("no --eval: the last 3 of the 12 calibration samples are held out"), "{stdout}");
         let r = report(&json);
+        assert_eq!(r["samples"], 3, "the check's samples");
         let rounding = if precision == "int4" { "gptq" } else { "nearest" };
         assert_eq!(r["rounding"], rounding, "GPTQ by default, for int4 weights");
         let size = r["size_bytes"].as_u64().unwrap();

@@ -113,8 +113,14 @@ pub fn run(args: Args) -> Result<()> {
     // 2. Search precisions (post-training quantization).
     let model = Model::load(&student_fp32)?;
     let calib_path = args.calib.clone().or(args.distill.train.val.clone()).unwrap_or(args.distill.train.data.clone());
-    let calib = Dataset::load(&calib_path, &model)?;
-    let ptq = args.quantize.quantize(&model, &config, &calib, &calib)?;
+    // The final checks run on calibration samples the precisions were not fitted on.
+    let (calib, check) = Dataset::load(&calib_path, &model)?.hold_out()?;
+    say!(
+        "quantization: the last {} of the {} calibration samples are held out for the final check",
+        check.samples(),
+        calib.samples() + check.samples()
+    );
+    let ptq = args.quantize.quantize(&model, &config, &calib, &check)?;
     let ptq_path = work.join("student_ptq.onnx");
     writer::write_model(&ptq_path, &ptq.model, false)?;
     let mut rows = vec![("student fp32", student_fp32.clone()), ("post-training quantization", ptq_path.clone())];
@@ -158,8 +164,8 @@ pub fn run(args: Args) -> Result<()> {
         write_trained(&qat_graph, prepared, &qat_fp32)?;
         let qat_model = Model::load(&qat_fp32)?;
         let fixed = crate::quantize::Config { fixed: Some(ptq.precisions.clone()), ..config };
-        let calib = Dataset::load(&calib_path, &qat_model)?;
-        args.quantize.quantize(&qat_model, &fixed, &calib, &calib)?
+        let (calib, check) = Dataset::load(&calib_path, &qat_model)?.hold_out()?;
+        args.quantize.quantize(&qat_model, &fixed, &calib, &check)?
     } else {
         ptq
     };

@@ -168,9 +168,17 @@ pub fn run(args: Args) -> Result<()> {
     let config = args.flags.config(args.batch)?;
     let model = Model::load(&args.model).with_context(|| format!("{}: cannot load", args.model.display()))?;
     let calib = Dataset::load(&args.calib, &model)?;
-    let eval = match &args.eval {
-        Some(path) => Dataset::load(path, &model)?,
-        None => calib.head(calib.samples())?,
+    let (calib, eval) = match &args.eval {
+        Some(path) => (calib, Dataset::load(path, &model)?),
+        None => {
+            let total = calib.samples();
+            let (calib, check) = calib.hold_out()?;
+            match total {
+                1 => say!("no --eval, and one calibration sample: it is also the final check (give --eval to check on other data)"),
+                _ => say!("no --eval: the last {} of the {total} calibration samples are held out for the final check", check.samples()),
+            }
+            (calib, check)
+        }
     };
     let outcome = args.flags.quantize(&model, &config, &calib, &eval)?;
     args.flags.write(outcome, &args.output)?;

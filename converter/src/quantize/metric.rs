@@ -123,6 +123,29 @@ impl Dataset {
         Ok(Dataset { arrays, samples: end.saturating_sub(start), mask: self.mask })
     }
 
+    /// The set split for a final check on samples the quantizer was not fitted on: the last
+    /// fifth (at least one sample) held out, the rest to calibrate on. A set of one sample
+    /// cannot be split: it is both.
+    ///
+    /// ```
+    /// use distq_converter::quantize::metric::Dataset;
+    /// use distq_runtime::{Model, Tensor};
+    /// let model = Model::from_bytes(distq_runtime::testing::add_one_model())?;
+    /// let path = std::env::temp_dir().join(format!("distq-hold-out-{}.npz", std::process::id()));
+    /// distq_io::npz::write_npz(&path, &[("x".into(), Tensor::from_vec(vec![10], vec![0.5f32; 10])?)])?;
+    /// let (calib, check) = Dataset::load(&path, &model)?.hold_out()?;
+    /// std::fs::remove_file(&path)?;
+    /// assert_eq!((calib.samples(), check.samples()), (8, 2));
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn hold_out(&self) -> Result<(Dataset, Dataset)> {
+        if self.samples < 2 {
+            return Ok((self.head(self.samples)?, self.head(self.samples)?));
+        }
+        let held = self.samples.div_ceil(5);
+        Ok((self.range(0..self.samples - held)?, self.range(self.samples - held..self.samples)?))
+    }
+
     /// Calls `f` with the inputs of each batch of up to `batch` samples, in order.
     pub fn for_each_batch(&self, batch: usize, mut f: impl FnMut(Vec<(String, Tensor)>) -> Result<()>) -> Result<()> {
         for start in (0..self.samples).step_by(batch.max(1)) {

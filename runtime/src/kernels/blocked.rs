@@ -134,7 +134,6 @@ crate::simd::widest_fn! {
         for tile_row in (0..m).step_by(mr) {
             let count = mr.min(m - tile_row);
             let row = row0 + tile_row;
-            acc.fill(0.0);
             let rows = TileRows { data: &a.data[row * a.stride..], stride: a.stride, count };
             let scales = BlockScales { a: &a.scales[row * blocks..], a_stride: blocks, w };
             kernel.tile_block_scaled(rows, panel, k4, blocks, init, scales, &mut acc);

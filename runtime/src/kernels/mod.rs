@@ -1,6 +1,6 @@
-//! Integer kernels. A kernel family is one trait; each ISA implements it in its own module,
-//! proves its CPU features at construction (`new() -> Option<Self>`), and is tested against
-//! a scalar oracle by the shared table in `tests.rs`.
+//! Kernels. A kernel family is one trait; each ISA implements it in its own module, proves
+//! its CPU features at construction (`new() -> Option<Self>`), and is tested against a scalar
+//! oracle by the family's shared table (`tests.rs`). The f32 GEMM family is [`sgemm`].
 //!
 //! Family [`GemmU8I8`]: the GEMM micro-kernel of u8 activations · i8 weights, accumulated
 //! exactly in i32 (wrapping past it, as every ISA does) — the inner loop of `MatMulInteger`
@@ -27,6 +27,7 @@ pub mod aarch64;
 pub mod blocked;
 pub mod gemm;
 pub mod reference;
+pub mod sgemm;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -77,10 +78,11 @@ pub trait GemmU8I8: Send + Sync {
     }
 
     /// The block-scaled tile of [`blocked`]: `k` in `blocks` blocks of `k4` groups, and for
-    /// every row `r` of `a` and column `j < nr`, block by block in order,
+    /// every row `r` of `a` and column `j < nr`, from `acc[r·nr + j] = 0`, block by block in
+    /// order,
     /// `acc[r·nr + j] += f32(init[blk·nr + j] + Σ_{p ∈ blk} (a[r, p] − a_bias) · panel[p, j]) · (a_scales[r·a_stride + blk] · w_scales[blk·nr + j])`,
     /// each `+=` an f32 multiply then an add (no fused multiply-add: every kernel gives the
-    /// same bits). Kernels whose tile keeps only the integer sums in registers leave the
+    /// same bits). The tile overwrites `acc`. Kernels whose tile keeps only the integer sums in registers leave the
     /// default: one [`GemmU8I8::tile`] per block.
     ///
     /// # Panics
@@ -90,6 +92,7 @@ pub trait GemmU8I8: Send + Sync {
         check_block_tile(self, a, panel, k4, blocks, init, scales, acc);
         let (nr, block_len) = (self.nr(), k4 * self.nr() * 4);
         let mut sums = [0i32; MAX_TILE];
+        acc[..a.count * nr].fill(0.0);
         for blk in 0..blocks {
             let rows = TileRows { data: &a.data[4 * k4 * blk..], ..a };
             self.tile(rows, &panel[blk * block_len..][..block_len], k4, &init[blk * nr..][..nr], &mut sums);
@@ -202,17 +205,19 @@ pub fn gemm_u8i8_kernels() -> Vec<Box<dyn GemmU8I8>> {
 /// name falls back to the best, with a message on stderr).
 pub fn best_gemm_u8i8() -> &'static dyn GemmU8I8 {
     static BEST: OnceLock<Box<dyn GemmU8I8>> = OnceLock::new();
-    BEST.get_or_init(|| {
-        let mut all = gemm_u8i8_kernels();
-        if let Ok(want) = std::env::var("DISTQ_KERNEL") {
-            match all.iter().position(|k| k.name() == want) {
-                Some(i) => return all.swap_remove(i),
-                None => eprintln!("distq: DISTQ_KERNEL={want} is not available here; using {}", all[0].name()),
-            }
+    BEST.get_or_init(|| pick(gemm_u8i8_kernels(), "DISTQ_KERNEL", |k| k.name())).as_ref()
+}
+
+/// The kernel named by the environment variable `var`, else the first (the best) of `all`,
+/// with a message on stderr when the named one is not available here.
+fn pick<K>(mut all: Vec<K>, var: &str, name: impl Fn(&K) -> &str) -> K {
+    if let Ok(want) = std::env::var(var) {
+        match all.iter().position(|k| name(k) == want) {
+            Some(i) => return all.swap_remove(i),
+            None => eprintln!("distq: {var}={want} is not available here; using {}", name(&all[0])),
         }
-        all.swap_remove(0)
-    })
-    .as_ref()
+    }
+    all.swap_remove(0)
 }
 
 /// Implements [`GemmU8I8`] for a kernel type whose tile function is

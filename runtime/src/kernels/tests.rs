@@ -6,7 +6,7 @@ use super::gemm::{PackedI8, gemm_u8i8};
 use super::{GemmU8I8, gemm_u8i8_kernels};
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
+pub(super) fn bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {

@@ -183,8 +183,7 @@ unsafe fn block_tile_avx512vnni<const R: usize>(
     for (r, sums) in sums.iter().enumerate() {
         for (v, &s) in sums.iter().enumerate() {
             unsafe {
-                let out = acc.add(48 * r + 16 * v);
-                _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), s));
+                _mm512_storeu_ps(acc.add(48 * r + 16 * v), s);
             }
         }
     }

@@ -2,6 +2,7 @@
 
 use super::{BufferPool, Fact, Importer, Op, broadcast_shapes, expect_dtype, numel, optional, out, required};
 use crate::error::{Result, ensure};
+use crate::kernels::sgemm::{Matrix, PackedF32, best_gemm_f32, sgemm as gemm_f32};
 use crate::tensor::{DataType, Tensor};
 
 /// The ops of this family.
@@ -191,6 +192,10 @@ impl Op for MatMul {
             let a_batch = batch_strides(&a2[..ra - 2], &sa[..ra - 2], &batch);
             let b_batch = batch_strides(&b2[..rb - 2], &sb[..rb - 2], &batch);
             let dense = super::strides(&batch);
+            // Many small products (attention's heads): the f32 kernels read A in place through
+            // its strides and pack only B, once per distinct B.
+            let kernel = best_gemm_f32();
+            let mut packed: Option<(usize, PackedF32)> = None;
             for (i, c) in c.chunks_exact_mut((m * n).max(1)).take(numel(&batch)?).enumerate() {
                 let (mut ao, mut bo) = (0, 0);
                 for d in 0..batch.len() {
@@ -198,9 +203,13 @@ impl Op for MatMul {
                     ao += idx * a_batch[d];
                     bo += idx * b_batch[d];
                 }
-                let a = MatRef { data: &av[ao..], rows: m, cols: k, row_stride: sa[ra - 2] as isize, col_stride: sa[ra - 1] as isize };
-                let b = MatRef { data: &bv[bo..], rows: k, cols: n, row_stride: sb[rb - 2] as isize, col_stride: sb[rb - 1] as isize };
-                sgemm(1.0, a, b, 0.0, c);
+                let b = Matrix { data: &bv[bo.min(bv.len())..], rows: k, cols: n, row_stride: sb[rb - 2], col_stride: sb[rb - 1] };
+                if packed.as_ref().is_none_or(|(at, _)| *at != bo) {
+                    packed = Some((bo, PackedF32::new(kernel, b)));
+                }
+                let a = Matrix { data: &av[ao.min(av.len())..], rows: m, cols: k, row_stride: sa[ra - 2], col_stride: sa[ra - 1] };
+                let (_, b) = packed.as_ref().expect("packed above");
+                gemm_f32(kernel, a, b, c);
             }
         }
         Ok(vec![out(shape, c)?])

@@ -82,8 +82,8 @@ pub trait GemmU8I8: Send + Sync {
     /// order,
     /// `acc[r·nr + j] += f32(init[blk·nr + j] + Σ_{p ∈ blk} (a[r, p] − a_bias) · panel[p, j]) · (a_scales[r·a_stride + blk] · w_scales[blk·nr + j])`,
     /// each `+=` an f32 multiply then an add (no fused multiply-add: every kernel gives the
-    /// same bits). The tile overwrites `acc`. Kernels whose tile keeps only the integer sums in registers leave the
-    /// default: one [`GemmU8I8::tile`] per block.
+    /// same bits). The tile overwrites `acc`. Kernels whose tile keeps only the integer sums
+    /// in registers leave the default: one [`GemmU8I8::tile`] per block.
     ///
     /// # Panics
     /// When the slices are too short for the shapes or `rows > block_mr`.

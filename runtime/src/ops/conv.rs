@@ -1,7 +1,7 @@
 //! Conv and ConvTranspose over NCHW (1-D convs run as 2-D with H = 1), by im2col + GEMM, with
 //! direct paths for 1×1 and depthwise kernels.
 
-use super::matmul::{MatRef, sgemm};
+use super::matmul::{Matrix, sgemm};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, numel, optional, out, required, unsupported_attr};
 use crate::error::{Result, bail, ensure};
 use crate::tensor::{DataType, Tensor};
@@ -246,10 +246,10 @@ impl Op for Conv {
                 if depthwise {
                     depthwise_plane(xg, wg, &d, &mut padded, yg);
                 } else if pointwise {
-                    sgemm(1.0, MatRef::dense(wg, mg, cg), MatRef::dense(xg, cg, h * wd), 0.0, yg);
+                    sgemm(1.0, Matrix::dense(wg, mg, cg), Matrix::dense(xg, cg, h * wd), 0.0, yg);
                 } else {
                     im2col(xg, cg, h, wd, kh, kw, &d.ah, &d.aw, oh, ow, &mut col);
-                    sgemm(1.0, MatRef::dense(wg, mg, cg * kh * kw), MatRef::dense(&col, cg * kh * kw, oh * ow), 0.0, yg);
+                    sgemm(1.0, Matrix::dense(wg, mg, cg * kh * kw), Matrix::dense(&col, cg * kh * kw, oh * ow), 0.0, yg);
                 }
             }
             if let Some(bias) = bias {
@@ -417,7 +417,7 @@ impl Op for ConvTranspose {
                 let xg = &xv[(b * c + gi * cg) * h * wd..(b * c + (gi + 1) * cg) * h * wd];
                 let wg = &wv[gi * cg * mg * kh * kw..(gi + 1) * cg * mg * kh * kw];
                 // cols[mg·kh·kw, h·w] = Wgᵀ × Xg, then scatter-add each column into the output.
-                sgemm(1.0, MatRef::dense(wg, cg, mg * kh * kw).t(), MatRef::dense(xg, cg, h * wd), 0.0, &mut col);
+                sgemm(1.0, Matrix::dense(wg, cg, mg * kh * kw).t(), Matrix::dense(xg, cg, h * wd), 0.0, &mut col);
                 for mi in 0..mg {
                     let plane = &mut y[(b * m + gi * mg + mi) * oh * ow..(b * m + gi * mg + mi + 1) * oh * ow];
                     for ki in 0..kh {

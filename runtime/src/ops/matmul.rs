@@ -2,7 +2,8 @@
 
 use super::{BufferPool, Fact, Importer, Op, broadcast_shapes, expect_dtype, numel, optional, out, required};
 use crate::error::{Result, ensure};
-use crate::kernels::sgemm::{Matrix, PackedF32, best_gemm_f32, sgemm as gemm_f32};
+pub(crate) use crate::kernels::sgemm::Matrix;
+use crate::kernels::sgemm::{PackedF32, best_gemm_f32, sgemm as gemm_f32};
 use crate::tensor::{DataType, Tensor};
 
 /// The ops of this family.
@@ -18,37 +19,8 @@ pub const OPS: &[(&str, Importer)] = &[
     }),
 ];
 
-/// A row-major matrix view with arbitrary strides (so transposes cost nothing).
-#[derive(Clone, Copy)]
-pub(crate) struct MatRef<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: isize,
-    pub col_stride: isize,
-}
-
-impl<'a> MatRef<'a> {
-    /// A dense row-major `rows × cols` matrix.
-    pub fn dense(data: &'a [f32], rows: usize, cols: usize) -> MatRef<'a> {
-        MatRef { data, rows, cols, row_stride: cols as isize, col_stride: 1 }
-    }
-
-    /// The same matrix read transposed.
-    pub fn t(self) -> MatRef<'a> {
-        MatRef { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
-    }
-
-    fn max_index(&self) -> usize {
-        if self.rows == 0 || self.cols == 0 {
-            return 0;
-        }
-        ((self.rows - 1) as isize * self.row_stride + (self.cols - 1) as isize * self.col_stride) as usize
-    }
-}
-
 /// `c = alpha · a × b + beta · c` with `c` dense row-major `a.rows × b.cols`.
-pub(crate) fn sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
+pub(crate) fn sgemm(alpha: f32, a: Matrix, b: Matrix, beta: f32, c: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k && c.len() == m * n, "gemm shapes");
     if m == 0 || n == 0 {
@@ -59,18 +31,18 @@ pub(crate) fn sgemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) 
         c.iter_mut().for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
         return;
     }
-    assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm operand out of bounds");
+    assert!(a.in_bounds() && b.in_bounds(), "gemm operand out of bounds");
     // Rows of C split among the run's threads: each thread multiplies its rows of A.
     crate::threads::for_row_ranges(c, n, 16, m * n * k, |row0, c| {
-        let rows = MatRef { data: &a.data[row0 * a.row_stride as usize..], rows: c.len() / n, ..a };
+        let rows = Matrix { data: &a.data[row0 * a.row_stride..], rows: c.len() / n, ..a };
         sgemm_rows(alpha, rows, b, beta, c)
     });
 }
 
 /// [`sgemm`] on one thread, operands checked.
-fn sgemm_rows(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
+fn sgemm_rows(alpha: f32, a: Matrix, b: Matrix, beta: f32, c: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    debug_assert!(a.max_index() < a.data.len() && c.len() == m * n);
+    debug_assert!(a.in_bounds() && c.len() == m * n);
     // Safety: sgemm's asserts prove every index the kernel reads or writes is in bounds (a
     // range of A's rows stays in bounds).
     unsafe {
@@ -80,11 +52,11 @@ fn sgemm_rows(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32]) {
             n,
             alpha,
             a.data.as_ptr(),
-            a.row_stride,
-            a.col_stride,
+            a.row_stride as isize,
+            a.col_stride as isize,
             b.data.as_ptr(),
-            b.row_stride,
-            b.col_stride,
+            b.row_stride as isize,
+            b.col_stride as isize,
             beta,
             c.as_mut_ptr(),
             n as isize,
@@ -185,8 +157,8 @@ impl Op for MatMul {
         if rb == 2 && self.perms[0].is_none() {
             // Weights shared by every batch: one tall GEMM instead of many small ones.
             let rows = a2[..ra - 1].iter().product();
-            let b = MatRef { data: bv, rows: k, cols: n, row_stride: sb[0] as isize, col_stride: sb[1] as isize };
-            sgemm(1.0, MatRef::dense(av, rows, k), b, 0.0, &mut c);
+            let b = Matrix { data: bv, rows: k, cols: n, row_stride: sb[0], col_stride: sb[1] };
+            sgemm(1.0, Matrix::dense(av, rows, k), b, 0.0, &mut c);
         } else {
             let batch = broadcast_shapes(&a2[..ra - 2], &b2[..rb - 2])?;
             let a_batch = batch_strides(&a2[..ra - 2], &sa[..ra - 2], &batch);
@@ -261,8 +233,8 @@ impl Op for Gemm {
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let (a, b) = (required(inputs, 0)?, required(inputs, 1)?);
         let (m, k, n) = self.dims(a.shape(), b.shape())?;
-        let am = MatRef::dense(a.as_slice::<f32>()?, a.shape()[0], a.shape()[1]);
-        let bm = MatRef::dense(b.as_slice::<f32>()?, b.shape()[0], b.shape()[1]);
+        let am = Matrix::dense(a.as_slice::<f32>()?, a.shape()[0], a.shape()[1]);
+        let bm = Matrix::dense(b.as_slice::<f32>()?, b.shape()[0], b.shape()[1]);
         let am = if self.trans_a { am.t() } else { am };
         let bm = if self.trans_b { bm.t() } else { bm };
         debug_assert_eq!((am.cols, bm.rows), (k, k));
@@ -306,16 +278,16 @@ mod tests {
         let (m, k, n) = (301, 200, 33);
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5).collect();
-        let product = |threads: usize, a: MatRef| {
+        let product = |threads: usize, a: Matrix| {
             let mut c = vec![f32::NAN; m * n];
-            crate::threads::with(threads, || sgemm(1.0, a, MatRef::dense(&b, k, n), 0.0, &mut c));
+            crate::threads::with(threads, || sgemm(1.0, a, Matrix::dense(&b, k, n), 0.0, &mut c));
             c
         };
-        let one = product(1, MatRef::dense(&a, m, k));
-        assert_eq!(product(3, MatRef::dense(&a, m, k)), one);
+        let one = product(1, Matrix::dense(&a, m, k));
+        assert_eq!(product(3, Matrix::dense(&a, m, k)), one);
         // A transposed view splits by rows of the view too.
         let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
-        assert_eq!(product(3, MatRef::dense(&at, k, m).t()), one);
+        assert_eq!(product(3, Matrix::dense(&at, k, m).t()), one);
         assert!((one[5] - (0..k).map(|p| a[5 / n * k + p] * b[p * n + 5 % n]).sum::<f32>()).abs() < 1e-4);
     }
 

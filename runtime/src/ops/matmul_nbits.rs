@@ -9,7 +9,7 @@
 //!   [`BlockQuantizedMatMul`], the block-scaled integer GEMM, as onnxruntime fuses it into
 //!   MatMulNBits at its default accuracy level 4 (`Session::set_exact` keeps the float form).
 
-use super::matmul::{MatRef, sgemm};
+use super::matmul::{Matrix, sgemm};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, numel, optional, out, required};
 use crate::error::{Error, Result, ensure};
 use crate::kernels::best_gemm_u8i8;
@@ -187,7 +187,7 @@ impl Op for MatMulNBits {
             let zeros = self.zeros.get(b, || self.zero_points(optional(inputs, 3)))?;
             let mut w = pool.overwritable(n * k);
             dequantize_rows(packed, self.bits, self.block, k, scales, &zeros, &mut w);
-            sgemm(1.0, MatRef::dense(a.as_slice::<f32>()?, m, k), MatRef::dense(&w, n, k).t(), 0.0, &mut y);
+            sgemm(1.0, Matrix::dense(a.as_slice::<f32>()?, m, k), Matrix::dense(&w, n, k).t(), 0.0, &mut y);
             pool.give(out(vec![n, k], w)?);
         }
         if let Some(bias) = optional(inputs, 5) {

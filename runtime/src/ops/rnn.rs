@@ -1,6 +1,6 @@
 //! LSTM (forward, reverse, bidirectional; peepholes, clip, sequence lengths).
 
-use super::matmul::{MatRef, sgemm};
+use super::matmul::{Matrix, sgemm};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, optional, out, required, unsupported_attr};
 use crate::error::{Result, ensure};
 use crate::tensor::{DataType, Tensor};
@@ -112,7 +112,7 @@ impl Op for Lstm {
             let rd = &r[di * 4 * h * h..(di + 1) * 4 * h * h];
             // X·Wᵀ for all steps at once: [seq·batch, 4h].
             let mut xw = vec![0f32; seq * batch * 4 * h];
-            sgemm(1.0, MatRef::dense(x, seq * batch, input), MatRef::dense(wd, 4 * h, input).t(), 0.0, &mut xw);
+            sgemm(1.0, Matrix::dense(x, seq * batch, input), Matrix::dense(wd, 4 * h, input).t(), 0.0, &mut xw);
             let bias: Vec<f32> = match b {
                 Some(b) => (0..4 * h).map(|j| b[di * 8 * h + j] + b[di * 8 * h + 4 * h + j]).collect(),
                 None => vec![0.0; 4 * h],
@@ -123,7 +123,7 @@ impl Op for Lstm {
             let mut gates = vec![0f32; batch * 4 * h];
             for step in 0..seq {
                 let t = if reverse { seq - 1 - step } else { step };
-                sgemm(1.0, MatRef::dense(&hs, batch, h), MatRef::dense(rd, 4 * h, h).t(), 0.0, &mut gates);
+                sgemm(1.0, Matrix::dense(&hs, batch, h), Matrix::dense(rd, 4 * h, h).t(), 0.0, &mut gates);
                 for bi in 0..batch {
                     // Reverse direction starts at each sequence's own last element.
                     let t = if reverse { if step < lens[bi] { lens[bi] - 1 - step } else { continue } } else { t };

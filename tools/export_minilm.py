@@ -26,6 +26,12 @@ def main(model_dir, out):
         inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
+    # Arithmetic constants (1, float-min, √2, …) are Constant nodes, as torch exports them,
+    # so that training sees only the weights as initializers.
+    def const(name, array):
+        nodes.append(helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(np.asarray(array, np.float32), name)))
+        return name
+
     def node(op, inputs, **attrs):
         name = f"{op}_{len(nodes)}"
         nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
@@ -47,10 +53,10 @@ def main(model_dir, out):
     x = layer_norm(emb, "embeddings.LayerNorm")
     # Additive mask [batch, 1, 1, seq]: 0 where attended, float-min where padded.
     keep = node("Cast", [node("Unsqueeze", [mask, init("mask_axes", np.array([1, 2], np.int64))])], to=TensorProto.FLOAT)
-    bias = node("Mul", [node("Sub", [init("one_f", np.array(1.0, np.float32)), keep]), init("min_f", np.array(np.finfo(np.float32).min, np.float32))])
+    bias = node("Mul", [node("Sub", [const("one_f", 1.0), keep]), const("min_f", np.finfo(np.float32).min)])
     heads_shape = init("heads_shape", np.array([0, 0, heads, head_dim], np.int64))
     merged_shape = init("merged_shape", np.array([0, 0, hidden], np.int64))
-    scale = init("scale", np.array(1.0 / np.sqrt(head_dim), np.float32))
+    scale = const("scale", 1.0 / np.sqrt(head_dim))
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}"
         split = lambda t, perm: node("Transpose", [node("Reshape", [t, heads_shape])], perm=perm)
@@ -63,7 +69,7 @@ def main(model_dir, out):
         x = layer_norm(node("Add", [linear(ctx, p + ".attention.output.dense"), x]), p + ".attention.output.LayerNorm")
         h = linear(x, p + ".intermediate.dense")
         # Exact GELU: 0.5·h·(1 + erf(h/√2)).
-        gelu = node("Mul", [node("Mul", [h, node("Add", [node("Erf", [node("Div", [h, init(f"sqrt2_{i}", np.array(np.sqrt(2.0), np.float32))])]), "one_f"])]), init(f"half_{i}", np.array(0.5, np.float32))])
+        gelu = node("Mul", [node("Mul", [h, node("Add", [node("Erf", [node("Div", [h, const(f"sqrt2_{i}", np.sqrt(2.0))])]), "one_f"])]), const(f"half_{i}", 0.5)])
         x = layer_norm(node("Add", [linear(gelu, p + ".output.dense"), x]), p + ".output.LayerNorm")
     nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="output"))
     dims = ["batch", "seq"]

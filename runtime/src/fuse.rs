@@ -8,7 +8,7 @@ use crate::ops::array::{Gather, Transpose};
 use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Clip, Unary};
-use crate::ops::matmul::{Gemm, MatMul};
+use crate::ops::matmul::{Gemm, MatMul, PackedMatMul};
 use crate::ops::matmul_nbits::BlockQuantizedMatMul;
 use crate::ops::norm::{MaskedSoftmax, Softmax};
 use crate::ops::qbinary::QLinearBinary;
@@ -72,6 +72,7 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], ex
             qdq_binary,
             dequantized_gather,
             block_quantized_matmul,
+            packed_f16_matmul,
             compact_weights,
             matmul_integer_to_float,
             transposed_matmul_operand,
@@ -392,6 +393,30 @@ fn block_quantized_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     Some((absorbed, Step { node: step.node.clone(), op_type, op: Arc::new(op), inputs, outputs: vec![Some(out)] }))
 }
 
+/// `MatMul(A, Cast(float16 constant K × N))` → [`PackedMatMul`]: the weights packed once
+/// into the f32 kernel's panels, instead of expanded and packed again on every run.
+fn packed_f16_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let step = g.steps[i].as_ref().filter(|s| s.op_type == "MatMul")?;
+    (step.op.as_ref() as &dyn Any).downcast_ref::<MatMul>().filter(|m| m.is_plain())?;
+    let (a, w) = match step.inputs.as_slice() {
+        [Some(a), Some(w)] => (*a, *w),
+        _ => return None,
+    };
+    let cast = g.expanded.get(&w).filter(|s| s.op_type == "Cast")?;
+    let source = cast.inputs.first().copied().flatten().filter(|&s| g.facts[s].dtype == DataType::F16 && g.facts[s].shape.len() == 2)?;
+    let inputs = vec![Some(a), Some(source)];
+    Some((
+        vec![i],
+        Step {
+            node: step.node.clone(),
+            op_type: "Cast→PackedMatMul".into(),
+            op: Arc::new(PackedMatMul::default()),
+            inputs,
+            outputs: step.outputs.clone(),
+        },
+    ))
+}
+
 /// Weight-only quantization and float16 weights: `MatMul | Gemm | Conv` whose weights were
 /// folded out of `DequantizeLinear(8-bit constant)` or `Cast(float16 constant)` →
 /// [`CompactWeights`], so only the compact weights stay in memory. Small constants (under
@@ -403,7 +428,7 @@ fn compact_weights(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     let source = expanded.get(&step.inputs.get(weight).copied().flatten()?)?;
     let compact: Vec<Option<usize>> = if source.op_type == "DequantizeLinear" {
         let (q, scale, zero) = dequantize_inputs(source)?;
-        matches!(facts[q].dtype, DataType::U8 | DataType::I8).then_some(vec![Some(q), Some(scale), zero])?
+        matches!(facts[q].dtype, DataType::U8 | DataType::I8 | DataType::U4 | DataType::I4).then_some(vec![Some(q), Some(scale), zero])?
     } else {
         source.inputs.clone()
     };
@@ -907,12 +932,28 @@ mod tests {
         }
     }
 
-    /// An int8 table dequantized then gathered, with per-column scales and zero points, with
-    /// them in blocks of 4 along each row (as int4 embeddings are stored), and per row.
+    /// An int8 and a uint4 table dequantized then gathered, with per-column scales and zero
+    /// points, with them in blocks of 4 along each row (as int4 embeddings are stored), and per
+    /// row. The 4-bit table stays packed: its rows are gathered as bytes.
     #[test]
     fn quantized_tables_stay_quantized() {
+        for four_bit in [false, true] {
+            quantized_table_stays_quantized(four_bit);
+        }
+    }
+
+    fn quantized_table_stays_quantized(four_bit: bool) {
         let (rows, cols, block) = (10usize, 8usize, 4usize);
-        let q: Vec<i8> = (0..rows * cols).map(|i| ((i * 37) % 256) as u8 as i8).collect();
+        let modulus = if four_bit { 16 } else { 256 };
+        let q: Vec<i32> = (0..rows * cols).map(|i| ((i * 37) % modulus) as u8 as i8 as i32).collect();
+        // int8 values and zero points, or the same as uint4.
+        let stored = |shape: Vec<usize>, values: &[i32]| match four_bit {
+            false => Tensor::from_vec(shape, values.iter().map(|&v| v as i8).collect()).unwrap(),
+            true => {
+                let nibbles: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+                Tensor::from_le_bytes(DataType::U4, shape, crate::nibbles::pack_u4(&nibbles).into()).unwrap()
+            }
+        };
         // (parameter shape, block size, parameter index of element (r, c))
         type Layout = (Vec<usize>, i64, fn(usize, usize) -> usize);
         let per_column: Layout = (vec![cols], 0, |_, c| c);
@@ -926,12 +967,12 @@ mod tests {
             };
             let n: usize = shape.iter().product();
             let scales: Vec<f32> = (0..n).map(|i| [0.5f32, 0.25, 2.0, 0.125][i % 4] * (1 + i / 4) as f32).collect();
-            let zeros: Vec<i8> = (0..n).map(|i| [0i8, -3, 7, 127][i % 4]).collect();
+            let zeros: Vec<i32> = (0..n).map(|i| if four_bit { [0, 3, 7, 15][i % 4] } else { [0, -3, 7, 127][i % 4] }).collect();
             let m = ModelBuilder::new(21)
                 .input("ids", DataType::I64, &[2, 3])
-                .initializer("q", &Tensor::from_vec(vec![rows, cols], q.clone()).unwrap())
+                .initializer("q", &stored(vec![rows, cols], &q))
                 .initializer("s", &Tensor::from_vec(shape.clone(), scales.clone()).unwrap())
-                .initializer("z", &Tensor::from_vec(shape.clone(), zeros.clone()).unwrap())
+                .initializer("z", &stored(shape.clone(), &zeros))
                 .node("DequantizeLinear", &["q", "s", "z"], &["table"], attrs)
                 .node("Gather", &["table", "ids"], &["y"], vec![])
                 .output("y", DataType::F32, &[2, 3, cols as i64]);
@@ -943,15 +984,18 @@ mod tests {
                 plan.constants.iter().flatten().all(|c| c.dtype() != DataType::F32 || c.len() == n),
                 "the f32 table is still in the plan"
             );
+            let table_dtypes: Vec<DataType> =
+                plan.constants.iter().flatten().filter(|c| c.len() == rows * cols).map(|c| c.dtype()).collect();
+            assert_eq!(table_dtypes, [if four_bit { DataType::U4 } else { DataType::I8 }], "one table, as stored");
             let ids = [9i64, 0, -1, 3, 3, 5];
             let y = session.run(vec![("ids", Tensor::from_vec(vec![2, 3], ids.to_vec()).unwrap())]).unwrap().remove(0).1;
             let mut want = Vec::new();
             for &i in &ids {
                 let r = i.rem_euclid(rows as i64) as usize;
-                want.extend((0..cols).map(|c| (q[r * cols + c] as i32 - zeros[index(r, c)] as i32) as f32 * scales[index(r, c)]));
+                want.extend((0..cols).map(|c| (q[r * cols + c] - zeros[index(r, c)]) as f32 * scales[index(r, c)]));
             }
             assert_eq!(y.shape(), [2, 3, cols]);
-            assert_eq!(y.as_slice::<f32>().unwrap(), want, "parameters of shape {shape:?}");
+            assert_eq!(y.as_slice::<f32>().unwrap(), want, "parameters of shape {shape:?}, 4-bit {four_bit}");
         }
     }
 
@@ -1085,7 +1129,7 @@ mod tests {
         let expand = |b: ModelBuilder| {
             b.initializer("w16", &Tensor::from_vec(vec![k, n], bits).unwrap()).node("Cast", &["w16"], &["w"], vec![("to", Attr::Int(1))])
         };
-        let plan = compact_close_to_float(expand, Tensor::from_vec(vec![k, n], exact).unwrap(), &x, "Cast→MatMul", true, 0.0);
+        let plan = compact_close_to_float(expand, Tensor::from_vec(vec![k, n], exact).unwrap(), &x, "Cast→PackedMatMul", true, 0.0);
         assert!(plan.constants.iter().flatten().all(|c| c.dtype() != DataType::F32), "the f32 weights are still in the plan");
     }
 

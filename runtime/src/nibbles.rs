@@ -1,7 +1,7 @@
 //! 4-bit values packed two per byte, low nibble first: the layout of ONNX INT4/UINT4
-//! tensors and of com.microsoft MatMulNBits weights and zero points. The runtime widens them
-//! to one byte per value when a tensor is loaded (int8/uint8 tensors holding values in
-//! −8..=7 / 0..=15), which is what the integer kernels consume.
+//! tensors and of com.microsoft MatMulNBits weights and zero points. Constants stay packed
+//! ([`crate::DataType::U4`] / [`crate::DataType::I4`]); ops that compute on bytes get them
+//! widened (int8/uint8 values in −8..=7 / 0..=15).
 //!
 //! ```
 //! use distq_runtime::nibbles::{pack_u4, unpack_i4, unpack_u4};
@@ -29,6 +29,16 @@ pub fn unpack_i4(packed: &[u8], n: usize) -> Result<Vec<i8>> {
     Ok(unpack_u4(packed, n)?.into_iter().map(|v| ((v << 4) as i8) >> 4).collect())
 }
 
+/// Value `i` of the 4-bit values in `packed`, sign-extended when `signed`.
+///
+/// # Panics
+/// When `i / 2` is past the end of `packed`.
+#[inline]
+pub fn get(packed: &[u8], i: usize, signed: bool) -> i32 {
+    let nibble = (packed[i / 2] >> (4 * (i % 2))) & 0x0f;
+    if signed { (((nibble << 4) as i8) >> 4) as i32 } else { nibble as i32 }
+}
+
 /// Packs 4-bit values (the low nibble of each byte) two per byte, low nibble first; an odd
 /// count leaves the last high nibble 0.
 pub fn pack_u4(values: &[u8]) -> Vec<u8> {
@@ -53,6 +63,9 @@ mod tests {
         assert!(unpack_u4(&[1, 2], 2).is_err(), "too many bytes");
         assert_eq!(unpack_i4(&[0x7f], 1).unwrap(), [-1]);
         assert_eq!(pack_u4(&u), packed);
+        for n in 0..512 {
+            assert_eq!((get(&packed, n, false), get(&packed, n, true)), (u[n] as i32, i[n] as i32));
+        }
         assert_eq!(pack_u4(&u[..3]), [packed[0], packed[1] & 0x0f]);
     }
 }

@@ -61,7 +61,7 @@ impl Plan {
 
     /// What each step costs per run: its arithmetic and the bytes it reads and writes.
     pub fn costs(&self) -> Vec<StepCost> {
-        let bytes = |f: &Fact| f.shape.iter().product::<usize>() * f.dtype.size();
+        let bytes = |f: &Fact| f.dtype.bytes(f.shape.iter().product());
         self.steps
             .iter()
             .map(|step| {
@@ -111,6 +111,8 @@ struct Planner {
     expanded: HashMap<usize, Step>,
     /// The output slots of the deferred expansions.
     deferred: Vec<usize>,
+    /// 4-bit constants widened to bytes for the ops that compute on bytes, by slot.
+    widened: HashMap<usize, usize>,
     /// Largest tensor a step may produce (see `Session::set_max_tensor_bytes`).
     max_tensor_bytes: usize,
 }
@@ -129,6 +131,20 @@ impl Planner {
         self.constants.push(fact.value.clone());
         self.facts.push(fact);
         self.facts.len() - 1
+    }
+
+    /// `slot`, or for a 4-bit constant a slot of its values widened to bytes (made once).
+    fn byte_wide(&mut self, slot: usize) -> Result<usize> {
+        if !self.facts[slot].dtype.is_four_bit() {
+            return Ok(slot);
+        }
+        if let Some(&w) = self.widened.get(&slot) {
+            return Ok(w);
+        }
+        let value = self.constants[slot].as_ref().ok_or_else(|| Error::Op("4-bit values are supported in constants only".into()))?;
+        let w = self.slot(Fact::of(Arc::new(value.widened()?)));
+        self.widened.insert(slot, w);
+        Ok(w)
     }
 
     fn lookup(&self, name: &str, node: &str) -> Result<usize> {
@@ -176,12 +192,16 @@ impl Planner {
     }
 
     fn op(&mut self, name: &str, op_type: &str, op: &Arc<dyn Op>, inputs: Vec<Option<usize>>, outputs: &[String]) -> Result<()> {
+        let inputs = match op.reads_four_bit() {
+            true => inputs,
+            false => inputs.into_iter().map(|s| s.map(|s| self.byte_wide(s)).transpose()).collect::<Result<_>>()?,
+        };
         let in_facts: Vec<Option<&Fact>> = inputs.iter().map(|s| s.map(|s| &self.facts[s])).collect();
         let mut out_facts = op.infer(&in_facts)?;
         for (i, f) in out_facts.iter().enumerate() {
             // Sizes are known here, before anything is allocated: a hostile model asking for
             // 2^40 elements is refused instead of aborting the process on allocation.
-            let bytes = checked_numel(&f.shape).ok().and_then(|n| n.checked_mul(f.dtype.size()));
+            let bytes = checked_numel(&f.shape).ok().and_then(|n| f.dtype.checked_bytes(n));
             if bytes.is_none_or(|b| b > self.max_tensor_bytes) {
                 return Err(Error::Op(format!(
                     "output {i} would be {}{:?}, {} bytes, over the session's limit of {} bytes per tensor",
@@ -299,6 +319,7 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: Pl
         folded: 0,
         expanded: HashMap::new(),
         deferred: Vec::new(),
+        widened: HashMap::new(),
         max_tensor_bytes: options.max_tensor_bytes,
     };
     let mut input_slots = Vec::new();
@@ -352,7 +373,7 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: Pl
         if !is_output[s] && n > 0 {
             free_after[last[s].min(n - 1)].push(s);
         }
-        let bytes = p.facts[s].shape.iter().product::<usize>() * p.facts[s].dtype.size();
+        let bytes = p.facts[s].dtype.bytes(p.facts[s].shape.iter().product());
         intervals.push((first[s], end, bytes.next_multiple_of(64)));
     }
     let unshared_bytes = intervals.iter().map(|i| i.2).sum();

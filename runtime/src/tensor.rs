@@ -29,6 +29,11 @@ pub enum DataType {
     F16,
     /// 64-bit float.
     F64,
+    /// 4-bit unsigned integer, two per byte, low nibble first (ONNX UINT4). Constants only:
+    /// weights stay this compact, and ops that compute on them widen them to uint8.
+    U4,
+    /// 4-bit signed integer (ONNX INT4), stored like [`DataType::U4`]; widened to int8.
+    I4,
 }
 
 impl DataType {
@@ -43,6 +48,8 @@ impl DataType {
             9 => DataType::Bool,
             10 => DataType::F16,
             11 => DataType::F64,
+            21 => DataType::U4,
+            22 => DataType::I4,
             _ => return None,
         })
     }
@@ -58,17 +65,37 @@ impl DataType {
             DataType::Bool => 9,
             DataType::F16 => 10,
             DataType::F64 => 11,
+            DataType::U4 => 21,
+            DataType::I4 => 22,
         }
     }
 
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Bytes that `n` elements take (4-bit types: two per byte).
+    ///
+    /// ```
+    /// use distq_runtime::DataType;
+    /// assert_eq!(DataType::F32.bytes(3), 12);
+    /// assert_eq!(DataType::U4.bytes(3), 2);
+    /// ```
+    pub fn bytes(self, n: usize) -> usize {
         match self {
-            DataType::U8 | DataType::I8 | DataType::Bool => 1,
-            DataType::F16 => 2,
-            DataType::F32 | DataType::I32 => 4,
-            DataType::I64 | DataType::F64 => 8,
+            DataType::U4 | DataType::I4 => n.div_ceil(2),
+            DataType::U8 | DataType::I8 | DataType::Bool => n,
+            DataType::F16 => 2 * n,
+            DataType::F32 | DataType::I32 => 4 * n,
+            DataType::I64 | DataType::F64 => 8 * n,
         }
+    }
+
+    /// [`DataType::bytes`], or `None` when `n` elements could not be addressed.
+    pub fn checked_bytes(self, n: usize) -> Option<usize> {
+        // Eight bytes per element at most: when that fits, `bytes` cannot overflow.
+        n.checked_mul(8).map(|_| self.bytes(n))
+    }
+
+    /// True for the 4-bit types, whose storage is packed.
+    pub fn is_four_bit(self) -> bool {
+        matches!(self, DataType::U4 | DataType::I4)
     }
 
     /// Lower-case name as used in ONNX docs (`float`, `int64`, ...).
@@ -82,6 +109,8 @@ impl DataType {
             DataType::Bool => "bool",
             DataType::F16 => "float16",
             DataType::F64 => "double",
+            DataType::U4 => "uint4",
+            DataType::I4 => "int4",
         }
     }
 }
@@ -163,6 +192,14 @@ macro_rules! elements {
         )*
             /// Booleans (always owned).
             Bool(Vec<Bool>),
+            /// 4-bit integers packed two per byte (see [`crate::nibbles`]); the length is the
+            /// tensor's element count.
+            Nibbles {
+                /// int4 (else uint4).
+                signed: bool,
+                /// `⌈len / 2⌉` bytes.
+                packed: Buffer<u8>,
+            },
         }
         $(impl Element for $t {
             const DTYPE: DataType = DataType::$variant;
@@ -172,19 +209,38 @@ macro_rules! elements {
             }
         })*
         impl TensorData {
-            fn dtype(&self) -> DataType { match self { $(TensorData::$variant(_) => DataType::$variant,)* TensorData::Bool(_) => DataType::Bool } }
-            fn len(&self) -> usize { match self { $(TensorData::$variant(b) => b.as_slice().len(),)* TensorData::Bool(v) => v.len() } }
-            fn is_mapped(&self) -> bool { match self { $(TensorData::$variant(b) => matches!(b, Buffer::Mapped(_)),)* TensorData::Bool(_) => false } }
+            fn dtype(&self) -> DataType {
+                match self {
+                    $(TensorData::$variant(_) => DataType::$variant,)*
+                    TensorData::Bool(_) => DataType::Bool,
+                    TensorData::Nibbles { signed: true, .. } => DataType::I4,
+                    TensorData::Nibbles { signed: false, .. } => DataType::U4,
+                }
+            }
+            /// Elements held (for 4-bit storage, the tensor's shape says how many).
+            fn len(&self) -> Option<usize> {
+                match self { $(TensorData::$variant(b) => Some(b.as_slice().len()),)* TensorData::Bool(v) => Some(v.len()), TensorData::Nibbles { .. } => None }
+            }
+            fn is_mapped(&self) -> bool {
+                match self {
+                    $(TensorData::$variant(b) => matches!(b, Buffer::Mapped(_)),)*
+                    TensorData::Bool(_) => false,
+                    TensorData::Nibbles { packed, .. } => matches!(packed, Buffer::Mapped(_)),
+                }
+            }
             fn as_le_bytes(&self) -> &[u8] {
                 // Safety: every element type is plain old data (`Bool` is repr(transparent) over
                 // u8), so its storage may be viewed as bytes; on little-endian targets (checked
                 // above) those are the ONNX raw-data bytes.
                 fn bytes<T>(s: &[T]) -> &[u8] { unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) } }
-                match self { $(TensorData::$variant(b) => bytes(b.as_slice()),)* TensorData::Bool(v) => bytes(v) }
+                match self { $(TensorData::$variant(b) => bytes(b.as_slice()),)* TensorData::Bool(v) => bytes(v), TensorData::Nibbles { packed, .. } => packed.as_slice() }
             }
             fn detached(&self) -> TensorData {
                 match self {
                     $(TensorData::$variant(b @ Buffer::Mapped(_)) => TensorData::$variant(Buffer::Owned(Arc::new(b.as_slice().to_vec()))),)*
+                    TensorData::Nibbles { signed, packed: b @ Buffer::Mapped(_) } => {
+                        TensorData::Nibbles { signed: *signed, packed: Buffer::Owned(Arc::new(b.as_slice().to_vec())) }
+                    }
                     owned => owned.clone(),
                 }
             }
@@ -192,6 +248,7 @@ macro_rules! elements {
                 match dtype {
                     $(DataType::$variant => Ok(TensorData::$variant(Buffer::from_le_bytes(bytes)?)),)*
                     DataType::Bool => bail!("bool tensors are decoded elementwise"),
+                    DataType::U4 | DataType::I4 => Ok(TensorData::Nibbles { signed: dtype == DataType::I4, packed: Buffer::from_le_bytes(bytes)? }),
                 }
             }
         }
@@ -268,7 +325,7 @@ impl Tensor {
     /// bytes are suitably aligned.
     pub fn from_le_bytes(dtype: DataType, shape: Vec<usize>, bytes: Bytes) -> Result<Tensor> {
         let n = checked_numel(&shape)?;
-        let expected = n.checked_mul(dtype.size()).ok_or_else(|| Error::Op(format!("shape {shape:?} is too large")))?;
+        let expected = dtype.checked_bytes(n).ok_or_else(|| Error::Op(format!("shape {shape:?} is too large")))?;
         ensure!(bytes.len() == expected, "shape {shape:?} of {dtype} needs {expected} bytes of raw data, got {}", bytes.len());
         if dtype == DataType::Bool {
             ensure!(bytes.iter().all(|&b| b <= 1), "bool raw data holds a byte other than 0 or 1");
@@ -289,7 +346,7 @@ impl Tensor {
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.data.len().unwrap_or_else(|| self.shape.iter().product())
     }
 
     /// True when the tensor has no elements.
@@ -299,7 +356,7 @@ impl Tensor {
 
     /// Bytes of element data.
     pub fn byte_len(&self) -> usize {
-        self.len() * self.dtype().size()
+        self.dtype().bytes(self.len())
     }
 
     /// True when the data is read in place from the model file.
@@ -337,6 +394,57 @@ impl Tensor {
             Some(buf) => Ok(buf.as_slice()),
             None => bail!("expected a {} tensor, got {}", T::DTYPE, self.dtype()),
         }
+    }
+
+    /// The packed bytes of a 4-bit tensor (two values per byte, low nibble first).
+    pub fn as_nibbles(&self) -> Result<&[u8]> {
+        match &self.data {
+            TensorData::Nibbles { packed, .. } => Ok(packed.as_slice()),
+            _ => bail!("expected a 4-bit tensor, got {}", self.dtype()),
+        }
+    }
+
+    /// A 4-bit tensor widened to one byte per value (int4 → int8, uint4 → uint8), the form ops
+    /// compute on; any other tensor as it is.
+    ///
+    /// ```
+    /// use distq_runtime::{DataType, Tensor};
+    /// let t = Tensor::from_le_bytes(DataType::I4, vec![3], vec![0xf7, 0x08].into())?;
+    /// assert_eq!(t.widened()?.as_slice::<i8>()?, [7, -1, -8]);
+    /// # Ok::<(), distq_runtime::Error>(())
+    /// ```
+    pub fn widened(&self) -> Result<Tensor> {
+        let shape = self.shape.clone();
+        match &self.data {
+            TensorData::Nibbles { signed: true, packed } => {
+                Tensor::from_vec(shape, crate::nibbles::unpack_i4(packed.as_slice(), self.len())?)
+            }
+            TensorData::Nibbles { signed: false, packed } => {
+                Tensor::from_vec(shape, crate::nibbles::unpack_u4(packed.as_slice(), self.len())?)
+            }
+            _ => Ok(self.clone()),
+        }
+    }
+
+    /// A 4-bit tensor whose last dim is even as the uint8 tensor of its packed bytes, shape
+    /// `[.., last / 2]`, sharing its storage: whole rows of bytes, which gathers and slices
+    /// along the other axes move without widening anything.
+    pub(crate) fn packed_rows(&self) -> Option<Tensor> {
+        let TensorData::Nibbles { packed, .. } = &self.data else { return None };
+        let (&last, outer) = self.shape.split_last()?;
+        last.is_multiple_of(2).then(|| Tensor { shape: [outer, &[last / 2]].concat(), data: TensorData::U8(packed.clone()) })
+    }
+
+    /// The inverse of [`Tensor::packed_rows`]: uint8 rows of packed bytes as the `dtype`
+    /// (4-bit) tensor of shape `[.., 2 · last]`.
+    pub(crate) fn from_packed_rows(rows: Tensor, dtype: DataType) -> Result<Tensor> {
+        ensure!(dtype.is_four_bit(), "{dtype} is not a 4-bit type");
+        let TensorData::U8(packed) = rows.data else { bail!("expected uint8 rows of packed 4-bit values, got {}", rows.dtype()) };
+        let mut shape = rows.shape;
+        if let Some(last) = shape.last_mut() {
+            *last *= 2;
+        }
+        Ok(Tensor { shape, data: TensorData::Nibbles { signed: dtype == DataType::I4, packed } })
     }
 
     /// The elements as `u8` 0/1, if the dtype is bool.

@@ -66,16 +66,7 @@ fn value_info(name: &str, dtype: DataType, dims: &[i64]) -> ValueInfoProto {
 
 /// A `TensorProto` with raw little-endian data.
 pub fn tensor_proto(name: &str, t: &Tensor) -> TensorProto {
-    let raw: Vec<u8> = match t.dtype() {
-        DataType::F32 => t.as_slice::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::I64 => t.as_slice::<i64>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::I32 => t.as_slice::<i32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Bool => t.as_bools().unwrap().to_vec(),
-        DataType::U8 => t.as_slice::<u8>().unwrap().to_vec(),
-        DataType::I8 => t.as_slice::<i8>().unwrap().iter().map(|&v| v as u8).collect(),
-        DataType::F16 => t.as_slice::<u16>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::F64 => t.as_slice::<f64>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
-    };
+    let raw = t.as_le_bytes().to_vec();
     TensorProto {
         name: Some(name.into()),
         dims: t.shape().iter().map(|&d| d as i64).collect(),

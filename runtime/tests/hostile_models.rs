@@ -397,12 +397,12 @@ fn cases() -> Vec<Case> {
         Case {
             name: "int4 data of odd length (3 bytes for 4 values)",
             model: |_| Source::Bytes(int4_model(vec![4], 3, Tensor::scalar(0.5f32), None)),
-            mentions: &["tensor 'q'", "4 4-bit values need 2 bytes", "holds 3"],
+            mentions: &["tensor 'q'", "shape [4] of int4 needs 2 bytes", "got 3"],
         },
         Case {
             name: "int4 data short (1 byte for 3 values)",
             model: |_| Source::Bytes(int4_model(vec![3], 1, Tensor::scalar(0.5f32), None)),
-            mentions: &["tensor 'q'", "3 4-bit values need 2 bytes", "holds 1"],
+            mentions: &["tensor 'q'", "shape [3] of int4 needs 2 bytes", "got 1"],
         },
         Case {
             name: "scale of dtype int64",

@@ -93,8 +93,8 @@ fn report(path: &PathBuf) -> Result<Report> {
         let n: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
         parameters += n;
         let code = t.data_type.unwrap_or(0);
-        let size = DataType::from_onnx(code).map_or(0, |d| d.size() as u64);
-        *bytes_by_dtype.entry(onnx_dtype_name(code)).or_default() += n * size;
+        let bytes = DataType::from_onnx(code).map_or(0, |d| d.bytes(n as usize) as u64);
+        *bytes_by_dtype.entry(onnx_dtype_name(code)).or_default() += bytes;
     }
     let (loadable, load_error) = match Model::load(path) {
         Ok(_) => (true, None),

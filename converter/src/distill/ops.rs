@@ -267,6 +267,7 @@ pub fn apply(node: &NodeProto, inputs: &[Option<Tensor>], float: DType) -> Resul
 /// A runtime tensor as a candle tensor: floats in `float`, integers as I64, bools as U8.
 pub fn from_runtime(t: &distq_runtime::Tensor, float: DType) -> Result<Tensor> {
     use distq_runtime::DataType as R;
+    let t = &t.widened()?;
     let shape = t.shape().to_vec();
     let dev = &Device::Cpu;
     Ok(match t.dtype() {

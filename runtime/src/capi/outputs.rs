@@ -109,7 +109,7 @@ unsafe fn read_inputs<'a>(inputs: *const DistqTensor, count: usize) -> Result<Ve
             // Safety: the caller's contract, per field.
             let name = unsafe { c_str(t.name, &format!("inputs[{i}].name")) }?;
             let bad = |status, reason: String| Failure::new(status, format!("input '{name}': {reason}"));
-            let dtype = DataType::from_onnx(t.dtype).ok_or_else(|| {
+            let dtype = DataType::from_onnx(t.dtype).filter(|d| !d.is_four_bit()).ok_or_else(|| {
                 bad(DistqStatus::InvalidArgument, format!("dtype code {} is not one of the DISTQ_DTYPE_* codes", t.dtype))
             })?;
             let dims: &[i64] = match t.rank {

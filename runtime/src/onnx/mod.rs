@@ -102,30 +102,6 @@ fn from_file_bytes(files: &WeightFiles, dtype: DataType, shape: Vec<usize>, byte
     Ok(t)
 }
 
-/// ONNX element type codes of 4-bit integers.
-const UINT4: i32 = 21;
-const INT4: i32 = 22;
-
-/// An INT4/UINT4 tensor, widened to int8/uint8 (see [`crate::nibbles`]).
-fn four_bit_tensor(t: &proto::TensorProto, files: &mut WeightFiles, what: &str, shape: Vec<usize>, signed: bool) -> Result<Tensor> {
-    let bytes = if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
-        files.resolve(t.name.as_deref().unwrap_or_default(), &t.external_data)?
-    } else if let Some(raw) = &t.raw_data {
-        raw.clone()
-    } else {
-        return Err(Error::InvalidModel(format!("{what}: 4-bit values stored outside raw_data are not supported")));
-    };
-    let n = checked_numel(&shape)?;
-    let bad = |e: Error| Error::InvalidModel(format!("{what}: {e}"));
-    let t = if signed {
-        Tensor::from_vec(shape, crate::nibbles::unpack_i4(&bytes, n).map_err(bad)?)
-    } else {
-        Tensor::from_vec(shape, crate::nibbles::unpack_u4(&bytes, n).map_err(bad)?)
-    };
-    files.release(&bytes);
-    t
-}
-
 /// Converts declared dims (from a TensorProto) to sizes, rejecting negative and absurd ones.
 pub fn checked_dims(dims: &[i64], what: &str) -> Result<Vec<usize>> {
     let shape = dims
@@ -150,9 +126,6 @@ pub fn tensor_from_proto(t: &proto::TensorProto, files: &mut WeightFiles) -> Res
     let what = format!("tensor '{name}'");
     let shape = checked_dims(&t.dims, &what)?;
     let code = t.data_type.unwrap_or(0);
-    if code == INT4 || code == UINT4 {
-        return four_bit_tensor(t, files, &what, shape, code == INT4);
-    }
     let dtype = DataType::from_onnx(code)
         .ok_or_else(|| Error::InvalidModel(format!("{what}: unsupported element type {}", onnx_dtype_name(code))))?;
     let in_node = |e: Error| match e {
@@ -177,6 +150,9 @@ pub fn tensor_from_proto(t: &proto::TensorProto, files: &mut WeightFiles) -> Res
         DataType::U8 => Tensor::from_vec(shape.clone(), t.int32_data.iter().map(|&v| v as u8).collect()),
         DataType::F16 => Tensor::from_vec(shape.clone(), t.int32_data.iter().map(|&v| v as u16).collect()),
         DataType::Bool => Tensor::from_bools(shape.clone(), t.int32_data.iter().map(|&v| v != 0).collect()),
+        DataType::U4 | DataType::I4 => {
+            return Err(Error::InvalidModel(format!("{what}: 4-bit values stored outside raw_data are not supported")));
+        }
     };
     let stored = match dtype {
         DataType::F32 => t.float_data.len(),

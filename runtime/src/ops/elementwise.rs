@@ -554,8 +554,8 @@ pub struct Cast {
 fn import_cast(c: &ImportCtx) -> Result<Box<dyn Op>> {
     let code = c.attrs.int("to", 0)? as i32;
     match DataType::from_onnx(code) {
-        Some(to) => Ok(Box::new(Cast { to })),
-        None => Err(super::unsupported_attr(format!("Cast to {}", crate::tensor::onnx_dtype_name(code)))),
+        Some(to) if !to.is_four_bit() => Ok(Box::new(Cast { to })),
+        _ => Err(super::unsupported_attr(format!("Cast to {}", crate::tensor::onnx_dtype_name(code)))),
     }
 }
 
@@ -575,6 +575,7 @@ pub fn cast(x: &Tensor, to: DataType) -> Result<Tensor> {
     if x.dtype() == to {
         return Ok(x.clone());
     }
+    let x = &x.widened()?;
     let shape = x.shape().to_vec();
     // Bool and f16 go through f32 (f16 with F16C / NEON conversions where the CPU has
     // them); every numeric pair converts directly.
@@ -606,6 +607,7 @@ pub fn cast(x: &Tensor, to: DataType) -> Result<Tensor> {
             out(shape, bits)
         }
         DataType::Bool => Tensor::from_bools(shape, v.iter().map(|&e| e.to_f64() != 0.0).collect()),
+        DataType::U4 | DataType::I4 => Err(crate::error::Error::Op(format!("casts to {to} are not supported"))),
     })
 }
 

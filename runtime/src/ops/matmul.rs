@@ -1,6 +1,6 @@
 //! MatMul (numpy batching) and Gemm on the f32 GEMM.
 
-use super::{BufferPool, Fact, Importer, Op, broadcast_shapes, expect_dtype, numel, optional, out, required};
+use super::{BufferPool, Fact, Importer, Op, PreparedWeights, broadcast_shapes, expect_dtype, numel, optional, out, required};
 use crate::error::{Result, ensure};
 pub(crate) use crate::kernels::sgemm::Matrix;
 use crate::kernels::sgemm::{PackedF32, best_gemm_f32, sgemm as gemm_f32};
@@ -183,6 +183,71 @@ impl Op for MatMul {
                 let (_, b) = packed.as_ref().expect("packed above");
                 gemm_f32(kernel, a, b, c);
             }
+        }
+        Ok(vec![out(shape, c)?])
+    }
+}
+
+/// The shape of `A [.., K] × W [K, N]` for f32 activations and constant weights (the
+/// weight-packed products), checking both.
+pub(crate) fn weights_product_shape(a: &Fact, w: &Fact) -> Result<Vec<usize>> {
+    expect_dtype(a, &[DataType::F32], "A")?;
+    let [k, n] = w.shape[..] else { return Err(crate::error::Error::Op(format!("weights of shape {:?}; K × N expected", w.shape))) };
+    ensure!(a.shape.len() >= 2 && a.shape.last() == Some(&k), "inner dims differ: A {:?} × B {:?}", a.shape, w.shape);
+    let mut shape = a.shape.clone();
+    *shape.last_mut().expect("checked above") = n;
+    Ok(shape)
+}
+
+impl MatMul {
+    /// Whether both operands are read as they are (no Transpose folded in).
+    pub(crate) fn is_plain(&self) -> bool {
+        self.perms.iter().all(Option::is_none)
+    }
+}
+
+/// `MatMul(A, W)` with constant `K × N` weights, float16 (`Cast` from a float16 constant) or
+/// float32, packed once into the f32 kernel's panels on first use: no per-run expansion or
+/// packing. Made by the planner's fusion pass, not imported.
+/// Inputs: `(A, W)`, `A` of shape `[.., K]`.
+#[derive(Debug, Default)]
+pub struct PackedMatMul {
+    weights: PreparedWeights<PackedF32>,
+}
+
+impl PackedMatMul {
+    fn pack(w: &Tensor) -> Result<PackedF32> {
+        let w32 = super::elementwise::cast(w, DataType::F32)?;
+        let [k, n] = w32.shape()[..] else { unreachable!("infer checked K × N weights") };
+        Ok(PackedF32::new(best_gemm_f32(), Matrix::dense(w32.as_slice::<f32>()?, k, n)))
+    }
+}
+
+impl Op for PackedMatMul {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::Work::macs(super::output_elements(outputs) * super::input_dim(inputs, 0, -1), false)
+    }
+
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let w = required(inputs, 1)?;
+        expect_dtype(w, &[DataType::F32, DataType::F16], "weights")?;
+        Ok(vec![Fact::new(DataType::F32, weights_product_shape(required(inputs, 0)?, w)?)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (a, w) = (required(inputs, 0)?, required(inputs, 1)?);
+        let weights = self.weights.get(w, || Self::pack(w))?;
+        let (k, n) = (w.shape()[0], w.shape()[1]);
+        let mut shape = a.shape().to_vec();
+        *shape.last_mut().unwrap_or(&mut 0) = n;
+        let rows = numel(&a.shape()[..a.shape().len() - 1])?;
+        let mut c = match k {
+            // A sum of nothing.
+            0 => pool.filled(rows * n, 0.0),
+            _ => pool.overwritable(rows * n),
+        };
+        if k > 0 {
+            gemm_f32(best_gemm_f32(), Matrix::dense(a.as_slice::<f32>()?, rows, k), &weights, &mut c);
         }
         Ok(vec![out(shape, c)?])
     }

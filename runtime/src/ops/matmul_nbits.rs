@@ -9,7 +9,7 @@
 //!   [`BlockQuantizedMatMul`], the block-scaled integer GEMM, as onnxruntime fuses it into
 //!   MatMulNBits at its default accuracy level 4 (`Session::set_exact` keeps the float form).
 
-use super::matmul::{Matrix, sgemm};
+use super::matmul::{Matrix, sgemm, weights_product_shape};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, numel, optional, out, required};
 use crate::error::{Error, Result, ensure};
 use crate::kernels::best_gemm_u8i8;
@@ -224,24 +224,28 @@ impl BlockQuantizedMatMul {
     }
 
     /// `q − zero_point` of `K × N` weights in blocks of `block` along K, if every difference
-    /// fits in i8 (the integer kernels' operand; always so for 4-bit values, which the loader
-    /// widens to bytes).
+    /// fits in i8 (the integer kernels' operand; always so for 4-bit values).
     pub(crate) fn differences(q: &Tensor, zero: Option<&Tensor>, block: usize) -> Result<Option<Vec<i8>>> {
-        let widen = |t: &Tensor| -> Result<Vec<i32>> {
+        // Values as i32 one at a time: the weights are not copied wider than bytes.
+        fn values(t: &Tensor) -> Result<Box<dyn Iterator<Item = i32> + '_>> {
             Ok(match t.dtype() {
-                DataType::U8 => t.as_slice::<u8>()?.iter().map(|&v| v as i32).collect(),
-                _ => t.as_slice::<i8>()?.iter().map(|&v| v as i32).collect(),
+                DataType::U8 => Box::new(t.as_slice::<u8>()?.iter().map(|&v| v as i32)),
+                DataType::U4 | DataType::I4 => {
+                    let (packed, signed) = (t.as_nibbles()?, t.dtype() == DataType::I4);
+                    Box::new((0..t.len()).map(move |i| crate::nibbles::get(packed, i, signed)))
+                }
+                _ => Box::new(t.as_slice::<i8>()?.iter().map(|&v| v as i32)),
             })
-        };
+        }
         let [k, n] = q.shape()[..] else { return Err(Error::Op(format!("weights of shape {:?}; K × N expected", q.shape()))) };
-        let zeros = zero.map(widen).transpose()?;
+        let zeros = zero.map(|z| values(z).map(Iterator::collect::<Vec<i32>>)).transpose()?;
         let want = k.div_ceil(block) * n;
         ensure!(
             zeros.as_ref().is_none_or(|z| z.len() == want),
             "zero point holds {} values; {want} expected",
             zeros.map_or(0, |z| z.len())
         );
-        let differences = widen(q)?.into_iter().enumerate().map(|(i, v)| {
+        let differences = values(q)?.enumerate().map(|(i, v)| {
             let zero = zeros.as_ref().map_or(0, |z| z[i / n / block * n + i % n]);
             i8::try_from(v - zero).ok()
         });
@@ -264,18 +268,15 @@ impl Op for BlockQuantizedMatMul {
     }
 
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
-        let (a, q) = (required(inputs, 0)?, required(inputs, 1)?);
-        expect_dtype(a, &[DataType::F32], "A")?;
-        expect_dtype(q, &[DataType::U8, DataType::I8], "weights")?;
+        let q = required(inputs, 1)?;
+        expect_dtype(q, &[DataType::U8, DataType::I8, DataType::U4, DataType::I4], "weights")?;
         expect_dtype(required(inputs, 2)?, &[DataType::F32], "scale")?;
-        let [k, n] = q.shape[..] else { return Err(Error::Op(format!("weights of shape {:?}; K × N expected", q.shape))) };
-        ensure!(a.shape.len() >= 2 && a.shape.last() == Some(&k), "inner dims differ: A {:?} × B {:?}", a.shape, q.shape);
+        let shape = weights_product_shape(required(inputs, 0)?, q)?;
         if let Some(bias) = optional(inputs, 4) {
+            let n = q.shape[1];
             expect_dtype(bias, &[DataType::F32], "bias")?;
             ensure!(bias.shape.iter().product::<usize>() == n, "bias has shape {:?}; N = {n} values expected", bias.shape);
         }
-        let mut shape = a.shape.clone();
-        *shape.last_mut().expect("checked above") = n;
         Ok(vec![Fact::new(DataType::F32, shape)])
     }
 

@@ -150,6 +150,11 @@ pub trait Op: std::any::Any + Send + Sync + std::fmt::Debug {
     fn work(&self, _inputs: &[Option<&Fact>], outputs: &[Fact]) -> Work {
         Work { other_ops: outputs.iter().map(|o| o.shape.iter().product::<usize>() as u64).sum(), ..Work::default() }
     }
+    /// True when the op takes 4-bit constants packed as they are (see [`DataType::U4`]); the
+    /// planner widens them to bytes for every other op.
+    fn reads_four_bit(&self) -> bool {
+        false
+    }
 }
 
 /// Arithmetic of one op evaluation, by the precision the runtime computes it in (fp16
@@ -195,7 +200,7 @@ impl std::ops::Add for Work {
 /// table (input 0, elements of `table_dtype`).
 pub(crate) fn gather_work(table_dtype: Option<DataType>, outputs: &[Fact]) -> Work {
     let elements = output_elements(outputs);
-    Work { other_ops: elements as u64, constant_bytes_read: table_dtype.map(|d| (elements * d.size()) as u64), ..Work::default() }
+    Work { other_ops: elements as u64, constant_bytes_read: table_dtype.map(|d| d.bytes(elements) as u64), ..Work::default() }
 }
 
 /// Elements of the first output: the count a MAC loop's outer loops run over.
@@ -298,13 +303,9 @@ impl<T> Default for PreparedWeights<T> {
 }
 
 impl<T> PreparedWeights<T> {
-    /// The prepared form of `source` (a u8 or i8 tensor), made by `prepare` on first use.
+    /// The prepared form of `source`, made by `prepare` on first use.
     pub(crate) fn get(&self, source: &Tensor, prepare: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
-        let address = match source.as_slice::<u8>() {
-            Ok(s) => s.as_ptr() as usize,
-            Err(_) => source.as_slice::<i8>()?.as_ptr() as usize,
-        };
-        let key = (address, source.len());
+        let key = (source.as_le_bytes().as_ptr() as usize, source.len());
         let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match cache.as_ref() {
             Some((k, prepared)) if *k == key => Ok(prepared.clone()),

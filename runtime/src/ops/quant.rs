@@ -161,7 +161,7 @@ impl DequantizeLinear {
 impl Op for DequantizeLinear {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = required(inputs, 0)?;
-        expect_dtype(x, &[DataType::U8, DataType::I8, DataType::I32], "input")?;
+        expect_dtype(x, &[DataType::U8, DataType::I8, DataType::I32, DataType::U4, DataType::I4], "input")?;
         expect_dtype(required(inputs, 1)?, &[DataType::F32], "scale")?;
         if let Some(z) = optional(inputs, 2) {
             ensure!(z.dtype == x.dtype, "zero point has dtype {}, the input {}", z.dtype, x.dtype);
@@ -169,9 +169,16 @@ impl Op for DequantizeLinear {
         Ok(vec![Fact::new(DataType::F32, x.shape.clone())])
     }
 
+    fn reads_four_bit(&self) -> bool {
+        true
+    }
+
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let x = required(inputs, 0)?;
-        let p = QuantParams::new(x.shape(), self.axis, required(inputs, 1)?, optional(inputs, 2))?;
+        // 4-bit constants are widened here, once per use: this runs at plan time, or per run
+        // only in exact sessions (CompactWeights).
+        let x = &required(inputs, 0)?.widened()?;
+        let zero = optional(inputs, 2).map(Tensor::widened).transpose()?;
+        let p = QuantParams::new(x.shape(), self.axis, required(inputs, 1)?, zero.as_ref())?;
         fn run<T: StoredInt>(x: &Tensor, p: &QuantParams, pool: &mut BufferPool) -> Result<Tensor> {
             let q = x.as_slice::<T>()?;
             let mut y = pool.overwritable(q.len());
@@ -280,13 +287,30 @@ impl DequantizedGather {
         shape
     }
 
+    /// `table` gathered by `indices`. A 4-bit table is gathered packed, as rows of bytes, when
+    /// the gather moves whole rows (its last dim even, gathered along another axis); only the
+    /// gathered values are widened.
+    fn gather_values(&self, table: &Tensor, indices: Option<&Tensor>, pool: &mut BufferPool) -> Result<Tensor> {
+        if !table.dtype().is_four_bit() {
+            return Ok(self.gather.eval(&[Some(table), indices], pool)?.remove(0));
+        }
+        let moves_rows = normalize_axis(self.gather.axis(), table.shape().len())? + 1 < table.shape().len();
+        match table.packed_rows().filter(|_| moves_rows) {
+            Some(rows) => {
+                let gathered = self.gather.eval(&[Some(&rows), indices], pool)?.remove(0);
+                Tensor::from_packed_rows(gathered, table.dtype())?.widened()
+            }
+            None => Ok(self.gather.eval(&[Some(&table.widened()?), indices], pool)?.remove(0)),
+        }
+    }
+
     /// The scale and zero point as the gathered values need them.
     fn parameters<'a>(&self, inputs: &[Option<&'a Tensor>], pool: &mut BufferPool) -> Result<[Option<Cow<'a, Tensor>>; 2]> {
         let indices = optional(inputs, 3);
         let mut gathered = |t: Option<&'a Tensor>| -> Result<Option<Cow<'a, Tensor>>> {
             Ok(match t {
                 Some(t) if self.parameters != GatheredParameters::Kept => {
-                    let g = self.gather.eval(&[Some(t), indices], pool)?.remove(0);
+                    let g = self.gather_values(t, indices, pool)?;
                     let shape = self.parameter_shape(g.shape().to_vec());
                     Some(Cow::Owned(g.reshaped(shape)?))
                 }
@@ -318,9 +342,9 @@ impl Op for DequantizedGather {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let gathered = self.gather.eval(&[optional(inputs, 0), optional(inputs, 3)], pool)?;
+        let gathered = self.gather_values(required(inputs, 0)?, optional(inputs, 3), pool)?;
         let [scale, zero] = self.parameters(inputs, pool)?;
-        self.dequantize.eval(&[Some(&gathered[0]), scale.as_deref(), zero.as_deref()], pool)
+        self.dequantize.eval(&[Some(&gathered), scale.as_deref(), zero.as_deref()], pool)
     }
 }
 

@@ -46,10 +46,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
             let elements: usize = dims.iter().map(|&d| d.max(0) as usize).product();
-            let size = DataType::from_onnx(code).map_or(0, DataType::size);
+            let right_len = DataType::from_onnx(code).map_or(0, |d| d.bytes(elements));
             // Mostly the right byte length; sometimes one off.
             let wrong = (mode & 2 != 0 && i == 0) as usize;
-            let byte_len = (elements * size + wrong).min(1 << 20);
+            let byte_len = (right_len + wrong).min(1 << 20);
             let mut fill = bytes.take(byte_len).to_vec();
             fill.resize(byte_len, 0);
             shapes.push(dims);

@@ -7,7 +7,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(arrays) = distq_io::npz::read_npz_from(std::io::Cursor::new(data)) {
         for (name, t) in &arrays {
             // What was read is what the shape says, and bounded by the input.
-            assert_eq!(t.byte_len(), t.len() * t.dtype().size(), "{name}");
+            assert_eq!(t.byte_len(), t.dtype().bytes(t.len()), "{name}");
             assert!(t.byte_len() <= data.len().max(1) * 1100, "{name}: {} bytes from {}", t.byte_len(), data.len());
         }
     }

@@ -229,7 +229,11 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     // time the chosen layers must save.
     let mut timing: Option<(f64, f64)> = None;
     let mut min_ms_saved = f64::NEG_INFINITY;
-    let (mut chosen, front, mut index): (Assignment, _, _) = match (&config.fixed, config.uniform) {
+    // Without a speed flag the goal (never slower than fp32) is soft: where no point meets it
+    // within the size and metric targets, the pick is made without regard to time (and the
+    // report says it is slower).
+    let soft = config.max_latency_ms.is_none() && config.min_speedup.is_none();
+    let (mut chosen, mut front, mut index): (Assignment, _, _) = match (&config.fixed, config.uniform) {
         (Some(fixed), _) => {
             let assignment = options
                 .iter()
@@ -260,10 +264,6 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
                 (Some(ms), None) => ms,
                 (None, speedup) => model_ms / speedup.unwrap_or(1.0),
             };
-            // Without a speed flag the goal (never slower than fp32) is soft: where no point
-            // meets it within the size and metric targets, the pick is made without regard to
-            // time (and the report says it is slower).
-            let soft = config.max_latency_ms.is_none() && config.min_speedup.is_none();
             timing = Some((model_ms, goal_ms));
             min_ms_saved = model_ms - goal_ms;
             search::measure(proto, &mut options, &sample, &reference, proxy, config.batch, |d, t| progress("sensitivity", d, t))?;
@@ -352,19 +352,35 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     };
     progress("verify", 0, 1);
     let (mut out, mut value) = evaluate(&options, &chosen, eval, &reference_eval)?;
+    // The size is estimated per layer: while the written file is over the budget, shrink the
+    // weights' budget by the excess (at least 0.5 %) and pick again along `front`.
+    let fit_budget = |max: u64, front: &[search::Step], min_ms_saved: f64, picked: (Assignment, usize, ModelProto, f64)| -> Result<_> {
+        let (mut chosen, mut index, mut out, mut value) = picked;
+        let mut budget = weight_budget(max);
+        while out.encoded_len() as u64 > max {
+            let over = out.encoded_len() - max as usize;
+            budget = budget.saturating_sub(over.max(budget / 200));
+            let Some(i) = front.iter().position(|s| s.bytes <= budget && s.ms_saved >= min_ms_saved) else { break };
+            index = i;
+            chosen = search::fill(&options, &front[i].assignment, budget, min_ms_saved);
+            (out, value) = evaluate(&options, &chosen, eval, &reference_eval)?;
+        }
+        Ok((chosen, index, out, value))
+    };
     if config.uniform.is_none() && config.fixed.is_none() {
         match config.max_size {
-            // The size is estimated per layer: while the written file is over the budget,
-            // shrink the weights' budget by the excess (at least 0.5 %) and pick again.
             Some(max) => {
-                let mut budget = weight_budget(max);
-                while out.encoded_len() as u64 > max {
-                    let over = out.encoded_len() - max as usize;
-                    budget = budget.saturating_sub(over.max(budget / 200));
-                    let Some(i) = front.iter().position(|s| s.bytes <= budget && s.ms_saved >= min_ms_saved) else { break };
-                    index = i;
-                    chosen = search::fill(&options, &front[i].assignment, budget, min_ms_saved);
-                    (out, value) = evaluate(&options, &chosen, eval, &reference_eval)?;
+                (chosen, index, out, value) = fit_budget(max, &front, min_ms_saved, (chosen, index, out, value))?;
+                // The soft goal gives way to the metric too: a pick that traded precision for
+                // time and misses the metric is made again without regard to time.
+                if soft && !meets(value) && min_ms_saved > f64::NEG_INFINITY {
+                    min_ms_saved = f64::NEG_INFINITY;
+                    front = search::greedy_front(&options, 0.0);
+                    if let Some(i) = front.iter().position(|s| s.bytes <= weight_budget(max)) {
+                        let again = search::fill(&options, &front[i].assignment, weight_budget(max), min_ms_saved);
+                        let (again_out, again_value) = evaluate(&options, &again, eval, &reference_eval)?;
+                        (chosen, index, out, value) = fit_budget(max, &front, min_ms_saved, (again, i, again_out, again_value))?;
+                    }
                 }
             }
             // The evaluation set may disagree with the calibration samples: step back

@@ -1,6 +1,7 @@
 //! aarch64 GEMM tiles (8 columns = two q registers of 4 lanes): plain NEON (i16 widening +
-//! `smull`), dotprod (`sdot` by element) and i8mm (`sudot` by element). `sdot`/`sudot` have
-//! no stable intrinsics, so those two use `asm!` inside functions compiled for the feature.
+//! `smull`), dotprod (`sdot` by element) and i8mm (the matrix instruction `usmmla`).
+//! `sdot`/`usmmla` have no stable intrinsics, so those two use `asm!` inside functions
+//! compiled for the feature.
 //! Each group of 4 `k` values of a column is one i32 lane; an activation row's 4 bytes are
 //! one 32-bit element of a register, picked by the instruction's lane index.
 
@@ -125,8 +126,9 @@ impl DotProd {
 lane_dot_tile!(tile_sdot, "neon,dotprod", "sdot", 0x80);
 impl_gemm_kernel!(DotProd, "aarch64-dotprod-gemm-u8i8", nr = 8, mr = 8, a_bias = 128, tile_sdot);
 
-/// i8mm (ARMv8.6+, 8 columns × 8 rows): `sudot` multiplies i8 weights by u8 activations
-/// directly.
+/// i8mm (ARMv8.6+, 8 columns × 8 rows): the matrix instruction `usmmla` multiplies a 2 × 8
+/// block of u8 activations (two rows, 8 `k` values) by a 2 × 8 block of i8 weights (two
+/// columns) into a 2 × 2 block of i32 sums, 32 MACs per instruction (twice `sdot`/`sudot`).
 pub struct I8mm(());
 
 impl I8mm {
@@ -136,5 +138,98 @@ impl I8mm {
     }
 }
 
-lane_dot_tile!(tile_sudot, "neon,i8mm", "sudot", 0);
-impl_gemm_kernel!(I8mm, "aarch64-i8mm-gemm-u8i8", nr = 8, mr = 8, a_bias = 0, tile_sudot);
+impl_gemm_kernel!(I8mm, "aarch64-i8mm-gemm-u8i8", nr = 8, mr = 8, a_bias = 0, tile_usmmla);
+
+/// The `usmmla` tile. Accumulator `c[p][q]` holds rows `2p, 2p + 1` × columns `2q, 2q + 1`
+/// as `[r0·c0, r0·c1, r1·c0, r1·c1]`. Two of the panel's groups of 4 `k` values become one
+/// group of 8 by `zip1`/`zip2` on 32-bit lanes (column `j` of both groups side by side); two
+/// activation rows' 16 bytes become two such groups by `zip1`/`zip2` on 64-bit lanes. The
+/// main loop takes 16 `k` values; the tail 8, or a last odd group paired with zeros. A
+/// missing last row is zeros.
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn tile_usmmla<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
+    let pairs = R.div_ceil(2);
+    let mut c = [[vdupq_n_s32(0); 4]; 4];
+    for q in 0..4 {
+        // Safety: init holds 8 values.
+        let columns = unsafe { vld1_s32(init.add(2 * q)) };
+        for c in c.iter_mut().take(pairs) {
+            c[q] = vcombine_s32(columns, columns);
+        }
+    }
+    // Groups g and g + 1 (zeros for the second when `second` is false) as the four column
+    // pairs' 8 `k` values.
+    let weights = |g: usize, second: bool| {
+        let half = |h: usize| {
+            // Safety: the panel holds k4 groups of 32 bytes, g + 1 < k4 when `second`.
+            let (first, next) = unsafe {
+                let first = vreinterpretq_u32_s8(vld1q_s8(panel.add(32 * g + 16 * h)));
+                (first, if second { vreinterpretq_u32_s8(vld1q_s8(panel.add(32 * (g + 1) + 16 * h))) } else { vdupq_n_u32(0) })
+            };
+            [vzip1q_u32(first, next), vzip2q_u32(first, next)].map(|v| vreinterpretq_s8_u32(v))
+        };
+        let ([b0, b1], [b2, b3]) = (half(0), half(1));
+        [b0, b1, b2, b3]
+    };
+    let mut g = 0;
+    while g + 4 <= k4 {
+        let (low, high) = (weights(g, true), weights(g + 2, true));
+        for (p, c) in c.iter_mut().enumerate().take(pairs) {
+            // Safety: row r holds 4·k4 bytes, so 16 from group g when g + 4 ≤ k4.
+            let row = |r: usize| if r < R { unsafe { vreinterpretq_u64_u8(vld1q_u8(a.add(r * lda + 4 * g))) } } else { vdupq_n_u64(0) };
+            let (r0, r1) = (row(2 * p), row(2 * p + 1));
+            // Safety: this function's features.
+            unsafe {
+                usmmla_columns(c, vreinterpretq_u8_u64(vzip1q_u64(r0, r1)), &low);
+                usmmla_columns(c, vreinterpretq_u8_u64(vzip2q_u64(r0, r1)), &high);
+            }
+        }
+        g += 4;
+    }
+    while g < k4 {
+        let whole = g + 2 <= k4;
+        let b = weights(g, whole);
+        // Row r's 8 (or, for a last odd group, 4) activations from group g; 0 past R.
+        let row = |r: usize| -> u64 {
+            match (r < R, whole) {
+                // Safety: row r holds 4·k4 bytes, so 8 from group g when g + 2 ≤ k4.
+                (true, true) => unsafe { a.add(r * lda + 4 * g).cast::<u64>().read_unaligned() },
+                // Safety: as above, 4 bytes from group g < k4.
+                (true, false) => unsafe { group(a, r * lda + 4 * g) as u64 },
+                (false, _) => 0,
+            }
+        };
+        for (p, c) in c.iter_mut().enumerate().take(pairs) {
+            // Safety: this function's features.
+            unsafe { usmmla_columns(c, vcombine_u8(vcreate_u8(row(2 * p)), vcreate_u8(row(2 * p + 1))), &b) };
+        }
+        g += 2;
+    }
+    for (p, c) in c.iter().enumerate().take(pairs) {
+        let [c01, c23, c45, c67] = c.map(|v| vreinterpretq_s64_s32(v));
+        for (r, half) in [(2 * p, false), (2 * p + 1, true)] {
+            if r >= R {
+                break;
+            }
+            let take = |x, y| vreinterpretq_s32_s64(if half { vzip2q_s64(x, y) } else { vzip1q_s64(x, y) });
+            // Safety: acc holds R rows of 8.
+            unsafe {
+                vst1q_s32(acc.add(8 * r), take(c01, c23));
+                vst1q_s32(acc.add(8 * r + 4), take(c45, c67));
+            }
+        }
+    }
+}
+
+/// `c[q] += a · b[q]ᵀ` for the four column pairs: two activation rows × 8 `k` values against
+/// each pair's two columns.
+#[target_feature(enable = "neon,i8mm")]
+#[inline]
+unsafe fn usmmla_columns(c: &mut [int32x4_t; 4], a: uint8x16_t, b: &[int8x16_t; 4]) {
+    for (c, &b) in c.iter_mut().zip(b) {
+        // Safety: the instruction exists under the features this function is compiled for.
+        unsafe {
+            asm!("usmmla {c:v}.4s, {a:v}.16b, {b:v}.16b", c = inout(vreg) *c, a = in(vreg) a, b = in(vreg) b, options(pure, nomem, nostack))
+        };
+    }
+}

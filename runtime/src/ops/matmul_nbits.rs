@@ -102,15 +102,9 @@ impl MatMulNBits {
         let blob = block * bits / 8;
         let value = |j: usize, p: usize| -> i32 {
             let (blk, within) = (p / block, p % block);
-            let byte = packed[(j * blocks + blk) * blob + within * bits / 8];
-            let q = if bits == 8 {
-                byte
-            } else if within % 2 == 0 {
-                byte & 15
-            } else {
-                byte >> 4
-            };
-            q as i32 - zero_points[j * blocks + blk] as i32
+            let blob_bytes = &packed[(j * blocks + blk) * blob..];
+            let q = if bits == 8 { blob_bytes[within] as i32 } else { crate::nibbles::get(blob_bytes, within, false) };
+            q - zero_points[j * blocks + blk] as i32
         };
         if (0..n).any(|j| (0..k).any(|p| i8::try_from(value(j, p)).is_err())) {
             return Ok(None);

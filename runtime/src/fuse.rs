@@ -358,38 +358,61 @@ fn dequantized_gather(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     ))
 }
 
-/// `MatMul(A, DequantizeLinear(constant K × N, blocks along K))` whose weights minus their
-/// zero points fit in i8 (4-bit weights always do) → [`BlockQuantizedMatMul`], the integer
-/// GEMM with activations quantized per row and block (onnxruntime's int8 compute for this
-/// form). Changes the arithmetic: off in exact sessions, which keep the folded float weights.
+/// `MatMul(A, DequantizeLinear(constant K × N, blocks along K))`, or `Gemm(A,
+/// DequantizeLinear(constant), C?)` with weights blocked along K (`N × K` with `transB`),
+/// whose weights minus their zero points fit in i8 (4-bit weights always do) →
+/// [`BlockQuantizedMatMul`], the integer GEMM with activations quantized per row and block
+/// (onnxruntime's int8 compute for this form). Changes the arithmetic: off in exact sessions,
+/// which keep the folded float weights.
 fn block_quantized_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
-    let step = g.steps[i].as_ref().filter(|s| s.op_type == "MatMul" && !g.exact)?;
-    let (a, w) = match step.inputs.as_slice() {
-        [Some(a), Some(w)] => (*a, *w),
+    let step = g.steps[i].as_ref().filter(|_| !g.exact)?;
+    let transposed = match step.op_type.as_str() {
+        "MatMul" => false,
+        "Gemm" => (step.op.as_ref() as &dyn Any).downcast_ref::<Gemm>()?.plain()?,
+        _ => return None,
+    };
+    let (a, w, c) = match step.inputs.as_slice() {
+        [Some(a), Some(w)] => (*a, *w, None),
+        [Some(a), Some(w), c] if step.op_type == "Gemm" => (*a, *w, *c),
         _ => return None,
     };
     let dq = folded_dequantize(g.expanded, w)?;
     let (q, scale, zero) = dequantize_inputs(dq)?;
     let (axis, block) = (dq.op.as_ref() as &dyn Any).downcast_ref::<DequantizeLinear>()?.blocked()?;
-    let op = BlockQuantizedMatMul::new(block)?;
+    let op = BlockQuantizedMatMul::new(block, transposed)?;
     let zero_value = match zero {
         Some(z) => Some(g.facts[z].value.as_deref()?),
         None => None,
     };
-    let fits = BlockQuantizedMatMul::differences(g.facts[q].value.as_deref()?, zero_value, block).ok()?.is_some();
-    (fits && g.facts[a].dtype == DataType::F32 && normalize_axis(axis, 2).ok()? == 0).then_some(())?;
+    let fits = op.differences(g.facts[q].value.as_deref()?, zero_value).ok()?.is_some();
+    let k_axis = if transposed { 1 } else { 0 };
+    (fits && g.facts[a].dtype == DataType::F32 && normalize_axis(axis, 2).ok()? == k_axis).then_some(())?;
     let (mut absorbed, mut inputs, mut out) =
         (vec![i], vec![Some(a), Some(q), Some(scale), zero], step.outputs.first().copied().flatten()?);
-    // A bias Add after it, with one constant per column.
-    if let Some((j, add)) = sole_reader(g.steps, g.readers, out, "Add")
-        && let Some((bias, sum)) = per_column_operand(add, out, g.facts)
-        && g.facts[bias].value.as_ref().is_some_and(|b| Some(&b.len()) == g.facts[out].shape.last())
-    {
-        absorbed.push(j);
-        inputs.push(Some(bias));
-        out = sum;
+    let n = *g.facts[out].shape.last()?;
+    let per_column = |bias: usize| g.facts[bias].value.as_ref().is_some_and(|b| b.len() == n && g.facts[bias].shape.last() == Some(&n));
+    match c {
+        // The Gemm's C: one constant per column.
+        Some(c) => {
+            per_column(c).then_some(())?;
+            inputs.push(Some(c));
+        }
+        // A bias Add after it, with one constant per column.
+        None => {
+            if let Some((j, add)) = sole_reader(g.steps, g.readers, out, "Add")
+                && let Some((bias, sum)) = per_column_operand(add, out, g.facts)
+                && per_column(bias)
+            {
+                absorbed.push(j);
+                inputs.push(Some(bias));
+                out = sum;
+            }
+        }
     }
-    let op_type = format!("DequantizeLinear→BlockQuantizedMatMul{}", if inputs.len() > 4 { "→Add" } else { "" });
+    let op_type = match (step.op_type.as_str(), inputs.len() > 4) {
+        ("MatMul", true) => "DequantizeLinear→BlockQuantizedMatMul→Add".to_string(),
+        (op_type, _) => format!("DequantizeLinear→BlockQuantized{op_type}"),
+    };
     Some((absorbed, Step { node: step.node.clone(), op_type, op: Arc::new(op), inputs, outputs: vec![Some(out)] }))
 }
 
@@ -1094,6 +1117,58 @@ mod tests {
         assert_eq!(ops, ["DequantizeLinear→BlockQuantizedMatMul→Add"]);
         let want: Vec<f32> = product.as_slice::<f32>().unwrap().iter().enumerate().map(|(i, &y)| bias[i % n] + y).collect();
         assert_eq!(fused.as_slice::<f32>().unwrap(), want);
+    }
+
+    /// `Gemm(x, DequantizeLinear(uint4 N × K, blocks along K), C)` with `transB` runs as the
+    /// block-scaled integer GEMM with C as its bias, bit for bit what the same weights stored
+    /// `K × N` give under `MatMul → Add`.
+    #[test]
+    fn block_quantized_gemm_reads_transposed_weights() {
+        let (m, k, n, block) = (3usize, 96usize, 20usize, 32usize);
+        let blocks = k / block;
+        let x = Tensor::from_vec(vec![m, k], (0..m * k).map(|i| (i as f32 * 0.31).sin()).collect()).unwrap();
+        let bias = Tensor::from_vec(vec![n], (0..n).map(|j| j as f32 * 0.25 - 1.0).collect()).unwrap();
+        // Values of (p, j) and parameters of (blk, j), stored K × N or N × K.
+        let q = |p: usize, j: usize| ((p * n + j) * 7 % 16) as u8;
+        let zero = |blk: usize, j: usize| ((blk * 3 + j) % 16) as u8;
+        let scale = |blk: usize, j: usize| 0.01 + 0.002 * (blk * n + j) as f32;
+        let u4 = |shape: Vec<usize>, values: Vec<u8>| {
+            Tensor::from_le_bytes(DataType::U4, shape, crate::nibbles::pack_u4(&values).into()).unwrap()
+        };
+        let run = |transposed: bool| {
+            let (w_shape, p_shape) = if transposed { (vec![n, k], vec![n, blocks]) } else { (vec![k, n], vec![blocks, n]) };
+            let weights: Vec<u8> =
+                if transposed { (0..n * k).map(|i| q(i % k, i / k)).collect() } else { (0..k * n).map(|i| q(i / n, i % n)).collect() };
+            let at = |i: usize| if transposed { (i % blocks, i / blocks) } else { (i / n, i % n) };
+            let zeros: Vec<u8> = (0..blocks * n).map(|i| zero(at(i).0, at(i).1)).collect();
+            let scales: Vec<f32> = (0..blocks * n).map(|i| scale(at(i).0, at(i).1)).collect();
+            let b = ModelBuilder::new(21)
+                .input("x", DataType::F32, &[m as i64, k as i64])
+                .initializer("q", &u4(w_shape, weights))
+                .initializer("s", &Tensor::from_vec(p_shape.clone(), scales).unwrap())
+                .initializer("z", &u4(p_shape, zeros))
+                .initializer("bias", &bias)
+                .node(
+                    "DequantizeLinear",
+                    &["q", "s", "z"],
+                    &["w"],
+                    vec![("axis", Attr::Int(transposed as i64)), ("block_size", Attr::Int(block as i64))],
+                );
+            let b = match transposed {
+                true => b.node("Gemm", &["x", "w", "bias"], &["y"], vec![("transB", Attr::Int(1))]),
+                false => b.node("MatMul", &["x", "w"], &["xw"], vec![]).node("Add", &["xw", "bias"], &["y"], vec![]),
+            };
+            let session = Session::new(Model::from_bytes(b.output("y", DataType::F32, &[m as i64, n as i64]).to_bytes()).unwrap());
+            let plan = session.plan_for(&[(DataType::F32, vec![m, k])]).unwrap();
+            let ops: Vec<String> = plan.step_ops().iter().map(|(_, op)| op.to_string()).collect();
+            (ops, session.run(vec![("x", x.clone())]).unwrap().remove(0).1)
+        };
+        let ((gemm_ops, gemm), (matmul_ops, matmul)) = (run(true), run(false));
+        assert_eq!(
+            (gemm_ops.as_slice(), matmul_ops.as_slice()),
+            (&["DequantizeLinear→BlockQuantizedGemm".to_string()][..], &["DequantizeLinear→BlockQuantizedMatMul→Add".to_string()][..])
+        );
+        assert_eq!(gemm.as_slice::<f32>().unwrap(), matmul.as_slice::<f32>().unwrap());
     }
 
     /// A weight expanded from compact constants that no rule can keep compact (its Transpose

@@ -197,15 +197,18 @@ impl Op for MatMulNBits {
 }
 
 /// `MatMul(A, DequantizeLinear(q, scale, zero_point?))` with `K × N` 4-bit constant weights
-/// in blocks of `block` along K (axis 0), at int8 compute: `A` quantized per row and block
-/// ([`quantize_rows`]), the products exact in i32, scaled per block in f32
-/// ([`gemm_block_scaled`]), with a bias `Add` after it fused. Made by the planner's fusion
-/// pass, not imported.
+/// in blocks of `block` along K (axis 0), or `Gemm(A, DequantizeLinear(q), C)` with `transB`
+/// and `N × K` weights blocked along their axis 1, at int8 compute: `A` quantized per row and
+/// block ([`quantize_rows`]), the products exact in i32, scaled per block in f32
+/// ([`gemm_block_scaled`]), with a bias (an `Add` after it, or the Gemm's C) fused. Made by
+/// the planner's fusion pass, not imported.
 /// Inputs: `(A, q, scale, zero_point?, bias?)`, `scale` and `zero_point` of shape
-/// `[K / block, N]`, `bias` of N values.
+/// `[K / block, N]` (`[N, K / block]` for transposed weights), `bias` of N values.
 #[derive(Debug)]
 pub struct BlockQuantizedMatMul {
     block: usize,
+    /// Weights stored `N × K` (a Gemm's `transB`).
+    transposed: bool,
     /// `q − zero_point` packed for the integer kernels, with the scales, built on first use.
     weights: PreparedWeights<BlockScaledI8>,
 }
@@ -213,13 +216,32 @@ pub struct BlockQuantizedMatMul {
 impl BlockQuantizedMatMul {
     /// The fused step for blocks of `block` values, if its integer GEMM takes them (blocks of
     /// whole groups of 4).
-    pub(crate) fn new(block: usize) -> Option<BlockQuantizedMatMul> {
-        (block > 0 && block.is_multiple_of(4)).then(|| BlockQuantizedMatMul { block, weights: PreparedWeights::default() })
+    pub(crate) fn new(block: usize, transposed: bool) -> Option<BlockQuantizedMatMul> {
+        (block > 0 && block.is_multiple_of(4)).then(|| BlockQuantizedMatMul { block, transposed, weights: PreparedWeights::default() })
     }
 
-    /// `q − zero_point` of `K × N` weights in blocks of `block` along K, if every difference
-    /// fits in i8 (the integer kernels' operand; always so for 4-bit values).
-    pub(crate) fn differences(q: &Tensor, zero: Option<&Tensor>, block: usize) -> Result<Option<Vec<i8>>> {
+    /// K and N of weights stored with shape `shape`.
+    fn k_n(&self, shape: &[usize]) -> Result<(usize, usize)> {
+        match (shape, self.transposed) {
+            ([k, n], false) | ([n, k], true) => Ok((*k, *n)),
+            _ => Err(Error::Op(format!("weights of shape {shape:?}; {} expected", if self.transposed { "N × K" } else { "K × N" }))),
+        }
+    }
+
+    /// Where weight `(p, j)` (row p of K, column j of N) is stored.
+    fn weight_at(&self, p: usize, j: usize, k: usize, n: usize) -> usize {
+        if self.transposed { j * k + p } else { p * n + j }
+    }
+
+    /// Where the scale and zero point of block `blk` of column `j` are stored.
+    fn parameter_at(&self, blk: usize, j: usize, blocks: usize, n: usize) -> usize {
+        if self.transposed { j * blocks + blk } else { blk * n + j }
+    }
+
+    /// `q − zero_point` of the weights in blocks of `block` along K, in their stored order,
+    /// if every difference fits in i8 (the integer kernels' operand; always so for 4-bit
+    /// values).
+    pub(crate) fn differences(&self, q: &Tensor, zero: Option<&Tensor>) -> Result<Option<Vec<i8>>> {
         // Values as i32 one at a time: the weights are not copied wider than bytes.
         fn values(t: &Tensor) -> Result<Box<dyn Iterator<Item = i32> + '_>> {
             Ok(match t.dtype() {
@@ -231,28 +253,31 @@ impl BlockQuantizedMatMul {
                 _ => Box::new(t.as_slice::<i8>()?.iter().map(|&v| v as i32)),
             })
         }
-        let [k, n] = q.shape()[..] else { return Err(Error::Op(format!("weights of shape {:?}; K × N expected", q.shape()))) };
+        let (k, n) = self.k_n(q.shape())?;
+        let blocks = k.div_ceil(self.block);
         let zeros = zero.map(|z| values(z).map(Iterator::collect::<Vec<i32>>)).transpose()?;
-        let want = k.div_ceil(block) * n;
         ensure!(
-            zeros.as_ref().is_none_or(|z| z.len() == want),
-            "zero point holds {} values; {want} expected",
-            zeros.map_or(0, |z| z.len())
+            zeros.as_ref().is_none_or(|z| z.len() == blocks * n),
+            "zero point holds {} values; {} expected",
+            zeros.as_ref().map_or(0, Vec::len),
+            blocks * n
         );
         let differences = values(q)?.enumerate().map(|(i, v)| {
-            let zero = zeros.as_ref().map_or(0, |z| z[i / n / block * n + i % n]);
+            let (p, j) = if self.transposed { (i % k, i / k) } else { (i / n, i % n) };
+            let zero = zeros.as_ref().map_or(0, |z| z[self.parameter_at(p / self.block, j, blocks, n)]);
             i8::try_from(v - zero).ok()
         });
         Ok(differences.collect())
     }
 
     fn pack(&self, q: &Tensor, scale: &Tensor, zero: Option<&Tensor>) -> Result<BlockScaledI8> {
-        let (k, n) = (q.shape()[0], q.shape()[1]);
+        let (k, n) = self.k_n(q.shape())?;
         let scales = scale.as_slice::<f32>()?;
         let blocks = k.div_ceil(self.block);
         ensure!(scales.len() == blocks * n, "scale holds {} values; {blocks} blocks × N {n} expected", scales.len());
-        let w = Self::differences(q, zero, self.block)?.ok_or_else(|| Error::Op("weights minus zero points leave i8".into()))?;
-        Ok(BlockScaledI8::from_fn(best_gemm_u8i8(), k, n, self.block, |p, j| w[p * n + j], |blk, j| scales[blk * n + j]))
+        let w = self.differences(q, zero)?.ok_or_else(|| Error::Op("weights minus zero points leave i8".into()))?;
+        let (weight, scale) = (|p, j| w[self.weight_at(p, j, k, n)], |blk, j| scales[self.parameter_at(blk, j, blocks, n)]);
+        Ok(BlockScaledI8::from_fn(best_gemm_u8i8(), k, n, self.block, weight, scale))
     }
 }
 
@@ -265,9 +290,9 @@ impl Op for BlockQuantizedMatMul {
         let q = required(inputs, 1)?;
         expect_dtype(q, &[DataType::U8, DataType::I8, DataType::U4, DataType::I4], "weights")?;
         expect_dtype(required(inputs, 2)?, &[DataType::F32], "scale")?;
-        let shape = weights_product_shape(required(inputs, 0)?, q)?;
+        let (k, n) = self.k_n(&q.shape)?;
+        let shape = weights_product_shape(required(inputs, 0)?, &Fact::new(q.dtype, vec![k, n]))?;
         if let Some(bias) = optional(inputs, 4) {
-            let n = q.shape[1];
             expect_dtype(bias, &[DataType::F32], "bias")?;
             ensure!(bias.shape.iter().product::<usize>() == n, "bias has shape {:?}; N = {n} values expected", bias.shape);
         }
@@ -277,7 +302,7 @@ impl Op for BlockQuantizedMatMul {
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let (a, q) = (required(inputs, 0)?, required(inputs, 1)?);
         let weights = self.weights.get(q, || self.pack(q, required(inputs, 2)?, optional(inputs, 3)))?;
-        let (k, n) = (q.shape()[0], weights.cols());
+        let (k, n) = self.k_n(q.shape())?;
         let mut shape = a.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = n;
         let mut y = pool.overwritable(numel(&shape)?);

@@ -384,7 +384,7 @@ fn block_quantized_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
         Some(z) => Some(g.facts[z].value.as_deref()?),
         None => None,
     };
-    let fits = op.differences(g.facts[q].value.as_deref()?, zero_value).ok()?.is_some();
+    let fits = op.fits(g.facts[q].value.as_deref()?, zero_value).ok()?;
     let k_axis = if transposed { 1 } else { 0 };
     (fits && g.facts[a].dtype == DataType::F32 && normalize_axis(axis, 2).ok()? == k_axis).then_some(())?;
     let (mut absorbed, mut inputs, mut out) =

@@ -25,8 +25,13 @@ pub fn unpack_u4(packed: &[u8], n: usize) -> Result<Vec<u8>> {
 
 /// The `n` signed (two's complement) 4-bit values in `packed` (exactly `⌈n/2⌉` bytes).
 pub fn unpack_i4(packed: &[u8], n: usize) -> Result<Vec<i8>> {
-    // Shift the nibble to the top and back, arithmetically, to sign-extend it.
-    Ok(unpack_u4(packed, n)?.into_iter().map(|v| ((v << 4) as i8) >> 4).collect())
+    Ok(unpack_u4(packed, n)?.into_iter().map(sign_extend).collect())
+}
+
+/// A 4-bit two's complement value (the low nibble) as i8: shifted to the top and back,
+/// arithmetically.
+fn sign_extend(nibble: u8) -> i8 {
+    ((nibble << 4) as i8) >> 4
 }
 
 /// Value `i` of the 4-bit values in `packed`, sign-extended when `signed`.
@@ -36,7 +41,7 @@ pub fn unpack_i4(packed: &[u8], n: usize) -> Result<Vec<i8>> {
 #[inline]
 pub fn get(packed: &[u8], i: usize, signed: bool) -> i32 {
     let nibble = (packed[i / 2] >> (4 * (i % 2))) & 0x0f;
-    if signed { (((nibble << 4) as i8) >> 4) as i32 } else { nibble as i32 }
+    if signed { sign_extend(nibble) as i32 } else { nibble as i32 }
 }
 
 /// Packs 4-bit values (the low nibble of each byte) two per byte, low nibble first; an odd

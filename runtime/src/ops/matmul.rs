@@ -76,6 +76,11 @@ pub struct MatMul {
 }
 
 impl MatMul {
+    /// Whether both operands are read as they are (no Transpose folded in).
+    pub(crate) fn is_plain(&self) -> bool {
+        self.perms.iter().all(Option::is_none)
+    }
+
     /// This MatMul with operand `which` (0 = A, 1 = B) read through `perm`.
     pub(crate) fn with_perm(&self, which: usize, perm: Vec<usize>) -> MatMul {
         let mut perms = self.perms.clone();
@@ -199,16 +204,9 @@ pub(crate) fn weights_product_shape(a: &Fact, w: &Fact) -> Result<Vec<usize>> {
     Ok(shape)
 }
 
-impl MatMul {
-    /// Whether both operands are read as they are (no Transpose folded in).
-    pub(crate) fn is_plain(&self) -> bool {
-        self.perms.iter().all(Option::is_none)
-    }
-}
-
-/// `MatMul(A, W)` with constant `K × N` weights, float16 (`Cast` from a float16 constant) or
-/// float32, packed once into the f32 kernel's panels on first use: no per-run expansion or
-/// packing. Made by the planner's fusion pass, not imported.
+/// `MatMul(A, W)` with constant `K × N` float16 weights (`Cast` from a float16 constant),
+/// packed once into the f32 kernel's panels on first use: no per-run expansion or packing.
+/// Made by the planner's fusion pass, not imported.
 /// Inputs: `(A, W)`, `A` of shape `[.., K]`.
 #[derive(Debug, Default)]
 pub struct PackedMatMul {
@@ -230,7 +228,7 @@ impl Op for PackedMatMul {
 
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let w = required(inputs, 1)?;
-        expect_dtype(w, &[DataType::F32, DataType::F16], "weights")?;
+        expect_dtype(w, &[DataType::F16], "weights")?;
         Ok(vec![Fact::new(DataType::F32, weights_product_shape(required(inputs, 0)?, w)?)])
     }
 
@@ -241,14 +239,12 @@ impl Op for PackedMatMul {
         let mut shape = a.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = n;
         let rows = numel(&a.shape()[..a.shape().len() - 1])?;
-        let mut c = match k {
+        if k == 0 {
             // A sum of nothing.
-            0 => pool.filled(rows * n, 0.0),
-            _ => pool.overwritable(rows * n),
-        };
-        if k > 0 {
-            gemm_f32(best_gemm_f32(), Matrix::dense(a.as_slice::<f32>()?, rows, k), &weights, &mut c);
+            return Ok(vec![out(shape, pool.filled(rows * n, 0f32))?]);
         }
+        let mut c = pool.overwritable(rows * n);
+        gemm_f32(best_gemm_f32(), Matrix::dense(a.as_slice::<f32>()?, rows, k), &weights, &mut c);
         Ok(vec![out(shape, c)?])
     }
 }

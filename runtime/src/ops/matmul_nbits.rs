@@ -238,10 +238,19 @@ impl BlockQuantizedMatMul {
         if self.transposed { j * blocks + blk } else { blk * n + j }
     }
 
+    /// Whether every `q − zero_point` fits in i8: always for 4-bit values (their differences
+    /// lie in −15..=15), else as [`Self::differences`] finds.
+    pub(crate) fn fits(&self, q: &Tensor, zero: Option<&Tensor>) -> Result<bool> {
+        if q.dtype().is_four_bit() && zero.is_none_or(|z| z.dtype().is_four_bit()) {
+            return Ok(true);
+        }
+        Ok(self.differences(q, zero)?.is_some())
+    }
+
     /// `q − zero_point` of the weights in blocks of `block` along K, in their stored order,
     /// if every difference fits in i8 (the integer kernels' operand; always so for 4-bit
     /// values).
-    pub(crate) fn differences(&self, q: &Tensor, zero: Option<&Tensor>) -> Result<Option<Vec<i8>>> {
+    fn differences(&self, q: &Tensor, zero: Option<&Tensor>) -> Result<Option<Vec<i8>>> {
         // Values as i32 one at a time: the weights are not copied wider than bytes.
         fn values(t: &Tensor) -> Result<Box<dyn Iterator<Item = i32> + '_>> {
             Ok(match t.dtype() {

@@ -107,6 +107,25 @@ pub fn measure(model: &ModelProto, options: &mut [Options], data: &Dataset, batc
     Ok(())
 }
 
+/// Scales every layer's times so that their fp32 sum is at most the whole model's
+/// `model_ms`. Each one-node model carries a run's fixed overhead, which on small layers can
+/// add up past the whole model's time; unscaled, the predicted time of a quantized model
+/// (`model_ms` minus the layers' savings) could then fall below the time its own quantized
+/// layers take, or below zero.
+pub fn fit_to_model(options: &mut [Options], model_ms: f64) {
+    let layers_ms: f64 = options.iter().filter_map(|o| o.fp32_ms).sum();
+    if layers_ms <= model_ms || layers_ms <= 0.0 {
+        return;
+    }
+    let scale = model_ms / layers_ms;
+    for o in options {
+        o.fp32_ms = o.fp32_ms.map(|ms| ms * scale);
+        for c in &mut o.candidates {
+            c.ms = c.ms.map(|ms| ms * scale);
+        }
+    }
+}
+
 /// `activation [rows, K] · weight [K, N]` under the layer's own names, so [`rewrite`] lowers
 /// it as it lowers the layer in the whole model.
 fn micro_model(o: &Options, rows: usize) -> ModelProto {
@@ -119,4 +138,27 @@ fn micro_model(o: &Options, rows: usize) -> ModelProto {
         .node("MatMul", &[&l.activation, &l.name], &[&l.node_output], vec![])
         .output(&l.node_output, DataType::F32, &[rows as i64, n as i64])
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantize::search::tests::{option, timed};
+
+    #[test]
+    fn layer_times_past_the_model_time_are_scaled_down_to_it() {
+        // Two layers at 1.0 ms each (fp32) in a model measured at 1.5 ms as a whole.
+        let mut options = [timed(option("a", 4096, &[0.0, 0.0, 0.0])), timed(option("b", 4096, &[0.0, 0.0, 0.0]))];
+        fit_to_model(&mut options, 1.5);
+        assert!(options.iter().all(|o| o.fp32_ms == Some(0.75)));
+        let int8: Vec<f64> = options.iter().map(|o| o.candidates[1].ms.unwrap()).collect();
+        assert!(int8.iter().all(|&ms| (ms - 0.225).abs() < 1e-12), "{int8:?}");
+        // Both at int8 is then predicted at 0.45 ms, the layers' own time, never below it.
+        let saved: f64 = options.iter().map(|o| o.ms_saved_at(Some(1))).sum();
+        assert!((1.5 - saved - 0.45).abs() < 1e-12);
+        // Layers within the model's time are left as measured.
+        let mut within = [timed(option("c", 4096, &[0.0, 0.0, 0.0]))];
+        fit_to_model(&mut within, 2.0);
+        assert_eq!(within[0].fp32_ms, Some(1.0));
+    }
 }

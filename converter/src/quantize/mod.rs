@@ -258,6 +258,7 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
             progress("latency", 0, 1);
             latency::measure(proto, &mut options, &sample, config.batch)?;
             let model_ms = latency::model_ms_per_sample(&fp32_session, &sample, config.batch)?;
+            latency::fit_to_model(&mut options, model_ms);
             progress("latency", 1, 1);
             let goal_ms = match (config.max_latency_ms, config.min_speedup) {
                 (Some(ms), Some(speedup)) => ms.min(model_ms / speedup),

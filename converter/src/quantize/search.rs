@@ -278,11 +278,11 @@ pub fn fill(options: &[Options], assignment: &Assignment, budget: usize, min_ms_
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::quantize::weights::Layout;
 
-    fn option(name: &str, params: usize, losses: &[f64]) -> Options {
+    pub(in crate::quantize) fn option(name: &str, params: usize, losses: &[f64]) -> Options {
         let layer = Layer {
             name: name.into(),
             op: "MatMul".into(),
@@ -330,7 +330,7 @@ mod tests {
     }
 
     /// Times per sample: fp32 1.0 ms, fp16 1.3 (expanded per run), int8 0.3, int4 0.5.
-    fn timed(mut o: Options) -> Options {
+    pub(in crate::quantize) fn timed(mut o: Options) -> Options {
         o.fp32_ms = Some(1.0);
         for (c, ms) in o.candidates.iter_mut().zip([1.3, 0.3, 0.5]) {
             c.ms = Some(ms);

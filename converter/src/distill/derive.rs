@@ -122,7 +122,7 @@ pub fn narrow_width(file: &OnnxFile, factor: f64) -> Result<ModelProto> {
     ensure!(factor > 0.0 && factor <= 1.0, "derive width={factor}: the factor must lie in (0, 1]");
     let mut model = file.proto.clone();
     let graph = model.graph.as_mut().context("the model has no graph")?;
-    let mut files = WeightFiles::new(file.base_dir.clone(), file.map.clone());
+    let mut files = WeightFiles::new(file.base_dir.clone());
     let mut values = HashMap::new();
     for t in &graph.initializer {
         let name = t.name.clone().unwrap_or_default();

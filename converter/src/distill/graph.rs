@@ -54,7 +54,7 @@ impl TrainableGraph {
     /// not translated or whose input is not defined before it.
     pub fn new(file: &OnnxFile, dtype: DType, freeze: &Freeze) -> Result<TrainableGraph> {
         let graph = file.proto.graph.as_ref().context("the model has no graph")?;
-        let mut files = WeightFiles::new(file.base_dir.clone(), file.map.clone());
+        let mut files = WeightFiles::new(file.base_dir.clone());
         // Batch-norm running statistics are not parameters: gradient steps would corrupt them.
         let statistics: HashSet<&str> = graph
             .node

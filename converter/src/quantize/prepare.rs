@@ -93,7 +93,7 @@ pub fn inline_external(model: &Model) -> Result<Option<ModelProto>> {
     if !file.proto.graph.as_ref().is_some_and(|g| g.initializer.iter().any(|t| t.data_location == Some(external))) {
         return Ok(None);
     }
-    let mut files = WeightFiles::new(file.base_dir.clone(), file.map.clone());
+    let mut files = WeightFiles::new(file.base_dir.clone());
     let mut out = file.proto.clone();
     let initializers = &mut out.graph.as_mut().context("model has no graph")?.initializer;
     for t in initializers.iter_mut().filter(|t| t.data_location == Some(external)) {

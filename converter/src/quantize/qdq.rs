@@ -154,7 +154,7 @@ pub fn quantizable_layers(model: &Model) -> Result<Vec<Layer>> {
             readers.entry(input.as_str()).or_default().push(node);
         }
     }
-    let mut files = WeightFiles::new(file.base_dir.clone(), file.map.clone());
+    let mut files = WeightFiles::new(file.base_dir.clone());
     let mut floats = |name: &str| -> Result<Option<Vec<f32>>> {
         let Some(t) = initializers.get(name).filter(|t| t.data_type == Some(DataType::F32.onnx_code())) else { return Ok(None) };
         let tensor = tensor_from_proto(t, &mut files).with_context(|| format!("{}: tensor '{name}'", file.origin))?;
@@ -295,7 +295,7 @@ fn integer_bias(graph: &mut GraphProto, l: &Lowered, q: ActivationQuant) -> Resu
     let Some(bias) = node.input.get(2).filter(|b| !b.is_empty()).cloned() else { return Ok(()) };
     let Some(tensor) = graph.initializer.iter().find(|t| t.name.as_ref() == Some(&bias)) else { return Ok(()) };
     // Quantized models are built in memory: every tensor is inline.
-    let values = tensor_from_proto(tensor, &mut WeightFiles::new(None, None))
+    let values = tensor_from_proto(tensor, &mut WeightFiles::new(None))
         .and_then(|t| t.to_f32s())
         .with_context(|| format!("layer '{}': bias '{bias}'", l.layer.name))?;
     let w_scales = &l.quantized.scales;

@@ -82,7 +82,7 @@ impl<'a> Attrs<'a> {
     pub fn tensor_opt(&self, name: &str) -> Result<Option<Tensor>> {
         match self.get(name, AttributeType::Tensor)? {
             Some(a) => match &a.t {
-                Some(t) => Ok(Some(tensor_from_proto(t, &mut WeightFiles::new(None, None))?)),
+                Some(t) => Ok(Some(tensor_from_proto(t, &mut WeightFiles::new(None))?)),
                 None => bail!("attribute '{name}' holds no tensor"),
             },
             None => Ok(None),

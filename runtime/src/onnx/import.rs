@@ -19,7 +19,7 @@ const MAX_NESTING: usize = 16;
 /// Imports the main graph of `file`.
 pub fn import_model(file: &OnnxFile) -> Result<Graph> {
     let graph = file.proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("no graph".into()))?;
-    let mut ctx = Importer { opset: file.opset(), files: WeightFiles::new(file.base_dir.clone(), file.map.clone()), names: HashSet::new() };
+    let mut ctx = Importer { opset: file.opset(), files: WeightFiles::new(file.base_dir.clone()), names: HashSet::new() };
     ctx.graph(graph, &HashSet::new(), 0)
 }
 

@@ -13,10 +13,9 @@ use crate::tensor::{DataType, Tensor, checked_numel, onnx_dtype_name};
 use bytes::Bytes;
 use prost::Message;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub use proto::ModelProto;
-pub use weight_files::{SharedMap, WeightFiles};
+pub use weight_files::{SharedMap, WeightFiles, release_pages};
 
 /// Largest tensor dimension accepted from a file: beyond this no real model goes, and products
 /// of such dims are where overflow bugs live.
@@ -30,8 +29,6 @@ pub struct OnnxFile {
     pub base_dir: Option<PathBuf>,
     /// Where the model came from, for messages.
     pub origin: String,
-    /// The file's map, when the model was mapped from a file.
-    pub map: Option<Arc<memmap2::Mmap>>,
 }
 
 impl OnnxFile {
@@ -41,11 +38,9 @@ impl OnnxFile {
         let file = std::fs::File::open(path).map_err(io_err)?;
         // Safety: the map is read-only; a model file changed underneath us while mapped would
         // be undefined behaviour, the same contract every mmap-based loader has.
-        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?);
+        let map = unsafe { weight_files::map_file(&file) }.map_err(io_err)?;
         let base_dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
-        let mut decoded = Self::decode(Bytes::from_owner(SharedMap(map.clone())), base_dir, path.display().to_string())?;
-        decoded.map = Some(map);
-        Ok(decoded)
+        Self::decode(Bytes::from_owner(SharedMap(map)), base_dir, path.display().to_string())
     }
 
     /// Decodes a model held in memory; external data is then resolved against `base_dir`.
@@ -74,7 +69,7 @@ impl OnnxFile {
         if proto.opset_import.is_empty() && proto.ir_version.unwrap_or(0) >= 3 {
             return Err(decode_err("no opset_import".into()));
         }
-        Ok(OnnxFile { proto, base_dir, origin, map: None })
+        Ok(OnnxFile { proto, base_dir, origin })
     }
 
     /// Encodes the model back to protobuf bytes.
@@ -94,10 +89,10 @@ impl OnnxFile {
 }
 
 /// A tensor over file bytes; when they had to be copied, their pages are released.
-fn from_file_bytes(files: &WeightFiles, dtype: DataType, shape: Vec<usize>, bytes: Bytes) -> Result<Tensor> {
+fn from_file_bytes(dtype: DataType, shape: Vec<usize>, bytes: Bytes) -> Result<Tensor> {
     let t = Tensor::from_le_bytes(dtype, shape, bytes.clone())?;
     if !t.is_mapped() {
-        files.release(&bytes);
+        release_pages(&bytes);
     }
     Ok(t)
 }
@@ -134,10 +129,10 @@ pub fn tensor_from_proto(t: &proto::TensorProto, files: &mut WeightFiles) -> Res
     };
     if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32) {
         let bytes = files.resolve(&name, &t.external_data)?;
-        return from_file_bytes(files, dtype, shape, bytes).map_err(in_node);
+        return from_file_bytes(dtype, shape, bytes).map_err(in_node);
     }
     if let Some(raw) = &t.raw_data {
-        return from_file_bytes(files, dtype, shape, raw.clone()).map_err(in_node);
+        return from_file_bytes(dtype, shape, raw.clone()).map_err(in_node);
     }
     let n = checked_numel(&shape).map_err(in_node)?;
     let count_err = |got: usize| Error::InvalidModel(format!("{what}: shape {shape:?} needs {n} elements, the typed data holds {got}"));

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 /// A shared memory map that `Bytes` can own.
 #[derive(Clone)]
@@ -26,40 +26,63 @@ impl AsRef<[u8]> for SharedMap {
     }
 }
 
-/// Maps external data files (each once) and releases pages of copied tensors.
-pub struct WeightFiles {
-    base_dir: Option<PathBuf>,
-    maps: HashMap<PathBuf, Bytes>,
-    /// Every map weights may come from, the model file's included.
-    all_maps: Vec<Arc<memmap2::Mmap>>,
+/// Every live file map weights are read from, so that pages no longer needed can be handed
+/// back: those of tensors copied at load (misaligned) or packed into kernel panels. Weak, so
+/// a map still goes when its last tensor does.
+static FILE_MAPS: Mutex<Vec<Weak<memmap2::Mmap>>> = Mutex::new(Vec::new());
+
+/// Maps `file` read-only and registers the map for [`release_pages`].
+///
+/// # Safety
+/// As for `memmap2::Mmap::map`: the file must not change while mapped, the contract every
+/// mmap-based loader has.
+pub(crate) unsafe fn map_file(file: &std::fs::File) -> std::io::Result<Arc<memmap2::Mmap>> {
+    // Safety: passed on to the caller.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(file) }?);
+    let mut maps = FILE_MAPS.lock().unwrap_or_else(|e| e.into_inner());
+    maps.retain(|m| m.strong_count() > 0);
+    maps.push(Arc::downgrade(&map));
+    Ok(map)
 }
 
-impl WeightFiles {
-    /// `base_dir` is the model's folder (`None` forbids external data: in-memory models);
-    /// `main` is the model file's map, if it was mapped.
-    pub fn new(base_dir: Option<PathBuf>, main: Option<Arc<memmap2::Mmap>>) -> WeightFiles {
-        WeightFiles { base_dir, maps: HashMap::new(), all_maps: main.into_iter().collect() }
-    }
-
-    /// Tells the OS that `bytes` (a slice of one of our maps, now copied) will not be read
-    /// again, so their pages stop counting as resident. Only whole pages inside the slice.
-    pub fn release(&self, bytes: &[u8]) {
-        #[cfg(unix)]
-        for map in &self.all_maps {
+/// Tells the OS that `bytes` will not be read again soon, so that their pages stop counting
+/// as resident, when they are a slice of a mapped model or weight file (heap bytes are left
+/// alone: dropping those would zero them). Only whole pages inside the slice; a later read
+/// faults them back in from the file.
+pub fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        let maps = FILE_MAPS.lock().unwrap_or_else(|e| e.into_inner());
+        let start = bytes.as_ptr() as usize;
+        for map in maps.iter().filter_map(Weak::upgrade) {
             let base = map.as_ptr() as usize;
-            let start = bytes.as_ptr() as usize;
             if start < base || start + bytes.len() > base + map.len() {
                 continue;
             }
             const PAGE: usize = 4096;
             let (lo, hi) = ((start - base).next_multiple_of(PAGE), (start - base + bytes.len()) / PAGE * PAGE);
             if hi > lo {
-                // Safety: the map is a read-only shared file mapping; DONTNEED only drops its
-                // page cache residency, and a later read would fault the pages back in.
+                // Safety: the map is a read-only file mapping; DONTNEED only drops its
+                // resident pages, which a later read faults back in from the file.
                 let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
             }
             return;
         }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
+}
+
+/// Maps external data files (each once).
+pub struct WeightFiles {
+    base_dir: Option<PathBuf>,
+    maps: HashMap<PathBuf, Bytes>,
+}
+
+impl WeightFiles {
+    /// `base_dir` is the model's folder (`None` forbids external data: in-memory models).
+    pub fn new(base_dir: Option<PathBuf>) -> WeightFiles {
+        WeightFiles { base_dir, maps: HashMap::new() }
     }
 
     /// The bytes of one tensor's external data.
@@ -89,8 +112,7 @@ impl WeightFiles {
             None => {
                 let file = std::fs::File::open(&path).map_err(|e| err(format!("file '{location}': {e}")))?;
                 // Safety: read-only map of a file inside the model folder (see OnnxFile::open).
-                let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(format!("file '{location}': {e}")))?);
-                self.all_maps.push(map.clone());
+                let map = unsafe { map_file(&file) }.map_err(|e| err(format!("file '{location}': {e}")))?;
                 let b = Bytes::from_owner(SharedMap(map));
                 self.maps.insert(path.clone(), b.clone());
                 b
@@ -122,4 +144,48 @@ fn confined_path(base: &Path, location: &str) -> std::result::Result<PathBuf, St
         return Err(format!("location '{location}' resolves to {} outside the model folder (symlink)", full.display()));
     }
     Ok(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resident kB of the mapping that starts at `base`, from /proc/self/smaps.
+    #[cfg(target_os = "linux")]
+    fn resident_kb(base: usize) -> usize {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines();
+        while let Some(line) = lines.next() {
+            let range = line.split_whitespace().next().unwrap_or("");
+            let Some((start, _)) = range.split_once('-') else { continue };
+            if usize::from_str_radix(start, 16) != Ok(base) {
+                continue;
+            }
+            let rss = lines.find(|l| l.starts_with("Rss:")).unwrap();
+            return rss.split_whitespace().nth(1).unwrap().parse().unwrap();
+        }
+        panic!("mapping at {base:#x} not in /proc/self/smaps")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn released_file_pages_stop_counting_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let map = unsafe { map_file(&std::fs::File::open(&path).unwrap()) }.unwrap();
+        let sum = |m: &[u8]| m.iter().map(|&b| b as u64).sum::<u64>();
+        assert_eq!(sum(&map), sum(&data));
+        let base = map.as_ptr() as usize;
+        assert!(resident_kb(base) >= 1000, "every page was read");
+        // A slice from mid-page to mid-page: the whole pages inside it go.
+        release_pages(&map[100..(1 << 20) - 100]);
+        assert!(resident_kb(base) <= 8, "{} kB still resident", resident_kb(base));
+        assert_eq!(sum(&map), sum(&data), "the pages read back from the file");
+        // Heap bytes are never dropped (that would zero them).
+        let heap = data.clone();
+        release_pages(&heap);
+        assert_eq!(heap, data);
+    }
 }

@@ -303,7 +303,9 @@ impl<T> Default for PreparedWeights<T> {
 }
 
 impl<T> PreparedWeights<T> {
-    /// The prepared form of `source`, made by `prepare` on first use.
+    /// The prepared form of `source`, made by `prepare` on first use. The source's pages in
+    /// the model file are then handed back to the OS: the op reads only its prepared form
+    /// (should anything read the source again, its pages fault back in from the file).
     pub(crate) fn get(&self, source: &Tensor, prepare: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
         let key = (source.as_le_bytes().as_ptr() as usize, source.len());
         let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -311,6 +313,9 @@ impl<T> PreparedWeights<T> {
             Some((k, prepared)) if *k == key => Ok(prepared.clone()),
             _ => {
                 let prepared = Arc::new(prepare()?);
+                if source.is_mapped() {
+                    crate::onnx::release_pages(source.as_le_bytes());
+                }
                 *cache = Some((key, prepared.clone()));
                 Ok(prepared)
             }

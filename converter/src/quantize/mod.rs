@@ -199,7 +199,17 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     }
     let observations = calibration(proto, &layers, config, &precisions, calib, progress)?;
     let observations_used_gptq = !observations.hessians.is_empty();
-    let mut options = search::candidates(layers, &precisions, &observations)?;
+    // A lookup table costs no compute, only bytes: a mixed search may also give it one 4-bit
+    // scale per row. MiniLM's word embeddings (30522 rows of 384) take 6.0 MB so instead of
+    // 7.5 MB in blocks of 32, which leaves room for int8, the fast precision, elsewhere.
+    let mixed = config.uniform.is_none() && config.fixed.is_none();
+    let layer_precisions = |layer: &qdq::Layer| {
+        let row = layer.shape[layer.layout.reduction_axis];
+        let whole_rows = Precision::Int4 { block: row };
+        let table = mixed && layer.op == "Gather" && row > config.block && precisions.contains(&int4);
+        precisions.iter().copied().chain(table.then_some(whole_rows)).collect()
+    };
+    let mut options = search::candidates(layers, layer_precisions, &observations)?;
     let reference_eval = eval.outputs(&fp32_session, config.batch)?;
     metric::check_applicable(config.metric, &reference_eval)?;
     // The written form of an assignment, and its metric on `data` against `reference`.

@@ -90,14 +90,15 @@ pub fn written(model: &ModelProto, options: &[Options], assignment: &Assignment)
     rewrite(model, &lowered)
 }
 
-/// Quantizes every layer to every candidate precision it accepts, using what calibration
-/// `observed` of its input: GPTQ rounding where second moments were collected, the bias
-/// correction for its channel means, and at int8 its static quantization.
-pub fn candidates(layers: Vec<Layer>, precisions: &[Precision], observed: &Observations) -> Result<Vec<Options>> {
+/// Quantizes every layer to every candidate precision `precisions(layer)` lists that it
+/// accepts, using what calibration `observed` of its input: GPTQ rounding where second
+/// moments were collected, the bias correction for its channel means, and at int8 its static
+/// quantization.
+pub fn candidates(layers: Vec<Layer>, precisions: impl Fn(&Layer) -> Vec<Precision>, observed: &Observations) -> Result<Vec<Options>> {
     layers
         .into_iter()
         .map(|layer| {
-            let candidates = precisions
+            let candidates = precisions(&layer)
                 .iter()
                 .filter(|&&p| layer.accepts(p))
                 .map(|&precision| {

@@ -102,7 +102,11 @@ pub fn quantize(w: &[f32], shape: &[usize], precision: Precision, layout: Layout
     Ok(match precision {
         Precision::Int8 => int8_per_channel(w, shape, layout.channel_axis),
         Precision::Int4 { block } => {
-            ensure!(block >= 16 && block.is_power_of_two(), "int4 block size {block} is not a power of two ≥ 16");
+            let whole = shape[layout.reduction_axis];
+            ensure!(
+                block >= 16 && (block.is_power_of_two() || block == whole),
+                "int4 block size {block} is not a power of two ≥ 16 (nor the whole reduction axis, {whole})"
+            );
             int4_blocks(w, shape, layout.reduction_axis, block)
         }
         Precision::F16 => {

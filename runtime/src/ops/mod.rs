@@ -82,13 +82,16 @@ impl BufferPool {
         self.budget = self.budget.max(budget);
     }
 
-    /// A dead buffer of this dtype holding at least `len` elements (and not wastefully many).
+    /// A dead buffer of this dtype holding exactly `len` elements (up to 64 for smaller
+    /// requests). Exactly: a larger buffer spent on a smaller request leaves the next request
+    /// of its own size to a fresh allocation, and the pool then holds both (on MiniLM's
+    /// int8/int4 model, up to 2× slack peaked 12 MB higher for no speed-up).
     fn recycled<T: Element>(&mut self, len: usize) -> Option<Vec<T>> {
         let best = self
             .free
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.dtype() == T::DTYPE && t.len() >= len && t.len() <= len.saturating_mul(2).max(64))
+            .filter(|(_, t)| t.dtype() == T::DTYPE && t.len() >= len && t.len() <= len.max(64))
             .min_by_key(|(_, t)| t.len())
             .map(|(i, _)| i)?;
         let t = self.free.swap_remove(best);
@@ -519,5 +522,30 @@ pub(crate) mod test_util {
             assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "element {i}: got {g}, expected {e}\n got {got:?}");
         }
         assert_eq!(got.len(), expected.len());
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_recycles_buffers_of_the_exact_length_only() {
+        let mut pool = BufferPool::default();
+        pool.raise_budget(1 << 20);
+        pool.give(Tensor::from_vec(vec![1000], vec![1f32; 1000]).unwrap());
+        // A smaller request does not take the larger buffer, which stays for its own size.
+        let smaller: Vec<f32> = pool.take(600);
+        assert_eq!(pool.reused, 0);
+        let same: Vec<f32> = pool.overwritable(1000);
+        assert_eq!((pool.reused, same.len()), (1, 1000));
+        // Another dtype of the same length is not served either; small requests share 64.
+        pool.give(Tensor::from_vec(vec![1000], same).unwrap());
+        let _: Vec<u8> = pool.take(1000);
+        assert_eq!(pool.reused, 1);
+        pool.give(Tensor::from_vec(vec![64], vec![0f32; 64]).unwrap());
+        let _: Vec<f32> = pool.take(10);
+        assert_eq!(pool.reused, 2);
+        drop(smaller);
     }
 }

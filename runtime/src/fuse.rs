@@ -8,6 +8,7 @@ use crate::ops::array::{Gather, Transpose};
 use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Clip, Unary};
+use crate::ops::epilogue::Epilogue;
 use crate::ops::matmul::{Gemm, MatMul, PackedMatMul};
 use crate::ops::matmul_nbits::BlockQuantizedMatMul;
 use crate::ops::norm::{MaskedSoftmax, Softmax};
@@ -121,7 +122,8 @@ fn per_column_operand(step: &Step, x: usize, facts: &[Fact]) -> Option<(usize, u
     (of.dtype == DataType::F32 && per_column && of.shape.len() <= xf.shape.len() && facts[out].shape == xf.shape).then_some((other, out))
 }
 
-/// `MatMulInteger → Cast(float) → Mul(scale) [→ Add(bias)]` → [`MatMulIntegerToFloat`].
+/// `MatMulInteger → Cast(float) → Mul(scale) [→ Add(bias)]` and what its [`Epilogue`]
+/// takes after them → [`MatMulIntegerToFloat`].
 fn matmul_integer_to_float(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     let (steps, facts, readers) = (g.steps, g.facts, g.readers);
     let step = steps[i].as_ref()?;
@@ -141,11 +143,51 @@ fn matmul_integer_to_float(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> 
         bias = Some(b);
         out = add_out;
     }
+    let tail = Tail::after(g, out);
     let mut inputs = step.inputs.clone();
     inputs.resize(4, None);
-    inputs.extend([Some(scale), bias]);
-    let fused: Arc<dyn Op> = Arc::new(MatMulIntegerToFloat { matmul });
-    Some((absorbed, Step { node: step.node.clone(), op_type: "MatMulIntegerToFloat".into(), op: fused, inputs, outputs: vec![Some(out)] }))
+    inputs.extend([Some(scale), bias, tail.residual]);
+    absorbed.extend(&tail.absorbed);
+    let op_type = format!("MatMulIntegerToFloat{}", tail.name);
+    let fused: Arc<dyn Op> = Arc::new(MatMulIntegerToFloat { matmul, epilogue: tail.epilogue });
+    Some((absorbed, Step { node: step.node.clone(), op_type, op: fused, inputs, outputs: vec![Some(tail.out)] }))
+}
+
+/// The step after a fused matmul's output that its [`Epilogue`] takes: an Add of a
+/// full-shape f32 value (a residual connection), when it is the output's sole reader.
+struct Tail {
+    epilogue: Epilogue,
+    absorbed: Vec<usize>,
+    residual: Option<usize>,
+    /// The Add's output (the matmul's own without a tail).
+    out: usize,
+    /// What the fused op type appends: `→Add(residual)`.
+    name: &'static str,
+}
+
+impl Tail {
+    fn after(g: &Planned, out: usize) -> Tail {
+        let mut tail = Tail { epilogue: Epilogue::default(), absorbed: Vec::new(), residual: None, out, name: "" };
+        if let Some(j) = g.readers.sole[out]
+            && let Some(add) = g.steps[j].as_ref().filter(|s| (s.op.as_ref() as &dyn Any).downcast_ref::<Binary>() == Some(&Binary::Add))
+            && let [Some(a), Some(b)] = add.inputs[..]
+            && (a == out) != (b == out)
+            && let Some(sum) = add.outputs.first().copied().flatten()
+        {
+            let residual = if a == out { b } else { a };
+            let (rf, of) = (&g.facts[residual], &g.facts[out]);
+            if rf.dtype == DataType::F32 && rf.shape == of.shape && g.facts[sum].shape == of.shape {
+                tail = Tail {
+                    epilogue: Epilogue { residual: true },
+                    absorbed: vec![j],
+                    residual: Some(residual),
+                    out: sum,
+                    name: "→Add(residual)",
+                };
+            }
+        }
+        tail
+    }
 }
 
 /// A slot holding one constant value (a per-tensor scale or zero point).
@@ -384,7 +426,9 @@ fn block_quantized_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
         Some(z) => Some(g.facts[z].value.as_deref()?),
         None => None,
     };
-    let fits = op.fits(g.facts[q].value.as_deref()?, zero_value).ok()?;
+    let q_value = g.facts[q].value.as_deref()?;
+    let fits = op.fits(q_value, zero_value).ok()?;
+    let op = op.per_column_if_exact(q_value, g.facts[scale].value.as_deref()?, zero_value);
     let k_axis = if transposed { 1 } else { 0 };
     (fits && g.facts[a].dtype == DataType::F32 && normalize_axis(axis, 2).ok()? == k_axis).then_some(())?;
     let (mut absorbed, mut inputs, mut out) =
@@ -409,11 +453,18 @@ fn block_quantized_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
             }
         }
     }
-    let op_type = match (step.op_type.as_str(), inputs.len() > 4) {
-        ("MatMul", true) => "DequantizeLinear→BlockQuantizedMatMul→Add".to_string(),
-        (op_type, _) => format!("DequantizeLinear→BlockQuantized{op_type}"),
+    let biased = inputs.len() > 4;
+    let tail = Tail::after(g, out);
+    inputs.resize(5, None);
+    inputs.push(tail.residual);
+    absorbed.extend(&tail.absorbed);
+    let kind = if op.is_per_column() { "Int8" } else { "BlockQuantized" };
+    let op_type = match (step.op_type.as_str(), biased) {
+        ("MatMul", true) => format!("DequantizeLinear→{kind}MatMul→Add{}", tail.name),
+        (op_type, _) => format!("DequantizeLinear→{kind}{op_type}{}", tail.name),
     };
-    Some((absorbed, Step { node: step.node.clone(), op_type, op: Arc::new(op), inputs, outputs: vec![Some(out)] }))
+    let op = Arc::new(op.with_epilogue(tail.epilogue));
+    Some((absorbed, Step { node: step.node.clone(), op_type, op, inputs, outputs: vec![Some(tail.out)] }))
 }
 
 /// `MatMul(A, Cast(float16 constant K × N))` → [`PackedMatMul`]: the weights packed once
@@ -1119,6 +1170,84 @@ mod tests {
         assert_eq!(fused.as_slice::<f32>().unwrap(), want);
     }
 
+    /// Appends PyTorch's GELU of `x` (with `gelu`) and then an Add of the input `r` (with
+    /// `residual_first`, `r` is the Add's first operand) to `b`, ending in `z`.
+    fn gelu_then_residual(mut b: ModelBuilder, x: &str, gelu: bool, residual_first: bool) -> ModelBuilder {
+        let c = |v: f32| Tensor::scalar(v);
+        if gelu {
+            b = b
+                .initializer("sqrt2", &c(std::f32::consts::SQRT_2))
+                .initializer("one", &c(1.0))
+                .initializer("half", &c(0.5))
+                .node("Div", &[x, "sqrt2"], &["d"], vec![])
+                .node("Erf", &["d"], &["e"], vec![])
+                .node("Add", &["e", "one"], &["a"], vec![])
+                .node("Mul", &[x, "a"], &["m"], vec![])
+                .node("Mul", &["m", "half"], &["g"], vec![]);
+        }
+        let g = if gelu { "g" } else { x };
+        let sum = if residual_first { ["r", g] } else { [g, "r"] };
+        b.node("Add", &sum, &["z"], vec![])
+    }
+
+    /// The residual Add after an integer matmul's bias runs in its epilogue, bit for bit what
+    /// it gives as a step of its own (the reference exposes the matmul's output, which keeps
+    /// it out), for both integer GEMMs: onnxruntime's dynamic form and the block-scaled one. A
+    /// GELU between them stays a chain of its own, and blocks the residual's fusion.
+    #[test]
+    fn integer_matmul_epilogues_fuse_bit_identically() {
+        let (m, k, n) = (19, 64, 40);
+        let x = Tensor::from_vec(vec![m, k], values(m * k, 3)).unwrap();
+        let r = Tensor::from_vec(vec![m, n], values(m * n, 5)).unwrap();
+        let bias = Tensor::from_vec(vec![n], values(n, 7)).unwrap();
+        for (block_scaled, residual_first, gelu) in [(false, false, false), (false, true, false), (true, false, false), (true, true, true)]
+        {
+            let run = |expose: bool| {
+                let mut b = ModelBuilder::new(21)
+                    .input("x", DataType::F32, &[m as i64, k as i64])
+                    .input("r", DataType::F32, &[m as i64, n as i64])
+                    .initializer("bias", &bias);
+                if block_scaled {
+                    b = blocked_weights_model(k, n, 32).0(b).node("MatMul", &["x", "w"], &["p"], vec![]);
+                } else {
+                    let w: Vec<i8> = (0..k * n).map(|i| ((i * 37) % 255) as i8).collect();
+                    b = b
+                        .initializer("w", &Tensor::from_vec(vec![k, n], w).unwrap())
+                        .node("DynamicQuantizeLinear", &["x"], &["xq", "xs", "xz"], vec![])
+                        .node("MatMulInteger", &["xq", "w", "xz"], &["acc"], vec![])
+                        .node("Cast", &["acc"], &["accf"], vec![("to", Attr::Int(1))])
+                        .node("Mul", &["accf", "xs"], &["p"], vec![]);
+                }
+                b = gelu_then_residual(b.node("Add", &["p", "bias"], &["y"], vec![]), "y", gelu, residual_first).output(
+                    "z",
+                    DataType::F32,
+                    &[m as i64, n as i64],
+                );
+                if expose {
+                    b = b.output("y", DataType::F32, &[m as i64, n as i64]);
+                }
+                let session = Session::new(Model::from_bytes(b.to_bytes()).unwrap());
+                let shapes = [(DataType::F32, vec![m, k]), (DataType::F32, vec![m, n])];
+                let z = session.run(vec![("x", x.clone()), ("r", r.clone())]).unwrap().remove(0).1;
+                (plan_ops(&session, &shapes), z)
+            };
+            let ((ops, fused), (reference_ops, want)) = (run(false), run(true));
+            let matmul = if block_scaled { "DequantizeLinear→BlockQuantizedMatMul→Add" } else { "MatMulIntegerToFloat" };
+            let (fused_tail, unfused_tail) = if gelu {
+                (
+                    vec![matmul.to_string(), "Chain(Div→Erf→Add→Mul→Mul)".into(), "Add".into()],
+                    vec![matmul, "Chain(Div→Erf→Add→Mul→Mul)", "Add"],
+                )
+            } else {
+                (vec![format!("{matmul}→Add(residual)")], vec![matmul, "Add"])
+            };
+            assert_eq!(ops[ops.len() - fused_tail.len()..], fused_tail);
+            assert_eq!(reference_ops[reference_ops.len() - unfused_tail.len()..], unfused_tail);
+            assert_eq!(fused.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap(), "block-scaled {block_scaled}");
+            assert!(fused.as_slice::<f32>().unwrap().iter().any(|&v| v != 0.0));
+        }
+    }
+
     /// `Gemm(x, DequantizeLinear(uint4 N × K, blocks along K), C)` with `transB` runs as the
     /// block-scaled integer GEMM with C as its bias, bit for bit what the same weights stored
     /// `K × N` give under `MatMul → Add`.
@@ -1131,17 +1260,21 @@ mod tests {
         // Values of (p, j) and parameters of (blk, j), stored K × N or N × K.
         let q = |p: usize, j: usize| ((p * n + j) * 7 % 16) as u8;
         let zero = |blk: usize, j: usize| ((blk * 3 + j) % 16) as u8;
-        let scale = |blk: usize, j: usize| 0.01 + 0.002 * (blk * n + j) as f32;
+        // Free block scales, or (`pow2`) each column's base times 1, 2, 4 or 8.
+        let base = |j: usize| 0.003 + 0.0001 * j as f32;
+        let scale = |blk: usize, j: usize, pow2: bool| {
+            if pow2 { base(j) * (1 << ((blk + j) % 4)) as f32 } else { 0.01 + 0.002 * (blk * n + j) as f32 }
+        };
         let u4 = |shape: Vec<usize>, values: Vec<u8>| {
             Tensor::from_le_bytes(DataType::U4, shape, crate::nibbles::pack_u4(&values).into()).unwrap()
         };
-        let run = |transposed: bool| {
+        let run = |transposed: bool, pow2: bool| {
             let (w_shape, p_shape) = if transposed { (vec![n, k], vec![n, blocks]) } else { (vec![k, n], vec![blocks, n]) };
             let weights: Vec<u8> =
                 if transposed { (0..n * k).map(|i| q(i % k, i / k)).collect() } else { (0..k * n).map(|i| q(i / n, i % n)).collect() };
             let at = |i: usize| if transposed { (i % blocks, i / blocks) } else { (i / n, i % n) };
             let zeros: Vec<u8> = (0..blocks * n).map(|i| zero(at(i).0, at(i).1)).collect();
-            let scales: Vec<f32> = (0..blocks * n).map(|i| scale(at(i).0, at(i).1)).collect();
+            let scales: Vec<f32> = (0..blocks * n).map(|i| scale(at(i).0, at(i).1, pow2)).collect();
             let b = ModelBuilder::new(21)
                 .input("x", DataType::F32, &[m as i64, k as i64])
                 .initializer("q", &u4(w_shape, weights))
@@ -1163,12 +1296,30 @@ mod tests {
             let ops: Vec<String> = plan.step_ops().iter().map(|(_, op)| op.to_string()).collect();
             (ops, session.run(vec![("x", x.clone())]).unwrap().remove(0).1)
         };
-        let ((gemm_ops, gemm), (matmul_ops, matmul)) = (run(true), run(false));
-        assert_eq!(
-            (gemm_ops.as_slice(), matmul_ops.as_slice()),
-            (&["DequantizeLinear→BlockQuantizedGemm".to_string()][..], &["DequantizeLinear→BlockQuantizedMatMul→Add".to_string()][..])
-        );
-        assert_eq!(gemm.as_slice::<f32>().unwrap(), matmul.as_slice::<f32>().unwrap());
+        for pow2 in [false, true] {
+            let ((gemm_ops, gemm), (matmul_ops, matmul)) = (run(true, pow2), run(false, pow2));
+            let kind = if pow2 { "Int8" } else { "BlockQuantized" };
+            assert_eq!(
+                (gemm_ops, matmul_ops),
+                (vec![format!("DequantizeLinear→{kind}Gemm")], vec![format!("DequantizeLinear→{kind}MatMul→Add")])
+            );
+            assert_eq!(gemm.as_slice::<f32>().unwrap(), matmul.as_slice::<f32>().unwrap());
+            if pow2 {
+                // As int8 per column: each row of x quantized symmetrically as one block, the
+                // weights (q − zero) · 2^e exact in i32, one scale product per column.
+                let x = x.as_slice::<f32>().unwrap();
+                for (r, row) in x.chunks_exact(k).enumerate() {
+                    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let qa: Vec<i32> = row.iter().map(|&v| (v * (127.0 / max)).round_ties_even() as i32).collect();
+                    for j in 0..n {
+                        let acc: i32 =
+                            (0..k).map(|p| qa[p] * ((q(p, j) as i32 - zero(p / block, j) as i32) << ((p / block + j) % 4))).sum();
+                        let want = acc as f32 * (max / 127.0 * base(j)) + bias.as_slice::<f32>().unwrap()[j];
+                        assert_eq!(matmul.as_slice::<f32>().unwrap()[r * n + j], want, "row {r}, column {j}");
+                    }
+                }
+            }
+        }
     }
 
     /// A weight expanded from compact constants that no rule can keep compact (its Transpose

@@ -59,12 +59,17 @@ impl Plan {
         self.steps.iter().map(|s| (s.node.as_str(), s.op_type.as_str())).collect()
     }
 
-    /// What each step costs per run: its arithmetic and the bytes it reads and writes.
+    /// What each step costs per run: its arithmetic and the bytes it reads and writes (none for
+    /// a view, see [`Op::is_view`]).
     pub fn costs(&self) -> Vec<StepCost> {
         let bytes = |f: &Fact| f.dtype.bytes(f.shape.iter().product());
         self.steps
             .iter()
             .map(|step| {
+                if step.op.is_view() {
+                    let (node, op_type) = (step.node.clone(), step.op_type.clone());
+                    return StepCost { node, op_type, work: Work::default(), weight_bytes: 0, activation_bytes: 0 };
+                }
                 let inputs: Vec<Option<&Fact>> = step.inputs.iter().map(|s| s.map(|s| &self.facts[s])).collect();
                 let outputs: Vec<Fact> = step.outputs.iter().flatten().map(|&s| self.facts[s].clone()).collect();
                 let (mut weight_bytes, mut activation_bytes) = (0, outputs.iter().map(bytes).sum());

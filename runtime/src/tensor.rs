@@ -151,18 +151,25 @@ pub trait Element: Copy + Default + Send + Sync + PartialEq + fmt::Debug + 'stat
 /// Storage of one dtype: an owned vector or an aligned slice of the mapped model file.
 #[derive(Clone)]
 pub enum Buffer<T> {
-    /// Computed at run time, or copied because the file bytes were misaligned. Shared, so
-    /// that reshapes and identities are free; taken back out only when unshared.
+    /// Computed at run time, or copied because the file bytes were misaligned or few (see
+    /// `MAPPED_MIN_BYTES`). Shared, so that reshapes and identities are free; taken back out
+    /// only when unshared.
     Owned(Arc<Vec<T>>),
     /// Bytes of the model file (or its external data file), used in place.
     Mapped(Bytes),
 }
 
+/// Tensors of fewer bytes are copied rather than used in place. Small constants (biases,
+/// norms, scales) are read on every run, and each read of a mapped page also maps the cached
+/// pages around it (the kernel's fault-around, 64 KiB): the pages of packed weights nearby,
+/// which were handed back to the OS, would count in the process's memory again.
+const MAPPED_MIN_BYTES: usize = 64 << 10;
+
 impl<T: Element> Buffer<T> {
     fn from_le_bytes(bytes: Bytes) -> Result<Buffer<T>> {
         let size = std::mem::size_of::<T>();
         ensure!(bytes.len().is_multiple_of(size), "raw data of {} bytes is not a whole number of {}-byte elements", bytes.len(), size);
-        if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        if bytes.len() >= MAPPED_MIN_BYTES && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             Ok(Buffer::Mapped(bytes))
         } else {
             let mut v = vec![T::default(); bytes.len() / size];

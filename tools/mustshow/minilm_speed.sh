@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # tools/mustshow/minilm_speed.sh [MIN_SPEEDUP] — distq's own quantized MiniLM against fp32 and
 # against onnxruntime's dynamic-int8 MiniLM, on this machine, one thread: `distq quantize
-# --max-size-mb 17 --min-speedup MIN_SPEEDUP` (default 2.0: the goal is predicted on the
-# calibration sentences, longer than the 64 tokens timed here, so attention, which stays
-# fp32, weighs more there) calibrated on the shared training
+# --max-size-mb 17 --min-speedup MIN_SPEEDUP` (default 2.45, the most that 17 MB reach: the
+# goal is predicted on the calibration sentences, longer than the 64 tokens timed here, so
+# attention, which stays fp32, weighs more there than here) calibrated on the shared training
 # sentences and checked on the 1000 shared test sentences, then p50 at 8 × 64 tokens in both
 # runtimes, peak RSS, modelled energy, and the pooled cosine to fp32 in onnxruntime. Release
 # build (the test profile's debug assertions slow the integer kernels several-fold, so speed
 # is only measured here). About 5 minutes on 2 cores; quiet machine wanted; figures last.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
-speedup=${1:-2.0}
+speedup=${1:-2.45}
 cargo build -q --release -p distq-converter --bin distq
 distq=target/release/distq
 work=$(mktemp -d)

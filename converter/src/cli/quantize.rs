@@ -99,7 +99,7 @@ impl QuantizeFlags {
         let uniform = match self.precision {
             PrecisionArg::Mixed => None,
             PrecisionArg::Int8 => Some(Precision::Int8),
-            PrecisionArg::Int4 => Some(Precision::Int4 { block: self.block }),
+            PrecisionArg::Int4 => Some(Precision::Int4 { block: self.block, pow2_scales: false }),
             PrecisionArg::Fp16 => Some(Precision::F16),
         };
         Ok(Config {

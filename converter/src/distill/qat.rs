@@ -44,7 +44,7 @@ mod tests {
         let values: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 31.5) / 17.0).collect();
         let w = Var::from_vec(values.clone(), (4, 16), &Device::Cpu).unwrap();
         let layout = Layout { channel_axis: 0, reduction_axis: 1 };
-        for precision in [Precision::Int8, Precision::Int4 { block: 16 }, Precision::F16] {
+        for precision in [Precision::Int8, Precision::Int4 { block: 16, pow2_scales: false }, Precision::F16] {
             let fq = FakeQuant { precision, layout };
             let y = straight_through(w.as_tensor(), fq).unwrap();
             let want = quantize(&values, &[4, 16], precision, layout).unwrap().dequantized();

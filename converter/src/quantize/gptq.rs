@@ -9,7 +9,7 @@
 
 use super::calibrate::ChannelAxis;
 use super::qdq::Layer;
-use super::weights::{Layout, Quantized, Stored, dequantize_u4, int4_block, quantize_u4};
+use super::weights::{Layout, Precision, Quantized, Stored, dequantize_u4, int4_block, int4_block_pow2, quantize_u4};
 use anyhow::{Result, bail, ensure};
 use serde::Serialize;
 
@@ -239,7 +239,13 @@ pub fn refine(q: &mut Quantized, w: &[f32], layout: Layout, h: &Hessian) -> Resu
         }
     }
     let mut gathered = Vec::new();
+    let pow2_scales = matches!(q.precision, Precision::Int4 { pow2_scales: true, .. });
     for r in 0..rows {
+        // With power-of-two block scales, blocks keep the row's smallest as their base.
+        let base = match q.block {
+            Some(block) if pow2_scales => (0..k.div_ceil(block)).map(|b| q.scales[group(r, b, block)]).fold(f32::INFINITY, f32::min),
+            _ => 0.0,
+        };
         let row = &mut work[r * k..(r + 1) * k];
         for c in 0..k {
             let x = row[c];
@@ -255,7 +261,12 @@ pub fn refine(q: &mut Quantized, w: &[f32], layout: Layout, h: &Hessian) -> Resu
                     if c % block == 0 {
                         gathered.clear();
                         gathered.extend(row[c..(c + block).min(k)].iter().map(|&v| v as f32));
-                        (q.scales[g], q.zero_points[g]) = int4_block(&gathered);
+                        (q.scales[g], q.zero_points[g]) = if pow2_scales {
+                            let (scale, zero, _) = int4_block_pow2(&gathered, base);
+                            (scale, zero)
+                        } else {
+                            int4_block(&gathered)
+                        };
                     }
                     let v = quantize_u4(x as f32, q.scales[g], q.zero_points[g]);
                     values[index(r, c)] = v;
@@ -322,7 +333,9 @@ mod tests {
         h.add(&x, &[rows, k], 1).unwrap();
         let w = uniform(k * n, 3);
         let conv_w: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
-        for precision in [Precision::Int8, Precision::Int4 { block: 32 }] {
+        for precision in
+            [Precision::Int8, Precision::Int4 { block: 32, pow2_scales: false }, Precision::Int4 { block: 32, pow2_scales: true }]
+        {
             for conv in [false, true] {
                 let (shape, layout, weight) = if conv {
                     (vec![n, k, 1, 1], Layout { channel_axis: 0, reduction_axis: 1 }, &conv_w)
@@ -350,7 +363,9 @@ mod tests {
         h.add(&eye, &[k, k], 1).unwrap();
         let w = uniform(k * n, 5);
         let layout = Layout { channel_axis: 1, reduction_axis: 0 };
-        for precision in [Precision::Int8, Precision::Int4 { block: 32 }] {
+        for precision in
+            [Precision::Int8, Precision::Int4 { block: 32, pow2_scales: false }, Precision::Int4 { block: 32, pow2_scales: true }]
+        {
             let nearest = quantize(&w, &[k, n], precision, layout).unwrap();
             let mut refined = nearest.clone();
             refine(&mut refined, &w, layout, &h).unwrap();

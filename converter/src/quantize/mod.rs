@@ -188,11 +188,14 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     // Bytes outside the quantizable weights, plus what each restoring node and its tensors'
     // headers add (measured on real models: well under 200 bytes per layer).
     let fixed = (finish(proto.clone()).encoded_len() as u64).saturating_sub(layer_fp32) + 200 * layers.len() as u64;
-    let int4 = Precision::Int4 { block: config.block };
+    let int4 = Precision::Int4 { block: config.block, pow2_scales: false };
+    // A mixed search also weighs int4 with power-of-two block scales: the same bytes at int8
+    // speed (the runtime computes it as int8 per column), for more rounding error.
+    let int4_pow2 = Precision::Int4 { block: config.block, pow2_scales: true };
     let mut precisions = match config.uniform {
         Some(Precision::Int4 { .. }) => vec![Precision::Int8, int4],
         Some(p) => vec![p],
-        None => vec![Precision::F16, Precision::Int8, int4],
+        None => vec![Precision::F16, Precision::Int8, int4, int4_pow2],
     };
     if let Some(fixed) = &config.fixed {
         precisions.retain(|p| fixed.iter().any(|(_, f)| f == p));
@@ -205,9 +208,11 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     let mixed = config.uniform.is_none() && config.fixed.is_none();
     let layer_precisions = |layer: &qdq::Layer| {
         let row = layer.shape[layer.layout.reduction_axis];
-        let whole_rows = Precision::Int4 { block: row };
+        let whole_rows = Precision::Int4 { block: row, pow2_scales: false };
         let table = mixed && layer.op == "Gather" && row > config.block && precisions.contains(&int4);
-        precisions.iter().copied().chain(table.then_some(whole_rows)).collect()
+        // Only matmuls compute on 4-bit blocks at int8 speed.
+        let computes = |p: &Precision| *p != int4_pow2 || matches!(layer.op.as_str(), "MatMul" | "Gemm");
+        precisions.iter().copied().filter(computes).chain(table.then_some(whole_rows)).collect()
     };
     let mut options = search::candidates(layers, layer_precisions, &observations)?;
     let reference_eval = eval.outputs(&fp32_session, config.batch)?;

@@ -79,7 +79,7 @@ impl Layer {
     /// reduction axis, float16 values within ±65504.
     pub fn accepts(&self, precision: Precision) -> bool {
         match precision {
-            Precision::Int4 { block } => self.shape[self.layout.reduction_axis] >= block,
+            Precision::Int4 { block, .. } => self.shape[self.layout.reduction_axis] >= block,
             Precision::F16 => self.values.iter().all(|v| v.abs() <= half::f16::MAX.to_f32()),
             Precision::Int8 | Precision::F32 => true,
         }
@@ -626,7 +626,7 @@ mod tests {
         ];
         for (l, inputs) in cases {
             let means: Vec<f32> = (0..inputs).map(|i| 0.5 + i as f32 * 0.37).collect();
-            let q = quantize(&l.values, &l.shape, Precision::Int4 { block: 16 }, l.layout)
+            let q = quantize(&l.values, &l.shape, Precision::Int4 { block: 16, pow2_scales: false }, l.layout)
                 .unwrap_or_else(|_| quantize(&l.values, &l.shape, Precision::Int8, l.layout).unwrap());
             let restored = q.dequantized();
             let corrected = l.corrected_bias(&restored, &means).unwrap();

@@ -295,7 +295,7 @@ pub(super) mod tests {
             values: vec![0.5; params],
             bias: None,
         };
-        let precisions = [Precision::F16, Precision::Int8, Precision::Int4 { block: 32 }];
+        let precisions = [Precision::F16, Precision::Int8, Precision::Int4 { block: 32, pow2_scales: false }];
         let candidates = precisions
             .iter()
             .zip(losses)

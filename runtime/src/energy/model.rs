@@ -137,6 +137,23 @@ mod tests {
     }
 
     #[test]
+    fn views_move_nothing() {
+        // Reshape relabels its input's storage; the Relu after it reads and writes every value.
+        let shape = Tensor::from_vec(vec![2], vec![4i64, 6]).unwrap();
+        let bytes = ModelBuilder::new(17)
+            .input("x", DataType::F32, &[24])
+            .initializer("shape", &shape)
+            .node("Reshape", &["x", "shape"], &["r"], vec![])
+            .node("Relu", &["r"], &["y"], vec![])
+            .output("y", DataType::F32, &[4, 6])
+            .to_bytes();
+        let plan = plan_of(bytes, vec![24]);
+        assert_eq!(plan.step_ops().iter().map(|(_, op)| *op).collect::<Vec<_>>(), ["Reshape", "Relu"]);
+        let e = estimate(&plan, &HOROWITZ_45NM);
+        assert_eq!((e.other_ops, e.activation_bytes, e.weight_bytes), (24, 2 * 24 * 4, 0));
+    }
+
+    #[test]
     fn a_gather_reads_only_its_rows() {
         let table = Tensor::from_vec(vec![1000, 8], vec![0.25f32; 8000]).unwrap();
         let ids = ModelBuilder::new(17)

@@ -77,9 +77,9 @@ impl BlockScaledI8 {
 /// `q + 128`, rows padded to whole blocks, and each block's scale `max|a| / 127`.
 pub struct QuantizedRows {
     /// `[rows][stride]`: `q + 128`.
-    pub(super) data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
     /// `[rows][blocks]`.
-    pub(super) scales: Vec<f32>,
+    pub(crate) scales: Vec<f32>,
     /// Padded row length (whole blocks).
     pub(super) stride: usize,
 }
@@ -107,23 +107,37 @@ crate::simd::widest_fn! {
     }
 }
 
-/// `c = a · b [+ bias]` (see the module docs; the bias has one value per column), `c`
-/// row-major `rows × n`, rows split among the run's threads.
+/// `c = a · b` (see the module docs), `c` row-major `rows × n`, rows split among the run's
+/// threads, through an epilogue: `epilogue(row, col0, values, out)` receives the f32 results of
+/// `row`, columns `col0..col0 + values.len()`, and writes them into `out`, the same span of `c`
+/// (a fused bias, activation, residual Add).
 ///
 /// # Panics
-/// When `b` was packed for another kernel or `a`, `c` and `bias` do not match `b`'s shape.
-pub fn gemm_block_scaled(kernel: &dyn GemmU8I8, a: &QuantizedRows, b: &BlockScaledI8, bias: Option<&[f32]>, c: &mut [f32]) {
+/// When `b` was packed for another kernel or `a` and `c` do not match `b`'s shape.
+pub fn gemm_block_scaled(
+    kernel: &dyn GemmU8I8,
+    a: &QuantizedRows,
+    b: &BlockScaledI8,
+    c: &mut [f32],
+    epilogue: impl Fn(usize, usize, &[f32], &mut [f32]) + Sync,
+) {
     assert_eq!(kernel.name(), b.packed.kernel(), "weights packed for {} used with {}", b.packed.kernel(), kernel.name());
     let n = b.cols();
     let rows = a.data.len().checked_div(a.stride).unwrap_or(0);
     assert!(a.stride == b.packed.k() && c.len() == rows * n, "gemm_block_scaled: activations and output do not fit the weights");
-    assert!(bias.is_none_or(|b| b.len() == n), "gemm_block_scaled: the bias holds {} values for {n} columns", bias.map_or(0, <[f32]>::len));
-    crate::threads::for_row_ranges(c, n, kernel.block_mr(), rows * n * a.stride, |row0, c| block_tiles(kernel, a, row0, b, bias, c));
+    crate::threads::for_row_ranges(c, n, kernel.block_mr(), rows * n * a.stride, |row0, c| block_tiles(kernel, a, row0, b, c, &epilogue));
 }
 
 crate::simd::widest_fn! {
-    /// Output rows `row0..` (`c`, whole rows), tile by tile; the bias added on the way out.
-    fn block_tiles(kernel: &dyn GemmU8I8, a: &QuantizedRows, row0: usize, b: &BlockScaledI8, bias: Option<&[f32]>, c: &mut [f32]) {
+    /// Output rows `row0..` (`c`, whole rows), tile by tile, each tile through the epilogue.
+    fn block_tiles(
+        kernel: &dyn GemmU8I8,
+        a: &QuantizedRows,
+        row0: usize,
+        b: &BlockScaledI8,
+        c: &mut [f32],
+        epilogue: &(impl Fn(usize, usize, &[f32], &mut [f32]) + Sync),
+    ) {
     let (n, nr, mr, blocks) = (b.cols(), kernel.nr(), kernel.block_mr(), b.blocks());
     let (m, k4, terms) = (c.len() / n.max(1), b.block / 4, blocks * nr);
     let mut acc = vec![0f32; mr * nr];
@@ -138,15 +152,7 @@ crate::simd::widest_fn! {
             let scales = BlockScales { a: &a.scales[row * blocks..], a_stride: blocks, w };
             kernel.tile_block_scaled(rows, panel, k4, blocks, init, scales, &mut acc);
             for r in 0..count {
-                let out = &mut c[(tile_row + r) * n + col0..][..cols];
-                match bias {
-                    None => out.copy_from_slice(&acc[r * nr..][..cols]),
-                    Some(bias) => {
-                        for ((y, &v), &b) in out.iter_mut().zip(&acc[r * nr..]).zip(&bias[col0..]) {
-                            *y = v + b;
-                        }
-                    }
-                }
+                epilogue(row + r, col0, &acc[r * nr..][..cols], &mut c[(tile_row + r) * n + col0..][..cols]);
             }
         }
     }

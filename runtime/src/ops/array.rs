@@ -81,6 +81,10 @@ pub struct Reshape {
 }
 
 impl Op for Reshape {
+    fn is_view(&self) -> bool {
+        true
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = required(inputs, 0)?;
         let spec = required(inputs, 1)?.const_i64s("the target shape")?;
@@ -122,6 +126,10 @@ pub struct Flatten {
 }
 
 impl Op for Flatten {
+    fn is_view(&self) -> bool {
+        true
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = required(inputs, 0)?;
         let r = x.shape.len() as i64;
@@ -142,6 +150,10 @@ pub struct Squeeze {
 }
 
 impl Op for Squeeze {
+    fn is_view(&self) -> bool {
+        true
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = required(inputs, 0)?;
         let axes = axes_of(&self.axes, optional(inputs, 1))?;
@@ -171,6 +183,10 @@ pub struct Unsqueeze {
 }
 
 impl Op for Unsqueeze {
+    fn is_view(&self) -> bool {
+        true
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = required(inputs, 0)?;
         let axes = axes_of(&self.axes, optional(inputs, 1))?;
@@ -193,6 +209,10 @@ impl Op for Unsqueeze {
 pub struct Identity;
 
 impl Op for Identity {
+    fn is_view(&self) -> bool {
+        true
+    }
+
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = required(inputs, 0)?;
         Ok(vec![Fact { dtype: x.dtype, shape: x.shape.clone(), value: x.value.clone() }])

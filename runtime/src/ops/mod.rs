@@ -5,6 +5,7 @@ pub mod array;
 pub mod chain;
 pub mod conv;
 pub mod elementwise;
+pub mod epilogue;
 pub mod math;
 pub mod matmul;
 pub mod matmul_nbits;
@@ -152,6 +153,12 @@ pub trait Op: std::any::Any + Send + Sync + std::fmt::Debug {
     /// multiply-accumulate loops override it.
     fn work(&self, _inputs: &[Option<&Fact>], outputs: &[Fact]) -> Work {
         Work { other_ops: outputs.iter().map(|o| o.shape.iter().product::<usize>() as u64).sum(), ..Work::default() }
+    }
+    /// True when the output is the input's storage under another shape (Reshape, Flatten,
+    /// Squeeze, Unsqueeze, Identity): the step reads and writes no element, and the energy
+    /// model counts no work and no bytes for it.
+    fn is_view(&self) -> bool {
+        false
     }
     /// True when the op takes 4-bit constants packed as they are (see [`DataType::U4`]); the
     /// planner widens them to bytes for every other op.

@@ -2,6 +2,7 @@
 //! DynamicQuantizeLinear, and MatMulInteger on the integer dot kernels.
 
 use super::array::Gather;
+use super::epilogue::Epilogue;
 use super::{
     BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, math, normalize_axis, numel, optional, out, required,
 };
@@ -646,19 +647,22 @@ impl MatMulInteger {
 
 /// `MatMulInteger → Cast(float) → Mul(scale) [→ Add(bias)]` as one step (the shape
 /// onnxruntime's dynamic quantizer emits): `y = f32(acc) · scale[j] + bias[j]` applied to
-/// each tile as it leaves the kernel, in the unfused graph's operation order, so the result
-/// is bit-identical to it. Made by the planner's fusion pass, not imported.
-/// Inputs: `(A, B, a_zero_point?, b_zero_point?, scale, bias?)`, scale and bias holding
-/// one value or one per column.
+/// each tile as it leaves the kernel, in the unfused graph's operation order, then its
+/// [`Epilogue`], so the result is bit-identical to the unfused graph. Made by the planner's
+/// fusion pass, not imported.
+/// Inputs: `(A, B, a_zero_point?, b_zero_point?, scale, bias?, residual?)`, scale and bias
+/// holding one value or one per column, the residual (the epilogue's) the output's shape.
 #[derive(Debug)]
 pub struct MatMulIntegerToFloat {
     /// The fused node's op (its packed weights are shared with it).
     pub matmul: Arc<MatMulInteger>,
+    /// What follows the bias.
+    pub epilogue: Epilogue,
 }
 
 impl Op for MatMulIntegerToFloat {
     fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
-        self.matmul.work(inputs, outputs)
+        self.matmul.work(inputs, outputs) + self.epilogue.work(super::output_elements(outputs))
     }
 
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
@@ -672,6 +676,7 @@ impl Op for MatMulIntegerToFloat {
             }
         }
         required(inputs, 4)?;
+        self.epilogue.check_residual(optional(inputs, 6), &facts[0].shape)?;
         Ok(vec![Fact::new(DataType::F32, facts[0].shape.clone())])
     }
 
@@ -686,12 +691,19 @@ impl Op for MatMulIntegerToFloat {
             })
         };
         let (scale, bias) = (per_column(optional(inputs, 4))?, per_column(optional(inputs, 5))?);
+        let residual = optional(inputs, 6).map(|r| r.as_slice::<f32>()).transpose()?;
         let mut y = pool.overwritable(numel(&shape)?);
-        self.matmul.gemm(&inputs[..4], &mut y, |_, col0, acc, out| {
-            for (((y, &v), &s), &b) in out.iter_mut().zip(acc).zip(&scale[col0..]).zip(&bias[col0..]) {
-                *y = v as f32 * s + b;
-            }
-        })?;
+        self.matmul.gemm(
+            &inputs[..4],
+            &mut y,
+            #[inline(always)]
+            |row, col0, acc, out| {
+                for (((y, &v), &s), &b) in out.iter_mut().zip(acc).zip(&scale[col0..]).zip(&bias[col0..]) {
+                    *y = v as f32 * s + b;
+                }
+                self.epilogue.apply(out, residual, row, col0, n);
+            },
+        )?;
         Ok(vec![out(shape, y)?])
     }
 }

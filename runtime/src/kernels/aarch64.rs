@@ -21,7 +21,7 @@ impl Neon {
     }
 }
 
-impl_gemm_kernel!(Neon, "aarch64-neon-gemm-u8i8", nr = 8, mr = 4, a_bias = 0, tile_neon);
+impl_gemm_kernel!(Neon, "aarch64-neon-gemm-u8i8", nr = 8, mr = 4, a_bias = 0, activation_bytes = 1, tile_neon);
 
 #[target_feature(enable = "neon")]
 unsafe fn tile_neon<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
@@ -124,7 +124,7 @@ impl DotProd {
 }
 
 lane_dot_tile!(tile_sdot, "neon,dotprod", "sdot", 0x80);
-impl_gemm_kernel!(DotProd, "aarch64-dotprod-gemm-u8i8", nr = 8, mr = 8, a_bias = 128, tile_sdot);
+impl_gemm_kernel!(DotProd, "aarch64-dotprod-gemm-u8i8", nr = 8, mr = 8, a_bias = 128, activation_bytes = 1, tile_sdot);
 
 /// i8mm (ARMv8.6+, 8 columns × 8 rows): the matrix instruction `usmmla` multiplies a 2 × 8
 /// block of u8 activations (two rows, 8 `k` values) by a 2 × 8 block of i8 weights (two
@@ -138,7 +138,7 @@ impl I8mm {
     }
 }
 
-impl_gemm_kernel!(I8mm, "aarch64-i8mm-gemm-u8i8", nr = 8, mr = 8, a_bias = 0, tile_usmmla);
+impl_gemm_kernel!(I8mm, "aarch64-i8mm-gemm-u8i8", nr = 8, mr = 8, a_bias = 0, activation_bytes = 1, tile_usmmla);
 
 /// The `usmmla` tile. Accumulator `c[p][q]` holds rows `2p, 2p + 1` × columns `2q, 2q + 1`
 /// as `[r0·c0, r0·c1, r1·c0, r1·c1]`. Two of the panel's groups of 4 `k` values become one

@@ -8,7 +8,7 @@
 //! outer sum in f32, block by block in order, so every kernel gives bit-identical results.
 
 use super::gemm::PackedI8;
-use super::{BlockScales, GemmU8I8, TileRows};
+use super::{BlockScales, GemmU8I8, TileRows, kernel_rows, row_block};
 use crate::ops::quant::quantize;
 
 /// Weights packed for one kernel with a scale per (block, column). Block sums of the
@@ -129,7 +129,8 @@ pub fn gemm_block_scaled(
 }
 
 crate::simd::widest_fn! {
-    /// Output rows `row0..` (`c`, whole rows), tile by tile, each tile through the epilogue.
+    /// Output rows `row0..` (`c`, whole rows) in blocks of rows prepared once for the kernel,
+    /// each block panel by panel, tile by tile, each tile through the epilogue.
     fn block_tiles(
         kernel: &dyn GemmU8I8,
         a: &QuantizedRows,
@@ -141,18 +142,23 @@ crate::simd::widest_fn! {
     let (n, nr, mr, blocks) = (b.cols(), kernel.nr(), kernel.block_mr(), b.blocks());
     let (m, k4, terms) = (c.len() / n.max(1), b.block / 4, blocks * nr);
     let mut acc = vec![0f32; mr * nr];
-    for col0 in (0..n).step_by(nr) {
-        let panel = b.packed.panel(col0);
-        let cols = nr.min(n - col0);
-        let (init, w) = (&b.block_terms[col0 / nr * terms..][..terms], &b.scales[col0 / nr * terms..][..terms]);
-        for tile_row in (0..m).step_by(mr) {
-            let count = mr.min(m - tile_row);
-            let row = row0 + tile_row;
-            let rows = TileRows { data: &a.data[row * a.stride..], stride: a.stride, count };
-            let scales = BlockScales { a: &a.scales[row * blocks..], a_stride: blocks, w };
-            kernel.tile_block_scaled(rows, panel, k4, blocks, init, scales, &mut acc);
-            for r in 0..count {
-                epilogue(row + r, col0, &acc[r * nr..][..cols], &mut c[(tile_row + r) * n + col0..][..cols]);
+    let (block, stride) = (row_block(kernel, mr, a.stride, n * size_of::<f32>()), a.stride * kernel.activation_bytes());
+    let mut wide = Vec::new();
+    for block0 in (0..m).step_by(block) {
+        let block_end = m.min(block0 + block);
+        let data = kernel_rows(kernel, &a.data[(row0 + block0) * a.stride..(row0 + block_end) * a.stride], &mut wide);
+        for col0 in (0..n).step_by(nr) {
+            let panel = b.packed.panel(col0);
+            let cols = nr.min(n - col0);
+            let (init, w) = (&b.block_terms[col0 / nr * terms..][..terms], &b.scales[col0 / nr * terms..][..terms]);
+            for tile_row in (block0..block_end).step_by(mr) {
+                let count = mr.min(block_end - tile_row);
+                let rows = TileRows { data: &data[(tile_row - block0) * stride..], stride, count };
+                let scales = BlockScales { a: &a.scales[(row0 + tile_row) * blocks..], a_stride: blocks, w };
+                kernel.tile_block_scaled(rows, panel, k4, blocks, init, scales, &mut acc);
+                for r in 0..count {
+                    epilogue(row0 + tile_row + r, col0, &acc[r * nr..][..cols], &mut c[(tile_row + r) * n + col0..][..cols]);
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 //! panel stays in L1 while the activation rows stream past it), zero points applied per tile
 //! before an epilogue writes the output.
 
-use super::{GemmU8I8, TileRows};
+use super::{GemmU8I8, TileRows, kernel_rows, row_block};
 use std::borrow::Cow;
 
 /// i8 weights packed for one kernel: panels of `nr` columns in groups of 4 `k` values
@@ -130,8 +130,9 @@ struct Rows<'a> {
 }
 
 crate::simd::widest_fn! {
-    /// Output rows `row0..` (`c`, whole rows) tile by tile, panel by panel. Compiled for wide
-    /// vectors too: the epilogue touches every output once per tile.
+    /// Output rows `row0..` (`c`, whole rows) in blocks of rows prepared once for the kernel,
+    /// each block panel by panel, tile by tile. Compiled for wide vectors too: the epilogue
+    /// touches every output once per tile.
     fn tiles<T>(
         kernel: &dyn GemmU8I8,
         rows: &Rows,
@@ -145,14 +146,19 @@ crate::simd::widest_fn! {
         let m = c.len() / n;
         let panel_len = k4 * nr * 4;
         let mut acc = vec![0i32; mr * nr];
+        let (block, stride) = (row_block(kernel, mr, lda, n * size_of::<T>()), lda * kernel.activation_bytes());
+        let mut wide = Vec::new();
+        for block0 in (0..m).step_by(block) {
+        let block_end = m.min(block0 + block);
+        let a = kernel_rows(kernel, &rows.a[(row0 + block0) * lda..(row0 + block_end) * lda], &mut wide);
         for col0 in (0..n).step_by(nr) {
             let panel = &b.panels[col0 / nr * panel_len..][..panel_len];
             let cols = nr.min(n - col0);
             let (init, zeros) = (&col_terms[col0..col0 + nr], &b.zeros[col0..col0 + cols]);
-            for tile_row in (0..m).step_by(mr) {
-                let count = mr.min(m - tile_row);
-                let data = &rows.a[(row0 + tile_row) * lda..];
-                kernel.tile(TileRows { data, stride: lda, count }, panel, k4, init, &mut acc);
+            for tile_row in (block0..block_end).step_by(mr) {
+                let count = mr.min(block_end - tile_row);
+                let data = &a[(tile_row - block0) * stride..];
+                kernel.tile(TileRows { data, stride, count }, panel, k4, init, &mut acc);
                 for (r, values) in acc.chunks_exact_mut(nr).take(count).enumerate() {
                     let (row, values) = (tile_row + r, &mut values[..cols]);
                     if let Some(a_sums) = rows.a_sums {
@@ -164,6 +170,7 @@ crate::simd::widest_fn! {
                     epilogue(row0 + row, col0, values, &mut c[row * n + col0..][..cols]);
                 }
             }
+        }
         }
     }
 }

@@ -8,7 +8,9 @@
 //! against one panel of `nr` weight columns, packed once at load in groups of 4 consecutive
 //! `k` values per column (`[k/4][nr][4]`), the operand shape of `vpdpbusd` and `sdot`.
 //! [`gemm::gemm_u8i8`] drives the tiles and applies zero points. Exactness matters: AVX2's
-//! `vpmaddubsw` saturates at i16, so the AVX2 kernel widens to i16 first instead.
+//! `vpmaddubsw` saturates at i16, so the AVX2 kernel multiplies i16 operands instead
+//! (`vpmaddwd`, as many multiplies per cycle on the CPUs that have no VNNI), its activation
+//! rows widened once per block of rows by the drivers ([`GemmU8I8::activation_bytes`]).
 //!
 //! ```
 //! use distq_runtime::kernels::{best_gemm_u8i8, gemm::{gemm_u8i8, PackedI8}};
@@ -35,12 +37,13 @@ pub mod x86;
 
 use std::sync::OnceLock;
 
-/// The activation rows of one tile: `count` rows of (at least) `4·k4` bytes, `stride` apart.
+/// The activation rows of one tile: `count` rows of (at least) `4·k4` values, each
+/// [`GemmU8I8::activation_bytes`] bytes, `stride` bytes apart.
 #[derive(Clone, Copy, Debug)]
 pub struct TileRows<'a> {
     /// The bytes, from the first row's start.
     pub data: &'a [u8],
-    /// Distance between rows.
+    /// Distance between rows, in bytes.
     pub stride: usize,
     /// Number of rows (1 ..= the kernel's `mr`).
     pub count: usize,
@@ -62,6 +65,13 @@ pub trait GemmU8I8: Send + Sync {
     /// driver adds `a_bias · Σb` back.
     fn a_bias(&self) -> i32 {
         0
+    }
+
+    /// Bytes per activation value in the rows a tile reads: 1, the u8 values as they are, or 2,
+    /// each value zero-extended to 16 bits, little-endian, for kernels that
+    /// multiply i16 operands. The drivers widen a block of rows once and every panel reuses it.
+    fn activation_bytes(&self) -> usize {
+        1
     }
 
     /// `acc[r·nr + j] = init[j] + Σ_{p < 4·k4} (a[r·stride + p] − a_bias) · panel[(p/4·nr + j)·4 + p%4]`
@@ -90,11 +100,11 @@ pub trait GemmU8I8: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn tile_block_scaled(&self, a: TileRows, panel: &[i8], k4: usize, blocks: usize, init: &[i32], scales: BlockScales, acc: &mut [f32]) {
         check_block_tile(self, a, panel, k4, blocks, init, scales, acc);
-        let (nr, block_len) = (self.nr(), k4 * self.nr() * 4);
+        let (nr, block_len, bytes) = (self.nr(), k4 * self.nr() * 4, self.activation_bytes());
         let mut sums = [0i32; MAX_TILE];
         acc[..a.count * nr].fill(0.0);
         for blk in 0..blocks {
-            let rows = TileRows { data: &a.data[4 * k4 * blk..], ..a };
+            let rows = TileRows { data: &a.data[4 * k4 * blk * bytes..], ..a };
             self.tile(rows, &panel[blk * block_len..][..block_len], k4, &init[blk * nr..][..nr], &mut sums);
             for r in 0..a.count {
                 let a_scale = scales.a[r * scales.a_stride + blk];
@@ -137,8 +147,9 @@ pub fn check_block_tile<K: GemmU8I8 + ?Sized>(
     acc: &[f32],
 ) {
     let (nr, rows, name) = (kernel.nr(), a.count, kernel.name());
+    let row_bytes = 4 * k4 * blocks * kernel.activation_bytes();
     assert!((1..=kernel.block_mr()).contains(&rows) && rows * nr <= MAX_TILE, "{name}: {rows} rows in a block-scaled tile");
-    assert!(a.stride >= 4 * k4 * blocks && a.data.len() >= (rows - 1) * a.stride + 4 * k4 * blocks, "{name}: activations too short");
+    assert!(a.stride >= row_bytes && a.data.len() >= (rows - 1) * a.stride + row_bytes, "{name}: activations too short");
     assert_eq!(panel.len(), blocks * k4 * nr * 4, "{name}: panel size");
     assert!(init.len() >= blocks * nr && scales.w.len() >= blocks * nr, "{name}: per-block terms");
     assert!(scales.a_stride >= blocks && scales.a.len() >= (rows - 1) * scales.a_stride + blocks, "{name}: activation scales");
@@ -146,15 +157,40 @@ pub fn check_block_tile<K: GemmU8I8 + ?Sized>(
 }
 
 /// The bounds every kernel checks before its unchecked loads: `1 ≤ rows ≤ mr`, each row
-/// holds `4·k4` bytes, the panel is `k4·nr·4` bytes, `init` holds `nr` values and `acc`
+/// holds `4·k4` values, the panel is `k4·nr·4` bytes, `init` holds `nr` values and `acc`
 /// `rows·nr`.
 pub fn check_tile<K: GemmU8I8 + ?Sized>(kernel: &K, a: TileRows, panel: &[i8], k4: usize, init: &[i32], acc: &[i32]) {
-    let (nr, rows, lda) = (kernel.nr(), a.count, a.stride);
+    let (nr, rows, lda, row_bytes) = (kernel.nr(), a.count, a.stride, 4 * k4 * kernel.activation_bytes());
     let a = a.data;
     assert!((1..=kernel.mr()).contains(&rows), "{}: {rows} rows in a tile of {}", kernel.name(), kernel.mr());
-    assert!(lda >= 4 * k4 && a.len() >= (rows - 1) * lda + 4 * k4, "{}: activations too short", kernel.name());
+    assert!(lda >= row_bytes && a.len() >= (rows - 1) * lda + row_bytes, "{}: activations too short", kernel.name());
     assert_eq!(panel.len(), k4 * nr * 4, "{}: panel size", kernel.name());
     assert!(init.len() == nr && acc.len() >= rows * nr, "{}: accumulator sizes", kernel.name());
+}
+
+/// Rows per block that the drivers prepare once ([`kernel_rows`]) and run against every
+/// panel: a multiple of `mr` whose activation rows (`row_len` values) and output rows
+/// (`out_row_bytes`) stay within a share of L2 while the panels (each L1-sized) pass. Output
+/// rows count: each panel writes a strip of every row in the block, and a block of rows
+/// larger than L2 would fetch every output line from memory for a few bytes.
+pub(crate) fn row_block(kernel: &dyn GemmU8I8, mr: usize, row_len: usize, out_row_bytes: usize) -> usize {
+    const BYTES: usize = 192 * 1024;
+    let tile_bytes = (mr * (row_len * kernel.activation_bytes() + out_row_bytes)).max(1);
+    mr * (BYTES / tile_bytes).max(1)
+}
+
+/// Activation rows (whole rows of `u8` values) in the form `kernel`'s tiles read: as they are,
+/// or widened into `buffer` (see [`GemmU8I8::activation_bytes`]).
+pub(crate) fn kernel_rows<'a>(kernel: &dyn GemmU8I8, rows: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
+    match kernel.activation_bytes() {
+        1 => rows,
+        _ => {
+            // Each value zero-extended to 16 bits, little-endian.
+            buffer.clear();
+            buffer.extend(rows.iter().flat_map(|&v| [v, 0]));
+            buffer
+        }
+    }
 }
 
 /// The 4 activation bytes at `a + offset` (one group of `k`) as one 32-bit lane value, the
@@ -222,11 +258,12 @@ fn pick<K>(mut all: Vec<K>, var: &str, name: impl Fn(&K) -> &str) -> K {
 
 /// Implements [`GemmU8I8`] for a kernel type whose tile function is
 /// `unsafe fn tile<const R: usize>(a: *const u8, lda, panel: *const i8, k4, init: *const i32, acc: *mut i32)`
+/// (`lda` in bytes)
 /// (rows as a const parameter so the accumulators live in registers). Only the SIMD targets
 /// have such kernels; elsewhere (32-bit ARM, …) the scalar reference runs.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! impl_gemm_kernel {
-    ($ty:ty, $name:literal, nr = $nr:literal, mr = $mr:literal, a_bias = $bias:literal, $tile:ident
+    ($ty:ty, $name:literal, nr = $nr:literal, mr = $mr:literal, a_bias = $bias:literal, activation_bytes = $bytes:literal, $tile:ident
      $(, block_mr = $block_mr:literal, $block_tile:ident)?) => {
         impl $crate::kernels::GemmU8I8 for $ty {
             $(
@@ -276,6 +313,10 @@ macro_rules! impl_gemm_kernel {
 
             fn a_bias(&self) -> i32 {
                 $bias
+            }
+
+            fn activation_bytes(&self) -> usize {
+                $bytes
             }
 
             fn tile(&self, a: $crate::kernels::TileRows, panel: &[i8], k4: usize, init: &[i32], acc: &mut [i32]) {

@@ -62,7 +62,8 @@ fn check(kernel: &dyn GemmU8I8, case: &Case) {
 }
 
 /// k around every group and register width; rows and columns around every tile size
-/// (mr ∈ {3, 4, 6, 8}, nr ∈ {4, 8, 16, 48}), including M = 1 and N = 1.
+/// (mr ∈ {3, 4, 6, 8}, nr ∈ {4, 8, 16, 48}), including M = 1 and N = 1. At k = 4099 the
+/// drivers' row blocks are a tile or two high, so its 17 rows span several.
 const K: &[usize] = &[0, 1, 3, 4, 5, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 255, 384, 1000, 4099];
 const M: &[usize] = &[1, 2, 3, 4, 5, 7, 8, 9, 13, 17];
 const N: &[usize] = &[1, 3, 4, 5, 8, 9, 16, 17, 47, 48, 49, 100];
@@ -137,11 +138,19 @@ fn every_kernel_wraps_like_the_oracle_past_i32() {
 #[test]
 fn every_kernel_computes_block_scaled_products_exactly() {
     // (k, block, m, n): k a multiple of the block or not, one block, blocks of one group,
-    // and a case big enough to split over 3 threads.
-    for (case, &(k, block, m, n)) in
-        [(64usize, 32usize, 5usize, 17usize), (40, 32, 9, 3), (384, 32, 1, 49), (100, 4, 3, 8), (7, 8, 2, 5), (256, 64, 150, 60)]
-            .iter()
-            .enumerate()
+    // a case big enough to split over 3 threads, and one whose rows span several of the
+    // drivers' row blocks, the last one short.
+    for (case, &(k, block, m, n)) in [
+        (64usize, 32usize, 5usize, 17usize),
+        (40, 32, 9, 3),
+        (384, 32, 1, 49),
+        (100, 4, 3, 8),
+        (7, 8, 2, 5),
+        (256, 64, 150, 60),
+        (4096, 32, 21, 9),
+    ]
+    .iter()
+    .enumerate()
     {
         let blocks = k.div_ceil(block);
         let seed = case as u64 * 7 + 1;

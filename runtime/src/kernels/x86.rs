@@ -1,12 +1,15 @@
-//! x86-64 GEMM tiles: AVX2 (exact i16 widening + `vpmaddwd`), AVX-VNNI (`vpdpbusd` on ymm,
+//! x86-64 GEMM tiles: AVX2 (i16 operands, `vpmaddwd`), AVX-VNNI (`vpdpbusd` on ymm,
 //! CPUs without AVX-512) and AVX-512 VNNI (`vpdpbusd` on zmm). Each group of 4 `k` values of
 //! a column is one i32 lane; an activation row's 4 bytes are broadcast to every lane.
 
 use super::{group, impl_gemm_kernel};
 use std::arch::x86_64::*;
 
-/// AVX2 (8 columns × 4 rows): u8 and i8 widened to i16, multiplied pairwise into i32
-/// (`vpmaddwd`). Exact, unlike `vpmaddubsw`, which saturates pairs at i16.
+/// AVX2 (8 columns × 6 rows): i16 activations (widened once per block of rows by the
+/// drivers) and i8 weights widened per group, multiplied pairwise into i32 (`vpmaddwd`).
+/// Exact, unlike `vpmaddubsw`, which saturates pairs at i16, and as fast where the multiplies
+/// bound the loop: `vpmaddwd` makes 16 products, `vpmaddubsw` 32 but needs a second
+/// `vpmaddwd` to widen them.
 pub struct Avx2(());
 
 impl Avx2 {
@@ -16,29 +19,91 @@ impl Avx2 {
     }
 }
 
-impl_gemm_kernel!(Avx2, "x86-avx2-gemm-u8i8", nr = 8, mr = 4, a_bias = 0, tile_avx2);
+impl_gemm_kernel!(Avx2, "x86-avx2-gemm-u8i8", nr = 8, mr = 6, a_bias = 0, activation_bytes = 2, tile_avx2, block_mr = 4, block_tile_avx2);
 
 #[target_feature(enable = "avx2")]
 unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
-    // Per row: columns 0–3 and 4–7, each i32 pair = (k0·k1, k2·k3) of one column.
-    let mut lo = [_mm256_setzero_si256(); R];
-    let mut hi = [_mm256_setzero_si256(); R];
-    for g in 0..k4 {
-        // Safety: the panel holds k4 groups of 32 bytes.
-        let b = unsafe { _mm256_loadu_si256(panel.add(32 * g).cast()) };
-        let (b_lo, b_hi) = (_mm256_cvtepi8_epi16(_mm256_castsi256_si128(b)), _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(b)));
-        for r in 0..R {
-            // Safety: row r holds 4·k4 bytes.
-            let a16 = _mm256_cvtepu8_epi16(_mm_set1_epi32(unsafe { group(a, r * lda + 4 * g) } as i32));
-            lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(a16, b_lo));
-            hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(a16, b_hi));
+    // Safety: the caller checked the bounds of k4 groups; init holds 8 values, acc R rows of 8.
+    unsafe {
+        let c = sums_avx2::<R>(a, lda, panel, 0..k4);
+        let init = _mm256_loadu_si256(init.cast());
+        for (r, c) in c.iter().enumerate() {
+            _mm256_storeu_si256(acc.add(8 * r).cast(), _mm256_add_epi32(columns_avx2(c), init));
         }
     }
-    for r in 0..R {
-        // hadd gives columns [0 1 4 5 | 2 3 6 7]; the permute restores 0..7.
-        let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo[r], hi[r]));
-        // Safety: init holds 8 values, acc R rows of 8.
-        unsafe { _mm256_storeu_si256(acc.add(8 * r).cast(), _mm256_add_epi32(sums, _mm256_loadu_si256(init.cast()))) };
+}
+
+/// The exact i32 sums of R rows × 8 columns over the groups `groups` of `k`, per row two
+/// vectors whose lanes pair up: `[c0 c0 c1 c1 | c2 c2 c3 c3]` and the same for columns 4–7
+/// (one lane for `k0·k1`, one for `k2·k3` of each group; see [`columns_avx2`]). Per group: 2
+/// panel loads widened to i16, and per row one 8-byte broadcast and 2 `vpmaddwd`.
+///
+/// # Safety
+/// The panel holds the groups (32 bytes each); every row, `lda` bytes apart, their 4 i16
+/// values each.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn sums_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, groups: std::ops::Range<usize>) -> [[__m256i; 2]; R] {
+    let mut c = [[_mm256_setzero_si256(); 2]; R];
+    for g in groups {
+        // Safety (every access): as the caller guarantees.
+        let (b_lo, b_hi) = unsafe {
+            let p = panel.add(32 * g);
+            (_mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())), _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16).cast())))
+        };
+        for (r, c) in c.iter_mut().enumerate() {
+            let av = _mm256_set1_epi64x(unsafe { a.add(r * lda + 8 * g).cast::<i64>().read_unaligned() });
+            c[0] = _mm256_add_epi32(c[0], _mm256_madd_epi16(av, b_lo));
+            c[1] = _mm256_add_epi32(c[1], _mm256_madd_epi16(av, b_hi));
+        }
+    }
+    c
+}
+
+/// One row's 8 column sums from [`sums_avx2`]'s lane pairs: `hadd` gives columns
+/// `[0 1 4 5 | 2 3 6 7]`, the permute restores 0..7.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn columns_avx2(c: &[__m256i; 2]) -> __m256i {
+    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(c[0], c[1]))
+}
+
+/// The block-scaled tile (4 rows × 8 columns): per block, 8 ymm of exact i32 sums, reduced to
+/// one per row, converted and scaled into 4 ymm of f32 sums, so nothing leaves the registers
+/// between blocks. Multiply then add, as the default tile does: the same bits.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_tile_avx2<const R: usize>(
+    a: *const u8,
+    lda: usize,
+    panel: *const i8,
+    k4: usize,
+    blocks: usize,
+    init: *const i32,
+    a_scales: *const f32,
+    a_stride: usize,
+    w_scales: *const f32,
+    acc: *mut f32,
+) {
+    // Safety (every access): the caller checked blocks·k4 groups of 32 panel bytes, 8 init and
+    // weight scales per block, `blocks` activation scales per row, and R rows of 8 in acc.
+    let mut sums = [_mm256_setzero_ps(); R];
+    for blk in 0..blocks {
+        let (c, init, w) = unsafe {
+            (
+                sums_avx2::<R>(a, lda, panel, blk * k4..(blk + 1) * k4),
+                _mm256_loadu_si256(init.add(8 * blk).cast()),
+                _mm256_loadu_ps(w_scales.add(8 * blk)),
+            )
+        };
+        for (r, (sum, c)) in sums.iter_mut().zip(&c).enumerate() {
+            let a_scale = _mm256_set1_ps(unsafe { *a_scales.add(r * a_stride + blk) });
+            let exact = _mm256_cvtepi32_ps(_mm256_add_epi32(columns_avx2(c), init));
+            *sum = _mm256_add_ps(*sum, _mm256_mul_ps(exact, _mm256_mul_ps(a_scale, w)));
+        }
+    }
+    for (r, &s) in sums.iter().enumerate() {
+        unsafe { _mm256_storeu_ps(acc.add(8 * r), s) };
     }
 }
 
@@ -52,7 +117,7 @@ impl AvxVnni {
     }
 }
 
-impl_gemm_kernel!(AvxVnni, "x86-avxvnni-gemm-u8i8", nr = 16, mr = 6, a_bias = 0, tile_avxvnni);
+impl_gemm_kernel!(AvxVnni, "x86-avxvnni-gemm-u8i8", nr = 16, mr = 6, a_bias = 0, activation_bytes = 1, tile_avxvnni);
 
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn tile_avxvnni<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
@@ -97,6 +162,7 @@ impl_gemm_kernel!(
     nr = 48,
     mr = 8,
     a_bias = 0,
+    activation_bytes = 1,
     tile_avx512vnni,
     block_mr = 4,
     block_tile_avx512vnni

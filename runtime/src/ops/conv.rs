@@ -1,11 +1,14 @@
-//! Conv and ConvTranspose over NCHW (1-D convs run as 2-D with H = 1), by im2col + GEMM, with
-//! direct paths for 1×1 and depthwise kernels.
+//! Conv and ConvTranspose over NCHW (1-D convs run as 2-D with H = 1). Conv is an implicit
+//! GEMM on the f32 kernels (the patches of a few output pixels packed straight from the input
+//! into one of the kernel's panels, never a whole patch matrix), with a direct path for
+//! depthwise kernels; ConvTranspose is a GEMM + col2im.
 
 use super::matmul::{Matrix, sgemm};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, numel, optional, out, required, unsupported_attr};
 use crate::error::{Result, bail, ensure};
+use crate::kernels::sgemm::{GemmF32, best_gemm_f32};
 use crate::tensor::{DataType, Tensor};
-use std::ops::{AddAssign, Mul};
+use std::ops::{AddAssign, Mul, Range};
 
 /// The ops of this family.
 pub const OPS: &[(&str, Importer)] =
@@ -235,21 +238,16 @@ impl Op for Conv {
         let (xv, wv) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
         let bias = optional(inputs, 2).map(|b| b.as_slice::<f32>()).transpose()?;
         let mut y = pool.filled(numel(&d.shape)?, 0f32);
-        let (pointwise, depthwise) = (d.pointwise(), d.depthwise());
-        let mut col = if pointwise || depthwise { Vec::new() } else { vec![0f32; cg * kh * kw * oh * ow] };
         let mut padded = Vec::new();
         for b in 0..d.batch {
             for gi in 0..d.group {
                 let xg = &xv[(b * c + gi * cg) * h * wd..(b * c + (gi + 1) * cg) * h * wd];
                 let yg = &mut y[(b * m + gi * mg) * oh * ow..(b * m + (gi + 1) * mg) * oh * ow];
                 let wg = &wv[gi * mg * cg * kh * kw..(gi + 1) * mg * cg * kh * kw];
-                if depthwise {
+                if d.depthwise() {
                     depthwise_plane(xg, wg, &d, &mut padded, yg);
-                } else if pointwise {
-                    sgemm(1.0, Matrix::dense(wg, mg, cg), Matrix::dense(xg, cg, h * wd), 0.0, yg);
                 } else {
-                    im2col(xg, cg, h, wd, kh, kw, &d.ah, &d.aw, oh, ow, &mut col);
-                    sgemm(1.0, Matrix::dense(wg, mg, cg * kh * kw), Matrix::dense(&col, cg * kh * kw, oh * ow), 0.0, yg);
+                    conv_gemm(best_gemm_f32(), xg, Matrix::dense(wg, mg, cg * kh * kw), &d, yg);
                 }
             }
             if let Some(bias) = bias {
@@ -262,33 +260,120 @@ impl Op for Conv {
     }
 }
 
-/// Unfolds input patches into a `[C·kh·kw, oh·ow]` matrix (zeros where the window hits padding).
-#[allow(clippy::too_many_arguments)]
-fn im2col(x: &[f32], c: usize, h: usize, w: usize, kh: usize, kw: usize, ah: &Axis, aw: &Axis, oh: usize, ow: usize, col: &mut [f32]) {
-    let (sh, dh, ph) = (ah.2, ah.3, ah.4 as isize);
-    let (sw, dw, pw) = (aw.2, aw.3, aw.4 as isize);
-    let mut row = 0;
-    for ci in 0..c {
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        for ki in 0..kh {
-            for kj in 0..kw {
-                let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
-                for oy in 0..oh {
-                    let iy = (oy * sh + ki * dh) as isize - ph;
-                    let line = &mut dst[oy * ow..(oy + 1) * ow];
-                    if iy < 0 || iy >= h as isize {
-                        line.fill(0.0);
+/// One group's convolution `y[M, oh·ow] = w[M, C·kh·kw] · patches(x)` as an implicit GEMM:
+/// the patches of a block of output pixels are packed straight from the input planes `x` (`C`
+/// planes of `h × w`) into the kernel's panels, and every row tile of `w` runs against each
+/// panel, written in place into `y`. A block is as many panels as fit a share of L2, so that
+/// packing reads whole input rows in order. The output rows are split among the run's threads
+/// (each packs the panels it needs; a row's result is the same for any count).
+fn conv_gemm(kernel: &dyn GemmF32, x: &[f32], w: Matrix, d: &ConvDims, y: &mut [f32]) {
+    const BLOCK_BYTES: usize = 192 * 1024;
+    let (pixels, k, nr, mr) = (d.oh * d.ow, w.cols, kernel.nr(), kernel.mr());
+    if pixels == 0 || w.rows == 0 {
+        return;
+    }
+    let block = nr * (BLOCK_BYTES / (k * nr * size_of::<f32>()).max(1)).max(1);
+    crate::threads::for_row_ranges(y, pixels, mr, w.rows * pixels * k, |row0, y| {
+        let rows = y.len() / pixels;
+        let (mut panels, mut runs, mut edge) = (Vec::new(), Vec::new(), Vec::new());
+        for b0 in (0..pixels).step_by(block) {
+            let b1 = pixels.min(b0 + block);
+            panels.resize((b1 - b0).div_ceil(nr) * k * nr, 0.0);
+            pack_patches(x, d, b0..b1, nr, &mut runs, &mut panels);
+            for (panel, p0) in panels.chunks_exact(k * nr).zip((b0..b1).step_by(nr)) {
+                let cols = nr.min(b1 - p0);
+                for r0 in (0..rows).step_by(mr) {
+                    let a = Matrix { data: &w.data[(row0 + r0) * w.row_stride..], rows: mr.min(rows - r0), ..w };
+                    if cols == nr {
+                        kernel.tile(a, panel, &mut y[r0 * pixels + p0..], pixels);
                         continue;
                     }
-                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    for (ox, v) in line.iter_mut().enumerate() {
-                        let ix = (ox * sw + kj * dw) as isize - pw;
-                        *v = if ix >= 0 && ix < w as isize { src[ix as usize] } else { 0.0 };
+                    edge.resize(mr * nr, 0.0);
+                    kernel.tile(a, panel, &mut edge, nr);
+                    for (r, values) in edge.chunks_exact(nr).take(a.rows).enumerate() {
+                        y[(r0 + r) * pixels + p0..][..cols].copy_from_slice(&values[..cols]);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The patches of the output pixels `pixels` as GEMM panels of `nr` pixels, `[panel][C·kh·kw][nr]`
+/// (columns past the last pixel zero): row `(ci·kh + ki)·kw + kj` of a panel holds, per pixel,
+/// the input value under tap `(ki, kj)` of channel `ci`, or 0 in the padding. Row by row, so
+/// that the panels' pixels of one output row read one input row in order: a copy per tap and
+/// panel at stride 1. `runs` is scratch space.
+fn pack_patches(
+    x: &[f32],
+    d: &ConvDims,
+    pixels: Range<usize>,
+    nr: usize,
+    runs: &mut Vec<(usize, usize, usize, usize)>,
+    panels: &mut [f32],
+) {
+    let (sh, dh, ph) = (d.ah.2, d.ah.3, d.ah.4 as isize);
+    let (sw, dw, pw) = (d.aw.2, d.aw.3, d.aw.4 as isize);
+    let (h, w, plane, k) = (d.h as isize, d.w as isize, d.h * d.w, d.cg() * d.kh * d.kw);
+    // Runs of pixels within one output row and one panel: (offset of their first value in a
+    // panel row, length, oy, ox).
+    runs.clear();
+    let mut p = pixels.start;
+    while p < pixels.end {
+        let (j, oy, ox) = (p - pixels.start, p / d.ow, p % d.ow);
+        let len = (d.ow - ox).min(pixels.end - p).min(nr - j % nr);
+        runs.push((j / nr * k * nr + j % nr, len, oy, ox));
+        p += len;
+    }
+    // The last panel's columns past the pixels.
+    let cols = pixels.len() % nr;
+    if cols != 0 {
+        let last = panels.len() - k * nr;
+        panels[last..].chunks_exact_mut(nr).for_each(|row| row[cols..].fill(0.0));
+    }
+    let mut row = 0;
+    for channel in x.chunks_exact(plane.max(1)).take(d.cg()) {
+        for ki in 0..d.kh {
+            for kj in 0..d.kw {
+                for &(at, len, oy, ox) in runs.iter() {
+                    let out = &mut panels[at + row * nr..][..len];
+                    let iy = (oy * sh + ki * dh) as isize - ph;
+                    if iy < 0 || iy >= h {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let line = &channel[iy as usize * d.w..][..d.w];
+                    let ix0 = (ox * sw + kj * dw) as isize - pw;
+                    if sw == 1 {
+                        // In bounds for t in lo..hi: 0 ≤ ix0 + t < w.
+                        let (lo, hi) = ((-ix0).clamp(0, len as isize) as usize, (w - ix0).clamp(0, len as isize) as usize);
+                        let hi = hi.max(lo);
+                        out[..lo].fill(0.0);
+                        copy_short(&line[(ix0 + lo as isize).max(0) as usize..][..hi - lo], &mut out[lo..hi]);
+                        out[hi..].fill(0.0);
+                    } else {
+                        for (t, v) in out.iter_mut().enumerate() {
+                            let ix = ix0 + (t * sw) as isize;
+                            *v = if ix >= 0 && ix < w { line[ix as usize] } else { 0.0 };
+                        }
                     }
                 }
                 row += 1;
             }
         }
+    }
+}
+
+/// `dst = src` for the few values of a panel row, in 8-value moves: `copy_from_slice` calls
+/// `memmove`, whose call costs more than copying 16 values.
+#[inline(always)]
+fn copy_short(src: &[f32], dst: &mut [f32]) {
+    let (mut src8, mut dst8) = (src.chunks_exact(8), dst.chunks_exact_mut(8));
+    for (s, d) in (&mut src8).zip(&mut dst8) {
+        d.copy_from_slice(<&[f32; 8]>::try_from(s).expect("8 values"));
+    }
+    for (s, d) in src8.remainder().iter().zip(dst8.into_remainder()) {
+        *d = *s;
     }
 }
 
@@ -506,7 +591,10 @@ mod tests {
 
     #[test]
     fn conv_paths_match_definition() {
-        // (x shape, w shape, pad, stride, group): general, pointwise, depthwise, strided grouped.
+        // (x shape, w shape, pad, stride, group): general, pointwise, depthwise, strided grouped;
+        // then implicit GEMMs of many panels (output rows split across panels, a short last
+        // panel), of several pixel blocks (k = 576), and strided with odd sizes, each also on
+        // 3 threads.
         type Case = ([usize; 4], [usize; 4], usize, usize, usize);
         let cases: &[Case] = &[
             ([1, 3, 5, 6], [4, 3, 3, 3], 1, 1, 1),
@@ -514,14 +602,19 @@ mod tests {
             ([1, 4, 7, 5], [4, 1, 3, 3], 1, 2, 4),
             ([1, 4, 6, 6], [6, 2, 3, 3], 1, 2, 2),
             ([1, 3, 4, 4], [3, 1, 5, 5], 2, 1, 3),
+            ([1, 5, 23, 41], [13, 5, 3, 3], 1, 1, 1),
+            ([1, 64, 9, 40], [7, 64, 3, 3], 1, 1, 1),
+            ([2, 6, 17, 19], [9, 6, 3, 3], 1, 2, 1),
         ];
         for &(xs, ws, pad, stride, group) in cases {
             let x = pseudo(xs.iter().product(), 1);
             let w = pseudo(ws.iter().product(), 2);
             let (shape, expected) = naive(&x, xs, &w, ws, pad, stride, group);
             let op = Conv { geom: geom([pad; 4], [stride; 2], group) };
-            let y = run(&op, &[f32t(&xs, &x), f32t(&ws, &w)]).unwrap();
-            assert_close(&y[0], &shape, &expected);
+            for threads in [1, 3] {
+                let y = crate::threads::with(threads, || run(&op, &[f32t(&xs, &x), f32t(&ws, &w)])).unwrap();
+                assert_close(&y[0], &shape, &expected);
+            }
         }
     }
 

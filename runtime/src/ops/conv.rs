@@ -384,31 +384,43 @@ impl<T: Copy + Default + Mul<Output = T> + AddAssign> Accumulator for T {}
 
 crate::simd::widest_fn! {
     /// One channel convolved with its own `kh × kw` filter (depthwise conv), accumulated
-    /// into `y`. The plane is first copied into `padded` with zero borders, so every tap is
-    /// a plain (for stride 1, contiguous) run over one padded row.
+    /// into `y`. The plane is first copied into `padded` with zero borders, each padded row
+    /// split into its `stride` phases (`[q, q + s, q + 2s, …]` for `q < s`), so that every
+    /// tap at any stride is a plain contiguous run over one phase of one row.
     pub(crate) fn depthwise_plane<T: Accumulator>(x: &[T], k: &[T], d: &ConvDims, padded: &mut Vec<T>, y: &mut [T]) {
         let (top, left) = (d.ah.4, d.aw.4);
-        let wp = d.w + left + d.aw.5;
-        padded.clear();
-        padded.resize((d.h + top + d.ah.5) * wp, T::default());
-        for (dst, src) in padded[top * wp..].chunks_exact_mut(wp).zip(x.chunks_exact(d.w)) {
-            dst[left..left + d.w].copy_from_slice(src);
-        }
         let (sh, dh, sw, dw, ow) = (d.ah.2, d.ah.3, d.aw.2, d.aw.3, d.ow);
+        // A padded row is `wp` values; split, `sw` phases of `phase` values each.
+        let wp = d.w + left + d.aw.5;
+        let phase = wp.div_ceil(sw);
+        padded.clear();
+        padded.resize((d.h + top + d.ah.5) * sw * phase, T::default());
+        for (dst, src) in padded[top * sw * phase..].chunks_exact_mut(sw * phase).zip(x.chunks_exact(d.w)) {
+            if sw == 1 {
+                dst[left..left + d.w].copy_from_slice(src);
+                continue;
+            }
+            for (q, dst) in dst.chunks_exact_mut(phase).enumerate() {
+                // Padded column q + i·sw is input column q + i·sw − left, where in bounds.
+                for (i, v) in dst.iter_mut().enumerate() {
+                    if let Some(&x) = (q + i * sw).checked_sub(left).and_then(|c| src.get(c)) {
+                        *v = x;
+                    }
+                }
+            }
+        }
         for (oy, dst) in y.chunks_exact_mut(ow).enumerate().take(d.oh) {
             for ki in 0..d.kh {
-                let row = &padded[(oy * sh + ki * dh) * wp..][..wp];
-                for kj in 0..d.kw {
-                    let (kv, taps) = (k[ki * d.kw + kj], &row[kj * dw..]);
-                    if sw == 1 {
-                        for (o, &v) in dst.iter_mut().zip(&taps[..ow]) {
-                            *o += kv * v;
-                        }
-                    } else {
-                        for (ox, o) in dst.iter_mut().enumerate() {
-                            *o += kv * taps[ox * sw];
-                        }
+                let row = &padded[(oy * sh + ki * dh) * sw * phase..][..sw * phase];
+                // Tap column kj·dw is index `i` of phase `q` (no division per tap).
+                let (mut q, mut i) = (0, 0);
+                for &kv in &k[ki * d.kw..][..d.kw] {
+                    for (o, &v) in dst.iter_mut().zip(&row[q * phase + i..][..ow]) {
+                        *o += kv * v;
                     }
+                    q += dw;
+                    i += q / sw;
+                    q %= sw;
                 }
             }
         }

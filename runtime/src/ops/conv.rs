@@ -344,7 +344,10 @@ fn pack_patches(
                     }
                     let line = &channel[iy as usize * d.w..][..d.w];
                     let ix0 = (ox * sw + kj * dw) as isize - pw;
-                    if sw == 1 {
+                    if sw == 1 && ix0 >= 0 && ix0 + len as isize <= w {
+                        // Inside the row (most taps): one short copy.
+                        copy_short(&line[ix0 as usize..][..len], out);
+                    } else if sw == 1 {
                         // In bounds for t in lo..hi: 0 ≤ ix0 + t < w.
                         let (lo, hi) = ((-ix0).clamp(0, len as isize) as usize, (w - ix0).clamp(0, len as isize) as usize);
                         let hi = hi.max(lo);

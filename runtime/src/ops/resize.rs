@@ -181,6 +181,12 @@ impl Op for Resize {
             let mut next = Vec::with_capacity(outer * len_out * inner);
             for o in 0..outer {
                 let block = &cur[o * len_in * inner..(o + 1) * len_in * inner];
+                if inner == 1 {
+                    // The last axis: one value per tap, gathered (a copy call per value costs
+                    // more than the value).
+                    next.extend(taps.iter().map(|&(lo, hi, w)| if w == 0.0 { block[lo] } else { block[lo] + (block[hi] - block[lo]) * w }));
+                    continue;
+                }
                 for &(lo, hi, w) in &taps {
                     let (a, b) = (&block[lo * inner..(lo + 1) * inner], &block[hi * inner..(hi + 1) * inner]);
                     if w == 0.0 {

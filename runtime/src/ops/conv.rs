@@ -263,9 +263,9 @@ impl Op for Conv {
 /// One group's convolution `y[M, oh·ow] = w[M, C·kh·kw] · patches(x)` as an implicit GEMM:
 /// the patches of a block of output pixels are packed straight from the input planes `x` (`C`
 /// planes of `h × w`) into the kernel's panels, and every row tile of `w` runs against each
-/// panel, written in place into `y`. A block is as many panels as fit a share of L2, so that
-/// packing reads whole input rows in order. The output rows are split among the run's threads
-/// (each packs the panels it needs; a row's result is the same for any count).
+/// panel. A block is as many panels as fit a share of L2, so that packing reads whole input
+/// rows in order. Threads take blocks of pixels (splitting the output channels instead would
+/// make every thread pack every panel); a pixel's result is the same for any count.
 fn conv_gemm(kernel: &dyn GemmF32, x: &[f32], w: Matrix, d: &ConvDims, y: &mut [f32]) {
     const BLOCK_BYTES: usize = 192 * 1024;
     let (pixels, k, nr, mr) = (d.oh * d.ow, w.cols, kernel.nr(), kernel.mr());
@@ -273,25 +273,20 @@ fn conv_gemm(kernel: &dyn GemmF32, x: &[f32], w: Matrix, d: &ConvDims, y: &mut [
         return;
     }
     let block = nr * (BLOCK_BYTES / (k * nr * size_of::<f32>()).max(1)).max(1);
-    crate::threads::for_row_ranges(y, pixels, mr, w.rows * pixels * k, |row0, y| {
-        let rows = y.len() / pixels;
-        let (mut panels, mut runs, mut edge) = (Vec::new(), Vec::new(), Vec::new());
-        for b0 in (0..pixels).step_by(block) {
-            let b1 = pixels.min(b0 + block);
+    crate::threads::for_column_ranges(y, pixels, block, w.rows * pixels * k, |first, y| {
+        let (mut panels, mut runs, mut tile) = (Vec::new(), Vec::new(), vec![0f32; mr * nr]);
+        let end = first + y.row(0).len();
+        for b0 in (first..end).step_by(block) {
+            let b1 = end.min(b0 + block);
             panels.resize((b1 - b0).div_ceil(nr) * k * nr, 0.0);
             pack_patches(x, d, b0..b1, nr, &mut runs, &mut panels);
             for (panel, p0) in panels.chunks_exact(k * nr).zip((b0..b1).step_by(nr)) {
                 let cols = nr.min(b1 - p0);
-                for r0 in (0..rows).step_by(mr) {
-                    let a = Matrix { data: &w.data[(row0 + r0) * w.row_stride..], rows: mr.min(rows - r0), ..w };
-                    if cols == nr {
-                        kernel.tile(a, panel, &mut y[r0 * pixels + p0..], pixels);
-                        continue;
-                    }
-                    edge.resize(mr * nr, 0.0);
-                    kernel.tile(a, panel, &mut edge, nr);
-                    for (r, values) in edge.chunks_exact(nr).take(a.rows).enumerate() {
-                        y[(r0 + r) * pixels + p0..][..cols].copy_from_slice(&values[..cols]);
+                for r0 in (0..w.rows).step_by(mr) {
+                    let a = Matrix { data: &w.data[r0 * w.row_stride..], rows: mr.min(w.rows - r0), ..w };
+                    kernel.tile(a, panel, &mut tile, nr);
+                    for (r, values) in tile.chunks_exact(nr).take(a.rows).enumerate() {
+                        copy_short(&values[..cols], &mut y.row(r0 + r)[p0 - first..][..cols]);
                     }
                 }
             }

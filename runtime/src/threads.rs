@@ -78,7 +78,9 @@ pub(crate) fn for_column_ranges<T: Send>(
     let align = align.max(1);
     let blocks = row_len.div_ceil(align);
     let threads = current().min(blocks).min(work / MIN_WORK_PER_THREAD).max(1);
-    let cols_per_chunk = blocks.div_ceil(blocks.min(threads * CHUNKS_PER_THREAD).max(1)) * align;
+    // One thread: one chunk, so that per-chunk set-up (a convolution's buffers) happens once.
+    let chunks = if threads == 1 { 1 } else { threads * CHUNKS_PER_THREAD };
+    let cols_per_chunk = blocks.div_ceil(blocks.min(chunks).max(1)) * align;
     let base = Shared(out.as_mut_ptr());
     let chunk = |i: usize| {
         let start = i * cols_per_chunk;

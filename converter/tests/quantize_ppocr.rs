@@ -31,6 +31,14 @@ fn quantize(fp32: &Path, out: &Path, calib: &Path, eval: &Path, args: &[&str]) -
     serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
 }
 
+/// Whether onnxruntime's int8 matmuls on this CPU saturate (x86 without VNNI).
+fn onnxruntime_int8_saturates() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return !(is_x86_feature_detected!("avx512vnni") || is_x86_feature_detected!("avxvnni"));
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Argmax agreement over the last axis between two outputs.
 fn agreement(a: &distq_runtime::Tensor, b: &distq_runtime::Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape());
@@ -80,7 +88,15 @@ fn ppocr_rec_and_cls_within_30_percent_on_real_crops() {
             100.0 * size / fp32_size,
             r["samples"]
         );
-        assert!(ours >= floor && theirs >= floor, "{what}: agreement ours {ours}, onnxruntime {theirs}");
+        // onnxruntime's u8·s8 GEMM on x86 without VNNI sums pairs of products in i16
+        // (`vpmaddubsw`), which saturates on full-range int8 weights (its docs suggest
+        // reduce_range on such machines); ours is exact everywhere. There its agreement is
+        // held to a point lower, and the run says so.
+        let theirs_floor = if onnxruntime_int8_saturates() { floor - 0.01 } else { floor };
+        if theirs_floor < floor {
+            println!("PP-OCR {what}: this x86 CPU has no VNNI, where onnxruntime's int8 products saturate: its floor is {theirs_floor}");
+        }
+        assert!(ours >= floor && theirs >= theirs_floor, "{what}: agreement ours {ours}, onnxruntime {theirs}");
         let samples = r["samples"].as_f64().unwrap();
         assert!((ours - theirs).abs() <= 1.0 / samples + 1e-9, "{what}: ours {ours} and onnxruntime {theirs} differ by more than one crop");
         if what != "cls static" {

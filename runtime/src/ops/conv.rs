@@ -240,18 +240,26 @@ impl Op for Conv {
         let (xv, wv) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
         let bias = optional(inputs, 2).map(|b| b.as_slice::<f32>()).transpose()?;
         let mut y = pool.filled(numel(&d.shape)?, 0f32);
-        let mut padded = Vec::new();
         for b in 0..d.batch {
-            for gi in 0..d.group {
-                let xg = &xv[(b * c + gi * cg) * h * wd..(b * c + (gi + 1) * cg) * h * wd];
-                let yg = &mut y[(b * m + gi * mg) * oh * ow..(b * m + (gi + 1) * mg) * oh * ow];
-                let wg = &wv[gi * mg * cg * kh * kw..(gi + 1) * mg * cg * kh * kw];
-                if d.depthwise() {
-                    depthwise_plane(xg, wg, &d, &mut padded, yg);
-                } else if d.pointwise() {
-                    sgemm(1.0, Matrix::dense(wg, mg, cg), Matrix::dense(xg, cg, h * wd), 0.0, yg);
-                } else {
-                    conv_gemm(best_gemm_f32(), xg, Matrix::dense(wg, mg, cg * kh * kw), &d, yg);
+            if d.depthwise() {
+                // One plane per channel: threads take channels.
+                let (planes, yb) = (&xv[b * c * h * wd..][..c * h * wd], &mut y[b * m * oh * ow..][..m * oh * ow]);
+                crate::threads::for_row_ranges(yb, oh * ow, 1, m * oh * ow * kh * kw, |c0, ys| {
+                    let mut padded = Vec::new();
+                    for (ch, yc) in (c0..).zip(ys.chunks_exact_mut((oh * ow).max(1))) {
+                        depthwise_plane(&planes[ch * h * wd..][..h * wd], &wv[ch * kh * kw..][..kh * kw], &d, &mut padded, yc);
+                    }
+                });
+            } else {
+                for gi in 0..d.group {
+                    let xg = &xv[(b * c + gi * cg) * h * wd..(b * c + (gi + 1) * cg) * h * wd];
+                    let yg = &mut y[(b * m + gi * mg) * oh * ow..(b * m + (gi + 1) * mg) * oh * ow];
+                    let wg = &wv[gi * mg * cg * kh * kw..(gi + 1) * mg * cg * kh * kw];
+                    if d.pointwise() {
+                        sgemm(1.0, Matrix::dense(wg, mg, cg), Matrix::dense(xg, cg, h * wd), 0.0, yg);
+                    } else {
+                        conv_gemm(best_gemm_f32(), xg, Matrix::dense(wg, mg, cg * kh * kw), &d, yg);
+                    }
                 }
             }
             if let Some(bias) = bias {
@@ -605,8 +613,8 @@ mod tests {
     fn conv_paths_match_definition() {
         // (x shape, w shape, pad, stride, group): general, pointwise, depthwise, strided grouped;
         // then implicit GEMMs of many panels (output rows split across panels, a short last
-        // panel), of several pixel blocks (k = 576), and strided with odd sizes, each also on
-        // 3 threads.
+        // panel), of several pixel blocks (k = 576), strided with odd sizes, and a depthwise conv
+        // large enough to split its channels, each also on 3 threads.
         type Case = ([usize; 4], [usize; 4], usize, usize, usize);
         let cases: &[Case] = &[
             ([1, 3, 5, 6], [4, 3, 3, 3], 1, 1, 1),
@@ -617,6 +625,7 @@ mod tests {
             ([1, 5, 23, 41], [13, 5, 3, 3], 1, 1, 1),
             ([1, 64, 9, 40], [7, 64, 3, 3], 1, 1, 1),
             ([2, 6, 17, 19], [9, 6, 3, 3], 1, 2, 1),
+            ([1, 64, 48, 48], [64, 1, 3, 3], 1, 1, 64),
         ];
         for &(xs, ws, pad, stride, group) in cases {
             let x = pseudo(xs.iter().product(), 1);

@@ -41,6 +41,16 @@ fn json_reports_latency_memory_size_and_model_energy_with_ratios() {
     assert_eq!(v["ratios"]["energy"].as_f64(), Some(1.0));
     assert!(v["ratios"]["speedup"].as_f64().unwrap() > 0.0);
     assert!(v["machine"]["int8_kernel"].as_str().is_some());
+    assert!(v["scaling"].is_null(), "one thread has no scaling: {}", v["scaling"]);
+}
+
+#[test]
+fn more_threads_report_their_scaling_over_one() {
+    let input = data_path("ppocr_cls.npz");
+    let v = json_of(&["bench", MODEL, "--input", input.to_str().unwrap(), "--iters", "5", "--warmup", "1", "--threads", "2", "--json"]);
+    assert_eq!(v["threads"].as_u64(), Some(2));
+    let (one, speedup) = (v["scaling"]["p50_1_thread"].as_f64().unwrap(), v["scaling"]["speedup"].as_f64().unwrap());
+    assert!(one > 0.0 && (speedup - one / v["latency_ms"]["p50"].as_f64().unwrap()).abs() < 1e-9, "{}", v["scaling"]);
 }
 
 #[test]

@@ -54,7 +54,8 @@ pub struct Args {
     /// Untimed runs first.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
-    /// Threads each op may split its work over.
+    /// Threads each op may split its work over; above 1, the same runs on one thread too,
+    /// and the scaling (p50 on 1 thread / p50 on these).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// The file's literal float arithmetic everywhere: 4-bit block weights in f32 instead of
@@ -82,6 +83,8 @@ struct Measured {
     load_ms: f64,
     inputs: Vec<(String, Tensor)>,
     report: BenchReport,
+    /// With `--threads` above 1: the same runs on one thread, for the scaling.
+    single_thread: Option<BenchReport>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -137,10 +140,14 @@ fn measure(path: &Path, args: &Args, options: &BenchOptions) -> Result<Measured>
         inputs::load(&args.input)?
     };
     let session = Session::new(model);
-    session.set_threads(args.threads);
     session.set_exact(args.exact);
-    let report = session.benchmark(inputs.clone(), options).with_context(|| format!("benchmarking {}", path.display()))?;
-    Ok(Measured { path: path.to_path_buf(), model_bytes, load_ms, inputs, report })
+    let bench = |threads: usize| {
+        session.set_threads(threads);
+        session.benchmark(inputs.clone(), options).with_context(|| format!("benchmarking {} on {threads} threads", path.display()))
+    };
+    let single_thread = if args.threads > 1 { Some(bench(1)?) } else { None };
+    let report = bench(args.threads)?;
+    Ok(Measured { path: path.to_path_buf(), model_bytes, load_ms, inputs, report, single_thread })
 }
 
 /// The model file plus every external data file it names.
@@ -174,6 +181,7 @@ fn entry(m: &Measured) -> Value {
         "iters": r.iters,
         "warmup": r.warmup,
         "threads": r.threads,
+        "scaling": m.single_thread.as_ref().map(|one| json!({"p50_1_thread": one.latency.p50, "speedup": one.latency.p50 / r.latency.p50})),
         "peak_rss_bytes": r.peak_rss_bytes,
         "arena_bytes": r.arena_bytes,
         "inputs": m.inputs.iter().map(|(n, t)| json!({"name": n, "dtype": t.dtype().name(), "shape": t.shape()})).collect::<Vec<_>>(),
@@ -235,6 +243,10 @@ fn table(this: &Measured, other: Option<&Measured>) -> String {
     row("latency p99 ms", |m| m.report.latency.p99, 3, None);
     row("latency mean ms", |m| m.report.latency.mean, 3, None);
     row("throughput /s", |m| m.report.throughput_per_s, 1, None);
+    if this.single_thread.is_some() {
+        row("p50 on 1 thread ms", single_thread_p50, 3, None);
+        row("thread scaling ×", |m| single_thread_p50(m) / m.report.latency.p50, 2, None);
+    }
     row("peak RSS MB", |m| m.report.peak_rss_bytes.unwrap_or(0) as f64 / 1e6, 1, None);
     row("arena MB", |m| m.report.arena_bytes as f64 / 1e6, 2, None);
     row("energy mJ/inference", |m| m.report.energy.joules_per_inference * 1e3, 3, Some(this_over));
@@ -253,6 +265,11 @@ fn table(this: &Measured, other: Option<&Measured>) -> String {
 
 /// One figure of a measurement.
 type Figure = fn(&Measured) -> f64;
+
+/// The p50 of the same runs on one thread (with `--threads` above 1).
+fn single_thread_p50(m: &Measured) -> f64 {
+    m.single_thread.as_ref().map_or(f64::NAN, |r| r.latency.p50)
+}
 
 /// Bars of p50 / p90 / p99 latency and energy per inference, one colour per model.
 fn svg(this: &Measured, other: Option<&Measured>) -> String {

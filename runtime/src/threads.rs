@@ -44,14 +44,11 @@ pub(crate) fn current() -> usize {
 /// (multiply-adds in all) decides how many threads are worth it.
 pub(crate) fn for_row_ranges<T: Send>(out: &mut [T], row_len: usize, align: usize, work: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let rows = out.len().checked_div(row_len).unwrap_or(0);
-    let align = align.max(1);
-    let blocks = rows.div_ceil(align);
-    let threads = current().min(blocks).min(work / MIN_WORK_PER_THREAD).max(1);
+    let (threads, rows_per_chunk) = chunking(rows, align, work);
     if threads == 1 {
         f(0, out);
         return;
     }
-    let rows_per_chunk = blocks.div_ceil(blocks.min(threads * CHUNKS_PER_THREAD)) * align;
     let (len, chunk_len, base) = (out.len(), rows_per_chunk * row_len, Shared(out.as_mut_ptr()));
     run_chunks(threads, rows.div_ceil(rows_per_chunk), &|i| {
         let start = i * chunk_len;
@@ -75,12 +72,7 @@ pub(crate) fn for_column_ranges<T: Send>(
     f: impl Fn(usize, &mut Columns<T>) + Sync,
 ) {
     let rows = out.len().checked_div(row_len).unwrap_or(0);
-    let align = align.max(1);
-    let blocks = row_len.div_ceil(align);
-    let threads = current().min(blocks).min(work / MIN_WORK_PER_THREAD).max(1);
-    // One thread: one chunk, so that per-chunk set-up (a convolution's buffers) happens once.
-    let chunks = if threads == 1 { 1 } else { threads * CHUNKS_PER_THREAD };
-    let cols_per_chunk = blocks.div_ceil(blocks.min(chunks).max(1)) * align;
+    let (threads, cols_per_chunk) = chunking(row_len, align, work);
     let base = Shared(out.as_mut_ptr());
     let chunk = |i: usize| {
         let start = i * cols_per_chunk;
@@ -93,6 +85,17 @@ pub(crate) fn for_column_ranges<T: Send>(
     } else {
         run_chunks(threads, chunks, &chunk);
     }
+}
+
+/// How to split `units` (rows or columns) in whole multiples of `align`: the threads worth
+/// `work` multiply-adds (at most [`current`]) and the units per chunk, a few chunks per thread,
+/// or all of them in one chunk on one thread (so that per-chunk set-up happens once).
+fn chunking(units: usize, align: usize, work: usize) -> (usize, usize) {
+    let align = align.max(1);
+    let blocks = units.div_ceil(align);
+    let threads = current().min(blocks).min(work / MIN_WORK_PER_THREAD).max(1);
+    let chunks = if threads == 1 { 1 } else { threads * CHUNKS_PER_THREAD };
+    (threads, blocks.div_ceil(blocks.min(chunks).max(1)).max(1) * align)
 }
 
 /// A range of columns of every row of an output, one thread's chunk (see

@@ -149,28 +149,28 @@ crate::simd::widest_fn! {
         let (block, stride) = (row_block(kernel, mr, lda, n * size_of::<T>()), lda * kernel.activation_bytes());
         let mut wide = Vec::new();
         for block0 in (0..m).step_by(block) {
-        let block_end = m.min(block0 + block);
-        let a = kernel_rows(kernel, &rows.a[(row0 + block0) * lda..(row0 + block_end) * lda], &mut wide);
-        for col0 in (0..n).step_by(nr) {
-            let panel = &b.panels[col0 / nr * panel_len..][..panel_len];
-            let cols = nr.min(n - col0);
-            let (init, zeros) = (&col_terms[col0..col0 + nr], &b.zeros[col0..col0 + cols]);
-            for tile_row in (block0..block_end).step_by(mr) {
-                let count = mr.min(block_end - tile_row);
-                let data = &a[(tile_row - block0) * stride..];
-                kernel.tile(TileRows { data, stride, count }, panel, k4, init, &mut acc);
-                for (r, values) in acc.chunks_exact_mut(nr).take(count).enumerate() {
-                    let (row, values) = (tile_row + r, &mut values[..cols]);
-                    if let Some(a_sums) = rows.a_sums {
-                        let a_sum = a_sums[row0 + row];
-                        for (v, &zb) in values.iter_mut().zip(zeros) {
-                            *v = v.wrapping_sub((zb as i32).wrapping_mul(a_sum));
+            let block_end = m.min(block0 + block);
+            let a = kernel_rows(kernel, &rows.a[(row0 + block0) * lda..(row0 + block_end) * lda], &mut wide);
+            for col0 in (0..n).step_by(nr) {
+                let panel = &b.panels[col0 / nr * panel_len..][..panel_len];
+                let cols = nr.min(n - col0);
+                let (init, zeros) = (&col_terms[col0..col0 + nr], &b.zeros[col0..col0 + cols]);
+                for tile_row in (block0..block_end).step_by(mr) {
+                    let count = mr.min(block_end - tile_row);
+                    let data = &a[(tile_row - block0) * stride..];
+                    kernel.tile(TileRows { data, stride, count }, panel, k4, init, &mut acc);
+                    for (r, values) in acc.chunks_exact_mut(nr).take(count).enumerate() {
+                        let (row, values) = (tile_row + r, &mut values[..cols]);
+                        if let Some(a_sums) = rows.a_sums {
+                            let a_sum = a_sums[row0 + row];
+                            for (v, &zb) in values.iter_mut().zip(zeros) {
+                                *v = v.wrapping_sub((zb as i32).wrapping_mul(a_sum));
+                            }
                         }
+                        epilogue(row0 + row, col0, values, &mut c[row * n + col0..][..cols]);
                     }
-                    epilogue(row0 + row, col0, values, &mut c[row * n + col0..][..cols]);
                 }
             }
-        }
         }
     }
 }

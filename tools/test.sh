@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 log=$(mktemp)
-trap 'rm -f "$log" "$log.json" "$log.venv" "$log.programs" "$log.failed"' EXIT
+trap 'rm -f "$log" "$log.json" "$log.venv"' EXIT
 step_start=0
 step() { step_start=$(date +%s); echo; echo "=== [$(date +%T)] $*"; }
 done_step() { echo "=== step took $(( $(date +%s) - step_start )) s"; }
@@ -85,41 +85,8 @@ step "cargo test --workspace (unit, doc, bad-input tests)"
 cargo test --workspace 2>&1 | tee -a "$log"
 done_step
 
-step "real-model tests, two test programs at a time: onnxruntime parity and lossless round trip"
-# Each program runs its tests one after the other on one core (sessions default to one
-# thread), and two programs take most of the time: run two at once, the longest first, on
-# the test programs the build made, each from its package's folder as under `cargo test`.
-# A program's output is printed whole when it ends.
-python3 - "$log.json" >"$log.programs" <<'PY'
-import json, os, sys
-# The longest first (seconds on a 2-core Zen 3), so that the two lanes end together.
-longest = ["quantize_minilm", "quantize_ppocr", "distill_cli", "distill_minilm", "onnxruntime_quantized", "c_program"]
-programs = []
-for line in open(sys.argv[1]):
-    m = json.loads(line)
-    # What `cargo test` runs: the test harnesses of libraries, binaries and tests (not the
-    # benches, whose criterion mains would take the arguments for a benchmark run).
-    kinds = set(m.get("target", {}).get("kind", []))
-    if m.get("reason") == "compiler-artifact" and m["profile"]["test"] and m.get("executable") and not kinds & {"bench", "example"}:
-        name = m["target"]["name"]
-        rank = longest.index(name) if name in longest else len(longest)
-        programs.append((rank, name, os.path.dirname(m["manifest_path"]), m["executable"]))
-for rank, name, folder, exe in sorted(programs, key=lambda p: p[0]):
-    print(folder, exe)
-PY
-run_program() {  # run_program FOLDER EXECUTABLE: its ignored tests, output in one piece
-  local out rc=0
-  out=$(cd "$1" && "$2" --ignored --nocapture --skip mustshow_ 2>&1) || rc=$?
-  printf '     Running %s\n%s\n' "$2" "$out" | tee -a "$log"
-  [ "$rc" -eq 0 ] || echo "=== FAILED: $2 (exit $rc)" | tee -a "$log.failed"
-}
-rm -f "$log.failed"
-while read -r folder exe; do
-  [ "$(jobs -rp | wc -l)" -lt 2 ] || wait -n || true
-  run_program "$folder" "$exe" &
-done <"$log.programs"
-wait
-[ ! -s "$log.failed" ] || { cat "$log.failed"; echo "tools/test.sh: real-model tests failed" >&2; exit 1; }
+step "real-model tests: onnxruntime parity and lossless round trip"
+cargo test --workspace -- --ignored --nocapture --skip mustshow_ 2>&1 | tee -a "$log"
 done_step
 
 step "must-show tests left to tools/mustshow/ (run by hand, figures quoted in closing notes)"

@@ -6,17 +6,22 @@
 #   tools/fuzz.sh                  every target for 30 s (CI), one per core at a time
 #   tools/fuzz.sh --seconds S      every target for S seconds
 #   tools/fuzz.sh --runs N         every target for N executions (the local long runs)
+#   tools/fuzz.sh --build          build (and lint) only
 #   tools/fuzz.sh ... TARGET...    only these targets
+# The build lints the fuzz crate too: clippy-driver wraps its rustc (warnings denied), as
+# tools/test.sh's build does for the workspace, so no separate check build is needed.
 # Needs cargo-fuzz and a nightly toolchain (sanitizer flags); without nightly, the stable
 # toolchain is used with RUSTC_BOOTSTRAP=1 (its standard library ships the ASan runtime).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 limit=(-max_total_time=30)
+build_only=
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) limit=(-max_total_time="$2"); shift 2 ;;
     --runs) limit=(-runs="$2"); shift 2 ;;
+    --build) build_only=1; shift ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -28,7 +33,13 @@ else
   export RUSTC_BOOTSTRAP=1
   echo "=== no nightly toolchain: stable with RUSTC_BOOTSTRAP=1"
 fi
+# The same wrapper for the build and the runs (cargo rebuilds a crate whose wrapper changed);
+# it reaches only the fuzz crate (the runtime and io are linted by the workspace build).
+driver="$(rustc $toolchain --print sysroot)/bin/clippy-driver"
+[ -x "$driver" ] || { echo "tools/fuzz.sh: no clippy-driver in the ${toolchain#+} toolchain (rustup component add clippy)" >&2; exit 1; }
+export RUSTC_WORKSPACE_WRAPPER=$driver CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 cargo $toolchain fuzz build -O
+[ -z "$build_only" ] || exit 0
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # One target per core at a time (each libFuzzer run is single-threaded).

@@ -1,13 +1,13 @@
 # Sourced by tools/cross-test.sh and tools/mobile-build.sh: installs (once) and selects Debian's
-# Rust toolchain for cross builds — rustc-web 1.96 with the arm64 std and the std sources (for
-# -Zbuild-std), the aarch64 GNU linker and qemu-user — through env vars only; rustup's
-# toolchain stays the default everywhere else.
+# Rust toolchain for the aarch64 Linux builds — rustc-web 1.96 with the arm64 std, the aarch64
+# GNU linker and qemu-user — through env vars only; rustup's toolchain stays the default
+# everywhere else.
 export DEBIAN_FRONTEND=noninteractive
-if ! command -v qemu-aarch64 >/dev/null || [ ! -x /usr/bin/rustc ] || ! dpkg -s libstd-rust-web-dev:arm64 rust-web-src >/dev/null 2>&1; then
-  echo "=== installing the cross toolchain (Debian rustc-web, arm64 std, std sources, qemu-user)"
+if ! command -v qemu-aarch64 >/dev/null || [ ! -x /usr/bin/rustc ] || ! dpkg -s libstd-rust-web-dev:arm64 >/dev/null 2>&1; then
+  echo "=== installing the cross toolchain (Debian rustc-web, arm64 std, qemu-user)"
   dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends rustc-web cargo-web libstd-rust-web-dev libstd-rust-web-dev:arm64 rust-web-src \
+  apt-get install -y -qq --no-install-recommends rustc-web cargo-web libstd-rust-web-dev libstd-rust-web-dev:arm64 \
     gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null
 fi
 CARGO=/usr/bin/cargo

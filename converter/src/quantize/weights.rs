@@ -143,6 +143,7 @@ fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
 /// Round half to even, as `QuantizeLinear` does. Adding and taking away 1.5 · 2²³ rounds in
 /// the FPU's default mode (to nearest, ties to even) inline: `round_ties_even` is a libm call
 /// on baseline x86-64, and the int4 range search rounds every weight 63 times.
+#[inline]
 fn round(v: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0;
     // Exact below 2²² (the sum stays where f32's step is 1); quantized values are far below.
@@ -204,9 +205,18 @@ fn best_of(values: &[f32], scales: impl Iterator<Item = f32>) -> (f32, f32, u8) 
     let mut best = (f32::INFINITY, 1.0, 8u8);
     for scale in scales {
         let center = round(-lo / scale);
-        for zero in [center - 1.0, center, center + 1.0] {
-            let zero = zero.clamp(0.0, 15.0) as u8;
-            let err: f32 = values.iter().map(|&v| (v - dequantize_u4(quantize_u4(v, scale, zero), scale, zero)).powi(2)).sum();
+        let zeros = [center - 1.0, center, center + 1.0].map(|zero| zero.clamp(0.0, 15.0) as u8);
+        // The three zero points in one pass: a value's division and rounding do not depend on
+        // the zero point (this search is most of the time `distq quantize` spends on weights).
+        let error = |v: f32, steps: f32, zero: u8| (v - dequantize_u4(offset_u4(steps, zero), scale, zero)).powi(2);
+        let mut errs = [0f32; 3];
+        for &v in values {
+            let steps = round(v / scale);
+            errs[0] += error(v, steps, zeros[0]);
+            errs[1] += error(v, steps, zeros[1]);
+            errs[2] += error(v, steps, zeros[2]);
+        }
+        for (err, zero) in errs.into_iter().zip(zeros) {
             if err < best.0 {
                 best = (err, scale, zero);
             }
@@ -219,11 +229,19 @@ fn best_of(values: &[f32], scales: impl Iterator<Item = f32>) -> (f32, f32, u8) 
 /// octave apart, so the top block's scale lands within 2^(1/8) of any value it wants.
 const POW2_BASES: [f32; 4] = [0.707_106_77, 0.840_896_4, 1.0, 1.189_207_1];
 
+#[inline]
 pub(super) fn quantize_u4(v: f32, scale: f32, zero: u8) -> u8 {
-    (round(v / scale) + zero as f32).clamp(0.0, 15.0) as u8
+    offset_u4(round(v / scale), zero)
+}
+
+/// `QuantizeLinear`'s saturation of a value's rounded steps, offset by the zero point.
+#[inline]
+fn offset_u4(steps: f32, zero: u8) -> u8 {
+    (steps + zero as f32).clamp(0.0, 15.0) as u8
 }
 
 /// `DequantizeLinear`'s formula: `(q − zero) · scale`.
+#[inline]
 pub(super) fn dequantize_u4(q: u8, scale: f32, zero: u8) -> f32 {
     (q as i32 - zero as i32) as f32 * scale
 }

@@ -39,8 +39,9 @@ pub struct QuantizeFlags {
     /// Largest output size, MB (10^6 bytes).
     #[arg(long)]
     max_size_mb: Option<f64>,
-    /// Smallest metric value accepted (largest for kl and mse); mixed precision defaults to
-    /// 0.99 (cosine, top1) or 0.01 (kl, mse).
+    /// Smallest metric value accepted (largest for kl and mse). Mixed precision without
+    /// --max-size-mb defaults to 0.99 (cosine, top1; kl and mse need this flag or a size);
+    /// with --max-size-mb and no floor, the pick is the most accurate one within the size.
     #[arg(long)]
     min_metric: Option<f64>,
     /// Largest time per sample on this machine, ms, as predicted from each MatMul layer's

@@ -142,7 +142,7 @@ crate::simd::widest_fn! {
     let (n, nr, mr, blocks) = (b.cols(), kernel.nr(), kernel.block_mr(), b.blocks());
     let (m, k4, terms) = (c.len() / n.max(1), b.block / 4, blocks * nr);
     let mut acc = vec![0f32; mr * nr];
-    let (block, stride) = (row_block(kernel, mr, a.stride, n * size_of::<f32>()), a.stride * kernel.activation_bytes());
+    let (block, stride) = (row_block(mr, a.stride * kernel.activation_bytes(), n * size_of::<f32>()), a.stride * kernel.activation_bytes());
     let mut wide = Vec::new();
     for block0 in (0..m).step_by(block) {
         let block_end = m.min(block0 + block);

@@ -146,7 +146,7 @@ crate::simd::widest_fn! {
         let m = c.len() / n;
         let panel_len = k4 * nr * 4;
         let mut acc = vec![0i32; mr * nr];
-        let (block, stride) = (row_block(kernel, mr, lda, n * size_of::<T>()), lda * kernel.activation_bytes());
+        let (block, stride) = (row_block(mr, lda * kernel.activation_bytes(), n * size_of::<T>()), lda * kernel.activation_bytes());
         let mut wide = Vec::new();
         for block0 in (0..m).step_by(block) {
             let block_end = m.min(block0 + block);

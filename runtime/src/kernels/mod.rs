@@ -168,14 +168,15 @@ pub fn check_tile<K: GemmU8I8 + ?Sized>(kernel: &K, a: TileRows, panel: &[i8], k
     assert!(init.len() == nr && acc.len() >= rows * nr, "{}: accumulator sizes", kernel.name());
 }
 
-/// Rows per block that the drivers prepare once ([`kernel_rows`]) and run against every
-/// panel: a multiple of `mr` whose activation rows (`row_len` values) and output rows
-/// (`out_row_bytes`) stay within a share of L2 while the panels (each L1-sized) pass. Output
-/// rows count: each panel writes a strip of every row in the block, and a block of rows
-/// larger than L2 would fetch every output line from memory for a few bytes.
-pub(crate) fn row_block(kernel: &dyn GemmU8I8, mr: usize, row_len: usize, out_row_bytes: usize) -> usize {
+/// Rows per block that the drivers (integer and f32) run against every panel: a multiple of
+/// `mr` whose activation rows (`row_bytes` each, as the tiles read them) and output rows
+/// (`out_row_bytes`) stay within a share of L2 while the panels pass. Otherwise every panel
+/// streams all the activations from memory again. Output rows count: each panel writes a
+/// strip of every row in the block, and a block of rows larger than L2 would fetch every
+/// output line from memory for a few bytes.
+pub(crate) fn row_block(mr: usize, row_bytes: usize, out_row_bytes: usize) -> usize {
     const BYTES: usize = 192 * 1024;
-    let tile_bytes = (mr * (row_len * kernel.activation_bytes() + out_row_bytes)).max(1);
+    let tile_bytes = (mr * (row_bytes + out_row_bytes)).max(1);
     mr * (BYTES / tile_bytes).max(1)
 }
 

@@ -150,25 +150,29 @@ pub fn sgemm(kernel: &dyn GemmF32, a: Matrix, b: &PackedF32, c: &mut [f32]) {
     });
 }
 
-/// The rows of `a` (one thread's share) tile by tile, panel by panel: whole panels straight
-/// into `c`, the last partial one through a tile-sized buffer.
+/// The rows of `a` (one thread's share) in blocks of rows that stay in L2, each block panel
+/// by panel, tile by tile: whole panels straight into `c`, the last partial one through a
+/// tile-sized buffer.
 fn tiles(kernel: &dyn GemmF32, a: Matrix, b: &PackedF32, c: &mut [f32]) {
     let (n, nr, mr) = (b.n, b.nr, kernel.mr());
+    let block = super::row_block(mr, a.cols * size_of::<f32>(), n * size_of::<f32>());
     let mut edge = Vec::new();
-    for col0 in (0..n).step_by(nr) {
-        let (panel, cols) = (b.panel(col0), nr.min(n - col0));
-        for row0 in (0..a.rows).step_by(mr) {
-            let rows = mr.min(a.rows - row0);
-            let data = &a.data[(row0 * a.row_stride).min(a.data.len())..];
-            let a = Matrix { data, rows, ..a };
-            if cols == nr {
-                kernel.tile(a, panel, &mut c[row0 * n + col0..], n);
-                continue;
-            }
-            edge.resize(mr * nr, 0.0);
-            kernel.tile(a, panel, &mut edge, nr);
-            for (r, values) in edge.chunks_exact(nr).take(rows).enumerate() {
-                c[(row0 + r) * n + col0..][..cols].copy_from_slice(&values[..cols]);
+    for (block0, block_end) in (0..a.rows).step_by(block).map(|r| (r, a.rows.min(r + block))) {
+        for col0 in (0..n).step_by(nr) {
+            let (panel, cols) = (b.panel(col0), nr.min(n - col0));
+            for row0 in (block0..block_end).step_by(mr) {
+                let rows = mr.min(block_end - row0);
+                let data = &a.data[(row0 * a.row_stride).min(a.data.len())..];
+                let a = Matrix { data, rows, ..a };
+                if cols == nr {
+                    kernel.tile(a, panel, &mut c[row0 * n + col0..], n);
+                    continue;
+                }
+                edge.resize(mr * nr, 0.0);
+                kernel.tile(a, panel, &mut edge, nr);
+                for (r, values) in edge.chunks_exact(nr).take(rows).enumerate() {
+                    c[(row0 + r) * n + col0..][..cols].copy_from_slice(&values[..cols]);
+                }
             }
         }
     }

@@ -68,6 +68,16 @@ fn every_kernel_reads_strided_operands_in_place() {
 }
 
 #[test]
+fn rows_span_several_row_blocks() {
+    // 250 rows of k = 384 make blocks of 96 rows for 6-row tiles (rows and output within a
+    // share of L2; see `row_block`), the last one short and not whole tiles.
+    let (m, k, n) = (250, 384, 100);
+    let (a, b) = (values(m * k, 8), values(k * n, 9));
+    check(Matrix::dense(&a, m, k), Matrix::dense(&b, k, n), "rows in several blocks");
+    check(Matrix::dense(&a, k, m).t(), Matrix::dense(&b, k, n), "A transposed, rows in several blocks");
+}
+
+#[test]
 fn special_values_propagate() {
     let (a, b) = ([1.0, f32::INFINITY, 0.0, 2.0], [f32::NAN, 1.0, 1.0, 1.0]);
     for kernel in gemm_f32_kernels() {

@@ -355,11 +355,14 @@ fn pack_patches(
                         // Inside the row (most taps): one short copy.
                         copy_short(&line[ix0 as usize..][..len], out);
                     } else if sw == 1 {
-                        // In bounds for t in lo..hi: 0 ≤ ix0 + t < w.
+                        // In bounds for t in lo..hi: 0 ≤ ix0 + t < w (none when the whole run
+                        // lies in the padding, left or right of the row).
                         let (lo, hi) = ((-ix0).clamp(0, len as isize) as usize, (w - ix0).clamp(0, len as isize) as usize);
                         let hi = hi.max(lo);
                         out[..lo].fill(0.0);
-                        copy_short(&line[(ix0 + lo as isize).max(0) as usize..][..hi - lo], &mut out[lo..hi]);
+                        if hi > lo {
+                            copy_short(&line[(ix0 + lo as isize) as usize..][..hi - lo], &mut out[lo..hi]);
+                        }
                         out[hi..].fill(0.0);
                     } else {
                         for (t, v) in out.iter_mut().enumerate() {
@@ -571,12 +574,21 @@ mod tests {
         }
     }
 
-    /// Direct 2-D convolution, the definition, as the reference.
-    fn naive(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], pad: usize, stride: usize, group: usize) -> (Vec<usize>, Vec<f32>) {
+    /// Direct 2-D convolution, the definition, as the reference; `pads` in ONNX's order
+    /// (top, left, bottom, right).
+    fn naive(
+        x: &[f32],
+        xs: [usize; 4],
+        w: &[f32],
+        ws: [usize; 4],
+        pads: [usize; 4],
+        stride: usize,
+        group: usize,
+    ) -> (Vec<usize>, Vec<f32>) {
         let [n, c, h, wd] = xs;
         let [m, cg, kh, kw] = ws;
-        let oh = (h + 2 * pad - kh) / stride + 1;
-        let ow = (wd + 2 * pad - kw) / stride + 1;
+        let oh = (h + pads[0] + pads[2] - kh) / stride + 1;
+        let ow = (wd + pads[1] + pads[3] - kw) / stride + 1;
         let mg = m / group;
         let mut y = vec![0f32; n * m * oh * ow];
         for b in 0..n {
@@ -588,8 +600,8 @@ mod tests {
                         for ci in 0..cg {
                             for ki in 0..kh {
                                 for kj in 0..kw {
-                                    let iy = (oy * stride + ki) as isize - pad as isize;
-                                    let ix = (ox * stride + kj) as isize - pad as isize;
+                                    let iy = (oy * stride + ki) as isize - pads[0] as isize;
+                                    let ix = (ox * stride + kj) as isize - pads[1] as isize;
                                     if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
                                         acc += x[((b * c + gi * cg + ci) * h + iy as usize) * wd + ix as usize]
                                             * w[((mo * cg + ci) * kh + ki) * kw + kj];
@@ -611,27 +623,33 @@ mod tests {
 
     #[test]
     fn conv_paths_match_definition() {
-        // (x shape, w shape, pad, stride, group): general, pointwise, depthwise, strided grouped;
+        // (x shape, w shape, pads, stride, group): general, pointwise, depthwise, strided grouped;
         // then implicit GEMMs of many panels (output rows split across panels, a short last
         // panel), of several pixel blocks (k = 576), strided with odd sizes, and a depthwise conv
-        // large enough to split its channels, each also on 3 threads.
-        type Case = ([usize; 4], [usize; 4], usize, usize, usize);
+        // large enough to split its channels, each also on 3 threads; then pads wider than the
+        // kernel, so that whole runs of output pixels read only padding (found by fuzzing:
+        // a run right of the input indexed past its row).
+        type Case = ([usize; 4], [usize; 4], [usize; 4], usize, usize);
         let cases: &[Case] = &[
-            ([1, 3, 5, 6], [4, 3, 3, 3], 1, 1, 1),
-            ([2, 4, 4, 4], [6, 4, 1, 1], 0, 1, 1),
-            ([1, 4, 7, 5], [4, 1, 3, 3], 1, 2, 4),
-            ([1, 4, 6, 6], [6, 2, 3, 3], 1, 2, 2),
-            ([1, 3, 4, 4], [3, 1, 5, 5], 2, 1, 3),
-            ([1, 5, 23, 41], [13, 5, 3, 3], 1, 1, 1),
-            ([1, 64, 9, 40], [7, 64, 3, 3], 1, 1, 1),
-            ([2, 6, 17, 19], [9, 6, 3, 3], 1, 2, 1),
-            ([1, 64, 48, 48], [64, 1, 3, 3], 1, 1, 64),
+            ([1, 3, 5, 6], [4, 3, 3, 3], [1; 4], 1, 1),
+            ([2, 4, 4, 4], [6, 4, 1, 1], [0; 4], 1, 1),
+            ([1, 4, 7, 5], [4, 1, 3, 3], [1; 4], 2, 4),
+            ([1, 4, 6, 6], [6, 2, 3, 3], [1; 4], 2, 2),
+            ([1, 3, 4, 4], [3, 1, 5, 5], [2; 4], 1, 3),
+            ([1, 5, 23, 41], [13, 5, 3, 3], [1; 4], 1, 1),
+            ([1, 64, 9, 40], [7, 64, 3, 3], [1; 4], 1, 1),
+            ([2, 6, 17, 19], [9, 6, 3, 3], [1; 4], 2, 1),
+            ([1, 64, 48, 48], [64, 1, 3, 3], [1; 4], 1, 64),
+            ([1, 2, 5, 6], [3, 2, 3, 3], [1, 1, 1, 17], 1, 1),
+            ([1, 2, 5, 6], [3, 2, 3, 3], [7, 9, 6, 2], 1, 1),
+            ([1, 2, 5, 6], [3, 2, 3, 3], [1, 8, 5, 11], 2, 1),
+            ([1, 4, 5, 6], [4, 1, 3, 3], [1, 1, 1, 17], 1, 4),
         ];
-        for &(xs, ws, pad, stride, group) in cases {
+        for &(xs, ws, pads, stride, group) in cases {
             let x = pseudo(xs.iter().product(), 1);
             let w = pseudo(ws.iter().product(), 2);
-            let (shape, expected) = naive(&x, xs, &w, ws, pad, stride, group);
-            let op = Conv { geom: geom([pad; 4], [stride; 2], group) };
+            let (shape, expected) = naive(&x, xs, &w, ws, pads, stride, group);
+            let op = Conv { geom: geom(pads, [stride; 2], group) };
             for threads in [1, 3] {
                 let y = crate::threads::with(threads, || run(&op, &[f32t(&xs, &x), f32t(&ws, &w)])).unwrap();
                 assert_close(&y[0], &shape, &expected);

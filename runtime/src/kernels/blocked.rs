@@ -8,7 +8,7 @@
 //! outer sum in f32, block by block in order, so every kernel gives bit-identical results.
 
 use super::gemm::PackedI8;
-use super::{BlockScales, GemmU8I8, TileRows, kernel_rows, row_block};
+use super::{BlockScales, GemmU8I8, SMALL_WEIGHT, TileRows, kernel_rows, row_block};
 use crate::ops::quant::quantize;
 
 /// Weights packed for one kernel with a scale per (block, column). Block sums of the
@@ -21,6 +21,8 @@ pub struct BlockScaledI8 {
     block_terms: Vec<i32>,
     /// `[panel][block][nr]` (0 past the last column).
     scales: Vec<f32>,
+    /// Every weight within ±[`SMALL_WEIGHT`] (see [`BlockScales::small_weights`]).
+    small_weights: bool,
 }
 
 impl BlockScaledI8 {
@@ -55,7 +57,8 @@ impl BlockScaledI8 {
                 scales[at(blk, j)] = scale(blk, j);
             }
         }
-        BlockScaledI8 { packed, block, block_terms, scales }
+        let small_weights = (0..k).all(|p| (0..n).all(|j| (get(p, j) as i32).abs() <= SMALL_WEIGHT));
+        BlockScaledI8 { packed, block, block_terms, scales, small_weights }
     }
 
     /// Values per block.
@@ -142,11 +145,12 @@ crate::simd::widest_fn! {
     let (n, nr, mr, blocks) = (b.cols(), kernel.nr(), kernel.block_mr(), b.blocks());
     let (m, k4, terms) = (c.len() / n.max(1), b.block / 4, blocks * nr);
     let mut acc = vec![0f32; mr * nr];
-    let (block, stride) = (row_block(mr, a.stride * kernel.activation_bytes(), n * size_of::<f32>()), a.stride * kernel.activation_bytes());
+    let bytes = kernel.block_activation_bytes();
+    let (block, stride) = (row_block(mr, a.stride * bytes, n * size_of::<f32>()), a.stride * bytes);
     let mut wide = Vec::new();
     for block0 in (0..m).step_by(block) {
         let block_end = m.min(block0 + block);
-        let data = kernel_rows(kernel, &a.data[(row0 + block0) * a.stride..(row0 + block_end) * a.stride], &mut wide);
+        let data = kernel_rows(bytes, &a.data[(row0 + block0) * a.stride..(row0 + block_end) * a.stride], &mut wide);
         for col0 in (0..n).step_by(nr) {
             let panel = b.packed.panel(col0);
             let cols = nr.min(n - col0);
@@ -154,7 +158,7 @@ crate::simd::widest_fn! {
             for tile_row in (block0..block_end).step_by(mr) {
                 let count = mr.min(block_end - tile_row);
                 let rows = TileRows { data: &data[(tile_row - block0) * stride..], stride, count };
-                let scales = BlockScales { a: &a.scales[(row0 + tile_row) * blocks..], a_stride: blocks, w };
+                let scales = BlockScales { a: &a.scales[(row0 + tile_row) * blocks..], a_stride: blocks, w, small_weights: b.small_weights };
                 kernel.tile_block_scaled(rows, panel, k4, blocks, init, scales, &mut acc);
                 for r in 0..count {
                     epilogue(row0 + tile_row + r, col0, &acc[r * nr..][..cols], &mut c[(tile_row + r) * n + col0..][..cols]);

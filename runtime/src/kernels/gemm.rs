@@ -150,7 +150,7 @@ crate::simd::widest_fn! {
         let mut wide = Vec::new();
         for block0 in (0..m).step_by(block) {
             let block_end = m.min(block0 + block);
-            let a = kernel_rows(kernel, &rows.a[(row0 + block0) * lda..(row0 + block_end) * lda], &mut wide);
+            let a = kernel_rows(kernel.activation_bytes(), &rows.a[(row0 + block0) * lda..(row0 + block_end) * lda], &mut wide);
             for col0 in (0..n).step_by(nr) {
                 let panel = &b.panels[col0 / nr * panel_len..][..panel_len];
                 let cols = nr.min(n - col0);

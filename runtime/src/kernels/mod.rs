@@ -87,6 +87,13 @@ pub trait GemmU8I8: Send + Sync {
         self.mr()
     }
 
+    /// Bytes per activation value in the rows [`GemmU8I8::tile_block_scaled`] reads (see
+    /// [`GemmU8I8::activation_bytes`]). Kernels with their own block-scaled tile read the u8
+    /// values as they are.
+    fn block_activation_bytes(&self) -> usize {
+        self.activation_bytes()
+    }
+
     /// The block-scaled tile of [`blocked`]: `k` in `blocks` blocks of `k4` groups, and for
     /// every row `r` of `a` and column `j < nr`, from `acc[r·nr + j] = 0`, block by block in
     /// order,
@@ -118,7 +125,7 @@ pub trait GemmU8I8: Send + Sync {
 }
 
 /// The scales of a block-scaled tile: the activations' `a[r·a_stride + blk]` and the
-/// weights' `w[blk·nr + j]`.
+/// weights' `w[blk·nr + j]`; and whether the weights are small.
 #[derive(Clone, Copy, Debug)]
 pub struct BlockScales<'a> {
     /// Per row and block.
@@ -127,7 +134,14 @@ pub struct BlockScales<'a> {
     pub a_stride: usize,
     /// Per block and panel column.
     pub w: &'a [f32],
+    /// Every weight within ±[`SMALL_WEIGHT`] (4-bit values minus their zero points), which
+    /// lets a kernel sum u8 · i8 products in i16 without saturating.
+    pub small_weights: bool,
 }
+
+/// The largest weight magnitude of [`BlockScales::small_weights`]: a pair of u8 · i8 products
+/// then stays within ±7650, four pairs within i16.
+pub const SMALL_WEIGHT: i32 = 15;
 
 /// Most accumulators of a tile, `mr · nr` (8 rows of 48 columns).
 const MAX_TILE: usize = 8 * 48;
@@ -147,7 +161,7 @@ pub fn check_block_tile<K: GemmU8I8 + ?Sized>(
     acc: &[f32],
 ) {
     let (nr, rows, name) = (kernel.nr(), a.count, kernel.name());
-    let row_bytes = 4 * k4 * blocks * kernel.activation_bytes();
+    let row_bytes = 4 * k4 * blocks * kernel.block_activation_bytes();
     assert!((1..=kernel.block_mr()).contains(&rows) && rows * nr <= MAX_TILE, "{name}: {rows} rows in a block-scaled tile");
     assert!(a.stride >= row_bytes && a.data.len() >= (rows - 1) * a.stride + row_bytes, "{name}: activations too short");
     assert_eq!(panel.len(), blocks * k4 * nr * 4, "{name}: panel size");
@@ -180,10 +194,10 @@ pub(crate) fn row_block(mr: usize, row_bytes: usize, out_row_bytes: usize) -> us
     mr * (BYTES / tile_bytes).max(1)
 }
 
-/// Activation rows (whole rows of `u8` values) in the form `kernel`'s tiles read: as they are,
-/// or widened into `buffer` (see [`GemmU8I8::activation_bytes`]).
-pub(crate) fn kernel_rows<'a>(kernel: &dyn GemmU8I8, rows: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
-    match kernel.activation_bytes() {
+/// Activation rows (whole rows of `u8` values) in the form a tile reads, `bytes` per value:
+/// as they are, or widened into `buffer` (see [`GemmU8I8::activation_bytes`]).
+pub(crate) fn kernel_rows<'a>(bytes: usize, rows: &'a [u8], buffer: &'a mut Vec<u8>) -> &'a [u8] {
+    match bytes {
         1 => rows,
         _ => {
             // Each value zero-extended to 16 bits, little-endian.
@@ -272,6 +286,10 @@ macro_rules! impl_gemm_kernel {
                 $block_mr
             }
 
+            fn block_activation_bytes(&self) -> usize {
+                1
+            }
+
             fn tile_block_scaled(
                 &self,
                 a: $crate::kernels::TileRows,
@@ -285,15 +303,15 @@ macro_rules! impl_gemm_kernel {
                 $crate::kernels::check_block_tile(self, a, panel, k4, blocks, init, scales, acc);
                 let (rows, lda) = (a.count, a.stride);
                 let (a, panel, init, acc) = (a.data.as_ptr(), panel.as_ptr(), init.as_ptr(), acc.as_mut_ptr());
-                let (a_scales, a_stride, w_scales) = (scales.a.as_ptr(), scales.a_stride, scales.w.as_ptr());
+                let (a_scales, a_stride, w_scales, small) = (scales.a.as_ptr(), scales.a_stride, scales.w.as_ptr(), scales.small_weights);
                 // Safety: constructing the kernel proved its CPU features; `check_block_tile`
                 // proved the bounds its loads and stores assume.
                 unsafe {
                     match rows {
-                        1 => $block_tile::<1>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, acc),
-                        2 if $block_mr >= 2 => $block_tile::<2>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, acc),
-                        3 if $block_mr >= 3 => $block_tile::<3>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, acc),
-                        4 if $block_mr >= 4 => $block_tile::<4>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, acc),
+                        1 => $block_tile::<1>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, small, acc),
+                        2 if $block_mr >= 2 => $block_tile::<2>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, small, acc),
+                        3 if $block_mr >= 3 => $block_tile::<3>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, small, acc),
+                        4 if $block_mr >= 4 => $block_tile::<4>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, small, acc),
                         _ => unreachable!("check_block_tile bounds rows by block_mr ≤ 4"),
                     }
                 }

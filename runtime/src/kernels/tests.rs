@@ -137,25 +137,39 @@ fn every_kernel_wraps_like_the_oracle_past_i32() {
 /// bit for bit — the block sums are exact and the f32 combination runs in the same order.
 #[test]
 fn every_kernel_computes_block_scaled_products_exactly() {
-    // (k, block, m, n): k a multiple of the block or not, one block, blocks of one group,
-    // a case big enough to split over 3 threads, and one whose rows span several of the
-    // drivers' row blocks, the last one short.
-    for (case, &(k, block, m, n)) in [
-        (64usize, 32usize, 5usize, 17usize),
-        (40, 32, 9, 3),
-        (384, 32, 1, 49),
-        (100, 4, 3, 8),
-        (7, 8, 2, 5),
-        (256, 64, 150, 60),
-        (4096, 32, 21, 9),
+    // (k, block, m, n, largest weight): k a multiple of the block or not, one block, blocks
+    // of one group, blocks of 5 and 9 groups (i16 sums of small weights run 4 groups at a
+    // time), a case big enough to split over 3 threads, one whose rows span several of the
+    // drivers' row blocks, the last one short; weights within ±15 (4-bit values minus zero
+    // points: the small-weight tiles) and full-range (8-bit blocks); last, the extremes that
+    // small-weight sums must hold without saturating: every activation at 255 (+127 + 128),
+    // and the weights all +15 in even columns, all −15 in odd ones.
+    for (case, &(k, block, m, n, largest)) in [
+        (64usize, 32usize, 5usize, 17usize, 15i32),
+        (40, 32, 9, 3, 15),
+        (384, 32, 1, 49, 15),
+        (100, 4, 3, 8, 15),
+        (7, 8, 2, 5, 15),
+        (60, 20, 4, 9, 15),
+        (72, 36, 3, 11, 15),
+        (256, 64, 150, 60, 15),
+        (4096, 32, 21, 9, 15),
+        (64, 32, 5, 17, 127),
+        (100, 4, 3, 8, 16),
+        (256, 64, 150, 60, 127),
+        (96, 32, 4, 16, -15),
     ]
     .iter()
     .enumerate()
     {
         let blocks = k.div_ceil(block);
         let seed = case as u64 * 7 + 1;
-        let a: Vec<f32> = bytes(m * k, seed).into_iter().map(|v| (v as f32 - 127.5) / 17.0).collect();
-        let w: Vec<i8> = bytes(k * n, seed + 1).into_iter().map(|v| (v % 31) as i8 - 15).collect();
+        let extremes = largest < 0;
+        let a: Vec<f32> = bytes(m * k, seed).into_iter().map(|v| if extremes { 1.0 } else { (v as f32 - 127.5) / 17.0 }).collect();
+        let w: Vec<i8> = match extremes {
+            true => (0..k * n).map(|i| if i % n % 2 == 0 { -largest } else { largest } as i8).collect(),
+            false => bytes(k * n, seed + 1).into_iter().map(|v| ((v as i32 % (2 * largest + 1)) - largest) as i8).collect(),
+        };
         let scales: Vec<f32> = bytes(blocks * n, seed + 2).into_iter().map(|v| (v as f32 + 1.0) / 512.0).collect();
         let qa = quantize_rows(&a, k, block);
         let mut want = vec![0f32; m * n];

@@ -25,7 +25,7 @@ impl_gemm_kernel!(Avx2, "x86-avx2-gemm-u8i8", nr = 8, mr = 6, a_bias = 0, activa
 unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
     // Safety: the caller checked the bounds of k4 groups; init holds 8 values, acc R rows of 8.
     unsafe {
-        let c = sums_avx2::<R>(a, lda, panel, 0..k4);
+        let c = sums_avx2::<R, 2>(a, lda, panel, 0..k4);
         let init = _mm256_loadu_si256(init.cast());
         for (r, c) in c.iter().enumerate() {
             _mm256_storeu_si256(acc.add(8 * r).cast(), _mm256_add_epi32(columns_avx2(c), init));
@@ -36,14 +36,21 @@ unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, 
 /// The exact i32 sums of R rows × 8 columns over the groups `groups` of `k`, per row two
 /// vectors whose lanes pair up: `[c0 c0 c1 c1 | c2 c2 c3 c3]` and the same for columns 4–7
 /// (one lane for `k0·k1`, one for `k2·k3` of each group; see [`columns_avx2`]). Per group: 2
-/// panel loads widened to i16, and per row one 8-byte broadcast and 2 `vpmaddwd`.
+/// panel loads widened to i16, and per row one 8-byte broadcast and 2 `vpmaddwd`. Activations
+/// of `BYTES` = 2 are i16 already; of 1, u8 widened here (the block-scaled tile's rare wide
+/// weights).
 ///
 /// # Safety
-/// The panel holds the groups (32 bytes each); every row, `lda` bytes apart, their 4 i16
-/// values each.
+/// The panel holds the groups (32 bytes each); every row, `lda` bytes apart, their 4 values
+/// each.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn sums_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, groups: std::ops::Range<usize>) -> [[__m256i; 2]; R] {
+unsafe fn sums_avx2<const R: usize, const BYTES: usize>(
+    a: *const u8,
+    lda: usize,
+    panel: *const i8,
+    groups: std::ops::Range<usize>,
+) -> [[__m256i; 2]; R] {
     let mut c = [[_mm256_setzero_si256(); 2]; R];
     for g in groups {
         // Safety (every access): as the caller guarantees.
@@ -52,7 +59,10 @@ unsafe fn sums_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, 
             (_mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())), _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16).cast())))
         };
         for (r, c) in c.iter_mut().enumerate() {
-            let av = _mm256_set1_epi64x(unsafe { a.add(r * lda + 8 * g).cast::<i64>().read_unaligned() });
+            let av = match BYTES {
+                2 => _mm256_set1_epi64x(unsafe { a.add(r * lda + 8 * g).cast::<i64>().read_unaligned() }),
+                _ => _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(unsafe { group(a, r * lda + 4 * g) } as i32))),
+            };
             c[0] = _mm256_add_epi32(c[0], _mm256_madd_epi16(av, b_lo));
             c[1] = _mm256_add_epi32(c[1], _mm256_madd_epi16(av, b_hi));
         }
@@ -68,9 +78,43 @@ fn columns_avx2(c: &[__m256i; 2]) -> __m256i {
     _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(c[0], c[1]))
 }
 
-/// The block-scaled tile (4 rows × 8 columns): per block, 8 ymm of exact i32 sums, reduced to
-/// one per row, converted and scaled into 4 ymm of f32 sums, so nothing leaves the registers
-/// between blocks. Multiply then add, as the default tile does: the same bits.
+/// The exact i32 sums of R rows × 8 columns (one vector per row, lanes in column order) over
+/// the groups `groups` of `k`, for weights within ±[`SMALL_WEIGHT`](super::SMALL_WEIGHT) and
+/// u8 activations: `vpmaddubsw` makes 32 products a µop (against `vpmaddwd`'s 16), summed in
+/// pairs into i16 that cannot saturate (|a0·w0 + a1·w1| ≤ 2·255·15 = 7650), four groups
+/// added in i16 (≤ 30600), then widened once by `vpmaddwd` with ones.
+///
+/// # Safety
+/// The panel holds the groups (32 bytes each); every row, `lda` bytes apart, their 4 bytes
+/// each.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn small_sums_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, groups: std::ops::Range<usize>) -> [__m256i; R] {
+    let ones = _mm256_set1_epi16(1);
+    let mut c = [_mm256_setzero_si256(); R];
+    let mut g0 = groups.start;
+    while g0 < groups.end {
+        let mut pairs = [_mm256_setzero_si256(); R];
+        for g in g0..groups.end.min(g0 + 4) {
+            // Safety (every access): as the caller guarantees.
+            let b = unsafe { _mm256_loadu_si256(panel.add(32 * g).cast()) };
+            for (r, pairs) in pairs.iter_mut().enumerate() {
+                let av = _mm256_set1_epi32(unsafe { group(a, r * lda + 4 * g) } as i32);
+                *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(av, b));
+            }
+        }
+        for (c, &pairs) in c.iter_mut().zip(&pairs) {
+            *c = _mm256_add_epi32(*c, _mm256_madd_epi16(pairs, ones));
+        }
+        g0 += 4;
+    }
+    c
+}
+
+/// The block-scaled tile (4 rows × 8 columns) on u8 activations: per block, the exact i32
+/// sums of each row (by [`small_sums_avx2`] for small weights, else [`sums_avx2`] reduced),
+/// converted and scaled into 4 ymm of f32 sums, so nothing leaves the registers between
+/// blocks. Multiply then add, as the default tile does: the same bits.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_tile_avx2<const R: usize>(
@@ -83,22 +127,28 @@ unsafe fn block_tile_avx2<const R: usize>(
     a_scales: *const f32,
     a_stride: usize,
     w_scales: *const f32,
+    small: bool,
     acc: *mut f32,
 ) {
     // Safety (every access): the caller checked blocks·k4 groups of 32 panel bytes, 8 init and
-    // weight scales per block, `blocks` activation scales per row, and R rows of 8 in acc.
+    // weight scales per block, `blocks` activation scales per row, R rows of `blocks·4·k4`
+    // bytes, and R rows of 8 in acc.
     let mut sums = [_mm256_setzero_ps(); R];
     for blk in 0..blocks {
+        let groups = blk * k4..(blk + 1) * k4;
         let (c, init, w) = unsafe {
             (
-                sums_avx2::<R>(a, lda, panel, blk * k4..(blk + 1) * k4),
+                match small {
+                    true => small_sums_avx2::<R>(a, lda, panel, groups),
+                    false => sums_avx2::<R, 1>(a, lda, panel, groups).map(|c| columns_avx2(&c)),
+                },
                 _mm256_loadu_si256(init.add(8 * blk).cast()),
                 _mm256_loadu_ps(w_scales.add(8 * blk)),
             )
         };
-        for (r, (sum, c)) in sums.iter_mut().zip(&c).enumerate() {
+        for (r, (sum, &c)) in sums.iter_mut().zip(&c).enumerate() {
             let a_scale = _mm256_set1_ps(unsafe { *a_scales.add(r * a_stride + blk) });
-            let exact = _mm256_cvtepi32_ps(_mm256_add_epi32(columns_avx2(c), init));
+            let exact = _mm256_cvtepi32_ps(_mm256_add_epi32(c, init));
             *sum = _mm256_add_ps(*sum, _mm256_mul_ps(exact, _mm256_mul_ps(a_scale, w)));
         }
     }
@@ -228,6 +278,7 @@ unsafe fn block_tile_avx512vnni<const R: usize>(
     a_scales: *const f32,
     a_stride: usize,
     w_scales: *const f32,
+    _small: bool,
     acc: *mut f32,
 ) {
     // Safety (every access): the caller checked blocks·k4 groups of 192 panel bytes, 48 init

@@ -134,14 +134,14 @@ pub struct BlockScales<'a> {
     pub a_stride: usize,
     /// Per block and panel column.
     pub w: &'a [f32],
-    /// Every weight within ±[`SMALL_WEIGHT`] (4-bit values minus their zero points), which
-    /// lets a kernel sum u8 · i8 products in i16 without saturating.
+    /// Every weight within ±15 (4-bit values minus their zero points), which lets a kernel sum
+    /// u8 · i8 products in i16 without saturating.
     pub small_weights: bool,
 }
 
 /// The largest weight magnitude of [`BlockScales::small_weights`]: a pair of u8 · i8 products
 /// then stays within ±7650, four pairs within i16.
-pub const SMALL_WEIGHT: i32 = 15;
+pub(crate) const SMALL_WEIGHT: i32 = 15;
 
 /// Most accumulators of a tile, `mr · nr` (8 rows of 48 columns).
 const MAX_TILE: usize = 8 * 48;

@@ -47,9 +47,12 @@ impl BlockScaledI8 {
         let at = |blk: usize, j: usize| (j / nr * blocks + blk) * nr + j % nr;
         let width = n.div_ceil(nr) * nr;
         let (mut block_terms, mut scales) = (vec![0i32; blocks * width], vec![0f32; blocks * width]);
+        let mut small_weights = true;
         for p in 0..k {
             for j in 0..n {
-                block_terms[at(p / block, j)] += (kernel.a_bias() - 128) * get(p, j) as i32;
+                let w = get(p, j) as i32;
+                block_terms[at(p / block, j)] += (kernel.a_bias() - 128) * w;
+                small_weights &= w.abs() <= SMALL_WEIGHT;
             }
         }
         for blk in 0..blocks {
@@ -57,7 +60,6 @@ impl BlockScaledI8 {
                 scales[at(blk, j)] = scale(blk, j);
             }
         }
-        let small_weights = (0..k).all(|p| (0..n).all(|j| (get(p, j) as i32).abs() <= SMALL_WEIGHT));
         BlockScaledI8 { packed, block, block_terms, scales, small_weights }
     }
 

@@ -136,8 +136,9 @@ fn mixed_precision_meets_a_size_budget() {
     );
     assert_eq!(r["samples"], 5);
     for layer in r["layers"].as_array().unwrap() {
-        // The table's rows are 64 long: it may also take one 4-bit scale per row. Matmuls may
-        // take 4-bit blocks with power-of-two scales (int8 speed), a table has no use for them.
+        // The table's rows are 64 long, a power of two: it may also take 4-bit blocks of a
+        // whole row. Matmuls may take 4-bit blocks with power-of-two scales (int8 speed), a
+        // table has no use for them.
         let measured: Vec<&str> = layer["losses"].as_array().unwrap().iter().map(|l| l[0].as_str().unwrap()).collect();
         let want = if layer["op"] == "Gather" {
             &["fp16", "int8", "int4-b32", "int4-b64"][..]
@@ -169,7 +170,26 @@ fn mixed_precision_meets_a_size_budget() {
     }
     assert!(plot.contains(">1e-7</text>") && plot.contains(" MB</text>") && plot.contains(" ms</text>"), "axis values");
     assert!(plot.contains("written: "), "the written point on the time front");
-    assert!(Model::load(&out).is_ok());
+    // A table is written as DequantizeLinear → Gather, and at 4 bits (a tighter budget) as
+    // onnxruntime's GatherBlockQuantized, which gathers rows before dequantizing them
+    // (standard ONNX has no gather of 4-bit values).
+    let lookup = |out: &Path, json: &Path| {
+        let table = report(json)["layers"].as_array().unwrap().iter().find(|l| l["op"] == "Gather").unwrap()["precision"].clone();
+        let written = Model::load(out).unwrap().file().proto.clone();
+        let graph = written.graph.as_ref().unwrap();
+        let node = graph.node.iter().find(|n| n.output == ["e"]).unwrap();
+        let microsoft = written.opset_import.iter().any(|o| o.domain.as_deref() == Some("com.microsoft"));
+        let dequantized = graph.node.iter().any(|n| n.output == ["table"] && n.op_type.as_deref() == Some("DequantizeLinear"));
+        (table.as_str().unwrap().to_string(), node.op_type.clone().unwrap(), node.domain.clone(), microsoft, dequantized)
+    };
+    assert_eq!(lookup(&out, &json), ("int8".into(), "Gather".into(), None, false, true));
+    let (tight, tight_json) = (dir.join("tight.onnx"), dir.join("tight.json"));
+    let args = ["quantize", &s(&model), "-o", &s(&tight), "--calib", &s(&calib), "--eval", &s(&eval), "--max-size-mb", "0.032"];
+    let (ok, _, stderr) = distq(&[&args[..], &["--report", &s(&tight_json)]].concat());
+    assert!(ok, "{stderr}");
+    let (precision, op, domain, microsoft, dequantized) = lookup(&tight, &tight_json);
+    assert!(precision.starts_with("int4-b"), "{precision}");
+    assert_eq!((op.as_str(), domain.as_deref(), microsoft, dequantized), ("GatherBlockQuantized", Some("com.microsoft"), true, false));
     // A model whose weights are in an external data file quantizes the same.
     let external = dir.join("external.onnx");
     let fp32 = Model::load(&model).unwrap();

@@ -202,17 +202,21 @@ pub fn quantize(model: &Model, config: &Config, calib: &Dataset, eval: &Dataset,
     }
     let observations = calibration(proto, &layers, config, &precisions, calib, progress)?;
     let observations_used_gptq = !observations.hessians.is_empty();
-    // A lookup table costs no compute, only bytes: a mixed search may also give it one 4-bit
-    // scale per row. MiniLM's word embeddings (30522 rows of 384) take 6.0 MB so instead of
-    // 7.5 MB in blocks of 32, which leaves room for int8, the fast precision, elsewhere.
+    // A lookup table costs no compute, only bytes: a mixed search may also give it long 4-bit
+    // blocks, the longest power of two (onnxruntime's GatherBlockQuantized takes no other)
+    // that divides a row. MiniLM's word embeddings (30522 rows of 384) take 6.2 MB so in
+    // blocks of 128 instead of 7.5 MB in blocks of 32, which leaves room for int8, the fast
+    // precision, elsewhere.
     let mixed = config.uniform.is_none() && config.fixed.is_none();
     let layer_precisions = |layer: &qdq::Layer| {
         let row = layer.shape[layer.layout.reduction_axis];
-        let whole_rows = Precision::Int4 { block: row, pow2_scales: false };
-        let table = mixed && layer.op == "Gather" && row > config.block && precisions.contains(&int4);
+        // The lowest set bit of the row length: its longest power-of-two divisor.
+        let longest = row & row.wrapping_neg();
+        let long_blocks = Precision::Int4 { block: longest, pow2_scales: false };
+        let table = mixed && layer.op == "Gather" && longest > config.block && precisions.contains(&int4);
         // Only matmuls compute on 4-bit blocks at int8 speed.
         let computes = |p: &Precision| *p != int4_pow2 || matches!(layer.op.as_str(), "MatMul" | "Gemm");
-        precisions.iter().copied().filter(computes).chain(table.then_some(whole_rows)).collect()
+        precisions.iter().copied().filter(computes).chain(table.then_some(long_blocks)).collect()
     };
     let mut options = search::candidates(layers, layer_precisions, &observations)?;
     let reference_eval = eval.outputs(&fp32_session, config.batch)?;

@@ -559,7 +559,7 @@ impl Op for Slice {
 /// `Gather(data, indices, axis)`; indices are bounds-checked.
 #[derive(Debug)]
 pub struct Gather {
-    axis: i64,
+    pub(crate) axis: i64,
 }
 
 impl Gather {

@@ -1,5 +1,6 @@
 //! Quantization ops: QuantizeLinear, DequantizeLinear (per tensor or per axis),
-//! DynamicQuantizeLinear, and MatMulInteger on the integer dot kernels.
+//! DynamicQuantizeLinear, MatMulInteger on the integer dot kernels, and gathers from quantized
+//! tables (com.microsoft GatherBlockQuantized).
 
 use super::array::Gather;
 use super::epilogue::Epilogue;
@@ -21,6 +22,7 @@ pub const OPS: &[(&str, Importer)] = &[
     ("DynamicQuantizeLinear", |_| Ok(Box::new(DynamicQuantizeLinear))),
     ("MatMulInteger", |_| Ok(Box::new(MatMulInteger::default()))),
     ("QLinearMatMul", |_| Ok(Box::new(QLinearMatMul::default()))),
+    ("com.microsoft::GatherBlockQuantized", GatherBlockQuantized::import),
 ];
 
 /// The `axis` and `block_size` attributes of QuantizeLinear / DequantizeLinear.
@@ -346,6 +348,71 @@ impl Op for DequantizedGather {
         let gathered = self.gather_values(required(inputs, 0)?, optional(inputs, 3), pool)?;
         let [scale, zero] = self.parameters(inputs, pool)?;
         self.dequantize.eval(&[Some(&gathered), scale.as_deref(), zero.as_deref()], pool)
+    }
+}
+
+/// com.microsoft `GatherBlockQuantized(data, indices, scales, zero_points?)`: rows of a 4-bit
+/// table quantized in blocks along another axis, gathered, then dequantized. It is
+/// onnxruntime's form of a 4-bit embedding table: the standard `Gather` takes no 4-bit type,
+/// and `DequantizeLinear → Gather` makes onnxruntime dequantize the whole table on every run.
+/// Runs as the planner's [`DequantizedGather`] of the same table, so only the gathered rows are
+/// widened. Data is int4 or uint4 (zero point 0 when absent) with float scales; the uint8
+/// packing onnxruntime also accepts is refused by name.
+#[derive(Debug)]
+pub struct GatherBlockQuantized {
+    gather: Arc<Gather>,
+    dequantize: DequantizeLinear,
+}
+
+impl GatherBlockQuantized {
+    fn import(c: &ImportCtx) -> Result<Box<dyn Op>> {
+        let bits = c.attrs.int("bits", 4)?;
+        ensure!(bits == 4, "bits is {bits}: only 4-bit (int4, uint4) data is supported");
+        let block = c.attrs.int("block_size", 128)?;
+        ensure!(block >= 16 && (block as u64).is_power_of_two(), "block_size is {block}, expected a power of 2 of at least 16");
+        let gather = Arc::new(Gather { axis: c.attrs.int("gather_axis", 0)? });
+        let axis = Axis { axis: c.attrs.int("quantize_axis", 1)?, block: block as usize };
+        Ok(Box::new(GatherBlockQuantized { gather, dequantize: DequantizeLinear { axis } }))
+    }
+
+    /// The equivalent gather of a dequantized table of shape `table` by indices of rank
+    /// `indices_rank`, and its inputs `(data, scales, zero_points?, indices)` in its order.
+    fn as_dequantized_gather<'a, T>(
+        &self,
+        inputs: &[Option<&'a T>],
+        shape: impl Fn(&T) -> (&[usize], DataType),
+    ) -> Result<(DequantizedGather, Vec<Option<&'a T>>)> {
+        let (table, indices) = (shape(required(inputs, 0)?), shape(required(inputs, 1)?));
+        ensure!(table.1.is_four_bit(), "data has dtype {}: int4 and uint4 are supported (uint8-packed data is not)", table.1);
+        let scales = shape(required(inputs, 2)?).1;
+        ensure!(scales == DataType::F32, "scales have dtype {scales}, expected float");
+        ensure!(
+            normalize_axis(self.dequantize.axis.axis, table.0.len())? != normalize_axis(self.gather.axis, table.0.len())?,
+            "quantize_axis and gather_axis are the same axis"
+        );
+        let op = DequantizedGather::new(self.gather.clone(), &self.dequantize, false, table.0, indices.0.len())
+            .ok_or_else(|| crate::error::Error::Op("the quantize and gather axes do not fit the table's rank".into()))?;
+        Ok((op, vec![inputs[0], optional(inputs, 2), optional(inputs, 3), inputs[1]]))
+    }
+}
+
+impl Op for GatherBlockQuantized {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        super::gather_work(inputs[0].map(|t| t.dtype), outputs)
+    }
+
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (op, inputs) = self.as_dequantized_gather(inputs, |f: &Fact| (&f.shape[..], f.dtype))?;
+        op.infer(&inputs)
+    }
+
+    fn reads_four_bit(&self) -> bool {
+        true
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (op, inputs) = self.as_dequantized_gather(inputs, |t: &Tensor| (t.shape(), t.dtype()))?;
+        op.eval(&inputs, pool)
     }
 }
 
@@ -946,6 +1013,71 @@ impl Requantize {
 mod tests {
     use super::super::test_util::*;
     use super::*;
+
+    /// GatherBlockQuantized against its definition, `(data[idx][c] − zero[idx][c / block]) ·
+    /// scale[idx][c / block]`: int4 with zero points and a short last block, uint4 without
+    /// (zero 0), indices of rank 2 with a negative one and of rank 0; then the refusals.
+    #[test]
+    fn gather_block_quantized_matches_its_definition() {
+        let (rows, cols, block) = (6usize, 40usize, 16usize);
+        let blocks = cols.div_ceil(block);
+        use crate::onnx::proto::{AttributeProto, NodeProto, attribute_proto::AttributeType};
+        let import = |attrs: &[(&str, i64)]| {
+            let attribute = attrs
+                .iter()
+                .map(|&(name, i)| AttributeProto {
+                    name: Some(name.into()),
+                    i: Some(i),
+                    r#type: Some(AttributeType::Int as i32),
+                    ..Default::default()
+                })
+                .collect();
+            let node = NodeProto { attribute, ..Default::default() };
+            let attrs = crate::onnx::attrs::Attrs::new(&node);
+            GatherBlockQuantized::import(&ImportCtx { attrs, opset: 1, num_inputs: 4, num_outputs: 1 })
+        };
+        let gbq = |block: i64, quantize_axis: i64| import(&[("block_size", block), ("quantize_axis", quantize_axis)]).unwrap();
+        for signed in [true, false] {
+            let dtype = if signed { DataType::I4 } else { DataType::U4 };
+            let value = |i: usize| if signed { (i * 7 % 16) as i32 - 8 } else { (i * 7 % 16) as i32 };
+            let nibbles = |n: usize, f: &dyn Fn(usize) -> i32| -> Vec<u8> { (0..n).map(|i| f(i) as u8 & 15).collect() };
+            let four_bit = |shape: Vec<usize>, v: Vec<u8>| Tensor::from_le_bytes(dtype, shape, crate::nibbles::pack_u4(&v).into()).unwrap();
+            let data = four_bit(vec![rows, cols], nibbles(rows * cols, &value));
+            let scales: Vec<f32> = (0..rows * blocks).map(|i| 0.25 * (1 + i % 5) as f32).collect();
+            let zero = |i: usize| if signed { [0, -3, 7][i % 3] } else { 0 };
+            let zeros = signed.then(|| four_bit(vec![rows, blocks], nibbles(rows * blocks, &zero)));
+            for (shape, ids) in [(vec![2, 2], vec![5i64, 0, -1, 2]), (vec![], vec![3])] {
+                let inputs = [
+                    Some(data.clone()),
+                    Some(Tensor::from_vec(shape.clone(), ids.clone()).unwrap()),
+                    f32t(&[rows, blocks], &scales),
+                    zeros.clone(),
+                ];
+                let y = run(gbq(block as i64, 1).as_ref(), &inputs).unwrap().remove(0);
+                let mut want = Vec::new();
+                for &i in &ids {
+                    let r = i.rem_euclid(rows as i64) as usize;
+                    let p = |c: usize| r * blocks + c / block;
+                    want.extend((0..cols).map(|c| (value(r * cols + c) - zero(p(c))) as f32 * scales[p(c)]));
+                }
+                assert_eq!(y.shape(), [shape, vec![cols]].concat());
+                assert_eq!(y.as_slice::<f32>().unwrap(), want, "signed {signed}, indices {ids:?}");
+            }
+        }
+        let ids = Some(Tensor::from_vec(vec![1], vec![0i64]).unwrap());
+        let error = |op: Box<dyn Op>, data: Tensor| {
+            run(op.as_ref(), &[Some(data), ids.clone(), f32t(&[1, 1], &[1.0]), None]).unwrap_err().to_string()
+        };
+        let bytes = Tensor::from_vec(vec![1, 16], vec![0u8; 16]).unwrap();
+        assert!(error(gbq(16, 1), bytes).contains("data has dtype uint8"));
+        let int4 = Tensor::from_le_bytes(DataType::I4, vec![1, 16], vec![0u8; 8].into()).unwrap();
+        assert!(error(gbq(16, 0), int4).contains("quantize_axis and gather_axis are the same axis"));
+        for block in [8, 48] {
+            let err = import(&[("block_size", block)]).unwrap_err().to_string();
+            assert!(err.contains(&format!("block_size is {block}")), "{err}");
+        }
+        assert!(import(&[("bits", 8)]).unwrap_err().to_string().contains("bits is 8"));
+    }
 
     #[test]
     fn quantize_dequantize_round_trip() {

@@ -27,6 +27,7 @@ type Timing = Result<f64, String>;
 
 fn ours(model: &Path, inputs: &Path) -> Timing {
     let session = Session::load(model).map_err(|e| e.to_string())?;
+    session.set_threads(1);
     let inputs = read_npz(inputs).map_err(|e| e.to_string())?;
     let options = BenchOptions { iters: ITERS, warmup: WARMUP, energy: EnergySource::Only(Method::Model), ..Default::default() };
     Ok(session.benchmark(inputs, &options).map_err(|e| e.to_string())?.latency.p50)

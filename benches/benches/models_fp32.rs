@@ -22,6 +22,7 @@ fn models(c: &mut Criterion) {
             continue;
         };
         let session = Session::load(&path).expect("model loads");
+        session.set_threads(1);
         let inputs = read_npz(&data_path(input)).expect("inputs read");
         group.bench_function(name, |b| b.iter(|| black_box(session.run(inputs.clone()).expect("runs"))));
     }

@@ -33,6 +33,7 @@ fn minilm(c: &mut Criterion) {
     for (name, path) in variants {
         let Some(path) = path else { continue };
         let session = Session::load(&path).expect("model loads");
+        session.set_threads(1);
         group.bench_function(name, |b| b.iter(|| black_box(session.run(inputs.clone()).expect("runs"))));
     }
     group.finish();

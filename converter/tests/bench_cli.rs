@@ -41,7 +41,10 @@ fn json_reports_latency_memory_size_and_model_energy_with_ratios() {
     assert_eq!(v["ratios"]["energy"].as_f64(), Some(1.0));
     assert!(v["ratios"]["speedup"].as_f64().unwrap() > 0.0);
     assert!(v["machine"]["int8_kernel"].as_str().is_some());
-    assert!(v["scaling"].is_null(), "one thread has no scaling: {}", v["scaling"]);
+    // Without --threads: the performance cores, and their scaling when there are several.
+    let cores = distq_runtime::performance_cores();
+    assert_eq!(v["threads"].as_u64(), Some(cores as u64));
+    assert_eq!(v["scaling"].is_null(), cores == 1, "scaling on {cores} threads: {}", v["scaling"]);
 }
 
 #[test]

@@ -208,8 +208,9 @@ DistqStatus distq_session_from_bytes(const uint8_t *data, size_t len, DistqSessi
 // the handle fail with `DISTQ_STATUS_INVALID_ARGUMENT`.
 void distq_session_free(DistqSession *session);
 
-// Lets later runs of `session` split each kernel over `threads` threads (default 1; 0 counts
-// as 1). Outputs do not depend on it.
+// Lets later runs of `session` split each kernel over `threads` threads (default: the
+// performance cores, the big ones of a big.LITTLE phone; 0 counts as 1). Outputs do not
+// depend on it.
 DistqStatus distq_session_set_threads(const DistqSession *session, size_t threads);
 
 // The number of model inputs, through `out`.

@@ -18,6 +18,7 @@
 pub mod bench;
 #[cfg(feature = "capi")]
 pub mod capi;
+mod cores;
 pub mod energy;
 pub mod error;
 mod fuse;
@@ -33,6 +34,7 @@ pub mod tensor;
 pub mod testing;
 mod threads;
 
+pub use cores::performance_cores;
 pub use error::{Error, Result};
 pub use plan::Plan;
 pub use session::{DEFAULT_MAX_TENSOR_BYTES, Model, NamedTensors, Session, StepTime};

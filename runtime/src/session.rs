@@ -100,7 +100,7 @@ impl Session {
             model: Arc::new(model),
             plans: Mutex::new(HashMap::new()),
             pool: Mutex::new(BufferPool::default()),
-            threads: AtomicUsize::new(1),
+            threads: AtomicUsize::new(crate::performance_cores()),
             max_tensor_bytes: AtomicUsize::new(DEFAULT_MAX_TENSOR_BYTES),
             exact: AtomicBool::new(false),
         }
@@ -171,8 +171,8 @@ impl Session {
         self.exact.load(Ordering::Relaxed)
     }
 
-    /// Lets the kernels of later runs split their work over `threads` threads (default 1;
-    /// 0 counts as 1). Outputs do not depend on it: every output element is computed by one
+    /// Lets the kernels of later runs split their work over `threads` threads (default: the
+    /// performance cores, [`performance_cores`](crate::performance_cores); 0 counts as 1). Outputs do not depend on it: every output element is computed by one
     /// thread in the same order as with one.
     ///
     /// ```

@@ -3,7 +3,7 @@
 //! chunks taken one at a time from a shared counter by the calling thread and by workers of
 //! a process-wide pool that live as long as the process (no thread is spawned per op), so a
 //! thread slowed down (a little core, another process) leaves its share to the others. A
-//! session sets the count around each run (default 1); results do not depend on it, because
+//! session sets the count around each run (default: the performance cores, `cores.rs`); results do not depend on it, because
 //! each output row is computed by one thread in the same order as with one.
 
 use std::any::Any;

@@ -24,8 +24,8 @@ $distq quantize "$fp32" -o "$work/distq.onnx" --calib "$shared/sentences_train.n
   --max-size-mb 17 --min-speedup "$speedup" --report "$work/report.json" 2>"$work/quantize.err" | tee "$work/quantize.txt" ||
   { grep -v "^[a-z ]* [0-9]*/[0-9]*$" "$work/quantize.err" >&2; exit 1; }
 "$DISTQ_PYTHON" tools/ort_quantize.py dynamic "$fp32" "$work/ort_dynamic.onnx" >/dev/null 2>&1
-$distq bench "$work/distq.onnx" --vs "$fp32" --input "$inputs" --iters 30 --energy model >"$work/bench.txt"
-$distq bench "$work/ort_dynamic.onnx" --input "$inputs" --iters 30 --energy model >"$work/bench_ort_dynamic.txt"
+$distq bench "$work/distq.onnx" --vs "$fp32" --input "$inputs" --iters 30 --threads 1 --energy model >"$work/bench.txt"
+$distq bench "$work/ort_dynamic.onnx" --input "$inputs" --iters 30 --threads 1 --energy model >"$work/bench_ort_dynamic.txt"
 ort() { "$DISTQ_PYTHON" tools/ort_bench.py "$1" "$inputs" 30 5 | "$DISTQ_PYTHON" -c "import json, sys; print('%.2f' % json.load(sys.stdin)['p50_ms'])"; }
 ort_fp32=$(ort "$fp32"); ort_ours=$(ort "$work/distq.onnx"); ort_dynamic=$(ort "$work/ort_dynamic.onnx")
 # Pooled cosine to fp32 over the 1000 test sentences in onnxruntime (our runtime's is the report's).

@@ -54,10 +54,10 @@ pub struct Args {
     /// Untimed runs first.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
-    /// Threads each op may split its work over; above 1, the same runs on one thread too,
-    /// and the scaling (p50 on 1 thread / p50 on these).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Threads each op may split its work over [default: the performance cores]; above 1,
+    /// the same runs on one thread too, and the scaling (p50 on 1 thread / p50 on these).
+    #[arg(long)]
+    threads: Option<usize>,
     /// The file's literal float arithmetic everywhere: 4-bit block weights in f32 instead of
     /// at int8 compute (see `Session::set_exact`).
     #[arg(long)]
@@ -89,7 +89,7 @@ struct Measured {
 
 pub fn run(args: Args) -> Result<()> {
     ensure!(args.iters >= 1, "--iters {}: at least one timed run is needed", args.iters);
-    ensure!(args.threads >= 1, "--threads must be at least 1");
+    ensure!(args.threads != Some(0), "--threads must be at least 1");
     let energy = match args.energy {
         EnergyArg::Auto => EnergySource::Auto,
         EnergyArg::Rapl => EnergySource::Only(Method::Rapl),
@@ -145,8 +145,9 @@ fn measure(path: &Path, args: &Args, options: &BenchOptions) -> Result<Measured>
         session.set_threads(threads);
         session.benchmark(inputs.clone(), options).with_context(|| format!("benchmarking {} on {threads} threads", path.display()))
     };
-    let single_thread = if args.threads > 1 { Some(bench(1)?) } else { None };
-    let report = bench(args.threads)?;
+    let threads = args.threads.unwrap_or_else(distq_runtime::performance_cores);
+    let single_thread = if threads > 1 { Some(bench(1)?) } else { None };
+    let report = bench(threads)?;
     Ok(Measured { path: path.to_path_buf(), model_bytes, load_ms, inputs, report, single_thread })
 }
 

@@ -27,9 +27,9 @@ pub struct Args {
     /// Print time per op type (over all runs).
     #[arg(long)]
     profile: bool,
-    /// Threads each op may split its work over.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Threads each op may split its work over [default: the performance cores].
+    #[arg(long)]
+    threads: Option<usize>,
     /// The file's literal float arithmetic everywhere: 4-bit block weights in f32 instead of
     /// at int8 compute (see `Session::set_exact`).
     #[arg(long)]
@@ -52,10 +52,12 @@ fn summary(t: &Tensor) -> String {
 
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
-    anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
+    anyhow::ensure!(args.threads != Some(0), "--threads must be at least 1");
     let t0 = Instant::now();
     let session = Session::load(&args.model)?;
-    session.set_threads(args.threads);
+    if let Some(threads) = args.threads {
+        session.set_threads(threads);
+    }
     session.set_exact(args.exact);
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let inputs = crate::inputs::load(&args.input)?;

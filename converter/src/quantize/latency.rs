@@ -21,8 +21,18 @@ use std::time::Instant;
 /// Timed runs per micro-model (after one untimed run, which packs the weights).
 const RUNS: usize = 5;
 
-/// Median wall time of `RUNS` runs of `session` on `inputs`, in milliseconds.
+/// Median wall time of `RUNS` runs of `session` on `inputs` on one thread, in milliseconds
+/// (the session's own thread count is restored afterwards).
 fn median_ms(session: &Session, inputs: &[(String, Tensor)]) -> Result<f64> {
+    let threads = session.threads();
+    session.set_threads(1);
+    let ms = median_ms_now(session, inputs);
+    session.set_threads(threads);
+    ms
+}
+
+/// [`median_ms`] at the session's current thread count.
+fn median_ms_now(session: &Session, inputs: &[(String, Tensor)]) -> Result<f64> {
     session.run(inputs.to_vec())?;
     let mut times = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {

@@ -87,8 +87,9 @@ pub extern "C" fn distq_session_free(session: *mut DistqSession) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| SESSIONS.remove(session as usize)));
 }
 
-/// Lets later runs of `session` split each kernel over `threads` threads (default 1; 0 counts
-/// as 1). Outputs do not depend on it.
+/// Lets later runs of `session` split each kernel over `threads` threads (default: the
+/// performance cores, the big ones of a big.LITTLE phone; 0 counts as 1). Outputs do not
+/// depend on it.
 #[unsafe(no_mangle)]
 pub extern "C" fn distq_session_set_threads(session: *const DistqSession, threads: usize) -> DistqStatus {
     entry(|| {

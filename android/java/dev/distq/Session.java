@@ -68,7 +68,7 @@ public final class Session implements AutoCloseable {
         return outputNames.clone();
     }
 
-    /** Lets each later run split its kernels over {@code threads} threads (default 1). */
+    /** Lets each later run split its kernels over {@code threads} threads (default: the performance cores). */
     public void setThreads(int threads) {
         withHandle(h -> {
             nativeSetThreads(h, threads);

@@ -56,7 +56,7 @@ public final class Session {
         distq_session_free(handle)
     }
 
-    /// Lets each later run split its kernels over `threads` threads (default 1).
+    /// Lets each later run split its kernels over `threads` threads (default: the performance cores).
     public func setThreads(_ threads: Int) throws {
         try DistqError.check(distq_session_set_threads(handle, threads))
     }

@@ -22,6 +22,7 @@ pub const OPS: &[(&str, Importer)] = &[
     ("Ceil", |_| Ok(Box::new(Unary::Ceil))),
     ("Reciprocal", |_| Ok(Box::new(Unary::Reciprocal))),
     ("Softplus", |_| Ok(Box::new(Unary::Softplus))),
+    ("Mish", |_| Ok(Box::new(Unary::Mish))),
     ("Not", |_| Ok(Box::new(Unary::Not))),
     ("HardSwish", |_| Ok(Box::new(Unary::HardSwish))),
     ("HardSigmoid", |c| Ok(Box::new(Unary::HardSigmoid { alpha: c.attrs.float("alpha", 0.2)?, beta: c.attrs.float("beta", 0.5)? }))),
@@ -128,6 +129,7 @@ pub enum Unary {
     Ceil,
     Reciprocal,
     Softplus,
+    Mish,
     Not,
     HardSwish,
     HardSigmoid { alpha: f32, beta: f32 },
@@ -155,10 +157,7 @@ impl Unary {
         match self {
             Unary::Sqrt => each!(f32::sqrt),
             Unary::Erf => each!(math::erf),
-            Unary::Tanh => each!(|a: f32| {
-                // tanh(a) = 2·sigmoid(2a) − 1, on the vectorizable exp.
-                2.0 * math::sigmoid(2.0 * a) - 1.0
-            }),
+            Unary::Tanh => each!(math::tanh),
             Unary::Sigmoid => each!(math::sigmoid),
             Unary::Relu => each!(|a: f32| a.max(0.0)),
             Unary::Exp => each!(math::exp),
@@ -171,10 +170,18 @@ impl Unary {
             Unary::HardSigmoid { alpha, beta } => each!(|a: f32| (alpha * a + beta).clamp(0.0, 1.0)),
             Unary::LeakyRelu { alpha } => each!(|a: f32| if a < 0.0 { alpha * a } else { a }),
             Unary::Log => each!(f32::ln),
-            Unary::Softplus => each!(|a: f32| if a > 20.0 { a } else { a.exp().ln_1p() }),
+            Unary::Softplus => each!(softplus),
+            Unary::Mish => each!(|a: f32| a * math::tanh(softplus(a))),
             Unary::Not => unreachable!("Not is boolean"),
         }
     }
+}
+
+/// `ln(1 + eˣ)`, through `ln_1p` so that a small result keeps its precision (x ≪ 0), and `x`
+/// itself where `eˣ` would swamp the 1.
+#[inline(always)]
+fn softplus(x: f32) -> f32 {
+    if x > 20.0 { x } else { x.exp().ln_1p() }
 }
 
 impl Op for Unary {
@@ -223,15 +230,12 @@ impl Clip {
 #[inline(always)]
 pub(crate) fn clamp_in_place<T: PartialOrd + Copy>(v: &mut [T], lo: Option<T>, hi: Option<T>) {
     match (lo, hi) {
+        // The lower bound first, then the upper: with min > max every value becomes max, as
+        // the spec (numpy's clip) says.
         (Some(l), Some(h)) => {
             for a in v.iter_mut() {
-                *a = if *a < l {
-                    l
-                } else if *a > h {
-                    h
-                } else {
-                    *a
-                };
+                let raised = if *a < l { l } else { *a };
+                *a = if raised > h { h } else { raised };
             }
         }
         (Some(l), None) => {
@@ -641,6 +645,8 @@ mod tests {
             (Unary::Erf, [-0.995_322_3, -0.520_499_9, 0.0, 0.999_977_9]),
             (Unary::Tanh, [-0.964_027_6, -0.462_117_16, 0.0, 0.995_054_8]),
             (Unary::Floor, [-2.0, -1.0, 0.0, 3.0]),
+            // x · tanh(ln(1 + eˣ)).
+            (Unary::Mish, [-0.252_501_5, -0.220_743_77, 0.0, 2.986_535]),
         ];
         for (op, expected) in cases {
             let y = run(op, std::slice::from_ref(&x)).unwrap();
@@ -703,6 +709,27 @@ mod tests {
         assert_close(&y[0], &[3], &[0., 0.5, 6.]);
         let y = run(&Clip { min: Some(-1.0), max: Some(1.0) }, &[f32t(&[2], &[-3., 3.])]).unwrap();
         assert_close(&y[0], &[2], &[-1., 1.]);
+        // min > max: every value becomes max (ONNX's test_clip_min_greater_than_max).
+        let y = run(&clip, &[f32t(&[3], &[-5., 1.5, 9.]), f32t(&[], &[2.]), f32t(&[], &[1.])]).unwrap();
+        assert_close(&y[0], &[3], &[1., 1., 1.]);
+        let ints = Tensor::from_vec(vec![3], vec![-5i32, 1, 9]).unwrap();
+        let bound = |v: i32| Some(Tensor::scalar(v));
+        let y = run(&clip, &[Some(ints), bound(2), bound(1)]).unwrap();
+        assert_eq!(y[0].as_slice::<i32>().unwrap(), [1, 1, 1]);
+    }
+
+    /// Mish near −10, where tanh's argument is about 5e-5: ONNX's test_mish_expanded
+    /// (Softplus → Tanh → Mul) came out 1e-3 off in relative terms while tanh lost precision
+    /// on small arguments.
+    #[test]
+    fn mish_keeps_relative_precision_of_small_values() {
+        let xs: Vec<f32> = (0..200).map(|i| -12.0 + i as f32 * 0.05).collect();
+        let y = run(&Unary::Mish, &[f32t(&[xs.len()], &xs)]).unwrap().remove(0);
+        for (&x, &got) in xs.iter().zip(y.as_slice::<f32>().unwrap()) {
+            let x = x as f64;
+            let want = x * (x.exp().ln_1p()).tanh();
+            assert!(((got as f64 - want) / want).abs() < 1e-5, "mish({x}) = {got}, want {want}");
+        }
     }
 
     #[test]

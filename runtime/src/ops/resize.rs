@@ -72,31 +72,35 @@ fn import(c: &ImportCtx) -> Result<Box<dyn Op>> {
 }
 
 impl Resize {
-    /// Output shape and the per-axis scales used for coordinate mapping.
-    fn plan(&self, x: &[usize], scales: Option<&Fact>, sizes: Option<&Fact>) -> Result<(Vec<usize>, Vec<f32>)> {
+    /// Output shape, and per axis the scale and the resized length before flooring (the
+    /// output length given as a size), which coordinate mapping uses.
+    fn plan(&self, x: &[usize], scales: Option<&Fact>, sizes: Option<&Fact>) -> Result<(Vec<usize>, Vec<f32>, Vec<f32>)> {
         let scales = scales.map(|f| f.const_f32s("scales")).transpose()?.filter(|s| !s.is_empty());
         let sizes = sizes.map(|f| f.const_i64s("sizes")).transpose()?.filter(|s| !s.is_empty());
         match (scales, sizes) {
             (Some(s), None) => {
                 ensure!(s.len() == x.len(), "scales {s:?} do not match rank {}", x.len());
                 ensure!(s.iter().all(|&v| v > 0.0 && v.is_finite()), "scales {s:?} must be positive");
-                let shape: Vec<usize> = x.iter().zip(&s).map(|(&d, &k)| (d as f32 * k).floor() as usize).collect();
+                let widths: Vec<f32> = x.iter().zip(&s).map(|(&d, &k)| d as f32 * k).collect();
+                let shape: Vec<usize> = widths.iter().map(|w| w.floor() as usize).collect();
                 numel(&shape)?;
-                Ok((shape, s))
+                Ok((shape, s, widths))
             }
             (None, Some(z)) => {
                 ensure!(z.len() == x.len() && z.iter().all(|&v| v >= 0), "sizes {z:?} do not fit rank {}", x.len());
                 let shape: Vec<usize> = z.iter().map(|&v| v as usize).collect();
                 numel(&shape)?;
                 let s = shape.iter().zip(x).map(|(&o, &i)| if i == 0 { 1.0 } else { o as f32 / i as f32 }).collect();
-                Ok((shape, s))
+                let widths = shape.iter().map(|&o| o as f32).collect();
+                Ok((shape, s, widths))
             }
             _ => bail!("exactly one of scales and sizes must be given"),
         }
     }
 
-    /// Input coordinate of output index `o` on an axis of `len_in` → `len_out`.
-    fn source(&self, o: usize, scale: f32, len_in: usize, len_out: usize) -> f32 {
+    /// Input coordinate of output index `o` on an axis of `len_in` → `len_out` (`width`
+    /// before flooring).
+    fn source(&self, o: usize, scale: f32, len_in: usize, len_out: usize, width: f32) -> f32 {
         let o = o as f32;
         match self.coord {
             Coord::HalfPixel => (o + 0.5) / scale - 0.5,
@@ -107,9 +111,12 @@ impl Resize {
                     0.0
                 }
             }
+            // Over the resized length before flooring, as onnx's reference does (onnxruntime
+            // takes the floored one): the two differ when a scale makes a fractional length
+            // (ONNX's test_resize_downsample_scales_linear_align_corners: 4 × 0.6).
             Coord::AlignCorners => {
-                if len_out > 1 {
-                    o * (len_in as f32 - 1.0) / (len_out as f32 - 1.0)
+                if width != 1.0 {
+                    o * (len_in as f32 - 1.0) / (width - 1.0)
                 } else {
                     0.0
                 }
@@ -140,14 +147,14 @@ impl Op for Resize {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = required(inputs, 0)?;
         expect_dtype(x, &[DataType::F32], "input")?;
-        let (shape, _) = self.plan(&x.shape, optional(inputs, self.scales_input), optional(inputs, 3))?;
+        let (shape, ..) = self.plan(&x.shape, optional(inputs, self.scales_input), optional(inputs, 3))?;
         Ok(vec![Fact::new(DataType::F32, shape)])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
         let x = required(inputs, 0)?;
         let fact = |i: usize| optional(inputs, i).map(|t| Fact::of(std::sync::Arc::new(t.clone())));
-        let (shape, scales) = self.plan(x.shape(), fact(self.scales_input).as_ref(), fact(3).as_ref())?;
+        let (shape, scales, widths) = self.plan(x.shape(), fact(self.scales_input).as_ref(), fact(3).as_ref())?;
         if shape.contains(&0) || x.is_empty() {
             return Ok(vec![out(shape.clone(), vec![0f32; numel(&shape)?])?]);
         }
@@ -164,7 +171,7 @@ impl Op for Resize {
             // Each output index reads (lo, hi, weight of hi).
             let taps: Vec<(usize, usize, f32)> = (0..len_out)
                 .map(|o| {
-                    let s = self.source(o, scales[axis], len_in, len_out);
+                    let s = self.source(o, scales[axis], len_in, len_out, widths[axis]);
                     match self.mode {
                         Mode::Nearest => {
                             let i = self.nearest(s, len_in);
@@ -227,5 +234,15 @@ mod tests {
         let r = op(Mode::Linear, Coord::AlignCorners, Rounding::RoundPreferFloor);
         let y = run_const(&r, &[f32t(&[1, 2], &[0., 4.]), None, None, i64t(&[2], &[1, 5])]).unwrap();
         assert_close(&y[0], &[1, 5], &[0., 1., 2., 3., 4.]);
+        // A scale giving a fractional length (4 × 0.6 = 2.4, floored to 2) maps over 2.4, as
+        // onnx's reference does: output 1 reads x = 3 / 1.4 (test_resize_downsample_scales_linear_align_corners).
+        let x = f32t(&[1, 1, 2, 4], &[1., 2., 3., 4., 5., 6., 7., 8.]);
+        let y = run_const(&r, &[x, f32t(&[0], &[]), f32t(&[4], &[1., 1., 0.6, 0.6])]).unwrap();
+        assert_close(&y[0], &[1, 1, 1, 2], &[1., 1. + 3. / 1.4]);
+        // A length of one reads the first value, given as a size or from a scale.
+        let y = run_const(&r, &[f32t(&[1, 3], &[2., 4., 8.]), None, None, i64t(&[2], &[1, 1])]).unwrap();
+        assert_close(&y[0], &[1, 1], &[2.]);
+        let y = run_const(&r, &[f32t(&[1, 3], &[2., 4., 8.]), f32t(&[0], &[]), f32t(&[2], &[1., 1. / 3.])]).unwrap();
+        assert_close(&y[0], &[1, 1], &[2.]);
     }
 }

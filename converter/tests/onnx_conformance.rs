@@ -145,6 +145,19 @@ fn onnx_backend_node_suite() {
         }
     }
     println!("not run (values an .npz cannot hold): {not_run:?}");
+    // The largest groups of errors (inputs made constants), names in quotes left out.
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, o) in outcomes.iter().filter(|(k, _)| k.ends_with("constants")) {
+        if let Outcome::Error(e) = o {
+            let reason: String = e.split('\'').step_by(2).collect::<Vec<_>>().join("…");
+            *errors.entry(reason.chars().take(120).collect()).or_default() += 1;
+        }
+    }
+    let mut errors: Vec<_> = errors.into_iter().collect();
+    errors.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    for (reason, n) in errors.iter().take(25) {
+        println!("{n:>5}  {reason}");
+    }
     let listed: BTreeSet<String> = std::fs::read_to_string(passing_list())
         .unwrap_or_default()
         .lines()

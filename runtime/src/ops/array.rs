@@ -33,6 +33,8 @@ pub const OPS: &[(&str, Importer)] = &[
     }),
     ("Range", |_| Ok(Box::new(Range))),
     ("Identity", |_| Ok(Box::new(Identity))),
+    ("Dropout", |c| Ok(Box::new(Dropout { mask: c.num_outputs > 1 }))),
+    ("Trilu", |c| Ok(Box::new(Trilu { upper: c.attrs.int("upper", 1)? != 0 }))),
 ];
 
 /// Axes from the attribute (before opset 13) or `None` (then from input 1).
@@ -201,6 +203,83 @@ impl Op for Unsqueeze {
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
         relabel(self, inputs)
+    }
+}
+
+/// `Dropout(data, ratio?, training_mode?)` at inference: the data as it is, and the mask (all
+/// true) when the node asks for it. Training mode (random dropping) is refused.
+#[derive(Debug)]
+pub struct Dropout {
+    mask: bool,
+}
+
+impl Dropout {
+    /// Refuses a training-mode input that is true.
+    fn check_inference(training_mode: Option<&Tensor>) -> Result<()> {
+        if let Some(t) = training_mode {
+            ensure!(t.as_bools()?.iter().all(|&b| b == 0), "Dropout in training mode (random dropping) is not supported");
+        }
+        Ok(())
+    }
+}
+
+impl Op for Dropout {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        if let Some(mode) = optional(inputs, 2).and_then(|f| f.value.as_deref()) {
+            Dropout::check_inference(Some(mode))?;
+        }
+        let mut facts = vec![Fact { dtype: x.dtype, shape: x.shape.clone(), value: x.value.clone() }];
+        if self.mask {
+            facts.push(Fact::new(DataType::Bool, x.shape.clone()));
+        }
+        Ok(facts)
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
+        Dropout::check_inference(optional(inputs, 2))?;
+        let x = required(inputs, 0)?;
+        let mut outputs = vec![x.clone()];
+        if self.mask {
+            outputs.push(Tensor::from_bools(x.shape().to_vec(), vec![true; x.len()])?);
+        }
+        Ok(outputs)
+    }
+}
+
+/// `Trilu(input, k?)`: the upper (`upper = 1`) or lower triangle of each matrix in the last
+/// two axes, from diagonal `k` on (above it, or below), zeros elsewhere; any dtype.
+#[derive(Debug)]
+pub struct Trilu {
+    upper: bool,
+}
+
+impl Op for Trilu {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        ensure!(x.shape.len() >= 2, "input has rank {}, at least 2 needed", x.shape.len());
+        ensure!(!x.dtype.is_four_bit(), "input has dtype {}", x.dtype);
+        if let Some(k) = optional(inputs, 1) {
+            ensure!(k.shape.iter().product::<usize>() == 1, "k must be one value, has shape {:?}", k.shape);
+        }
+        Ok(vec![Fact::new(x.dtype, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let x = required(inputs, 0)?;
+        let k = optional(inputs, 1).map(|t| t.to_i64s()).transpose()?.and_then(|v| v.first().copied()).unwrap_or(0);
+        let (rank, width) = (x.shape().len(), x.dtype().bytes(1));
+        ensure!(rank >= 2, "input has rank {rank}, at least 2 needed");
+        let (rows, cols) = (x.shape()[rank - 2], x.shape()[rank - 1]);
+        let mut bytes = x.as_le_bytes().to_vec();
+        for (e, value) in bytes.chunks_exact_mut(width).enumerate() {
+            let (i, j) = ((e / cols % rows.max(1)) as i64, (e % cols.max(1)) as i64);
+            let kept = if self.upper { j - i >= k } else { j - i <= k };
+            if !kept {
+                value.fill(0);
+            }
+        }
+        Ok(vec![Tensor::from_le_bytes(x.dtype(), x.shape().to_vec(), bytes.into())?])
     }
 }
 
@@ -850,6 +929,40 @@ mod tests {
     fn iota(shape: &[usize]) -> Option<Tensor> {
         let n: usize = shape.iter().product();
         f32t(shape, &(0..n).map(|i| i as f32).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn dropout_passes_the_data_at_inference() {
+        let x = f32t(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
+        let y = run(&Dropout { mask: true }, &[x.clone(), f32t(&[], &[0.5]), None]).unwrap();
+        assert_eq!(y[0].as_slice::<f32>().unwrap(), [1., 2., 3., 4., 5., 6.]);
+        assert_eq!((y[1].shape(), y[1].as_bools().unwrap()), (&[2usize, 3][..], &[1u8; 6][..]));
+        let mode = |on| Some(Tensor::from_bools(vec![], vec![on]).unwrap());
+        assert_eq!(run(&Dropout { mask: false }, &[x.clone(), None, mode(false)]).unwrap().len(), 1);
+        let err = run(&Dropout { mask: false }, &[x, None, mode(true)]).unwrap_err();
+        assert!(err.to_string().contains("training mode"), "{err}");
+    }
+
+    /// Both triangles of a batch of two 3 × 4 matrices, on and off the main diagonal.
+    #[test]
+    fn trilu_keeps_one_triangle_of_each_matrix() {
+        let x: Vec<i64> = (1..=24).collect();
+        let want = |upper: bool, k: i64| -> Vec<i64> {
+            x.iter()
+                .enumerate()
+                .map(|(e, &v)| {
+                    let (i, j) = ((e / 4 % 3) as i64, (e % 4) as i64);
+                    if (upper && j - i >= k) || (!upper && j - i <= k) { v } else { 0 }
+                })
+                .collect()
+        };
+        for (upper, k) in [(true, 0), (true, 1), (true, -1), (false, 0), (false, 2), (false, -2)] {
+            let y = run(&Trilu { upper }, &[i64t(&[2, 3, 4], &x), i64t(&[], &[k])]).unwrap();
+            assert_eq!(y[0].as_slice::<i64>().unwrap(), want(upper, k), "upper {upper}, k {k}");
+        }
+        // Upper, k = 0 spelled out for the first matrix; then k absent is 0.
+        let y = run(&Trilu { upper: true }, &[i64t(&[2, 3, 4], &x), None]).unwrap();
+        assert_eq!(&y[0].as_slice::<i64>().unwrap()[..12], [1, 2, 3, 4, 0, 6, 7, 8, 0, 0, 11, 12]);
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub const OPS: &[(&str, Importer)] = &[
     ("Sum", |_| Ok(Box::new(Variadic(Binary::Add)))),
     ("Where", |_| Ok(Box::new(Where))),
     ("Cast", import_cast),
+    ("CastLike", |_| Ok(Box::new(CastLike))),
 ];
 
 /// Arithmetic over the numeric element types.
@@ -626,6 +627,22 @@ impl Op for Cast {
     }
 }
 
+/// `CastLike(input, target)`: [`Cast`] to the target's dtype (its values are not read).
+#[derive(Debug)]
+pub struct CastLike;
+
+impl Op for CastLike {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (x, target) = (required(inputs, 0)?, required(inputs, 1)?);
+        ensure!(!target.dtype.is_four_bit(), "cast to {} is not supported", target.dtype);
+        Ok(vec![Fact::new(target.dtype, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
+        Ok(vec![cast(required(inputs, 0)?, required(inputs, 1)?.dtype())?])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
@@ -730,6 +747,14 @@ mod tests {
             let want = x * (x.exp().ln_1p()).tanh();
             assert!(((got as f64 - want) / want).abs() < 1e-5, "mish({x}) = {got}, want {want}");
         }
+    }
+
+    #[test]
+    fn cast_like_takes_the_target_dtype() {
+        let x = Tensor::from_vec(vec![3], vec![-1.7f32, 0.0, 2.9]).unwrap();
+        let target = Tensor::from_vec(vec![1], vec![7i64]).unwrap();
+        let y = run(&CastLike, &[Some(x), Some(target)]).unwrap();
+        assert_eq!(y[0].as_slice::<i64>().unwrap(), [-1, 0, 2]);
     }
 
     #[test]

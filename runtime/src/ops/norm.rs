@@ -1,4 +1,5 @@
-//! Normalizations: BatchNormalization (inference), LayerNormalization, Softmax, LogSoftmax.
+//! Normalizations: BatchNormalization (inference), LayerNormalization, RMSNormalization,
+//! Softmax, LogSoftmax.
 
 use super::chain::{BLOCK, ChainStep, run_steps};
 use super::{
@@ -11,7 +12,8 @@ use crate::tensor::{DataType, Tensor};
 /// The ops of this family.
 pub const OPS: &[(&str, Importer)] = &[
     ("BatchNormalization", |c| Ok(Box::new(BatchNorm { epsilon: c.attrs.float("epsilon", 1e-5)? }))),
-    ("LayerNormalization", |c| Ok(Box::new(LayerNorm { axis: c.attrs.int("axis", -1)?, epsilon: c.attrs.float("epsilon", 1e-5)? }))),
+    ("LayerNormalization", |c| import_layer_norm(c, true)),
+    ("RMSNormalization", |c| import_layer_norm(c, false)),
     ("Softmax", |c| import_softmax(c, false)),
     ("LogSoftmax", |c| import_softmax(c, true)),
 ];
@@ -50,11 +52,20 @@ impl Op for BatchNorm {
     }
 }
 
-/// `LayerNormalization(X, Scale, B?)` over the axes from `axis` to the end.
+/// `LayerNormalization(X, Scale, B?)` over the axes from `axis` to the end, and
+/// `RMSNormalization(X, Scale)` (opset 23, a decoder's norm): the same without centering,
+/// `x / sqrt(mean(x²) + ε) · scale`.
 #[derive(Debug)]
 pub struct LayerNorm {
     axis: i64,
     epsilon: f32,
+    /// Subtracts the mean (LayerNormalization); without, the root mean square normalizes.
+    centered: bool,
+}
+
+fn import_layer_norm(c: &ImportCtx, centered: bool) -> Result<Box<dyn Op>> {
+    // Statistics are computed in f32 whatever stash_type asks: f32 is the only input dtype.
+    Ok(Box::new(LayerNorm { axis: c.attrs.int("axis", -1)?, epsilon: c.attrs.float("epsilon", 1e-5)?, centered }))
 }
 
 impl Op for LayerNorm {
@@ -85,7 +96,7 @@ impl Op for LayerNorm {
         let scale = required(inputs, 1)?.as_slice::<f32>()?;
         let bias = optional(inputs, 2).map(|b| b.as_slice::<f32>()).transpose()?;
         let mut y = pool.take(x.len());
-        let (means, inv_stds) = layer_norm_rows(x.as_slice::<f32>()?, norm, scale, bias, self.epsilon, &mut y);
+        let (means, inv_stds) = layer_norm_rows(x.as_slice::<f32>()?, norm, scale, bias, self.epsilon, self.centered, &mut y);
         let mut stat = x.shape().to_vec();
         stat[axis..].iter_mut().for_each(|d| *d = 1);
         Ok(vec![out(x.shape().to_vec(), y)?, out(stat.clone(), means)?, out(stat, inv_stds)?])
@@ -93,11 +104,20 @@ impl Op for LayerNorm {
 }
 
 crate::simd::widest_fn! {
-    /// Normalizes each `norm`-long row of `x` into `y`; returns each row's mean and 1/σ.
-    fn layer_norm_rows(x: &[f32], norm: usize, scale: &[f32], bias: Option<&[f32]>, epsilon: f32, y: &mut Vec<f32>) -> (Vec<f32>, Vec<f32>) {
+    /// Normalizes each `norm`-long row of `x` into `y`, centered or not; returns each row's
+    /// mean (0 uncentered) and 1/σ (1 / root mean square uncentered).
+    fn layer_norm_rows(
+        x: &[f32],
+        norm: usize,
+        scale: &[f32],
+        bias: Option<&[f32]>,
+        epsilon: f32,
+        centered: bool,
+        y: &mut Vec<f32>,
+    ) -> (Vec<f32>, Vec<f32>) {
         let (mut means, mut inv_stds) = (Vec::new(), Vec::new());
         for row in x.chunks(norm.max(1)) {
-            let mean = math::sum(row) / norm as f32;
+            let mean = if centered { math::sum(row) / norm as f32 } else { 0.0 };
             let var = math::fold_lanes(row, 0.0, |acc, v| acc + (v - mean) * (v - mean), |a, b| a + b) / norm as f32;
             let inv = 1.0 / (var + epsilon).sqrt();
             let start = y.len();
@@ -312,11 +332,21 @@ mod tests {
 
     #[test]
     fn layer_norm_rows() {
-        let y =
-            run(&LayerNorm { axis: -1, epsilon: 0.0 }, &[f32t(&[2, 2], &[1., 3., 5., 7.]), f32t(&[2], &[1., 2.]), f32t(&[2], &[0., 1.])])
-                .unwrap();
+        let layer_norm = LayerNorm { axis: -1, epsilon: 0.0, centered: true };
+        let y = run(&layer_norm, &[f32t(&[2, 2], &[1., 3., 5., 7.]), f32t(&[2], &[1., 2.]), f32t(&[2], &[0., 1.])]).unwrap();
         assert_close(&y[0], &[2, 2], &[-1., 3., -1., 3.]);
         assert_close(&y[1], &[2, 1], &[2., 6.]);
+    }
+
+    /// RMSNormalization over the last two axes: `x / sqrt(mean(x²) + ε) · scale`.
+    #[test]
+    fn rms_norm_rows() {
+        let rms_norm = LayerNorm { axis: 1, epsilon: 1e-5, centered: false };
+        let x = [3., -4., 0., 0., 1., 1., 1., 1.];
+        let y = run(&rms_norm, &[f32t(&[2, 2, 2], &x), f32t(&[2, 2], &[1., 2., 3., 4.]), None]).unwrap();
+        let (first, second) = ((6.25f32 + 1e-5).sqrt(), (1f32 + 1e-5).sqrt());
+        let want = [3. / first, -8. / first, 0., 0., 1. / second, 2. / second, 3. / second, 4. / second];
+        assert_close(&y[0], &[2, 2, 2], &want);
     }
 
     #[test]

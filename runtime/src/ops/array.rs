@@ -21,6 +21,7 @@ pub const OPS: &[(&str, Importer)] = &[
     ("Split", import_split),
     ("Slice", import_slice),
     ("Gather", |c| Ok(Box::new(Gather { axis: c.attrs.int("axis", 0)? }))),
+    ("GatherElements", |c| Ok(Box::new(GatherElements { axis: c.attrs.int("axis", 0)? }))),
     ("Expand", |_| Ok(Box::new(Expand))),
     ("Tile", |_| Ok(Box::new(Tile))),
     ("Pad", import_pad),
@@ -203,6 +204,45 @@ impl Op for Unsqueeze {
 
     fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
         relabel(self, inputs)
+    }
+}
+
+/// `GatherElements(data, indices, axis)`: each output element is the data element at the
+/// same position, except along `axis`, where the index says (negative from the end,
+/// bounds-checked). The output has the indices' shape; any dtype.
+#[derive(Debug)]
+pub struct GatherElements {
+    axis: i64,
+}
+
+impl Op for GatherElements {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (x, idx) = (required(inputs, 0)?, required(inputs, 1)?);
+        ensure!(matches!(idx.dtype, DataType::I64 | DataType::I32), "indices have dtype {}, expected int64 or int32", idx.dtype);
+        ensure!(!x.dtype.is_four_bit(), "data has dtype {}", x.dtype);
+        ensure!(x.shape.len() == idx.shape.len(), "indices of rank {} for data of rank {}", idx.shape.len(), x.shape.len());
+        let axis = normalize_axis(self.axis, x.shape.len())?;
+        for (d, (&n, &i)) in x.shape.iter().zip(&idx.shape).enumerate() {
+            ensure!(d == axis || i <= n, "indices dim {d} is {i}, more than the data's {n}");
+        }
+        Ok(vec![Fact::new(x.dtype, idx.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (x, idx) = (required(inputs, 0)?, required(inputs, 1)?);
+        let axis = normalize_axis(self.axis, x.shape().len())?;
+        let (shape, width, len) = (idx.shape(), x.dtype().bytes(1), x.shape()[axis] as i64);
+        let (data_strides, index_strides) = (strides(x.shape()), strides(shape));
+        let bytes = x.as_le_bytes();
+        let mut y = Vec::with_capacity(idx.len() * width);
+        for (e, &i) in idx.to_i64s()?.iter().enumerate() {
+            ensure!((-len..len).contains(&i), "index {i} is out of range for axis {axis} of length {len}");
+            let source: usize = (0..shape.len())
+                .map(|d| data_strides[d] * if d == axis { i.rem_euclid(len) as usize } else { e / index_strides[d] % shape[d] })
+                .sum();
+            y.extend_from_slice(&bytes[source * width..(source + 1) * width]);
+        }
+        Ok(vec![Tensor::from_le_bytes(x.dtype(), shape.to_vec(), y.into())?])
     }
 }
 
@@ -929,6 +969,18 @@ mod tests {
     fn iota(shape: &[usize]) -> Option<Tensor> {
         let n: usize = shape.iter().product();
         f32t(shape, &(0..n).map(|i| i as f32).collect::<Vec<_>>())
+    }
+
+    /// ONNX's examples: axis 1 on a 2 × 2, and axis 0 with a negative index.
+    #[test]
+    fn gather_elements_picks_along_the_axis() {
+        let y = run(&GatherElements { axis: 1 }, &[f32t(&[2, 2], &[1., 2., 3., 4.]), i64t(&[2, 2], &[0, 0, 1, 0])]).unwrap();
+        assert_close(&y[0], &[2, 2], &[1., 1., 4., 3.]);
+        let data = f32t(&[3, 3], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]);
+        let y = run(&GatherElements { axis: 0 }, &[data.clone(), i64t(&[2, 3], &[1, 2, 0, 2, 0, -3])]).unwrap();
+        assert_close(&y[0], &[2, 3], &[4., 8., 3., 7., 2., 3.]);
+        let err = run(&GatherElements { axis: 0 }, &[data, i64t(&[1, 1], &[3])]).unwrap_err();
+        assert!(err.to_string().contains("index 3 is out of range"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ArgMax, ArgMin.
+//! Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ArgMax, ArgMin, and the running
+//! sum CumSum.
 
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_axis, optional, out, required};
 use crate::error::{Result, ensure};
@@ -12,6 +13,7 @@ pub const OPS: &[(&str, Importer)] = &[
     ("ReduceMin", |c| import(c, Reduction::Min, 18)),
     ("ArgMax", |c| import_arg(c, true)),
     ("ArgMin", |c| import_arg(c, false)),
+    ("CumSum", |c| Ok(Box::new(CumSum { exclusive: c.attrs.int("exclusive", 0)? != 0, reverse: c.attrs.int("reverse", 0)? != 0 }))),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -176,10 +178,76 @@ impl Op for ArgExtreme {
     }
 }
 
+/// `CumSum(x, axis)`: running sums along `axis` (a one-value input), each leaving its own
+/// element out when `exclusive`, from the end when `reverse`.
+#[derive(Debug)]
+pub struct CumSum {
+    exclusive: bool,
+    reverse: bool,
+}
+
+impl Op for CumSum {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let x = required(inputs, 0)?;
+        expect_dtype(x, &[DataType::F32, DataType::F64, DataType::I64, DataType::I32], "input")?;
+        let axis = required(inputs, 1)?;
+        ensure!(axis.shape.iter().product::<usize>() == 1, "axis must be one value, has shape {:?}", axis.shape);
+        Ok(vec![Fact::new(x.dtype, x.shape.clone())])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], _: &mut BufferPool) -> Result<Vec<Tensor>> {
+        use super::elementwise::Num;
+        let x = required(inputs, 0)?;
+        let axis = *required(inputs, 1)?.to_i64s()?.first().ok_or_else(|| crate::error::Error::Op("axis holds no value".into()))?;
+        let shape = x.shape().to_vec();
+        let a = normalize_axis(axis, shape.len())?;
+        let (len, inner) = (shape[a], shape[a + 1..].iter().product::<usize>());
+        fn sums<T: Num>(x: &[T], len: usize, inner: usize, exclusive: bool, reverse: bool) -> Vec<T> {
+            let mut y = x.to_vec();
+            for (block, out) in x.chunks(len * inner).zip(y.chunks_mut(len * inner)) {
+                for i in 0..inner {
+                    let mut acc = T::from_i64(0);
+                    for step in 0..len {
+                        let at = if reverse { len - 1 - step } else { step } * inner + i;
+                        let next = acc.add(block[at]);
+                        out[at] = if exclusive { acc } else { next };
+                        acc = next;
+                    }
+                }
+            }
+            y
+        }
+        if len == 0 || x.is_empty() {
+            return Ok(vec![x.clone()]);
+        }
+        super::dispatch_dtype!(x, |v: &[T]| Ok(vec![out(shape, sums(v, len, inner, self.exclusive, self.reverse))?]),
+            [F32 => f32, F64 => f64, I64 => i64, I32 => i32],
+            other => crate::error::bail!("CumSum of {other} is not supported"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
     use super::*;
+
+    /// Running sums over the middle axis of [2, 3, 2], each way.
+    #[test]
+    fn cumsum_each_way() {
+        let x: Vec<i64> = (1..=12).collect();
+        let cases = [
+            (false, false, [1, 2, 4, 6, 9, 12, 7, 8, 16, 18, 27, 30]),
+            (true, false, [0, 0, 1, 2, 4, 6, 0, 0, 7, 8, 16, 18]),
+            (false, true, [9, 12, 8, 10, 5, 6, 27, 30, 20, 22, 11, 12]),
+            (true, true, [8, 10, 5, 6, 0, 0, 20, 22, 11, 12, 0, 0]),
+        ];
+        for (exclusive, reverse, want) in cases {
+            let y = run(&CumSum { exclusive, reverse }, &[i64t(&[2, 3, 2], &x), i64t(&[], &[-2])]).unwrap();
+            assert_eq!(y[0].as_slice::<i64>().unwrap(), want, "exclusive {exclusive}, reverse {reverse}");
+        }
+        let y = run(&CumSum { exclusive: false, reverse: false }, &[f32t(&[3], &[0.5, 1.0, 2.0]), i64t(&[1], &[0])]).unwrap();
+        assert_eq!(y[0].as_slice::<f32>().unwrap(), [0.5, 1.5, 3.5]);
+    }
 
     #[test]
     fn reductions() {

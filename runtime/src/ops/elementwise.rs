@@ -32,6 +32,7 @@ pub const OPS: &[(&str, Importer)] = &[
     ("Sub", |_| Ok(Box::new(Binary::Sub))),
     ("Mul", |_| Ok(Box::new(Binary::Mul))),
     ("Div", |_| Ok(Box::new(Binary::Div))),
+    ("Mod", |c| Ok(Box::new(Binary::Mod { fmod: c.attrs.int("fmod", 0)? != 0 }))),
     ("Pow", |_| Ok(Box::new(Binary::Pow))),
     ("PRelu", |_| Ok(Box::new(Binary::PRelu))),
     ("Equal", |_| Ok(Box::new(Binary::Equal))),
@@ -56,6 +57,10 @@ pub(crate) trait Num: Element + PartialOrd {
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
     fn div(self, o: Self) -> Result<Self>;
+    /// The remainder of `self / o`: with the divisor's sign when `floored` (integers only,
+    /// Python's `%`), else with the dividend's (C's `fmod`). A zero integer divisor gives 0
+    /// (callers refuse it first).
+    fn rem(self, o: Self, floored: bool) -> Self;
     fn from_f64(v: f64) -> Self;
     fn to_i64(self) -> i64;
     fn from_i64(v: i64) -> Self;
@@ -73,6 +78,12 @@ macro_rules! num_int {
             ensure!(o != 0, "integer division by zero");
             Ok(self.wrapping_div(o))
         }
+        fn rem(self, o: Self, floored: bool) -> Self {
+            // Through i64, where every value of these types fits with its sign.
+            let (p, q) = (self as i64, o as i64);
+            let r = p.checked_rem(q).unwrap_or(0);
+            Self::from_i64(if floored && r != 0 && (r < 0) != (q < 0) { r + q } else { r })
+        }
         fn from_f64(v: f64) -> Self { v as $t }
         fn to_i64(self) -> i64 { self as i64 }
         fn from_i64(v: i64) -> Self { v as $t }
@@ -89,6 +100,7 @@ macro_rules! num_float {
         fn sub(self, o: Self) -> Self { self - o }
         fn mul(self, o: Self) -> Self { self * o }
         fn div(self, o: Self) -> Result<Self> { Ok(self / o) }
+        fn rem(self, o: Self, _floored: bool) -> Self { self % o }
         fn from_f64(v: f64) -> Self { v as $t }
         fn to_i64(self) -> i64 { self as i64 }
         fn from_i64(v: i64) -> Self { v as $t }
@@ -302,6 +314,7 @@ pub enum Binary {
     Sub,
     Mul,
     Div,
+    Mod { fmod: bool },
     Pow,
     PRelu,
     Min,
@@ -329,6 +342,7 @@ impl Binary {
                 Ok(a)
             }
             Equal if a == DataType::Bool && b == DataType::Bool => Ok(DataType::Bool),
+            Mod { fmod: false } if FLOAT.contains(&a) => bail!("Mod of {a} needs fmod = 1 (the spec's rule for floats)"),
             _ => {
                 ensure!(a == b, "inputs have different dtypes: {a} and {b}");
                 ensure!(NUMERIC.contains(&a), "{self:?} does not support {a}");
@@ -372,6 +386,10 @@ impl Binary {
                 LessOrEqual => cmp(|p, q| p <= q),
                 Greater => cmp(|p, q| p > q),
                 GreaterOrEqual => cmp(|p, q| p >= q),
+                Mod { fmod } => {
+                    ensure!(T::IS_FLOAT || !y.contains(&T::from_i64(0)), "integer modulo by zero");
+                    out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| p.rem(q, !fmod)))
+                }
                 Div if !T::IS_FLOAT => {
                     ensure!(!y.contains(&T::from_i64(0)), "integer division by zero");
                     out(shape.clone(), broadcast_zip(x, a.shape(), y, b.shape(), &shape, pool, |p: T, q: T| p.div(q).unwrap_or(p)))
@@ -681,6 +699,18 @@ mod tests {
         assert_close(&run(&Binary::Mul, &[col.clone(), b.clone()]).unwrap()[0], &[2, 3], &[1000., 2000., 3000., 2000., 4000., 6000.]);
         assert_close(&run(&Binary::Div, &[a.clone(), f32t(&[], &[2.])]).unwrap()[0], &[2, 3], &[0.5, 1., 1.5, 2., 2.5, 3.]);
         assert_close(&run(&Binary::Pow, &[a.clone(), f32t(&[], &[2.])]).unwrap()[0], &[2, 3], &[1., 4., 9., 16., 25., 36.]);
+        // Mod: the divisor's sign (Python's %), or the dividend's with fmod (C's fmod).
+        let (p, q) = (Tensor::from_vec(vec![4], vec![-4i32, 7, 5, -8]).unwrap(), Tensor::from_vec(vec![4], vec![3i32, -3, 2, 4]).unwrap());
+        let floored = run(&Binary::Mod { fmod: false }, &[Some(p.clone()), Some(q.clone())]).unwrap();
+        assert_eq!(floored[0].as_slice::<i32>().unwrap(), [2, -2, 1, 0]);
+        let truncated = run(&Binary::Mod { fmod: true }, &[Some(p), Some(q)]).unwrap();
+        assert_eq!(truncated[0].as_slice::<i32>().unwrap(), [-1, 1, 1, 0]);
+        let y = run(&Binary::Mod { fmod: true }, &[f32t(&[2], &[-4.5, 7.5]), f32t(&[], &[2.])]).unwrap();
+        assert_close(&y[0], &[2], &[-0.5, 1.5]);
+        assert!(run(&Binary::Mod { fmod: false }, &[f32t(&[1], &[1.]), f32t(&[1], &[2.])]).is_err(), "floats need fmod");
+        let zero = Some(Tensor::from_vec(vec![1], vec![0i64]).unwrap());
+        let err = run(&Binary::Mod { fmod: false }, &[Some(Tensor::from_vec(vec![1], vec![5i64]).unwrap()), zero]).unwrap_err();
+        assert!(err.to_string().contains("modulo by zero"), "{err}");
         let slope = f32t(&[3], &[0.5, 1., 2.]);
         assert_close(
             &run(&Binary::PRelu, &[f32t(&[2, 3], &[-1., -1., -1., 1., 1., 1.]), slope]).unwrap()[0],

@@ -2,6 +2,7 @@
 //! shape/dtype inference and its fp32 (or generic) evaluation, and case tables at the bottom.
 
 pub mod array;
+pub mod attention;
 pub mod chain;
 pub mod conv;
 pub mod elementwise;
@@ -261,6 +262,7 @@ fn registry() -> &'static HashMap<&'static str, Importer> {
             norm::OPS,
             reduce::OPS,
             array::OPS,
+            attention::OPS,
             resize::OPS,
             rnn::OPS,
             quant::OPS,

@@ -1,5 +1,5 @@
-//! Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ArgMax, ArgMin, and the running
-//! sum CumSum.
+//! Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ReduceL1, ReduceL2,
+//! ReduceSumSquare, ReduceLogSum, ReduceLogSumExp, ArgMax, ArgMin, and the running sum CumSum.
 
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_axis, optional, out, required};
 use crate::error::{Result, ensure};
@@ -11,6 +11,12 @@ pub const OPS: &[(&str, Importer)] = &[
     ("ReduceSum", |c| import(c, Reduction::Sum, 13)),
     ("ReduceMax", |c| import(c, Reduction::Max, 18)),
     ("ReduceMin", |c| import(c, Reduction::Min, 18)),
+    ("ReduceProd", |c| import(c, Reduction::Prod, 18)),
+    ("ReduceL1", |c| import(c, Reduction::L1, 18)),
+    ("ReduceL2", |c| import(c, Reduction::L2, 18)),
+    ("ReduceSumSquare", |c| import(c, Reduction::SumSquare, 18)),
+    ("ReduceLogSum", |c| import(c, Reduction::LogSum, 18)),
+    ("ReduceLogSumExp", |c| import(c, Reduction::LogSumExp, 18)),
     ("ArgMax", |c| import_arg(c, true)),
     ("ArgMin", |c| import_arg(c, false)),
     ("CumSum", |c| Ok(Box::new(CumSum { exclusive: c.attrs.int("exclusive", 0)? != 0, reverse: c.attrs.int("reverse", 0)? != 0 }))),
@@ -22,6 +28,12 @@ enum Reduction {
     Sum,
     Max,
     Min,
+    Prod,
+    L1,
+    L2,
+    SumSquare,
+    LogSum,
+    LogSumExp,
 }
 
 /// A reduction over some axes.
@@ -108,6 +120,16 @@ impl Op for Reduce {
                 Reduction::Mean => lane.iter().sum::<f32>() / run as f32,
                 Reduction::Max => lane.iter().copied().fold(f32::NEG_INFINITY, f32::max),
                 Reduction::Min => lane.iter().copied().fold(f32::INFINITY, f32::min),
+                Reduction::Prod => lane.iter().product(),
+                Reduction::L1 => lane.iter().map(|v| v.abs()).sum(),
+                Reduction::L2 => lane.iter().map(|v| v * v).sum::<f32>().sqrt(),
+                Reduction::SumSquare => lane.iter().map(|v| v * v).sum(),
+                Reduction::LogSum => lane.iter().sum::<f32>().ln(),
+                Reduction::LogSumExp => {
+                    // Shifted by the maximum so that large values do not overflow exp.
+                    let max = lane.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    if max.is_finite() { max + lane.iter().map(|v| (v - max).exp()).sum::<f32>().ln() } else { max }
+                }
             });
         }
         Ok(vec![out(self.out_shape(shape, &axes), y)?])
@@ -232,6 +254,30 @@ mod tests {
     use super::*;
 
     /// Running sums over the middle axis of [2, 3, 2], each way.
+    /// Each reduction over axis 1 of [[1, −2, 3], [0.5, 4, −1]], against its definition.
+    #[test]
+    fn reductions_over_an_axis() {
+        let x = [1f32, -2., 3., 0.5, 4., -1.];
+        let lse = |r: &[f32]| r.iter().map(|v| v.exp()).sum::<f32>().ln();
+        let cases: [(Reduction, [f32; 2]); 6] = [
+            (Reduction::Prod, [-6., -2.]),
+            (Reduction::L1, [6., 5.5]),
+            (Reduction::L2, [14f32.sqrt(), 17.25f32.sqrt()]),
+            (Reduction::SumSquare, [14., 17.25]),
+            (Reduction::LogSum, [2f32.ln(), 3.5f32.ln()]),
+            (Reduction::LogSumExp, [lse(&x[..3]), lse(&x[3..])]),
+        ];
+        for (kind, want) in cases {
+            let op = Reduce { kind, axes: Some(vec![1]), keep_dims: false, noop_with_empty_axes: false };
+            let y = run(&op, &[f32t(&[2, 3], &x)]).unwrap();
+            assert_close(&y[0], &[2], &want);
+        }
+        // Over an empty axis: the identity of each (−∞ for LogSumExp).
+        let op = Reduce { kind: Reduction::LogSumExp, axes: Some(vec![1]), keep_dims: true, noop_with_empty_axes: false };
+        let y = run(&op, &[f32t(&[2, 0], &[])]).unwrap();
+        assert_eq!(y[0].as_slice::<f32>().unwrap(), [f32::NEG_INFINITY; 2]);
+    }
+
     #[test]
     fn cumsum_each_way() {
         let x: Vec<i64> = (1..=12).collect();

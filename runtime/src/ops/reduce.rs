@@ -1,5 +1,6 @@
 //! Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ReduceL1, ReduceL2,
-//! ReduceSumSquare, ReduceLogSum, ReduceLogSumExp, ArgMax, ArgMin, and the running sum CumSum.
+//! ReduceSumSquare, ReduceLogSum, ReduceLogSumExp, ArgMax, ArgMin, and the running sums and
+//! products CumSum and CumProd.
 
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, expect_dtype, normalize_axis, optional, out, required};
 use crate::error::{Result, ensure};
@@ -19,7 +20,8 @@ pub const OPS: &[(&str, Importer)] = &[
     ("ReduceLogSumExp", |c| import(c, Reduction::LogSumExp, 18)),
     ("ArgMax", |c| import_arg(c, true)),
     ("ArgMin", |c| import_arg(c, false)),
-    ("CumSum", |c| Ok(Box::new(CumSum { exclusive: c.attrs.int("exclusive", 0)? != 0, reverse: c.attrs.int("reverse", 0)? != 0 }))),
+    ("CumSum", |c| import_cumulative(c, false)),
+    ("CumProd", |c| import_cumulative(c, true)),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -200,15 +202,21 @@ impl Op for ArgExtreme {
     }
 }
 
-/// `CumSum(x, axis)`: running sums along `axis` (a one-value input), each leaving its own
-/// element out when `exclusive`, from the end when `reverse`.
+/// `CumSum(x, axis)` and `CumProd(x, axis)`: running sums (products) along `axis` (a
+/// one-value input), each leaving its own element out when `exclusive`, from the end when
+/// `reverse`.
 #[derive(Debug)]
-pub struct CumSum {
+pub struct Cumulative {
+    product: bool,
     exclusive: bool,
     reverse: bool,
 }
 
-impl Op for CumSum {
+fn import_cumulative(c: &ImportCtx, product: bool) -> Result<Box<dyn Op>> {
+    Ok(Box::new(Cumulative { product, exclusive: c.attrs.int("exclusive", 0)? != 0, reverse: c.attrs.int("reverse", 0)? != 0 }))
+}
+
+impl Op for Cumulative {
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = required(inputs, 0)?;
         expect_dtype(x, &[DataType::F32, DataType::F64, DataType::I64, DataType::I32], "input")?;
@@ -224,15 +232,15 @@ impl Op for CumSum {
         let shape = x.shape().to_vec();
         let a = normalize_axis(axis, shape.len())?;
         let (len, inner) = (shape[a], shape[a + 1..].iter().product::<usize>());
-        fn sums<T: Num>(x: &[T], len: usize, inner: usize, exclusive: bool, reverse: bool) -> Vec<T> {
+        fn running<T: Num>(x: &[T], len: usize, inner: usize, op: &Cumulative) -> Vec<T> {
             let mut y = x.to_vec();
             for (block, out) in x.chunks(len * inner).zip(y.chunks_mut(len * inner)) {
                 for i in 0..inner {
-                    let mut acc = T::from_i64(0);
+                    let mut acc = T::from_i64(op.product as i64);
                     for step in 0..len {
-                        let at = if reverse { len - 1 - step } else { step } * inner + i;
-                        let next = acc.add(block[at]);
-                        out[at] = if exclusive { acc } else { next };
+                        let at = if op.reverse { len - 1 - step } else { step } * inner + i;
+                        let next = if op.product { acc.mul(block[at]) } else { acc.add(block[at]) };
+                        out[at] = if op.exclusive { acc } else { next };
                         acc = next;
                     }
                 }
@@ -242,9 +250,9 @@ impl Op for CumSum {
         if len == 0 || x.is_empty() {
             return Ok(vec![x.clone()]);
         }
-        super::dispatch_dtype!(x, |v: &[T]| Ok(vec![out(shape, sums(v, len, inner, self.exclusive, self.reverse))?]),
+        super::dispatch_dtype!(x, |v: &[T]| Ok(vec![out(shape, running(v, len, inner, self))?]),
             [F32 => f32, F64 => f64, I64 => i64, I32 => i32],
-            other => crate::error::bail!("CumSum of {other} is not supported"))
+            other => crate::error::bail!("a running sum or product of {other} is not supported"))
     }
 }
 
@@ -288,11 +296,17 @@ mod tests {
             (true, true, [8, 10, 5, 6, 0, 0, 20, 22, 11, 12, 0, 0]),
         ];
         for (exclusive, reverse, want) in cases {
-            let y = run(&CumSum { exclusive, reverse }, &[i64t(&[2, 3, 2], &x), i64t(&[], &[-2])]).unwrap();
+            let y = run(&Cumulative { product: false, exclusive, reverse }, &[i64t(&[2, 3, 2], &x), i64t(&[], &[-2])]).unwrap();
             assert_eq!(y[0].as_slice::<i64>().unwrap(), want, "exclusive {exclusive}, reverse {reverse}");
         }
-        let y = run(&CumSum { exclusive: false, reverse: false }, &[f32t(&[3], &[0.5, 1.0, 2.0]), i64t(&[1], &[0])]).unwrap();
+        let x = f32t(&[3], &[0.5, 1.0, 2.0]);
+        let y = run(&Cumulative { product: false, exclusive: false, reverse: false }, &[x.clone(), i64t(&[1], &[0])]).unwrap();
         assert_eq!(y[0].as_slice::<f32>().unwrap(), [0.5, 1.5, 3.5]);
+        // Products: inclusive, and exclusive from the end.
+        let y = run(&Cumulative { product: true, exclusive: false, reverse: false }, &[x.clone(), i64t(&[1], &[0])]).unwrap();
+        assert_eq!(y[0].as_slice::<f32>().unwrap(), [0.5, 0.5, 1.0]);
+        let y = run(&Cumulative { product: true, exclusive: true, reverse: true }, &[x, i64t(&[1], &[0])]).unwrap();
+        assert_eq!(y[0].as_slice::<f32>().unwrap(), [2.0, 2.0, 1.0]);
     }
 
     #[test]

@@ -469,7 +469,7 @@ const MICROSOFT: &str = "com.microsoft";
 /// can hold: blocks of a power of two of at least 16 along its rows (onnxruntime's rule), the
 /// table read by that Gather alone. Standard ONNX has no gather of 4-bit values, and
 /// `DequantizeLinear → Gather` makes onnxruntime dequantize the whole table on every run
-/// (MiniLM's word embeddings: 45 ms of a 160 ms run).
+/// (MiniLM's word embeddings alone: 29.7 ms a run, 2.1 ms as GatherBlockQuantized).
 fn gathers_blocks(graph: &GraphProto, l: &Lowered) -> bool {
     let Precision::Int4 { block, pow2_scales: false } = l.quantized.precision else { return false };
     l.layer.op == "Gather"

@@ -269,7 +269,7 @@ impl Op for Dropout {
         if let Some(mode) = optional(inputs, 2).and_then(|f| f.value.as_deref()) {
             Dropout::check_inference(Some(mode))?;
         }
-        let mut facts = vec![Fact { dtype: x.dtype, shape: x.shape.clone(), value: x.value.clone() }];
+        let mut facts = vec![x.clone()];
         if self.mask {
             facts.push(Fact::new(DataType::Bool, x.shape.clone()));
         }

@@ -278,16 +278,11 @@ impl Op for Attention {
                     if self.scores_mode == 2 {
                         exposed_row.copy_from_slice(&scores);
                     }
-                    // Softmax; a row whose mask is −∞ everywhere attends nothing.
-                    if bias.iter().all(|&m| m == f32::NEG_INFINITY) {
+                    // Softmax; a row whose mask (or every score) is −∞ attends nothing.
+                    if bias.iter().all(|&m| m == f32::NEG_INFINITY) || scores.iter().all(|&s| s == f32::NEG_INFINITY) {
                         scores.fill(0.0);
                     } else {
-                        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
-                        let max = if max == f32::NEG_INFINITY { 0.0 } else { max };
-                        scores.iter_mut().for_each(|s| *s = (*s - max).exp());
-                        let sum: f32 = scores.iter().sum();
-                        let sum = if sum == 0.0 { 1.0 } else { sum };
-                        scores.iter_mut().for_each(|s| *s /= sum);
+                        super::norm::softmax_lane(&mut scores, false);
                     }
                     if self.scores_mode == 3 {
                         exposed_row.copy_from_slice(&scores);

@@ -153,7 +153,7 @@ fn import_softmax(c: &ImportCtx, log: bool) -> Result<Box<dyn Op>> {
 
 /// Softmax (or log-softmax) of one contiguous lane, in place.
 #[inline(always)]
-fn softmax_lane(lane: &mut [f32], log: bool) {
+pub(super) fn softmax_lane(lane: &mut [f32], log: bool) {
     let max = math::max(lane);
     // `for` loops rather than `for_each`, which may stay out of line (see simd.rs).
     if log {

@@ -356,8 +356,8 @@ impl Op for DequantizedGather {
 /// onnxruntime's form of a 4-bit embedding table: the standard `Gather` takes no 4-bit type,
 /// and `DequantizeLinear → Gather` makes onnxruntime dequantize the whole table on every run.
 /// Runs as the planner's [`DequantizedGather`] of the same table, so only the gathered rows are
-/// widened. Data is int4 or uint4 (zero point 0 when absent) with float scales; the uint8
-/// packing onnxruntime also accepts is refused by name.
+/// widened. Data is int4 or uint4 (zero point 0 when absent) with float scales (checked by
+/// the DequantizeLinear it runs); the uint8 packing onnxruntime also accepts is refused by name.
 #[derive(Debug)]
 pub struct GatherBlockQuantized {
     gather: Arc<Gather>,
@@ -384,8 +384,6 @@ impl GatherBlockQuantized {
     ) -> Result<(DequantizedGather, Vec<Option<&'a T>>)> {
         let (table, indices) = (shape(required(inputs, 0)?), shape(required(inputs, 1)?));
         ensure!(table.1.is_four_bit(), "data has dtype {}: int4 and uint4 are supported (uint8-packed data is not)", table.1);
-        let scales = shape(required(inputs, 2)?).1;
-        ensure!(scales == DataType::F32, "scales have dtype {scales}, expected float");
         ensure!(
             normalize_axis(self.dequantize.axis.axis, table.0.len())? != normalize_axis(self.gather.axis, table.0.len())?,
             "quantize_axis and gather_axis are the same axis"

@@ -81,6 +81,8 @@ impl Geometry {
         let n = input.len();
         ensure!(n == 1 || n == 2, "only 1-D and 2-D windows are supported, got {n} spatial dims");
         ensure!(kernel.len() == n, "kernel {kernel:?} does not match {n} spatial dims");
+        // A weight's window dims are data, not an attribute: a zero one has no window.
+        ensure!(kernel.iter().all(|&k| k >= 1), "kernel {kernel:?} has an empty spatial dim");
         let pick = |v: &Option<Vec<usize>>, len: usize, default: usize, what: &str| -> Result<Vec<usize>> {
             match v {
                 Some(v) => {
@@ -101,7 +103,8 @@ impl Geometry {
                     AutoPad::Valid => (0, 0),
                     AutoPad::SameUpper | AutoPad::SameLower => {
                         let out = input[i].div_ceil(strides[i]);
-                        let total = ((out - 1) * strides[i] + span).saturating_sub(input[i]);
+                        // An empty input gets no pads, so its window does not fit (refused below).
+                        let total = out.checked_sub(1).map_or(0, |last| (last * strides[i] + span).saturating_sub(input[i]));
                         if self.auto_pad == AutoPad::SameUpper { (total / 2, total - total / 2) } else { (total - total / 2, total / 2) }
                     }
                 };
@@ -473,6 +476,7 @@ impl ConvTranspose {
         for (i, a) in axes.iter_mut().enumerate() {
             let (input, k, s, d, pb, pe) = *a;
             let op = self.output_padding.as_ref().and_then(|p| p.get(i).copied()).unwrap_or(0);
+            ensure!(input >= 1, "input {x:?} has an empty spatial dim, which a transposed convolution cannot spread");
             let full = s * (input - 1) + op + (k - 1) * d + 1;
             let len = match &self.output_shape {
                 Some(os) => {
@@ -686,5 +690,20 @@ mod tests {
         let op = ConvTranspose { geom: geom([1, 1, 1, 1], [1, 1], 1), output_padding: None, output_shape: None };
         let y = run(&op, &[f32t(&[1, 1, 2, 2], &[1., 2., 3., 4.]), f32t(&[1, 1, 3, 3], &[1.; 9])]).unwrap();
         assert_close(&y[0], &[1, 1, 2, 2], &[10., 10., 10., 10.]);
+    }
+
+    #[test]
+    fn empty_windows_and_inputs_are_refused_by_name() {
+        // Found by fuzzing the C ABI: a weight `[8, 8, 0, 1]` (a window dim of 0) underflowed
+        // the window's span; an empty spatial input did the same in a transposed conv.
+        let conv = Conv { geom: geom([0; 4], [1, 1], 1) };
+        let err = run(&conv, &[f32t(&[1, 2, 3, 3], &[0.; 18]), f32t(&[2, 2, 0, 1], &[])]).unwrap_err().to_string();
+        assert!(err.contains("empty spatial dim"), "{err}");
+        let same = Conv { geom: Geometry { auto_pad: AutoPad::SameUpper, ..geom([0; 4], [1, 1], 1) } };
+        let err = run(&same, &[f32t(&[1, 1, 0, 2], &[]), f32t(&[1, 1, 3, 3], &[1.; 9])]).unwrap_err().to_string();
+        assert!(err.contains("does not fit input 0"), "{err}");
+        let transposed = ConvTranspose { geom: geom([0; 4], [2, 2], 1), output_padding: None, output_shape: None };
+        let err = run(&transposed, &[f32t(&[1, 1, 0, 2], &[]), f32t(&[1, 1, 2, 2], &[1.; 4])]).unwrap_err().to_string();
+        assert!(err.contains("empty spatial dim"), "{err}");
     }
 }

@@ -40,6 +40,41 @@ fn minilm_matches_onnxruntime() {
 }
 
 #[test]
+#[ignore = "real models: run by tools/test.sh"]
+fn minilm_sequence_lengths_share_one_plan() {
+    // The 8 sentences cut to 16, 17, … 24 tokens: the second length makes a plan for every
+    // later one (the sequence dims grow together), whose outputs are those of a plan made for
+    // each length alone, bit for bit.
+    let path = model("minilm/all-MiniLM-L6-v2.onnx");
+    let full = read_npz(&data("minilm_8x64.npz")).unwrap();
+    let cut = |len: usize| -> Vec<(String, distq_runtime::Tensor)> {
+        full.iter()
+            .map(|(name, t)| {
+                let rows: Vec<i64> = t.as_slice::<i64>().unwrap().chunks(t.shape()[1]).flat_map(|row| row[..len].to_vec()).collect();
+                (name.clone(), distq_runtime::Tensor::from_vec(vec![t.shape()[0], len], rows).unwrap())
+            })
+            .collect()
+    };
+    let session = Session::load(&path).unwrap();
+    for len in 16..=24 {
+        let ours = session.run(cut(len)).unwrap();
+        let alone = Session::load(&path).unwrap().run(cut(len)).unwrap();
+        for ((name, a), (_, b)) in ours.iter().zip(&alone) {
+            assert_eq!(a.shape(), b.shape(), "'{name}' at {len} tokens");
+            assert!(a.as_le_bytes() == b.as_le_bytes(), "'{name}' at {len} tokens differs from a plan for {len} tokens alone");
+        }
+    }
+    assert_eq!(session.plans_made(), 2, "16 tokens, then one plan for 17 to 24");
+    let shapes: Vec<_> = cut(24).iter().map(|(_, t)| (t.dtype(), t.shape().to_vec())).collect();
+    let alone = Session::load(&path).unwrap().plan_for(&shapes).unwrap();
+    println!(
+        "MiniLM at 24 tokens: {} steps planned for the family, {} for 24 tokens alone",
+        session.plan_for(&shapes).unwrap().num_steps(),
+        alone.num_steps()
+    );
+}
+
+#[test]
 #[ignore = "real models + onnxruntime: run by tools/test.sh"]
 fn ppocr_det_matches_onnxruntime() {
     parity("ppocr/ch_PP-OCRv4_det_infer.onnx", "ppocr_det.npz");

@@ -1,6 +1,14 @@
 //! The planner: for concrete input shapes, infers every value's dtype and shape, folds
 //! constant subgraphs (shape arithmetic above all) and `If`s with known conditions, orders
 //! the remaining steps, and computes buffer lifetimes and an arena layout from them.
+//!
+//! A plan may also serve a family of shapes whose symbolic dims grow together (a decoder's
+//! past length, token after token): [`plan_family`] plans two members of the family to learn
+//! which dims of which values change, then plans again keeping as run-time steps all shape
+//! arithmetic that reads a changing dim (so a `Reshape` target or a `Range` limit is computed
+//! from each run's shapes), and checks that the two members' plans are then the same, step
+//! for step. The ops compute their outputs' shapes from their inputs when they run, so no
+//! step is re-planned per shape.
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, NodeKind};
@@ -41,6 +49,9 @@ pub struct Plan {
     pub unshared_bytes: usize,
     /// Nodes evaluated at plan time (constant folding, inlined branches).
     pub folded_nodes: usize,
+    /// Per slot, the dims that change within the plan's family (empty for one shape): the
+    /// executor checks only the others against each computed value.
+    pub(crate) dynamic_dims: Vec<Vec<usize>>,
 }
 
 impl Plan {
@@ -104,7 +115,7 @@ pub struct StepCost {
     pub activation_bytes: usize,
 }
 
-struct Planner {
+struct Planner<'a> {
     env: HashMap<String, usize>,
     facts: Vec<Fact>,
     constants: Vec<Option<Arc<Tensor>>>,
@@ -120,6 +131,12 @@ struct Planner {
     widened: HashMap<usize, usize>,
     /// Largest tensor a step may produce (see `Session::set_max_tensor_bytes`).
     max_tensor_bytes: usize,
+    /// Per slot, the dims that change within the family of shapes planned for (none when
+    /// planning one shape).
+    changing: &'a [Vec<usize>],
+    /// Per slot: its value is derived from changing dims, so it is computed in every run
+    /// (what the planner holds is only the planned shapes' value, to infer what follows).
+    tainted: Vec<bool>,
 }
 
 /// What a session asks of its plans.
@@ -131,11 +148,19 @@ pub(crate) struct PlanOptions {
     pub exact: bool,
 }
 
-impl Planner {
-    fn slot(&mut self, fact: Fact) -> usize {
-        self.constants.push(fact.value.clone());
+impl Planner<'_> {
+    /// A new slot; `constant`: its value (if any) is a constant of the plan, not only a
+    /// representative for inferring what follows.
+    fn slot(&mut self, fact: Fact, constant: bool) -> usize {
+        self.constants.push(fact.value.clone().filter(|_| constant));
+        self.tainted.push(!constant && fact.value.is_some());
         self.facts.push(fact);
         self.facts.len() - 1
+    }
+
+    /// Whether slot `s` has dims that change within the planned family.
+    fn changes(&self, s: usize) -> bool {
+        self.changing.get(s).is_some_and(|d| !d.is_empty())
     }
 
     /// `slot`, or for a 4-bit constant a slot of its values widened to bytes (made once).
@@ -147,7 +172,7 @@ impl Planner {
             return Ok(w);
         }
         let value = self.constants[slot].as_ref().ok_or_else(|| Error::Op("4-bit values are supported in constants only".into()))?;
-        let w = self.slot(Fact::of(Arc::new(value.widened()?)));
+        let w = self.slot(Fact::of(Arc::new(value.widened()?)), true);
         self.widened.insert(slot, w);
         Ok(w)
     }
@@ -158,7 +183,7 @@ impl Planner {
 
     fn graph(&mut self, g: &Graph) -> Result<()> {
         for (name, t) in &g.initializers {
-            let s = self.slot(Fact::of(t.clone()));
+            let s = self.slot(Fact::of(t.clone()), true);
             self.env.insert(name.clone(), s);
         }
         for node in &g.nodes {
@@ -203,6 +228,9 @@ impl Planner {
         };
         let in_facts: Vec<Option<&Fact>> = inputs.iter().map(|s| s.map(|s| &self.facts[s])).collect();
         let mut out_facts = op.infer(&in_facts)?;
+        // A value inferred from a computed input can only come from its shape (`Shape`, `Size`).
+        let from_changing_shape = out_facts.iter().any(|f| f.value.is_some())
+            && inputs.iter().flatten().any(|&s| self.facts[s].value.is_none() && self.changes(s));
         for (i, f) in out_facts.iter().enumerate() {
             // Sizes are known here, before anything is allocated: a hostile model asking for
             // 2^40 elements is refused instead of aborting the process on allocation.
@@ -221,6 +249,7 @@ impl Planner {
             return Err(Error::Op(format!("the node declares {} outputs, the op produces {}", outputs.len(), out_facts.len())));
         }
         out_facts.truncate(outputs.len());
+        let known = inputs.iter().flatten().all(|&s| self.facts[s].value.is_some());
         let all_const = inputs.iter().flatten().all(|&s| self.constants[s].is_some());
         // Weights expanded from compact constants: a large one waits for fusion, which mostly
         // runs its readers on the compact form, so its float values never exist at all.
@@ -231,20 +260,23 @@ impl Planner {
             _ => false,
         };
         let defer = all_const && expands && out_facts[0].shape.iter().product::<usize>() >= DEFERRED_VALUES;
-        if all_const && !defer {
+        if known && !defer {
             for (f, v) in out_facts.iter_mut().zip(self.evaluate(op, &inputs)?) {
-                check_output(f, &v)?;
+                check_output(f, &[], &v)?;
                 f.value = Some(Arc::new(v));
             }
         }
-        let folded = defer || out_facts.iter().all(|f| f.value.is_some());
+        // Shape arithmetic on changing dims is evaluated (what follows is inferred from it)
+        // but runs again in every run.
+        let runs = from_changing_shape || inputs.iter().flatten().any(|&s| self.tainted[s]);
+        let folded = !runs && (defer || out_facts.iter().all(|f| f.value.is_some()));
         let mut out_slots = Vec::with_capacity(outputs.len());
         for (o, f) in outputs.iter().zip(out_facts) {
             if o.is_empty() {
                 out_slots.push(None);
                 continue;
             }
-            let s = self.slot(f);
+            let s = self.slot(f, folded);
             self.env.insert(o.clone(), s);
             out_slots.push(Some(s));
         }
@@ -263,10 +295,10 @@ impl Planner {
         Ok(())
     }
 
-    /// `op` on constant `inputs`.
+    /// `op` on known `inputs` (constants, or values that represent the run's).
     fn evaluate(&self, op: &Arc<dyn Op>, inputs: &[Option<usize>]) -> Result<Vec<Tensor>> {
         let tensors: Vec<Option<&Tensor>> =
-            inputs.iter().map(|s| s.map(|s| self.constants[s].as_deref().expect("a constant input"))).collect();
+            inputs.iter().map(|s| s.map(|s| self.facts[s].value.as_deref().expect("a known input"))).collect();
         op.eval(&tensors, &mut BufferPool::default())
     }
 
@@ -281,7 +313,7 @@ impl Planner {
             }
             let step = &self.expanded[&s];
             let value = self.evaluate(&step.op, &step.inputs).map_err(|e| e.in_node(&step.node, &step.op_type))?.remove(0);
-            check_output(&self.facts[s], &value)?;
+            check_output(&self.facts[s], &[], &value)?;
             let value = Arc::new(value);
             (self.constants[s], self.facts[s].value) = (Some(value.clone()), Some(value));
         }
@@ -292,7 +324,7 @@ impl Planner {
             }
             let values = self.evaluate(&step.op, &step.inputs).map_err(|e| e.in_node(&step.node, &step.op_type))?;
             for (&s, v) in step.outputs.iter().zip(values).filter_map(|(s, v)| Some((s.as_ref()?, v))) {
-                check_output(&self.facts[s], &v)?;
+                check_output(&self.facts[s], &[], &v)?;
                 let v = Arc::new(v);
                 (self.constants[s], self.facts[s].value) = (Some(v.clone()), Some(v));
             }
@@ -306,9 +338,11 @@ impl Planner {
 /// once: their float form costs little, and shape arithmetic may need it).
 pub(crate) const DEFERRED_VALUES: usize = 4096;
 
-/// Checks a computed tensor against the planned fact (guards against inference bugs).
-pub(crate) fn check_output(fact: &Fact, t: &Tensor) -> Result<()> {
-    if fact.dtype != t.dtype() || fact.shape != t.shape() {
+/// Checks a computed tensor against the planned fact (guards against inference bugs), all but
+/// its `dynamic` dims.
+pub(crate) fn check_output(fact: &Fact, dynamic: &[usize], t: &Tensor) -> Result<()> {
+    let dims_agree = || fact.shape.iter().zip(t.shape()).enumerate().all(|(d, (f, t))| f == t || dynamic.contains(&d));
+    if fact.dtype != t.dtype() || fact.shape.len() != t.shape().len() || !dims_agree() {
         return Err(Error::Op(format!("computed {t:?} but planned {}{:?}", fact.dtype, fact.shape)));
     }
     Ok(())
@@ -316,6 +350,64 @@ pub(crate) fn check_output(fact: &Fact, t: &Tensor) -> Result<()> {
 
 /// Plans `graph` for inputs of the given dtypes and shapes (in graph input order).
 pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: PlanOptions) -> Result<Plan> {
+    plan_with(graph, inputs, options, &[])
+}
+
+/// Plans `graph` for the family of input shapes `a + t·(b − a)` (`t` an integer, every dim
+/// that changes at least 2), from two members `a` and `b`. Planned alone, they show which
+/// dims of which values change; planned again with every value derived from a changing dim
+/// computed at run time, the two plans must agree in every step, op and constant, and in
+/// every dim but the changing ones, which become the plan's dynamic dims. Their sizes are
+/// `a`'s in the plan's facts (its costs and arena are `a`'s).
+///
+/// Errors (the caller then plans `a` alone) when the plans differ in more than that: an `If`
+/// whose condition depends on the changing dims, a fused op that took one of them as a
+/// constant, a different fusion.
+pub(crate) fn plan_family(graph: &Graph, a: &[(DataType, Vec<usize>)], b: &[(DataType, Vec<usize>)], options: PlanOptions) -> Result<Plan> {
+    let differs = |what: String| Error::Op(format!("the plans of {a:?} and {b:?} differ in {what}"));
+    let changing = |x: &Plan, y: &Plan| -> Result<Vec<Vec<usize>>> {
+        if x.facts.len() != y.facts.len() {
+            return Err(differs("their values".into()));
+        }
+        let dims = |(x, y): (&Fact, &Fact)| (0..x.shape.len().min(y.shape.len())).filter(|&d| x.shape[d] != y.shape[d]).collect();
+        Ok(x.facts.iter().zip(&y.facts).map(dims).collect())
+    };
+    let changing = changing(&plan_with(graph, a, options, &[])?, &plan_with(graph, b, options, &[])?)?;
+    let mut plan = plan_with(graph, a, options, &changing)?;
+    let other = plan_with(graph, b, options, &changing)?;
+    if plan.steps.len() != other.steps.len() || plan.facts.len() != other.facts.len() || plan.folded_nodes != other.folded_nodes {
+        return Err(differs("their steps".into()));
+    }
+    for (x, y) in plan.steps.iter().zip(&other.steps) {
+        // An op's attributes include anything fusion took from the facts.
+        if x.node != y.node || x.inputs != y.inputs || x.outputs != y.outputs || format!("{:?}", x.op) != format!("{:?}", y.op) {
+            return Err(differs(format!("step '{}' ({})", x.node, x.op_type)));
+        }
+    }
+    if plan.inputs != other.inputs || plan.outputs != other.outputs || plan.free_after != other.free_after {
+        return Err(differs("their inputs, outputs or buffer lifetimes".into()));
+    }
+    for (s, (x, y)) in plan.facts.iter().zip(&other.facts).enumerate() {
+        if x.dtype != y.dtype || x.shape.len() != y.shape.len() || !same_value(plan.constants[s].as_ref(), other.constants[s].as_ref()) {
+            return Err(differs(format!("value {s}: {}{:?} against {}{:?}", x.dtype, x.shape, y.dtype, y.shape)));
+        }
+        plan.dynamic_dims[s] = (0..x.shape.len()).filter(|&d| x.shape[d] != y.shape[d]).collect();
+    }
+    Ok(plan)
+}
+
+/// Same presence, dtype, shape and bytes (weights are mostly the same tensor).
+fn same_value(x: Option<&Arc<Tensor>>, y: Option<&Arc<Tensor>>) -> bool {
+    match (x, y) {
+        (None, None) => true,
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y) || (x.dtype() == y.dtype() && x.shape() == y.shape() && x.as_le_bytes() == y.as_le_bytes()),
+        _ => false,
+    }
+}
+
+/// Plans `graph` for these inputs; `changing`: per slot, the dims that change within the
+/// family of shapes planned for (empty for these shapes alone).
+fn plan_with(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: PlanOptions, changing: &[Vec<usize>]) -> Result<Plan> {
     let mut p = Planner {
         env: HashMap::new(),
         facts: Vec::new(),
@@ -326,14 +418,23 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: Pl
         deferred: Vec::new(),
         widened: HashMap::new(),
         max_tensor_bytes: options.max_tensor_bytes,
+        changing,
+        tainted: Vec::new(),
     };
     let mut input_slots = Vec::new();
     for (info, (dtype, shape)) in graph.inputs.iter().zip(inputs) {
-        let s = p.slot(Fact::new(*dtype, shape.clone()));
+        let s = p.slot(Fact::new(*dtype, shape.clone()), false);
         p.env.insert(info.name.clone(), s);
         input_slots.push((info.name.clone(), s));
     }
     p.graph(graph)?;
+    // Values that only represent a run's are not the plan's to use: fusion sees the slot as
+    // computed.
+    for (f, c) in p.facts.iter_mut().zip(&p.constants) {
+        if c.is_none() {
+            f.value = None;
+        }
+    }
     let outputs = graph.outputs.iter().map(|o| Ok((o.name.clone(), p.lookup(&o.name, "<graph output>")?))).collect::<Result<Vec<_>>>()?;
     let output_slots: Vec<usize> = outputs.iter().map(|o| o.1).collect();
     p.steps = crate::fuse::fuse(std::mem::take(&mut p.steps), &p.facts, &output_slots, &p.expanded, options.exact);
@@ -383,6 +484,7 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: Pl
     }
     let unshared_bytes = intervals.iter().map(|i| i.2).sum();
     let arena_bytes = arena_layout(&mut intervals);
+    let dynamic_dims = vec![Vec::new(); p.facts.len()];
     Ok(Plan {
         steps: p.steps,
         facts: p.facts,
@@ -393,6 +495,7 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: Pl
         arena_bytes,
         unshared_bytes,
         folded_nodes: p.folded,
+        dynamic_dims,
     })
 }
 

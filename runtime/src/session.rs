@@ -1,11 +1,12 @@
-//! Loading a model and running it: input validation, a plan per input-shape set (cached),
-//! and the executor that runs the plan's steps and recycles buffers by liveness.
+//! Loading a model and running it: input validation, a plan per input-shape set or per
+//! family of shapes that grow together (cached), and the executor that runs the plan's steps
+//! and recycles buffers by liveness.
 
 use crate::error::{Error, Result};
 use crate::graph::{Dim, Graph, ValueInfo};
 use crate::onnx::{OnnxFile, import::import_model};
 use crate::ops::BufferPool;
-use crate::plan::{Plan, PlanOptions, check_output, plan};
+use crate::plan::{Plan, PlanOptions, check_output, plan, plan_family};
 use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -67,7 +68,9 @@ impl Model {
 /// from several threads at once.
 pub struct Session {
     model: Arc<Model>,
-    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+    plans: Mutex<PlanCache>,
+    /// Plans made so far (each shape or family planned once).
+    plans_made: AtomicUsize,
     /// Dead activation buffers kept between runs, so steady-state runs allocate (and the OS
     /// zeroes pages) almost nothing. A run that finds it busy (another thread) uses its own.
     pool: Mutex<BufferPool>,
@@ -86,6 +89,52 @@ pub const DEFAULT_MAX_TENSOR_BYTES: usize = 1 << 30;
 /// Dtype and shape of each input, in graph order: what a plan is made for.
 type PlanKey = Vec<(DataType, Vec<usize>)>;
 
+/// The plans of a session: per input shapes, and per family of shapes.
+#[derive(Default)]
+struct PlanCache {
+    exact: HashMap<PlanKey, Arc<Plan>>,
+    families: Vec<Family>,
+}
+
+/// A plan for the inputs `base + t·shift` (`shift` 0 or 1 per dim; every shifted dim at least
+/// 2): a decoder's past and total lengths, token after token, or an encoder's sequence length.
+struct Family {
+    base: PlanKey,
+    shift: Vec<Vec<bool>>,
+    plan: Arc<Plan>,
+}
+
+impl Family {
+    fn covers(&self, key: &PlanKey) -> bool {
+        growth(&self.base, key).is_some_and(|(shift, _)| shift == self.shift)
+    }
+}
+
+/// When `to` is `from` with some dims all grown (or shrunk) by the same `t ≠ 0`, each of them
+/// still at least 2 in both: which dims, and `t`.
+fn growth(from: &PlanKey, to: &PlanKey) -> Option<(Vec<Vec<bool>>, i64)> {
+    let mut t = None;
+    let mut shift = Vec::with_capacity(from.len());
+    if from.len() != to.len() {
+        return None;
+    }
+    for ((dtype, a), (other, b)) in from.iter().zip(to) {
+        if dtype != other || a.len() != b.len() {
+            return None;
+        }
+        let mut dims = Vec::with_capacity(a.len());
+        for (&x, &y) in a.iter().zip(b) {
+            let d = y as i64 - x as i64;
+            if d != 0 && (x < 2 || y < 2 || *t.get_or_insert(d) != d) {
+                return None;
+            }
+            dims.push(d != 0);
+        }
+        shift.push(dims);
+    }
+    Some((shift, t?))
+}
+
 /// Tensors with their names.
 pub type NamedTensors = Vec<(String, Tensor)>;
 
@@ -98,7 +147,8 @@ impl Session {
     pub fn new(model: Model) -> Session {
         Session {
             model: Arc::new(model),
-            plans: Mutex::new(HashMap::new()),
+            plans: Mutex::new(PlanCache::default()),
+            plans_made: AtomicUsize::new(0),
             pool: Mutex::new(BufferPool::default()),
             threads: AtomicUsize::new(crate::performance_cores()),
             max_tensor_bytes: AtomicUsize::new(DEFAULT_MAX_TENSOR_BYTES),
@@ -124,7 +174,7 @@ impl Session {
     /// ```
     pub fn set_max_tensor_bytes(&self, bytes: usize) {
         self.max_tensor_bytes.store(bytes, Ordering::Relaxed);
-        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.plans.lock().unwrap_or_else(|e| e.into_inner()) = PlanCache::default();
     }
 
     /// Runs every op by the file's literal float semantics (default `false`). By default, as
@@ -163,7 +213,7 @@ impl Session {
     /// ```
     pub fn set_exact(&self, exact: bool) {
         self.exact.store(exact, Ordering::Relaxed);
-        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.plans.lock().unwrap_or_else(|e| e.into_inner()) = PlanCache::default();
     }
 
     /// Whether runs follow the file's literal float arithmetic ([`Session::set_exact`]).
@@ -268,20 +318,76 @@ impl Session {
         Ok(ordered)
     }
 
-    /// The plan for inputs of these dtypes and shapes (made once, then cached).
+    /// The plan for inputs of these dtypes and shapes, made once, then cached. When the
+    /// shapes are those of an earlier plan with some symbolic dims grown together (a
+    /// decoder's past length, say), the plan made serves every later growth as well: see
+    /// [`Session::plans_made`].
     pub fn plan_for(&self, inputs: &[(DataType, Vec<usize>)]) -> Result<Arc<Plan>> {
         let key = inputs.to_vec();
-        if let Some(p) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(p.clone());
-        }
+        let partner = {
+            let cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = cache.exact.get(&key) {
+                return Ok(p.clone());
+            }
+            if let Some(f) = cache.families.iter().find(|f| f.covers(&key)) {
+                return Ok(f.plan.clone());
+            }
+            cache.exact.keys().find_map(|k| growth(k, &key).filter(|(shift, _)| self.symbolic(shift)).map(|(shift, _)| (k.clone(), shift)))
+        };
         let options = PlanOptions { max_tensor_bytes: self.max_tensor_bytes.load(Ordering::Relaxed), exact: self.exact() };
-        let p = Arc::new(plan(&self.model.graph, inputs, options)?);
+        // A family when the model's shape arithmetic allows it, else a plan for these shapes.
+        let family = partner.and_then(|(other, shift)| Some((plan_family(&self.model.graph, &key, &other, options).ok()?, shift)));
+        let (plan, shift) = match family {
+            Some((p, shift)) => (Arc::new(p), Some(shift)),
+            None => (Arc::new(plan(&self.model.graph, inputs, options)?), None),
+        };
+        self.plans_made.fetch_add(1, Ordering::Relaxed);
         let mut cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= MAX_CACHED_PLANS {
-            cache.clear();
+        if cache.exact.len() + cache.families.len() >= MAX_CACHED_PLANS {
+            *cache = PlanCache::default();
         }
-        cache.insert(key, p.clone());
-        Ok(p)
+        match shift {
+            Some(shift) => cache.families.push(Family { base: key, shift, plan: plan.clone() }),
+            None => {
+                cache.exact.insert(key, plan.clone());
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Whether every shifted dim is declared symbolic (or unknown) by the model.
+    fn symbolic(&self, shift: &[Vec<bool>]) -> bool {
+        self.model.inputs().iter().zip(shift).all(|(info, shift)| {
+            shift
+                .iter()
+                .enumerate()
+                .all(|(d, &s)| !s || info.dims.as_ref().is_some_and(|dims| matches!(dims.get(d), Some(Dim::Symbolic(_) | Dim::Unknown))))
+        })
+    }
+
+    /// How many plans this session has made: one per set of input shapes, except that shapes
+    /// growing together along symbolic dims share one plan from their second size on.
+    ///
+    /// ```
+    /// use distq_runtime::testing::ModelBuilder;
+    /// use distq_runtime::{DataType, Model, Session, Tensor};
+    /// // y = x + 1 over a sequence of any length.
+    /// let model = ModelBuilder::new(17)
+    ///     .input("x", DataType::F32, &[-1])
+    ///     .initializer("one", &Tensor::scalar(1f32))
+    ///     .node("Add", &["x", "one"], &["y"], vec![])
+    ///     .output("y", DataType::F32, &[])
+    ///     .to_bytes();
+    /// let session = Session::new(Model::from_bytes(model)?);
+    /// for len in 2..40 {
+    ///     let y = session.run(vec![("x", Tensor::from_vec(vec![len], vec![0f32; len])?)])?;
+    ///     assert_eq!(y[0].1.shape(), [len]);
+    /// }
+    /// assert_eq!(session.plans_made(), 2);
+    /// # Ok::<(), distq_runtime::Error>(())
+    /// ```
+    pub fn plans_made(&self) -> usize {
+        self.plans_made.load(Ordering::Relaxed)
     }
 
     /// Runs the model on named inputs; returns the outputs in graph order with their names.
@@ -352,7 +458,7 @@ pub(crate) fn execute(
         }
         for (slot, t) in step.outputs.iter().zip(outputs) {
             if let Some(s) = *slot {
-                check_output(&plan.facts[s], &t).map_err(|e| e.in_node(&step.node, &step.op_type))?;
+                check_output(&plan.facts[s], &plan.dynamic_dims[s], &t).map_err(|e| e.in_node(&step.node, &step.op_type))?;
                 values[s] = Some(t);
             }
         }

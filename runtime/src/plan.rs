@@ -140,13 +140,21 @@ struct Planner<'a> {
 }
 
 /// What a session asks of its plans.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PlanOptions {
+#[derive(Clone, Copy)]
+pub(crate) struct PlanOptions<'a> {
     /// Largest tensor a step may produce (see `Session::set_max_tensor_bytes`).
     pub max_tensor_bytes: usize,
     /// The file's literal float arithmetic everywhere (see `Session::set_exact`).
     pub exact: bool,
+    /// The session's ops, shared by its plans (see [`OpMemo`]).
+    pub ops: &'a OpMemo,
 }
+
+/// The ops of a session's plans by node, op type and alternate Debug form (which shows every
+/// attribute and constant): a plan whose fusion makes an op equal to an earlier plan's takes
+/// that op, and with it the weights it packed. A decoder's prefill and decode plans, or an
+/// encoder's plans for two lengths, so hold one packed copy of each weight.
+pub(crate) type OpMemo = std::sync::Mutex<HashMap<(String, String, String), Arc<dyn Op>>>;
 
 impl Planner<'_> {
     /// A new slot; `constant`: its value (if any) is a constant of the plan, not only a
@@ -380,7 +388,7 @@ pub(crate) fn plan_family(graph: &Graph, a: &[(DataType, Vec<usize>)], b: &[(Dat
     }
     for (x, y) in plan.steps.iter().zip(&other.steps) {
         // An op's attributes include anything fusion took from the facts.
-        if x.node != y.node || x.inputs != y.inputs || x.outputs != y.outputs || format!("{:?}", x.op) != format!("{:?}", y.op) {
+        if x.node != y.node || x.inputs != y.inputs || x.outputs != y.outputs || format!("{:#?}", x.op) != format!("{:#?}", y.op) {
             return Err(differs(format!("step '{}' ({})", x.node, x.op_type)));
         }
     }
@@ -439,6 +447,13 @@ fn plan_with(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: PlanOpti
     let output_slots: Vec<usize> = outputs.iter().map(|o| o.1).collect();
     p.steps = crate::fuse::fuse(std::mem::take(&mut p.steps), &p.facts, &output_slots, &p.expanded, options.exact);
     p.materialize(&output_slots)?;
+    {
+        let mut ops = options.ops.lock().unwrap_or_else(|e| e.into_inner());
+        for step in &mut p.steps {
+            let key = (step.node.clone(), step.op_type.clone(), format!("{:#?}", step.op));
+            step.op = ops.entry(key).or_insert_with(|| step.op.clone()).clone();
+        }
+    }
     // Constants no step reads any more (float weights replaced by their integer form) are
     // dropped, so the plan does not keep both.
     let mut read = vec![false; p.facts.len()];
@@ -522,7 +537,59 @@ fn arena_layout(intervals: &mut [(usize, usize, usize)]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::arena_layout;
+    use super::{OpMemo, PlanOptions, arena_layout, plan};
+    use crate::testing::{Attr, ModelBuilder};
+    use crate::{DataType, Model, Tensor};
+    use std::sync::Arc;
+
+    fn options(ops: &OpMemo) -> PlanOptions<'_> {
+        PlanOptions { max_tensor_bytes: 1 << 30, exact: false, ops }
+    }
+
+    #[test]
+    fn plans_of_a_session_share_equal_ops_and_their_weights() {
+        // f16 weights (4096 values, so their expansion is deferred and fused away), packed by
+        // the op on first use: plans for 2 and 5 rows take the same op.
+        let w = Tensor::from_vec(vec![64, 64], vec![0x3c00u16; 4096]).unwrap();
+        let bytes = ModelBuilder::new(17)
+            .input("x", DataType::F32, &[-1, 64])
+            .initializer("w16", &w)
+            .node("Cast", &["w16"], &["w"], vec![("to", Attr::Int(1))])
+            .node("MatMul", &["x", "w"], &["y"], vec![])
+            .output("y", DataType::F32, &[-1, 64])
+            .to_bytes();
+        let model = Model::from_bytes(bytes).unwrap();
+        let memo = OpMemo::default();
+        let two = plan(model.graph(), &[(DataType::F32, vec![2, 64])], options(&memo)).unwrap();
+        let five = plan(model.graph(), &[(DataType::F32, vec![5, 64])], options(&memo)).unwrap();
+        assert_eq!(two.steps[0].op_type, "Cast→PackedMatMul");
+        assert!(Arc::ptr_eq(&two.steps[0].op, &five.steps[0].op));
+        let other_session = plan(model.graph(), &[(DataType::F32, vec![2, 64])], options(&OpMemo::default())).unwrap();
+        assert!(!Arc::ptr_eq(&two.steps[0].op, &other_session.steps[0].op));
+    }
+
+    #[test]
+    fn ops_holding_different_constants_are_not_shared() {
+        // y = x · Size(x) + 1: each shape folds its own size into the fused chain, as a
+        // constant tensor of the same shape but another value.
+        let bytes = ModelBuilder::new(17)
+            .input("x", DataType::F32, &[-1])
+            .initializer("one", &Tensor::scalar(1f32))
+            .node("Size", &["x"], &["n"], vec![])
+            .node("Cast", &["n"], &["scale"], vec![("to", Attr::Int(1))])
+            .node("Mul", &["x", "scale"], &["scaled"], vec![])
+            .node("Add", &["scaled", "one"], &["y"], vec![])
+            .output("y", DataType::F32, &[-1])
+            .to_bytes();
+        let model = Model::from_bytes(bytes).unwrap();
+        let memo = OpMemo::default();
+        for n in [2usize, 3] {
+            let plan = plan(model.graph(), &[(DataType::F32, vec![n])], options(&memo)).unwrap();
+            let x = Tensor::from_vec(vec![n], vec![1f32; n]).unwrap();
+            let y = crate::session::execute(&plan, vec![x], &mut Default::default(), None).unwrap();
+            assert_eq!(y[0].1.as_slice::<f32>().unwrap(), vec![n as f32 + 1.0; n], "{:?}", plan.step_ops());
+        }
+    }
 
     #[test]
     fn arena_reuses_dead_buffers() {

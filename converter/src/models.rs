@@ -18,9 +18,10 @@ pub fn models_dir() -> Option<PathBuf> {
     [root.join("../shared/models"), root.join("models/cache")].into_iter().find(|d| d.is_dir())
 }
 
-/// A model under [`models_dir`], if present.
+/// A model under [`models_dir`], else under `models/cache` (the shared folder has no language
+/// model: `models/fetch.sh DEST llm` fetches it there), if present.
 pub fn model_path(rel: &str) -> Option<PathBuf> {
-    models_dir().map(|d| d.join(rel)).filter(|p| p.is_file())
+    models_dir().into_iter().chain([workspace_root().join("models/cache")]).map(|d| d.join(rel)).find(|p| p.is_file())
 }
 
 /// A committed real input under `models/data`.

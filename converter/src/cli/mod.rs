@@ -4,6 +4,7 @@ mod bench;
 pub mod convert;
 pub mod demo;
 pub mod distill;
+mod import;
 mod inspect;
 mod progress;
 pub mod quantize;
@@ -42,6 +43,9 @@ enum Command {
     Convert(convert::Args),
     /// The whole pipeline on the bundled Fashion-MNIST subset: distill, quantize, measure.
     Demo(demo::Args),
+    /// Import a pre-trained language model (a Llama-family GGUF file) as an ONNX decoder
+    /// with a KV cache.
+    Import(import::Args),
 }
 
 /// Writes one line to stdout. A closed pipe (`distq inspect m.onnx | head`) is not an
@@ -70,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Distill(a) => distill::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Import(a) => import::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! point into the map instead of copying weights.
 
 pub mod attrs;
+pub mod build;
 pub mod import;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 #[rustfmt::skip]

@@ -1,0 +1,300 @@
+//! A Llama-family decoder written as standard ONNX (opset 17) with a KV cache, in Optimum's
+//! names: inputs `input_ids`, `attention_mask`, `position_ids`, `past_key_values.{i}.key` /
+//! `.value`; outputs `logits`, `present.{i}.key` / `.value`.
+//!
+//! Per block: RMSNorm, Q/K/V projections, rotary embedding (Hugging Face's halves), the new
+//! keys and values appended to the past ones, grouped-query attention as a broadcasting
+//! `MatMul` over `[batch, kv_heads, heads / kv_heads, …]` (the shared K/V are never
+//! repeated), the causal and padding mask, the output projection, and a SwiGLU feed-forward.
+//! The output projection is the embedding table (`Gemm` with `transB`) when tied.
+
+use anyhow::{Result, ensure};
+use distq_runtime::onnx::build::{Attr, ModelBuilder};
+use distq_runtime::onnx::proto::ModelProto;
+use distq_runtime::{DataType, Tensor};
+
+/// The architecture's sizes.
+#[derive(Clone, Debug)]
+pub struct LlamaConfig {
+    pub layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+}
+
+impl LlamaConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+}
+
+/// One block's weights, row-major `[out, in]` as Hugging Face stores them.
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub o: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub down: Vec<f32>,
+}
+
+/// The whole model's weights.
+pub struct LlamaWeights {
+    pub config: LlamaConfig,
+    /// `[vocab, hidden]`.
+    pub embedding: Vec<f32>,
+    pub layers: Vec<Layer>,
+    pub final_norm: Vec<f32>,
+    /// `[vocab, hidden]`, when not tied to the embedding.
+    pub output: Option<Vec<f32>>,
+}
+
+/// Names the graph's values: one prefix per block, a counter within.
+struct Names(usize);
+
+impl Names {
+    fn next(&mut self, what: &str) -> String {
+        self.0 += 1;
+        format!("{what}_{}", self.0)
+    }
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+fn transposed(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+fn ints(values: &[i64]) -> Tensor {
+    Tensor::from_vec(vec![values.len()], values.to_vec()).expect("a 1-D tensor")
+}
+
+/// The decoder as an ONNX model (f32 weights).
+pub fn decoder(w: &LlamaWeights) -> Result<ModelProto> {
+    let c = &w.config;
+    let (hd, group) = (c.head_dim(), c.heads / c.kv_heads);
+    ensure!(hd.is_multiple_of(2), "head dim {hd} is odd: no rotary halves");
+    ensure!(w.embedding.len() == c.vocab * c.hidden, "embedding of {} values for {} × {}", w.embedding.len(), c.vocab, c.hidden);
+    let f32t = |shape: Vec<usize>, v: Vec<f32>| Tensor::from_vec(shape, v).expect("sizes checked");
+    let inv_freq: Vec<f32> = (0..hd / 2).map(|j| 1.0 / c.rope_theta.powf(2.0 * j as f32 / hd as f32)).collect();
+    let mut m = ModelBuilder::new(17)
+        .input_named("input_ids", DataType::I64, &["batch_size", "sequence_length"])
+        .input_named("attention_mask", DataType::I64, &["batch_size", "total_sequence_length"])
+        .input_named("position_ids", DataType::I64, &["batch_size", "sequence_length"])
+        .initializer("embed_tokens", &f32t(vec![c.vocab, c.hidden], w.embedding.clone()))
+        .initializer("inv_freq", &f32t(vec![hd / 2], inv_freq))
+        .initializer("eps", &Tensor::scalar(c.rms_eps))
+        .initializer("zero_f", &Tensor::scalar(0f32))
+        .initializer("min_f", &Tensor::scalar(f32::MIN))
+        .initializer("scale", &Tensor::scalar(1.0 / (hd as f32).sqrt()))
+        .initializer("zero_i", &Tensor::scalar(0i64))
+        .initializer("one_i", &Tensor::scalar(1i64))
+        .initializer("axes_0", &ints(&[0]))
+        .initializer("axes_1", &ints(&[1]))
+        .initializer("axes_12", &ints(&[1, 2]))
+        .initializer("axes_2", &ints(&[2]))
+        .initializer("axes_last", &ints(&[-1]))
+        .initializer("half_start", &ints(&[0]))
+        .initializer("half_mid", &ints(&[hd as i64 / 2]))
+        .initializer("half_end", &ints(&[i64::MAX]))
+        .initializer("heads_shape", &ints(&[0, 0, c.heads as i64, hd as i64]))
+        .initializer("kv_heads_shape", &ints(&[0, 0, c.kv_heads as i64, hd as i64]))
+        .initializer("grouped_shape", &ints(&[0, c.kv_heads as i64, group as i64, -1, hd as i64]))
+        .initializer("ungrouped_shape", &ints(&[0, c.heads as i64, -1, hd as i64]))
+        .initializer("merged_shape", &ints(&[0, 0, c.hidden as i64]))
+        .initializer("rows_shape", &ints(&[-1, c.hidden as i64]))
+        .initializer("vocab_1d", &ints(&[c.vocab as i64]))
+        .node("Gather", &["embed_tokens", "input_ids"], &["h_0"], vec![]);
+    // Rotary angles from the positions: [batch, 1, seq, head_dim], cos and sin.
+    m = m
+        .node("Cast", &["position_ids"], &["positions"], vec![("to", Attr::Int(1))])
+        .node("Unsqueeze", &["positions", "axes_last"], &["positions_col"], vec![])
+        .node("Mul", &["positions_col", "inv_freq"], &["freqs"], vec![])
+        .node("Concat", &["freqs", "freqs"], &["angles"], vec![("axis", Attr::Int(-1))])
+        .node("Cos", &["angles"], &["cos_3d"], vec![])
+        .node("Sin", &["angles"], &["sin_3d"], vec![])
+        .node("Unsqueeze", &["cos_3d", "axes_1"], &["cos"], vec![])
+        .node("Unsqueeze", &["sin_3d", "axes_1"], &["sin"], vec![]);
+    // Mask [batch, 1, 1, seq, total]: key j is visible to query i (at position past + i)
+    // when j ≤ past + i and attention_mask[j] is 1.
+    m = m
+        .node("Shape", &["attention_mask"], &["mask_shape"], vec![])
+        .node("Gather", &["mask_shape", "one_i"], &["total"], vec![("axis", Attr::Int(0))])
+        .node("Shape", &["input_ids"], &["ids_shape"], vec![])
+        .node("Gather", &["ids_shape", "one_i"], &["seq"], vec![("axis", Attr::Int(0))])
+        .node("Sub", &["total", "seq"], &["past"], vec![])
+        .node("Range", &["past", "total", "one_i"], &["query_positions"], vec![])
+        .node("Range", &["zero_i", "total", "one_i"], &["key_positions"], vec![])
+        .node("Unsqueeze", &["query_positions", "axes_1"], &["query_col"], vec![])
+        .node("LessOrEqual", &["key_positions", "query_col"], &["causal"], vec![])
+        .node("Cast", &["attention_mask"], &["present_keys"], vec![("to", Attr::Int(9))])
+        .node("Unsqueeze", &["present_keys", "axes_12"], &["padding"], vec![])
+        .node("And", &["causal", "padding"], &["visible"], vec![])
+        .node("Where", &["visible", "zero_f", "min_f"], &["mask_4d"], vec![])
+        .node("Unsqueeze", &["mask_4d", "axes_1"], &["mask"], vec![]);
+    let mut names = Names(0);
+    let mut h = "h_0".to_string();
+    for (i, layer) in w.layers.iter().enumerate() {
+        let p = format!("layers.{i}");
+        let weight = |m: ModelBuilder, name: &str, values: &[f32], rows: usize, cols: usize| {
+            m.initializer(&format!("{p}.{name}"), &f32t(vec![cols, rows], transposed(values, rows, cols)))
+        };
+        m = weight(m, "q_proj", &layer.q, c.hidden, c.hidden);
+        m = weight(m, "k_proj", &layer.k, c.kv_heads * hd, c.hidden);
+        m = weight(m, "v_proj", &layer.v, c.kv_heads * hd, c.hidden);
+        m = weight(m, "o_proj", &layer.o, c.hidden, c.hidden);
+        m = weight(m, "gate_proj", &layer.gate, c.ffn, c.hidden);
+        m = weight(m, "up_proj", &layer.up, c.ffn, c.hidden);
+        m = weight(m, "down_proj", &layer.down, c.hidden, c.ffn);
+        m = m
+            .initializer(&format!("{p}.input_layernorm"), &f32t(vec![c.hidden], layer.attn_norm.clone()))
+            .initializer(&format!("{p}.post_attention_layernorm"), &f32t(vec![c.hidden], layer.ffn_norm.clone()));
+        let x;
+        (m, x) = rms_norm(m, &mut names, &h, &format!("{p}.input_layernorm"));
+        let proj = |m: ModelBuilder, names: &mut Names, x: &str, w: &str| {
+            let y = names.next(w);
+            (m.node("MatMul", &[x, &format!("{p}.{w}")], &[&y], vec![]), y)
+        };
+        let (q_proj, k_proj, v_proj);
+        (m, q_proj) = proj(m, &mut names, &x, "q_proj");
+        (m, k_proj) = proj(m, &mut names, &x, "k_proj");
+        (m, v_proj) = proj(m, &mut names, &x, "v_proj");
+        // [batch, seq, heads, hd] → [batch, heads, seq, hd].
+        let heads = |m: ModelBuilder, names: &mut Names, x: &str, shape: &str| {
+            let (r, t) = (names.next("heads"), names.next("heads_t"));
+            (m.node("Reshape", &[x, shape], &[&r], vec![]).node("Transpose", &[&r], &[&t], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]), t)
+        };
+        let (q_heads, k_heads, v);
+        (m, q_heads) = heads(m, &mut names, &q_proj, "heads_shape");
+        (m, k_heads) = heads(m, &mut names, &k_proj, "kv_heads_shape");
+        (m, v) = heads(m, &mut names, &v_proj, "kv_heads_shape");
+        let (q, k);
+        (m, q) = rotary(m, &mut names, &q_heads);
+        (m, k) = rotary(m, &mut names, &k_heads);
+        let (present_k, present_v) = (format!("present.{i}.key"), format!("present.{i}.value"));
+        let (past_k, past_v) = (format!("past_key_values.{i}.key"), format!("past_key_values.{i}.value"));
+        let kv_dims = ["batch_size", &c.kv_heads.to_string(), "past_sequence_length", &hd.to_string()];
+        let present_dims = ["batch_size", &c.kv_heads.to_string(), "total_sequence_length", &hd.to_string()];
+        m = m
+            .input_named(&past_k, DataType::F32, &kv_dims)
+            .input_named(&past_v, DataType::F32, &kv_dims)
+            .output_named(&present_k, DataType::F32, &present_dims)
+            .output_named(&present_v, DataType::F32, &present_dims)
+            .node("Concat", &[&past_k, &k], &[&present_k], vec![("axis", Attr::Int(2))])
+            .node("Concat", &[&past_v, &v], &[&present_v], vec![("axis", Attr::Int(2))]);
+        // Grouped-query attention: queries [batch, kv_heads, group, seq, hd] against keys and
+        // values [batch, kv_heads, 1, total, hd], broadcast over the group.
+        let n = |names: &mut Names, what: &str| names.next(what);
+        let (q5, k5, kt, v5, scores, scaled, masked, probs, ctx5, ctx, ctx_t, merged, attn, h_attn) = (
+            n(&mut names, "q5"),
+            n(&mut names, "k5"),
+            n(&mut names, "kt"),
+            n(&mut names, "v5"),
+            n(&mut names, "scores"),
+            n(&mut names, "scaled"),
+            n(&mut names, "masked"),
+            n(&mut names, "probs"),
+            n(&mut names, "ctx5"),
+            n(&mut names, "ctx"),
+            n(&mut names, "ctx_t"),
+            n(&mut names, "merged"),
+            n(&mut names, "attn"),
+            n(&mut names, "h_attn"),
+        );
+        m = m
+            .node("Reshape", &[&q, "grouped_shape"], &[&q5], vec![])
+            .node("Unsqueeze", &[&present_k, "axes_2"], &[&k5], vec![])
+            .node("Transpose", &[&k5], &[&kt], vec![("perm", Attr::Ints(vec![0, 1, 2, 4, 3]))])
+            .node("Unsqueeze", &[&present_v, "axes_2"], &[&v5], vec![])
+            .node("MatMul", &[&q5, &kt], &[&scores], vec![])
+            .node("Mul", &[&scores, "scale"], &[&scaled], vec![])
+            .node("Add", &[&scaled, "mask"], &[&masked], vec![])
+            .node("Softmax", &[&masked], &[&probs], vec![("axis", Attr::Int(-1))])
+            .node("MatMul", &[&probs, &v5], &[&ctx5], vec![])
+            .node("Reshape", &[&ctx5, "ungrouped_shape"], &[&ctx], vec![])
+            .node("Transpose", &[&ctx], &[&ctx_t], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))])
+            .node("Reshape", &[&ctx_t, "merged_shape"], &[&merged], vec![]);
+        m = m.node("MatMul", &[&merged, &format!("{p}.o_proj")], &[&attn], vec![]).node("Add", &[&h, &attn], &[&h_attn], vec![]);
+        // SwiGLU feed-forward.
+        let x;
+        (m, x) = rms_norm(m, &mut names, &h_attn, &format!("{p}.post_attention_layernorm"));
+        let (gate, up);
+        (m, gate) = proj(m, &mut names, &x, "gate_proj");
+        (m, up) = proj(m, &mut names, &x, "up_proj");
+        let (sig, silu, act, down, next) =
+            (n(&mut names, "sig"), n(&mut names, "silu"), n(&mut names, "act"), n(&mut names, "down"), format!("h_{}", i + 1));
+        m = m
+            .node("Sigmoid", &[&gate], &[&sig], vec![])
+            .node("Mul", &[&gate, &sig], &[&silu], vec![])
+            .node("Mul", &[&silu, &up], &[&act], vec![])
+            .node("MatMul", &[&act, &format!("{p}.down_proj")], &[&down], vec![])
+            .node("Add", &[&h_attn, &down], &[&next], vec![]);
+        h = next;
+    }
+    m = m.initializer("norm", &f32t(vec![c.hidden], w.final_norm.clone()));
+    let x;
+    (m, x) = rms_norm(m, &mut names, &h, "norm");
+    let table = match &w.output {
+        Some(out) => {
+            m = m.initializer("lm_head", &f32t(vec![c.vocab, c.hidden], out.clone()));
+            "lm_head"
+        }
+        None => "embed_tokens",
+    };
+    // Logits through the [vocab, hidden] table itself (Gemm transB): no transposed copy.
+    Ok(m.node("Reshape", &[&x, "rows_shape"], &["rows"], vec![])
+        .node("Gemm", &["rows", table], &["logit_rows"], vec![("transB", Attr::Int(1))])
+        .node("Concat", &["ids_shape", "vocab_1d"], &["logits_shape"], vec![("axis", Attr::Int(0))])
+        .node("Reshape", &["logit_rows", "logits_shape"], &["logits"], vec![])
+        .output_named("logits", DataType::F32, &["batch_size", "sequence_length", &c.vocab.to_string()])
+        .build())
+}
+
+/// `x / sqrt(mean(x²) + eps) · weight` over the last axis.
+fn rms_norm(m: ModelBuilder, names: &mut Names, x: &str, weight: &str) -> (ModelBuilder, String) {
+    let (sq, mean, shifted, root, normed, out) =
+        (names.next("sq"), names.next("mean"), names.next("shifted"), names.next("root"), names.next("normed"), names.next("rms"));
+    let m = m
+        .node("Mul", &[x, x], &[&sq], vec![])
+        .node("ReduceMean", &[&sq], &[&mean], vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))])
+        .node("Add", &[&mean, "eps"], &[&shifted], vec![])
+        .node("Sqrt", &[&shifted], &[&root], vec![])
+        .node("Div", &[x, &root], &[&normed], vec![])
+        .node("Mul", &[&normed, weight], &[&out], vec![]);
+    (m, out)
+}
+
+/// Hugging Face's rotary embedding on `[batch, heads, seq, hd]`: `x·cos + rotate_half(x)·sin`,
+/// `rotate_half(x) = [−x₂, x₁]` for the halves `x₁, x₂`.
+fn rotary(m: ModelBuilder, names: &mut Names, x: &str) -> (ModelBuilder, String) {
+    let (first, second, neg, rotated, a, b, out) = (
+        names.next("x1"),
+        names.next("x2"),
+        names.next("neg"),
+        names.next("rot"),
+        names.next("xcos"),
+        names.next("rsin"),
+        names.next("roped"),
+    );
+    let m = m
+        .node("Slice", &[x, "half_start", "half_mid", "axes_last"], &[&first], vec![])
+        .node("Slice", &[x, "half_mid", "half_end", "axes_last"], &[&second], vec![])
+        .node("Neg", &[&second], &[&neg], vec![])
+        .node("Concat", &[&neg, &first], &[&rotated], vec![("axis", Attr::Int(-1))])
+        .node("Mul", &[x, "cos"], &[&a], vec![])
+        .node("Mul", &[&rotated, "sin"], &[&b], vec![])
+        .node("Add", &[&a, &b], &[&out], vec![]);
+    (m, out)
+}

@@ -1,0 +1,33 @@
+//! Model import: a pre-trained language model from another format, written as a standard
+//! ONNX decoder with a KV cache that the runtime (and onnxruntime) runs.
+//!
+//! Today: Llama-family GGUF files (SmolLM2, TinyLlama, Llama), read with candle's GGUF reader.
+//! Every weight is dequantized to f32: GGUF's Q4_1 and Q8_0 blocks carry an offset or scale
+//! per 32 values that ONNX's int4 / int8 blocks hold only approximately, so f32 keeps the
+//! file's model exactly (`distq quantize` lowers it again, measured).
+
+pub mod gguf;
+pub mod llama;
+
+use crate::quantize::writer::write_model;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// What an import wrote.
+pub struct Imported {
+    pub config: llama::LlamaConfig,
+    /// Each kind of tensor (`attn_q`, `token_embd.weight`…) with its precision in the source.
+    pub source_precisions: Vec<(String, String)>,
+    /// Bytes written (model and external data).
+    pub bytes: u64,
+}
+
+/// Imports the GGUF file `gguf` into `out_dir/model.onnx` (weights in `model.onnx.data`),
+/// keeping its first `max_layers` blocks when given.
+pub fn import_gguf(gguf: &Path, out_dir: &Path, max_layers: Option<usize>) -> Result<Imported> {
+    let (weights, source_precisions) = gguf::read(gguf, max_layers)?;
+    let model = llama::decoder(&weights)?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let bytes = write_model(&out_dir.join("model.onnx"), &model, true)?;
+    Ok(Imported { config: weights.config, source_precisions, bytes })
+}

@@ -1,0 +1,141 @@
+//! `distq import` of SmolLM2-135M-Instruct (a Q4_1 GGUF) as an ONNX decoder with a KV cache:
+//! onnxruntime runs what it writes, our runtime agrees with it on logits at every step of a
+//! greedy generation (same tokens), decoding with the cache matches running the whole
+//! sequence, and a growing past is planned once.
+//!
+//! Real model (fetched by `models/fetch.sh DEST llm`) and onnxruntime: `#[ignore]`d for a bare
+//! `cargo test`; `tools/test.sh` runs them.
+
+mod common;
+
+use common::{model, python_tool};
+use distq_converter::import::import_gguf;
+use distq_io::npz::read_npz;
+use distq_runtime::{Session, Tensor};
+use std::ffi::OsStr;
+use std::path::Path;
+
+const GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// "The capital of France is" in SmolLM2's vocabulary.
+const PROMPT: [i64; 5] = [504, 3575, 282, 4649, 314];
+
+/// One decoder run's inputs: `ids` after `past` cached positions, with the cache's tensors.
+fn feed(session: &Session, ids: &[i64], cache: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    let past = cache.first().map_or(0, |(_, t)| t.shape()[2]);
+    let total = past + ids.len();
+    let mut inputs = vec![
+        ("input_ids".to_string(), Tensor::from_vec(vec![1, ids.len()], ids.to_vec()).unwrap()),
+        ("attention_mask".to_string(), Tensor::from_vec(vec![1, total], vec![1i64; total]).unwrap()),
+        ("position_ids".to_string(), Tensor::from_vec(vec![1, ids.len()], (past as i64..total as i64).collect()).unwrap()),
+    ];
+    for info in session.model().inputs().iter().filter(|i| i.name.starts_with("past_key_values.")) {
+        let present = info.name.replace("past_key_values.", "present.");
+        let t = match cache.iter().find(|(n, _)| *n == present) {
+            Some((_, t)) => t.clone(),
+            None => Tensor::from_vec(vec![1, 3, 0, 64], Vec::<f32>::new()).unwrap(),
+        };
+        inputs.push((info.name.clone(), t));
+    }
+    inputs
+}
+
+/// Greedy generation in our runtime: the picked tokens and the logits each was picked from.
+fn generate(session: &Session, prompt: &[i64], count: usize) -> (Vec<i64>, Vec<Vec<f32>>) {
+    let (mut ids, mut cache, mut picked, mut logits) = (prompt.to_vec(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..count {
+        let mut out = session.run(feed(session, &ids, &cache)).unwrap();
+        let last = logits_at_last(&out);
+        let next = last.iter().enumerate().fold(0, |best, (i, &v)| if v > last[best] { i } else { best }) as i64;
+        out.retain(|(n, _)| n.starts_with("present."));
+        (cache, ids) = (out, vec![next]);
+        picked.push(next);
+        logits.push(last);
+    }
+    (picked, logits)
+}
+
+fn logits_at_last(out: &[(String, Tensor)]) -> Vec<f32> {
+    let logits = &out.iter().find(|(n, _)| n == "logits").unwrap().1;
+    let vocab = *logits.shape().last().unwrap();
+    let all = logits.as_slice::<f32>().unwrap();
+    all[all.len() - vocab..].to_vec()
+}
+
+fn import(dir: &Path, layers: Option<usize>) -> Session {
+    let imported = import_gguf(&model(GGUF), dir, layers).unwrap();
+    assert_eq!((imported.config.hidden, imported.config.heads, imported.config.kv_heads, imported.config.vocab), (576, 9, 3, 49152));
+    let session = Session::load(dir.join("model.onnx")).unwrap();
+    session.set_threads(1);
+    session
+}
+
+/// onnxruntime's greedy tokens and their logits.
+fn onnxruntime_generate(model: &Path, prompt: &[i64], count: usize, dir: &Path) -> (Vec<i64>, Vec<f32>) {
+    let out = dir.join("ort_generate.npz");
+    let tokens = prompt.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+    python_tool("ort_generate.py", &[model.as_os_str(), OsStr::new(&tokens), OsStr::new(&count.to_string()), out.as_os_str()]);
+    let arrays = read_npz(&out).unwrap();
+    let get = |name: &str| arrays.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    (get("tokens").as_slice::<i64>().unwrap().to_vec(), get("logits").as_slice::<f32>().unwrap().to_vec())
+}
+
+/// Largest |ours − theirs| over each step's logits, relative to that step's logit scale.
+fn worst_relative_diff(ours: &[Vec<f32>], theirs: &[f32]) -> f32 {
+    ours.iter()
+        .zip(theirs.chunks(ours[0].len()))
+        .map(|(a, b)| {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+        })
+        .fold(0f32, f32::max)
+}
+
+#[test]
+#[ignore = "real model + onnxruntime: run by tools/test.sh"]
+fn two_blocks_decode_with_the_cache_as_without_it_and_plan_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = import(dir.path(), Some(2));
+    // The whole sequence in one run against prefill + one token at a time.
+    let whole = {
+        let all: Vec<i64> = PROMPT.iter().copied().chain([28, 253, 2593]).collect();
+        let out = session.run(feed(&session, &all, &[])).unwrap();
+        let logits = &out.iter().find(|(n, _)| n == "logits").unwrap().1;
+        logits.as_slice::<f32>().unwrap().chunks(49152).map(<[f32]>::to_vec).collect::<Vec<_>>()
+    };
+    let mut out = session.run(feed(&session, &PROMPT, &[])).unwrap();
+    for (step, id) in [28i64, 253, 2593].into_iter().enumerate() {
+        out.retain(|(n, _)| n.starts_with("present."));
+        out = session.run(feed(&session, &[id], &out)).unwrap();
+        let (cached, full) = (logits_at_last(&out), &whole[PROMPT.len() + step]);
+        let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = cached.iter().zip(full).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-4 * scale, "token {step}: cached logits differ by {diff} (scale {scale})");
+    }
+    // Prefill, the first decode step, then one plan for every longer past.
+    let plans = session.plans_made();
+    let (tokens, _) = generate(&session, &PROMPT, 12);
+    assert_eq!(tokens.len(), 12);
+    assert!(session.plans_made() <= plans + 1, "{} plans after {plans} for 12 more tokens", session.plans_made());
+    // The same tokens and logits as onnxruntime's.
+    let (ours, our_logits) = generate(&session, &PROMPT, 8);
+    let (theirs, their_logits) = onnxruntime_generate(&dir.path().join("model.onnx"), &PROMPT, 8, dir.path());
+    assert_eq!(ours, theirs);
+    let diff = worst_relative_diff(&our_logits, &their_logits);
+    println!("2 blocks, 8 greedy tokens: {ours:?}, logits within {diff:.2e} of onnxruntime's (relative to the scale)");
+    assert!(diff <= 1e-4, "logits differ from onnxruntime's by {diff} of their scale");
+}
+
+#[test]
+#[ignore = "real model + onnxruntime: run by tools/test.sh"]
+fn the_whole_model_generates_what_onnxruntime_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = import(dir.path(), None);
+    let (ours, our_logits) = generate(&session, &PROMPT, 16);
+    let (theirs, their_logits) = onnxruntime_generate(&dir.path().join("model.onnx"), &PROMPT, 16, dir.path());
+    let diff = worst_relative_diff(&our_logits, &their_logits);
+    println!("30 blocks, 16 greedy tokens: {ours:?}, logits within {diff:.2e} of onnxruntime's (relative to the scale)");
+    assert_eq!(ours, theirs, "greedy tokens differ from onnxruntime's");
+    assert!(diff <= 1e-3, "logits differ from onnxruntime's by {diff} of their scale");
+    // " Paris" follows the prompt.
+    assert_eq!(ours[0], 7042, "the first token is not ' Paris'");
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Greedy generation in onnxruntime (CPU, 1 thread) with an ONNX decoder in Optimum's names
+(input_ids, attention_mask, position_ids, past_key_values.{i}.key/.value → logits,
+present.{i}.key/.value): the peer reference for the decoder tests. Prefill of the prompt in
+one run, then one run per token with the KV cache fed back.
+Usage: ort_generate.py MODEL.onnx TOKENS N OUT.npz
+TOKENS: the prompt's token ids, comma-separated; N: tokens to generate. OUT.npz holds
+`tokens` (int64 [N]) and `logits` (float32 [N, vocab], the logits each token was picked from)."""
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+
+def main(model, tokens, count, out):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    past = {i.name: np.zeros([d if isinstance(d, int) else (1 if "batch" in d else 0) for d in i.shape], np.float32)
+            for i in session.get_inputs() if i.name.startswith("past_key_values.")}
+    ids = np.array([[int(t) for t in tokens.split(",")]], np.int64)
+    total, picked, logits = 0, [], []
+    for _ in range(int(count)):
+        total += ids.shape[1]
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
+                "position_ids": np.arange(total - ids.shape[1], total, dtype=np.int64)[None], **past}
+        outputs = dict(zip(names, session.run(names, feed)))
+        past = {k: outputs[k.replace("past_key_values.", "present.")] for k in past}
+        logits.append(outputs["logits"][0, -1])
+        picked.append(int(logits[-1].argmax()))
+        ids = np.array([[picked[-1]]], np.int64)
+    np.savez(out, tokens=np.array(picked, np.int64), logits=np.stack(logits))
+    print(f"onnxruntime {ort.__version__}: {model}, {count} tokens")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

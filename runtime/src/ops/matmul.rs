@@ -32,11 +32,61 @@ pub(crate) fn sgemm(alpha: f32, a: Matrix, b: Matrix, beta: f32, c: &mut [f32]) 
         return;
     }
     assert!(a.in_bounds() && b.in_bounds(), "gemm operand out of bounds");
+    if m <= SKINNY_ROWS && (b.col_stride == 1 || b.row_stride == 1) {
+        // A decoder's token (a GEMV): B streamed once, threads taking columns. Each weight
+        // read from memory is one multiply-add per row: its work counts as a packed GEMM's 16.
+        crate::threads::for_column_ranges(c, n, 16, 16 * n * k, |col0, c| {
+            for r in 0..m {
+                let a_row: Vec<f32> = (0..k).map(|p| a.data[r * a.row_stride + p * a.col_stride]).collect();
+                let row = c.row(r);
+                skinny_row(alpha, &a_row, b, col0, beta, row);
+            }
+        });
+        return;
+    }
     // Rows of C split among the run's threads: each thread multiplies its rows of A.
     crate::threads::for_row_ranges(c, n, 16, m * n * k, |row0, c| {
         let rows = Matrix { data: &a.data[row0 * a.row_stride..], rows: c.len() / n, ..a };
         sgemm_rows(alpha, rows, b, beta, c)
     });
+}
+
+/// Rows of A up to which [`sgemm`] streams B once per row instead of packing it: packing
+/// costs as much as the product there. Such products sum in the order B's layout streams it
+/// (by rows, or by columns in 16 lanes), so the same values in the two layouts may differ
+/// in their last bits; the packed GEMM sums alike in any layout.
+const SKINNY_ROWS: usize = 4;
+
+crate::simd::widest_fn! {
+    /// `c = alpha · a × B[:, col0..] + beta · c` for one row `a` of K values, B row-major
+    /// (each row's columns contiguous: axpy over its rows) or column-major (each column
+    /// contiguous: a dot product per column), in 16 independent lanes either way.
+    fn skinny_row(alpha: f32, a: &[f32], b: Matrix, col0: usize, beta: f32, c: &mut [f32]) {
+        let n = c.len();
+        let mut acc = vec![0f32; n];
+        if b.col_stride == 1 {
+            for (p, &x) in a.iter().enumerate() {
+                let w = &b.data[p * b.row_stride + col0..][..n];
+                acc.iter_mut().zip(w).for_each(|(s, &w)| *s += x * w);
+            }
+        } else {
+            for (j, s) in acc.iter_mut().enumerate() {
+                let w = &b.data[(col0 + j) * b.col_stride..][..a.len()];
+                let mut lanes = [0f32; 16];
+                let (ac, wc) = (a.chunks_exact(16), w.chunks_exact(16));
+                let tail: f32 = ac.remainder().iter().zip(wc.remainder()).map(|(x, w)| x * w).sum();
+                for (x, w) in ac.zip(wc) {
+                    for l in 0..16 {
+                        lanes[l] += x[l] * w[l];
+                    }
+                }
+                *s = lanes.iter().sum::<f32>() + tail;
+            }
+        }
+        for (c, s) in c.iter_mut().zip(acc) {
+            *c = if beta == 0.0 { alpha * s } else { alpha * s + beta * *c };
+        }
+    }
 }
 
 /// [`sgemm`] on one thread, operands checked.
@@ -350,6 +400,34 @@ mod tests {
         let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
         assert_eq!(product(3, Matrix::dense(&at, k, m).t()), one);
         assert!((one[5] - (0..k).map(|p| a[5 / n * k + p] * b[p * n + 5 % n]).sum::<f32>()).abs() < 1e-4);
+    }
+
+    #[test]
+    fn skinny_products_match_the_definition() {
+        // 1 to 4 rows (a decoder's tokens) against B row-major and column-major (a transposed
+        // weight, as Gemm's transB reads it), K past and not a multiple of the 16 lanes, α and
+        // β, on 1 and 3 threads (the same bits).
+        let (k, n) = (531, 1000);
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        for m in 1..=4 {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+            let start: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.01).collect();
+            for (name, bm) in [("row-major", Matrix::dense(&b, k, n)), ("column-major", Matrix::dense(&bt, n, k).t())] {
+                let product = |threads: usize| {
+                    let mut c = start.clone();
+                    crate::threads::with(threads, || sgemm(2.0, Matrix::dense(&a, m, k), bm, 0.5, &mut c));
+                    c
+                };
+                let one = product(1);
+                assert_eq!(product(3), one, "{m} rows, B {name}");
+                for (i, &got) in one.iter().enumerate() {
+                    let (r, j) = (i / n, i % n);
+                    let want = 2.0 * (0..k).map(|p| a[r * k + p] as f64 * b[p * n + j] as f64).sum::<f64>() + 0.5 * start[i] as f64;
+                    assert!((got as f64 - want).abs() < 1e-3, "{m} rows, B {name}, c[{r}, {j}] = {got}, want {want}");
+                }
+            }
+        }
     }
 
     #[test]

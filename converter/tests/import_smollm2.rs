@@ -11,7 +11,8 @@ mod common;
 use common::{model, python_tool};
 use distq_converter::import::import_gguf;
 use distq_io::npz::read_npz;
-use distq_runtime::{Session, Tensor};
+use distq_runtime::Session;
+use distq_runtime::generate::{Generator, Sampler, Sampling};
 use std::ffi::OsStr;
 use std::path::Path;
 
@@ -19,46 +20,19 @@ const GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// "The capital of France is" in SmolLM2's vocabulary.
 const PROMPT: [i64; 5] = [504, 3575, 282, 4649, 314];
 
-/// One decoder run's inputs: `ids` after `past` cached positions, with the cache's tensors.
-fn feed(session: &Session, ids: &[i64], cache: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    let past = cache.first().map_or(0, |(_, t)| t.shape()[2]);
-    let total = past + ids.len();
-    let mut inputs = vec![
-        ("input_ids".to_string(), Tensor::from_vec(vec![1, ids.len()], ids.to_vec()).unwrap()),
-        ("attention_mask".to_string(), Tensor::from_vec(vec![1, total], vec![1i64; total]).unwrap()),
-        ("position_ids".to_string(), Tensor::from_vec(vec![1, ids.len()], (past as i64..total as i64).collect()).unwrap()),
-    ];
-    for info in session.model().inputs().iter().filter(|i| i.name.starts_with("past_key_values.")) {
-        let present = info.name.replace("past_key_values.", "present.");
-        let t = match cache.iter().find(|(n, _)| *n == present) {
-            Some((_, t)) => t.clone(),
-            None => Tensor::from_vec(vec![1, 3, 0, 64], Vec::<f32>::new()).unwrap(),
-        };
-        inputs.push((info.name.clone(), t));
-    }
-    inputs
-}
-
 /// Greedy generation in our runtime: the picked tokens and the logits each was picked from.
 fn generate(session: &Session, prompt: &[i64], count: usize) -> (Vec<i64>, Vec<Vec<f32>>) {
-    let (mut ids, mut cache, mut picked, mut logits) = (prompt.to_vec(), Vec::new(), Vec::new(), Vec::new());
+    let mut generator = Generator::new(session).unwrap();
+    let mut greedy = Sampler::new(Sampling::default());
+    let (mut logits, mut picked, mut all) = (generator.feed(prompt).unwrap(), Vec::new(), Vec::new());
     for _ in 0..count {
-        let mut out = session.run(feed(session, &ids, &cache)).unwrap();
-        let last = logits_at_last(&out);
-        let next = last.iter().enumerate().fold(0, |best, (i, &v)| if v > last[best] { i } else { best }) as i64;
-        out.retain(|(n, _)| n.starts_with("present."));
-        (cache, ids) = (out, vec![next]);
-        picked.push(next);
-        logits.push(last);
+        picked.push(greedy.pick(&logits) as i64);
+        all.push(std::mem::take(&mut logits));
+        if picked.len() < count {
+            logits = generator.feed(&picked[picked.len() - 1..]).unwrap();
+        }
     }
-    (picked, logits)
-}
-
-fn logits_at_last(out: &[(String, Tensor)]) -> Vec<f32> {
-    let logits = &out.iter().find(|(n, _)| n == "logits").unwrap().1;
-    let vocab = *logits.shape().last().unwrap();
-    let all = logits.as_slice::<f32>().unwrap();
-    all[all.len() - vocab..].to_vec()
+    (picked, all)
 }
 
 fn import(dir: &Path, layers: Option<usize>) -> Session {
@@ -96,19 +70,16 @@ fn two_blocks_decode_with_the_cache_as_without_it_and_plan_once() {
     let dir = tempfile::tempdir().unwrap();
     let session = import(dir.path(), Some(2));
     // The whole sequence in one run against prefill + one token at a time.
-    let whole = {
-        let all: Vec<i64> = PROMPT.iter().copied().chain([28, 253, 2593]).collect();
-        let out = session.run(feed(&session, &all, &[])).unwrap();
-        let logits = &out.iter().find(|(n, _)| n == "logits").unwrap().1;
-        logits.as_slice::<f32>().unwrap().chunks(49152).map(<[f32]>::to_vec).collect::<Vec<_>>()
-    };
-    let mut out = session.run(feed(&session, &PROMPT, &[])).unwrap();
-    for (step, id) in [28i64, 253, 2593].into_iter().enumerate() {
-        out.retain(|(n, _)| n.starts_with("present."));
-        out = session.run(feed(&session, &[id], &out)).unwrap();
-        let (cached, full) = (logits_at_last(&out), &whole[PROMPT.len() + step]);
+    let tail = [28i64, 253, 2593];
+    let mut whole = Generator::new(&session).unwrap();
+    let mut stepwise = Generator::new(&session).unwrap();
+    stepwise.feed(&PROMPT).unwrap();
+    for (step, &id) in tail.iter().enumerate() {
+        let all: Vec<i64> = PROMPT.iter().chain(&tail[..=step]).copied().collect();
+        whole.reset();
+        let (full, cached) = (whole.feed(&all).unwrap(), stepwise.feed(&[id]).unwrap());
         let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = cached.iter().zip(full).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let diff = cached.iter().zip(&full).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(diff <= 1e-4 * scale, "token {step}: cached logits differ by {diff} (scale {scale})");
     }
     // Prefill, the first decode step, then one plan for every longer past.
@@ -123,6 +94,36 @@ fn two_blocks_decode_with_the_cache_as_without_it_and_plan_once() {
     let diff = worst_relative_diff(&our_logits, &their_logits);
     println!("2 blocks, 8 greedy tokens: {ours:?}, logits within {diff:.2e} of onnxruntime's (relative to the scale)");
     assert!(diff <= 1e-4, "logits differ from onnxruntime's by {diff} of their scale");
+    // The CLI: `distq import`, then `distq bench` reports prompt and generation speed, and
+    // plans nothing once warmed up.
+    let cli = dir.path().join("cli");
+    let (gguf, out) = (model(GGUF), cli.to_str().unwrap().to_string());
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_distq")).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let said = run(&["import", gguf.to_str().unwrap(), "-o", &out, "--layers", "2"]);
+    assert!(said.contains("attn_q.weight: Q4_1 in the source, f32 in the ONNX file"), "{said}");
+    let model_path = cli.join("model.onnx");
+    let bench: serde_json::Value = serde_json::from_str(&run(&[
+        "bench",
+        model_path.to_str().unwrap(),
+        "--prompt-tokens",
+        "16",
+        "--gen-tokens",
+        "8",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]))
+    .unwrap();
+    assert!(bench["pp_tokens_per_s"].as_f64().unwrap() > 0.0 && bench["tg_tokens_per_s"].as_f64().unwrap() > 0.0, "{bench}");
+    assert_eq!(bench["plans_made_after_warmup"], 0, "{bench}");
 }
 
 #[test]

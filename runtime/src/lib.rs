@@ -22,6 +22,7 @@ mod cores;
 pub mod energy;
 pub mod error;
 mod fuse;
+pub mod generate;
 pub mod graph;
 pub mod kernels;
 pub mod nibbles;

@@ -3,7 +3,7 @@
 //! the remaining steps, and computes buffer lifetimes and an arena layout from them.
 //!
 //! A plan may also serve a family of shapes whose symbolic dims grow together (a decoder's
-//! past length, token after token): [`plan_family`] plans two members of the family to learn
+//! past length, token after token): `plan_family` plans two members of the family to learn
 //! which dims of which values change, then plans again keeping as run-time steps all shape
 //! arithmetic that reads a changing dim (so a `Reshape` target or a `Range` limit is computed
 //! from each run's shapes), and checks that the two members' plans are then the same, step

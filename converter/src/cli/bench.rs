@@ -1,12 +1,16 @@
 //! `distq bench MODEL [--vs OTHER] [...]`: load time, latency percentiles, throughput, peak
-//! memory, size on disk and energy per inference; with `--vs`, the ratios between the two.
+//! memory, size on disk and energy per inference; with `--vs`, the ratios between the two. A
+//! decoder with a KV cache (and no `--input`) is benchmarked by prompt and generation speed
+//! instead (see [`bench_decoder`](super::bench_decoder)).
 
+use super::bench_decoder::{self, DecoderBench};
 use super::say;
 use crate::inputs;
 use anyhow::{Context, Result, ensure};
 use distq_io::atomic_file::write_atomically;
 use distq_runtime::bench::{BenchOptions, BenchReport, EnergySource};
 use distq_runtime::energy::Method;
+use distq_runtime::generate::Generator;
 use distq_runtime::onnx::proto::tensor_proto::DataLocation;
 use distq_runtime::{Model, Session, Tensor};
 use serde_json::{Value, json};
@@ -74,6 +78,13 @@ pub struct Args {
     /// Write an SVG chart of latency percentiles and energy.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// A decoder with a KV cache (Optimum's names) is benchmarked as llama-bench does: a
+    /// prompt of this many tokens in one prefill (pp)…
+    #[arg(long, default_value_t = 64)]
+    prompt_tokens: usize,
+    /// …then this many greedy tokens, one at a time (tg).
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
 }
 
 /// One model's measurements.
@@ -97,6 +108,30 @@ pub fn run(args: Args) -> Result<()> {
         EnergyArg::Odpm => EnergySource::Only(Method::Odpm),
         EnergyArg::Model => EnergySource::Only(Method::Model),
     };
+    if args.input.is_empty() && args.vs.is_none() {
+        let started = Instant::now();
+        let session = Session::load(&args.model).with_context(|| format!("{}: cannot load", args.model.display()))?;
+        if Generator::new(&session).is_ok() {
+            ensure!(args.prompt_tokens >= 1 && args.gen_tokens >= 1, "--prompt-tokens and --gen-tokens must be at least 1");
+            let threads = args.threads.unwrap_or_else(distq_runtime::performance_cores);
+            let bench = DecoderBench {
+                prompt_tokens: args.prompt_tokens,
+                gen_tokens: args.gen_tokens,
+                iters: args.iters,
+                warmup: args.warmup,
+                threads,
+            };
+            let mut report = bench_decoder::run(&session, started.elapsed().as_secs_f64() * 1e3, &bench, matches!(args.json, Some(None)))?;
+            report["machine"] = machine();
+            let text = serde_json::to_string_pretty(&report)?;
+            match &args.json {
+                Some(None) => say!("{text}"),
+                Some(Some(path)) => write_atomically(path, |f| Ok(f.write_all(text.as_bytes())?))?,
+                None => {}
+            }
+            return Ok(());
+        }
+    }
     let options = BenchOptions { iters: args.iters, warmup: args.warmup, energy, sysfs: args.sysfs.clone() };
     let this = measure(&args.model, &args, &options)?;
     let other = args.vs.as_ref().map(|p| measure(p, &args, &options)).transpose()?;

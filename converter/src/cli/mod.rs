@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch; one file per subcommand.
 
 mod bench;
+mod bench_decoder;
 pub mod convert;
 pub mod demo;
 pub mod distill;

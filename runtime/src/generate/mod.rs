@@ -1,0 +1,241 @@
+//! Text generation with an ONNX decoder that has a KV cache, in Optimum's names (what
+//! `distq import` writes): inputs `input_ids`, `attention_mask`, `position_ids` (optional)
+//! and `past_key_values.{i}.key` / `.value`; outputs `logits` and `present.{i}.key` / `.value`.
+//!
+//! A [`Generator`] holds one sequence's cache: the prompt runs in one pass (prefill), then
+//! one token per run (decode), each run's `present` values becoming the next run's past. The
+//! session plans the growing past once (see [`Session::plans_made`]).
+
+mod sampling;
+
+pub use sampling::{Sampler, Sampling};
+
+use crate::error::{Error, Result};
+use crate::graph::Dim;
+use crate::session::Session;
+use crate::tensor::{DataType, Tensor};
+use std::time::{Duration, Instant};
+
+/// A decoder's cache layout, read from its declared inputs.
+#[derive(Clone, Debug)]
+struct Layout {
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: bool,
+}
+
+impl Layout {
+    fn of(session: &Session) -> Result<Layout> {
+        let inputs = session.model().inputs();
+        let bad = |reason: String| Error::InvalidModel(format!("not a decoder with a KV cache: {reason}"));
+        for name in ["input_ids", "attention_mask"] {
+            if !inputs.iter().any(|i| i.name == name) {
+                return Err(bad(format!("no input '{name}'")));
+            }
+        }
+        let layers = inputs.iter().filter(|i| i.name.starts_with("past_key_values.") && i.name.ends_with(".key")).count();
+        let first =
+            inputs.iter().find(|i| i.name == "past_key_values.0.key").ok_or_else(|| bad("no input 'past_key_values.0.key'".into()))?;
+        let fixed = |d: usize| match first.dims.as_ref().and_then(|dims| dims.get(d).cloned()) {
+            Some(Dim::Fixed(n)) => Ok(n),
+            other => Err(bad(format!("dim {d} of 'past_key_values.0.key' is {other:?}, a fixed size is needed"))),
+        };
+        let layout =
+            Layout { layers, kv_heads: fixed(1)?, head_dim: fixed(3)?, positions: inputs.iter().any(|i| i.name == "position_ids") };
+        for i in 0..layers {
+            for kind in ["key", "value"] {
+                let name = format!("past_key_values.{i}.{kind}");
+                if !inputs.iter().any(|x| x.name == name) {
+                    return Err(bad(format!("no input '{name}'")));
+                }
+            }
+        }
+        Ok(layout)
+    }
+}
+
+/// How [`Generator::generate`] runs.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// How each token is picked.
+    pub sampling: Sampling,
+    /// Tokens that end the generation (they are not emitted).
+    pub stop_tokens: Vec<i64>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 32, sampling: Sampling::default(), stop_tokens: Vec::new() }
+    }
+}
+
+/// What a generation made and what it took.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// The generated tokens (without the prompt, without a stop token).
+    pub tokens: Vec<i64>,
+    /// Tokens of the prompt (the prefill's).
+    pub prompt_tokens: usize,
+    /// The prefill's time: the time to the first token.
+    pub prefill: Duration,
+    /// Every decode run's time, in order.
+    pub decode: Vec<Duration>,
+    /// Why it ended.
+    pub end: End,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// `max_tokens` were made.
+    MaxTokens,
+    /// A stop token was picked.
+    StopToken,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+/// One sequence's decoding state over a session of a decoder.
+pub struct Generator<'s> {
+    session: &'s Session,
+    layout: Layout,
+    /// Per layer, key then value: `[1, kv_heads, past, head_dim]`.
+    cache: Vec<Tensor>,
+    past: usize,
+    max_context: usize,
+}
+
+impl<'s> Generator<'s> {
+    /// A generator with an empty cache; fails when the session's model is not a decoder in
+    /// Optimum's names.
+    pub fn new(session: &'s Session) -> Result<Generator<'s>> {
+        let layout = Layout::of(session)?;
+        let mut g = Generator { session, layout, cache: Vec::new(), past: 0, max_context: usize::MAX };
+        g.reset();
+        Ok(g)
+    }
+
+    /// Refuses runs that would make the context (cached and new tokens) longer than `tokens`.
+    pub fn set_max_context(&mut self, tokens: usize) {
+        self.max_context = tokens;
+    }
+
+    /// Tokens in the cache.
+    pub fn past(&self) -> usize {
+        self.past
+    }
+
+    /// Empties the cache (a new conversation).
+    pub fn reset(&mut self) {
+        let empty = Tensor::from_vec(vec![1, self.layout.kv_heads, 0, self.layout.head_dim], Vec::<f32>::new()).expect("an empty tensor");
+        self.cache = vec![empty; 2 * self.layout.layers];
+        self.past = 0;
+    }
+
+    /// Runs `tokens` after the cached ones and caches them; returns the logits after the last.
+    pub fn feed(&mut self, tokens: &[i64]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::Input { name: "input_ids".into(), reason: "no tokens to run".into() });
+        }
+        let total = self.past + tokens.len();
+        if total > self.max_context {
+            return Err(Error::Input {
+                name: "input_ids".into(),
+                reason: format!("{} cached and {} new tokens exceed the maximum context of {}", self.past, tokens.len(), self.max_context),
+            });
+        }
+        let ids = |v: Vec<i64>| Tensor::from_vec(vec![1, v.len()], v).expect("a row of ids");
+        let mut inputs = vec![("input_ids".to_string(), ids(tokens.to_vec())), ("attention_mask".to_string(), ids(vec![1; total]))];
+        if self.layout.positions {
+            inputs.push(("position_ids".to_string(), ids((self.past as i64..total as i64).collect())));
+        }
+        for (i, t) in self.cache.drain(..).enumerate() {
+            inputs.push((format!("past_key_values.{}.{}", i / 2, if i % 2 == 0 { "key" } else { "value" }), t));
+        }
+        let outputs = self.session.run(inputs);
+        let mut outputs = match outputs {
+            Ok(o) => o,
+            Err(e) => {
+                // The cache went into the run: start over rather than keep a broken one.
+                self.reset();
+                return Err(e);
+            }
+        };
+        let mut logits = None;
+        let mut cache = vec![None; 2 * self.layout.layers];
+        for (name, t) in outputs.drain(..) {
+            if name == "logits" {
+                logits = Some(t);
+            } else if let Some((layer, kind)) = name.strip_prefix("present.").and_then(|r| r.split_once('.')) {
+                let layer: usize = layer.parse().map_err(|_| Error::InvalidModel(format!("output '{name}' names no layer")))?;
+                if layer < self.layout.layers {
+                    cache[2 * layer + (kind == "value") as usize] = Some(t);
+                }
+            }
+        }
+        let missing = |what: String| Error::InvalidModel(format!("the decoder gave no output '{what}'"));
+        self.cache =
+            cache.into_iter().enumerate().map(|(i, t)| t.ok_or_else(|| missing(format!("present.{}.*", i / 2)))).collect::<Result<_>>()?;
+        self.past = total;
+        let logits = logits.ok_or_else(|| missing("logits".into()))?;
+        if logits.dtype() != DataType::F32 || logits.shape().len() != 3 {
+            return Err(Error::InvalidModel(format!(
+                "logits are {}{:?}; float [1, tokens, vocabulary] expected",
+                logits.dtype(),
+                logits.shape()
+            )));
+        }
+        let all = logits.as_slice::<f32>()?;
+        Ok(all[all.len() - logits.shape()[2]..].to_vec())
+    }
+
+    /// Generates after `prompt` (run after what is cached): prefill, then a token at a time.
+    /// `on_token` sees each token as it is made and returns `false` to stop.
+    ///
+    /// ```no_run
+    /// use distq_runtime::generate::{GenerateOptions, Generator};
+    /// let session = distq_runtime::Session::load("decoder/model.onnx")?;
+    /// let mut generator = Generator::new(&session)?;
+    /// let done = generator.generate(&[504, 3575, 282, 4649, 314], &GenerateOptions::default(), |token| {
+    ///     println!("{token}");
+    ///     true
+    /// })?;
+    /// println!("{} tokens, first after {:?}", done.tokens.len(), done.prefill);
+    /// # Ok::<(), distq_runtime::Error>(())
+    /// ```
+    pub fn generate(&mut self, prompt: &[i64], options: &GenerateOptions, mut on_token: impl FnMut(i64) -> bool) -> Result<Generation> {
+        let mut sampler = Sampler::new(options.sampling.clone());
+        let mut done = Generation {
+            tokens: Vec::new(),
+            prompt_tokens: prompt.len(),
+            prefill: Duration::ZERO,
+            decode: Vec::new(),
+            end: End::MaxTokens,
+        };
+        let started = Instant::now();
+        let mut logits = self.feed(prompt)?;
+        done.prefill = started.elapsed();
+        while done.tokens.len() < options.max_tokens {
+            let token = sampler.pick(&logits) as i64;
+            if options.stop_tokens.contains(&token) {
+                done.end = End::StopToken;
+                break;
+            }
+            done.tokens.push(token);
+            if !on_token(token) {
+                done.end = End::Cancelled;
+                break;
+            }
+            if done.tokens.len() == options.max_tokens {
+                break;
+            }
+            let started = Instant::now();
+            logits = self.feed(&[token])?;
+            done.decode.push(started.elapsed());
+        }
+        Ok(done)
+    }
+}

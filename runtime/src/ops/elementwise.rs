@@ -38,6 +38,20 @@ pub const OPS: &[(&str, Importer)] = &[
     ("Acosh", |_| Ok(Box::new(Unary::Acosh))),
     ("Asinh", |_| Ok(Box::new(Unary::Asinh))),
     ("Atanh", |_| Ok(Box::new(Unary::Atanh))),
+    ("Elu", |c| Ok(Box::new(Unary::Elu { alpha: c.attrs.float("alpha", 1.0)? }))),
+    ("Celu", |c| Ok(Box::new(Unary::Celu { alpha: c.attrs.float("alpha", 1.0)? }))),
+    ("Selu", |c| Ok(Box::new(Unary::Selu { alpha: c.attrs.float("alpha", 1.673_263_2)?, gamma: c.attrs.float("gamma", 1.050_701)? }))),
+    ("ThresholdedRelu", |c| Ok(Box::new(Unary::ThresholdedRelu { alpha: c.attrs.float("alpha", 1.0)? }))),
+    ("Shrink", |c| Ok(Box::new(Unary::Shrink { bias: c.attrs.float("bias", 0.0)?, lambd: c.attrs.float("lambd", 0.5)? }))),
+    ("Swish", |c| Ok(Box::new(Unary::Swish { alpha: c.attrs.float("alpha", 1.0)? }))),
+    ("Gelu", |c| match c.attrs.string("approximate", "none")?.as_str() {
+        "none" => Ok(Box::new(Unary::Gelu)),
+        "tanh" => Ok(Box::new(Unary::GeluTanh)),
+        other => bail!("approximate '{other}' is neither 'none' nor 'tanh'"),
+    }),
+    ("Softsign", |_| Ok(Box::new(Unary::Softsign))),
+    ("Round", |_| Ok(Box::new(Unary::Round))),
+    ("Sign", |_| Ok(Box::new(Unary::Sign))),
     ("Clip", import_clip),
     ("Add", |_| Ok(Box::new(Binary::Add))),
     ("Sub", |_| Ok(Box::new(Binary::Sub))),
@@ -57,6 +71,7 @@ pub const OPS: &[(&str, Importer)] = &[
     ("Min", |_| Ok(Box::new(Variadic(Binary::Min)))),
     ("Max", |_| Ok(Box::new(Variadic(Binary::Max)))),
     ("Sum", |_| Ok(Box::new(Variadic(Binary::Add)))),
+    ("Mean", |_| Ok(Box::new(Mean))),
     ("Where", |_| Ok(Box::new(Where))),
     ("Cast", import_cast),
     ("CastLike", |_| Ok(Box::new(CastLike))),
@@ -156,8 +171,40 @@ pub enum Unary {
     Mish,
     Not,
     HardSwish,
-    HardSigmoid { alpha: f32, beta: f32 },
-    LeakyRelu { alpha: f32 },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    LeakyRelu {
+        alpha: f32,
+    },
+    Elu {
+        alpha: f32,
+    },
+    Celu {
+        alpha: f32,
+    },
+    Selu {
+        alpha: f32,
+        gamma: f32,
+    },
+    ThresholdedRelu {
+        alpha: f32,
+    },
+    Shrink {
+        bias: f32,
+        lambd: f32,
+    },
+    Swish {
+        alpha: f32,
+    },
+    /// `x · Φ(x)` with the exact normal CDF.
+    Gelu,
+    /// GELU's tanh approximation.
+    GeluTanh,
+    Softsign,
+    Round,
+    Sign,
     Cos,
     Sin,
     Tan,
@@ -218,6 +265,29 @@ impl Unary {
             Unary::Acosh => each!(f32::acosh),
             Unary::Asinh => each!(f32::asinh),
             Unary::Atanh => each!(f32::atanh),
+            Unary::Elu { alpha } => each!(|a: f32| if a < 0.0 { alpha * a.exp_m1() } else { a }),
+            Unary::Celu { alpha } => each!(|a: f32| a.max(0.0) + (alpha * (a / alpha).exp_m1()).min(0.0)),
+            Unary::Selu { alpha, gamma } => each!(|a: f32| gamma * if a <= 0.0 { alpha * a.exp_m1() } else { a }),
+            Unary::ThresholdedRelu { alpha } => each!(|a: f32| if a > alpha { a } else { 0.0 }),
+            Unary::Shrink { bias, lambd } => each!(|a: f32| if a < -lambd {
+                a + bias
+            } else if a > lambd {
+                a - bias
+            } else {
+                0.0
+            }),
+            Unary::Swish { alpha } => each!(|a: f32| a * math::sigmoid(alpha * a)),
+            Unary::Gelu => each!(|a: f32| 0.5 * a * (1.0 + math::erf(a * std::f32::consts::FRAC_1_SQRT_2))),
+            Unary::GeluTanh => each!(|a: f32| 0.5 * a * (1.0 + math::tanh(0.797_884_6 * (a + 0.044_715 * a * a * a)))),
+            Unary::Softsign => each!(|a: f32| a / (1.0 + a.abs())),
+            Unary::Round => each!(f32::round_ties_even),
+            Unary::Sign => each!(|a: f32| if a > 0.0 {
+                1.0
+            } else if a < 0.0 {
+                -1.0
+            } else {
+                a
+            }),
             Unary::Not => unreachable!("Not is boolean"),
         }
     }
@@ -566,6 +636,28 @@ impl Op for Variadic {
             acc = self.0.apply(&acc, required(inputs, i)?, pool)?;
         }
         Ok(vec![acc])
+    }
+}
+
+/// `Mean(x₁, …, xₙ)`: the broadcast sum divided by `n`.
+#[derive(Debug)]
+pub struct Mean;
+
+impl Op for Mean {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let sum = Variadic(Binary::Add).infer(inputs)?;
+        expect_dtype(&sum[0], FLOAT, "inputs")?;
+        Ok(sum)
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let sum = Variadic(Binary::Add).eval(inputs, pool)?.remove(0);
+        let n = inputs.len() as f64;
+        let count = match sum.dtype() {
+            DataType::F64 => Tensor::scalar(n),
+            _ => Tensor::scalar(n as f32),
+        };
+        Ok(vec![Binary::Div.apply(&sum, &count, pool)?])
     }
 }
 

@@ -8,11 +8,11 @@
 
 mod common;
 
-use common::{model, python_tool};
+use common::{max_diff, model, python_tool};
 use distq_converter::import::import_gguf;
 use distq_io::npz::read_npz;
-use distq_runtime::Session;
 use distq_runtime::generate::{Generator, Sampler, Sampling};
+use distq_runtime::{Session, Tensor};
 use std::ffi::OsStr;
 use std::path::Path;
 
@@ -53,15 +53,16 @@ fn onnxruntime_generate(model: &Path, prompt: &[i64], count: usize, dir: &Path) 
     (get("tokens").as_slice::<i64>().unwrap().to_vec(), get("logits").as_slice::<f32>().unwrap().to_vec())
 }
 
-/// Largest |ours − theirs| over each step's logits, relative to that step's logit scale.
+/// |a − b| at its largest, relative to b's scale (its largest magnitude).
+fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    let tensor = |v: &[f32]| Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap();
+    let (diff, scale) = max_diff(&tensor(a), &tensor(b));
+    diff / scale
+}
+
+/// [`relative_diff`] at its largest over the steps of a generation.
 fn worst_relative_diff(ours: &[Vec<f32>], theirs: &[f32]) -> f32 {
-    ours.iter()
-        .zip(theirs.chunks(ours[0].len()))
-        .map(|(a, b)| {
-            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-        })
-        .fold(0f32, f32::max)
+    ours.iter().zip(theirs.chunks(ours[0].len())).map(|(a, b)| relative_diff(a, b)).fold(0f32, f32::max)
 }
 
 #[test]
@@ -78,9 +79,8 @@ fn two_blocks_decode_with_the_cache_as_without_it_and_plan_once() {
         let all: Vec<i64> = PROMPT.iter().chain(&tail[..=step]).copied().collect();
         whole.reset();
         let (full, cached) = (whole.feed(&all).unwrap(), stepwise.feed(&[id]).unwrap());
-        let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = cached.iter().zip(&full).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff <= 1e-4 * scale, "token {step}: cached logits differ by {diff} (scale {scale})");
+        let diff = relative_diff(&cached, &full);
+        assert!(diff <= 1e-4, "token {step}: cached logits differ by {diff} of their scale");
     }
     // Prefill, the first decode step, then one plan for every longer past.
     let plans = session.plans_made();

@@ -362,7 +362,8 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: Pl
 }
 
 /// Plans `graph` for the family of input shapes `a + t·(b − a)` (`t` an integer, every dim
-/// that changes at least 2), from two members `a` and `b`. Planned alone, they show which
+/// that changes at least 2), from two members: `a`, and `b` as `b_alone` (its plan for its
+/// shapes alone, which the session has made already). Planned alone, they show which
 /// dims of which values change; planned again with every value derived from a changing dim
 /// computed at run time, the two plans must agree in every step, op and constant, and in
 /// every dim but the changing ones, which become the plan's dynamic dims. Their sizes are
@@ -371,24 +372,24 @@ pub(crate) fn plan(graph: &Graph, inputs: &[(DataType, Vec<usize>)], options: Pl
 /// Errors (the caller then plans `a` alone) when the plans differ in more than that: an `If`
 /// whose condition depends on the changing dims, a fused op that took one of them as a
 /// constant, a different fusion.
-pub(crate) fn plan_family(graph: &Graph, a: &[(DataType, Vec<usize>)], b: &[(DataType, Vec<usize>)], options: PlanOptions) -> Result<Plan> {
+pub(crate) fn plan_family(graph: &Graph, a: &[(DataType, Vec<usize>)], b_alone: &Plan, options: PlanOptions) -> Result<Plan> {
+    let b: Vec<(DataType, Vec<usize>)> =
+        b_alone.inputs.iter().map(|&(_, s)| (b_alone.facts[s].dtype, b_alone.facts[s].shape.clone())).collect();
     let differs = |what: String| Error::Op(format!("the plans of {a:?} and {b:?} differ in {what}"));
-    let changing = |x: &Plan, y: &Plan| -> Result<Vec<Vec<usize>>> {
-        if x.facts.len() != y.facts.len() {
-            return Err(differs("their values".into()));
-        }
-        let dims = |(x, y): (&Fact, &Fact)| (0..x.shape.len().min(y.shape.len())).filter(|&d| x.shape[d] != y.shape[d]).collect();
-        Ok(x.facts.iter().zip(&y.facts).map(dims).collect())
-    };
-    let changing = changing(&plan_with(graph, a, options, &[])?, &plan_with(graph, b, options, &[])?)?;
+    let a_alone = plan_with(graph, a, options, &[])?;
+    if a_alone.facts.len() != b_alone.facts.len() {
+        return Err(differs("their values".into()));
+    }
+    let changing: Vec<Vec<usize>> = a_alone.facts.iter().zip(&b_alone.facts).map(|(x, y)| changed_dims(x, y)).collect();
     let mut plan = plan_with(graph, a, options, &changing)?;
-    let other = plan_with(graph, b, options, &changing)?;
+    let other = plan_with(graph, &b, options, &changing)?;
     if plan.steps.len() != other.steps.len() || plan.facts.len() != other.facts.len() || plan.folded_nodes != other.folded_nodes {
         return Err(differs("their steps".into()));
     }
     for (x, y) in plan.steps.iter().zip(&other.steps) {
-        // An op's attributes include anything fusion took from the facts.
-        if x.node != y.node || x.inputs != y.inputs || x.outputs != y.outputs || format!("{:#?}", x.op) != format!("{:#?}", y.op) {
+        // An op's attributes include anything fusion took from the facts; ops equal in all
+        // of them are one op already (the session's memo, see `OpMemo`).
+        if x.node != y.node || x.inputs != y.inputs || x.outputs != y.outputs || !Arc::ptr_eq(&x.op, &y.op) {
             return Err(differs(format!("step '{}' ({})", x.node, x.op_type)));
         }
     }
@@ -399,9 +400,14 @@ pub(crate) fn plan_family(graph: &Graph, a: &[(DataType, Vec<usize>)], b: &[(Dat
         if x.dtype != y.dtype || x.shape.len() != y.shape.len() || !same_value(plan.constants[s].as_ref(), other.constants[s].as_ref()) {
             return Err(differs(format!("value {s}: {}{:?} against {}{:?}", x.dtype, x.shape, y.dtype, y.shape)));
         }
-        plan.dynamic_dims[s] = (0..x.shape.len()).filter(|&d| x.shape[d] != y.shape[d]).collect();
+        plan.dynamic_dims[s] = changed_dims(x, y);
     }
     Ok(plan)
+}
+
+/// The dims in which two facts of one value differ.
+fn changed_dims(x: &Fact, y: &Fact) -> Vec<usize> {
+    (0..x.shape.len().min(y.shape.len())).filter(|&d| x.shape[d] != y.shape[d]).collect()
 }
 
 /// Same presence, dtype, shape and bytes (weights are mostly the same tensor).
@@ -570,8 +576,8 @@ mod tests {
 
     #[test]
     fn ops_holding_different_constants_are_not_shared() {
-        // y = x · Size(x) + 1: each shape folds its own size into the fused chain, as a
-        // constant tensor of the same shape but another value.
+        // y = x · Size(x) + 1: each shape folds its own size into the fused chain, a
+        // constant of the same shape but another value.
         let bytes = ModelBuilder::new(17)
             .input("x", DataType::F32, &[-1])
             .initializer("one", &Tensor::scalar(1f32))

@@ -108,13 +108,13 @@ struct Family {
 
 impl Family {
     fn covers(&self, key: &PlanKey) -> bool {
-        *key == self.base || growth(&self.base, key).is_some_and(|(shift, _)| shift == self.shift)
+        *key == self.base || growth(&self.base, key).is_some_and(|shift| shift == self.shift)
     }
 }
 
 /// When `to` is `from` with some dims all grown (or shrunk) by the same `t ≠ 0`, each of them
-/// still at least 2 in both: which dims, and `t`.
-fn growth(from: &PlanKey, to: &PlanKey) -> Option<(Vec<Vec<bool>>, i64)> {
+/// still at least 2 in both: which dims.
+fn growth(from: &PlanKey, to: &PlanKey) -> Option<Vec<Vec<bool>>> {
     let mut t = None;
     let mut shift = Vec::with_capacity(from.len());
     if from.len() != to.len() {
@@ -134,7 +134,7 @@ fn growth(from: &PlanKey, to: &PlanKey) -> Option<(Vec<Vec<bool>>, i64)> {
         }
         shift.push(dims);
     }
-    Some((shift, t?))
+    t.map(|_| shift)
 }
 
 /// Tensors with their names.
@@ -335,7 +335,11 @@ impl Session {
             if let Some(f) = cache.families.iter().find(|f| f.covers(&key)) {
                 return Ok(f.plan.clone());
             }
-            cache.exact.keys().find_map(|k| growth(k, &key).filter(|(shift, _)| self.symbolic(shift)).map(|(shift, _)| (k.clone(), shift)))
+            cache
+                .exact
+                .values()
+                .zip(cache.exact.keys())
+                .find_map(|(p, k)| growth(k, &key).filter(|shift| self.symbolic(shift)).map(|shift| (p.clone(), shift)))
         };
         let options = PlanOptions { max_tensor_bytes: self.max_tensor_bytes.load(Ordering::Relaxed), exact: self.exact(), ops: &self.ops };
         // A family when the model's shape arithmetic allows it, else a plan for these shapes.
@@ -379,7 +383,7 @@ impl Session {
     ///     .input("x", DataType::F32, &[-1])
     ///     .initializer("one", &Tensor::scalar(1f32))
     ///     .node("Add", &["x", "one"], &["y"], vec![])
-    ///     .output("y", DataType::F32, &[])
+    ///     .output("y", DataType::F32, &[-1])
     ///     .to_bytes();
     /// let session = Session::new(Model::from_bytes(model)?);
     /// for len in 2..40 {

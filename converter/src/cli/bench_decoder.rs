@@ -31,16 +31,12 @@ pub fn run(session: &Session, load_ms: f64, b: &DecoderBench, quiet: bool) -> Re
     let options = GenerateOptions { max_tokens: b.gen_tokens, ..GenerateOptions::default() };
     let (mut pp, mut tg, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
     let plans_before = session.plans_made();
-    let mut plans_warm = plans_before;
-    for run in 0..b.warmup + b.iters {
-        let mut generator = Generator::new(session)?;
-        let done = generator.generate(&prompt, &options, |_| true)?;
-        if run + 1 == b.warmup.max(1) {
-            plans_warm = session.plans_made();
-        }
-        if run < b.warmup {
-            continue;
-        }
+    for _ in 0..b.warmup {
+        Generator::new(session)?.generate(&prompt, &options, |_| true)?;
+    }
+    let plans_warm = session.plans_made();
+    for _ in 0..b.iters {
+        let done = Generator::new(session)?.generate(&prompt, &options, |_| true)?;
         let decode: f64 = done.decode.iter().map(|d| d.as_secs_f64()).sum();
         pp.push(b.prompt_tokens as f64 / done.prefill.as_secs_f64());
         tg.push(done.decode.len() as f64 / decode.max(f64::MIN_POSITIVE));

@@ -196,22 +196,21 @@ pub fn decoder(w: &LlamaWeights) -> Result<ModelProto> {
             .node("Concat", &[&past_v, &v], &[&present_v], vec![("axis", Attr::Int(2))]);
         // Grouped-query attention: queries [batch, kv_heads, group, seq, hd] against keys and
         // values [batch, kv_heads, 1, total, hd], broadcast over the group.
-        let n = |names: &mut Names, what: &str| names.next(what);
         let (q5, k5, kt, v5, scores, scaled, masked, probs, ctx5, ctx, ctx_t, merged, attn, h_attn) = (
-            n(&mut names, "q5"),
-            n(&mut names, "k5"),
-            n(&mut names, "kt"),
-            n(&mut names, "v5"),
-            n(&mut names, "scores"),
-            n(&mut names, "scaled"),
-            n(&mut names, "masked"),
-            n(&mut names, "probs"),
-            n(&mut names, "ctx5"),
-            n(&mut names, "ctx"),
-            n(&mut names, "ctx_t"),
-            n(&mut names, "merged"),
-            n(&mut names, "attn"),
-            n(&mut names, "h_attn"),
+            names.next("q5"),
+            names.next("k5"),
+            names.next("kt"),
+            names.next("v5"),
+            names.next("scores"),
+            names.next("scaled"),
+            names.next("masked"),
+            names.next("probs"),
+            names.next("ctx5"),
+            names.next("ctx"),
+            names.next("ctx_t"),
+            names.next("merged"),
+            names.next("attn"),
+            names.next("h_attn"),
         );
         m = m
             .node("Reshape", &[&q, "grouped_shape"], &[&q5], vec![])
@@ -234,7 +233,7 @@ pub fn decoder(w: &LlamaWeights) -> Result<ModelProto> {
         (m, gate) = proj(m, &mut names, &x, "gate_proj");
         (m, up) = proj(m, &mut names, &x, "up_proj");
         let (sig, silu, act, down, next) =
-            (n(&mut names, "sig"), n(&mut names, "silu"), n(&mut names, "act"), n(&mut names, "down"), format!("h_{}", i + 1));
+            (names.next("sig"), names.next("silu"), names.next("act"), names.next("down"), format!("h_{}", i + 1));
         m = m
             .node("Sigmoid", &[&gate], &[&sig], vec![])
             .node("Mul", &[&gate, &sig], &[&silu], vec![])

@@ -35,11 +35,10 @@ pub(crate) fn sgemm(alpha: f32, a: Matrix, b: Matrix, beta: f32, c: &mut [f32]) 
     if m <= SKINNY_ROWS && (b.col_stride == 1 || b.row_stride == 1) {
         // A decoder's token (a GEMV): B streamed once, threads taking columns. Each weight
         // read from memory is one multiply-add per row: its work counts as a packed GEMM's 16.
+        let rows: Vec<Vec<f32>> = (0..m).map(|r| (0..k).map(|p| a.data[r * a.row_stride + p * a.col_stride]).collect()).collect();
         crate::threads::for_column_ranges(c, n, 16, 16 * n * k, |col0, c| {
-            for r in 0..m {
-                let a_row: Vec<f32> = (0..k).map(|p| a.data[r * a.row_stride + p * a.col_stride]).collect();
-                let row = c.row(r);
-                skinny_row(alpha, &a_row, b, col0, beta, row);
+            for (r, a_row) in rows.iter().enumerate() {
+                skinny_row(alpha, a_row, b, col0, beta, c.row(r));
             }
         });
         return;

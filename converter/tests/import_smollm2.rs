@@ -11,8 +11,8 @@ mod common;
 use common::{max_diff, model, python_tool};
 use distq_converter::import::import_gguf;
 use distq_io::npz::read_npz;
-use distq_runtime::generate::{Generator, Sampler, Sampling};
-use distq_runtime::{Session, Tensor};
+use distq_runtime::Tensor;
+use distq_runtime::generate::{Decoder, Generator, Sampler, Sampling};
 use std::ffi::OsStr;
 use std::path::Path;
 
@@ -21,8 +21,8 @@ const GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const PROMPT: [i64; 5] = [504, 3575, 282, 4649, 314];
 
 /// Greedy generation in our runtime: the picked tokens and the logits each was picked from.
-fn generate(session: &Session, prompt: &[i64], count: usize) -> (Vec<i64>, Vec<Vec<f32>>) {
-    let mut generator = Generator::new(session).unwrap();
+fn generate(decoder: &Decoder, prompt: &[i64], count: usize) -> (Vec<i64>, Vec<Vec<f32>>) {
+    let mut generator = Generator::new(decoder);
     let mut greedy = Sampler::new(Sampling::default());
     let (mut logits, mut picked, mut all) = (generator.feed(prompt).unwrap(), Vec::new(), Vec::new());
     for _ in 0..count {
@@ -35,12 +35,13 @@ fn generate(session: &Session, prompt: &[i64], count: usize) -> (Vec<i64>, Vec<V
     (picked, all)
 }
 
-fn import(dir: &Path, layers: Option<usize>) -> Session {
+fn import(dir: &Path, layers: Option<usize>) -> Decoder {
     let imported = import_gguf(&model(GGUF), dir, layers).unwrap();
     assert_eq!((imported.config.hidden, imported.config.heads, imported.config.kv_heads, imported.config.vocab), (576, 9, 3, 49152));
-    let session = Session::load(dir.join("model.onnx")).unwrap();
-    session.set_threads(1);
-    session
+    let decoder = Decoder::load(dir.join("model.onnx")).unwrap();
+    assert!(decoder.appends_in_place(), "the imported cache is not appended in place");
+    decoder.session().set_threads(1);
+    decoder
 }
 
 /// onnxruntime's greedy tokens and their logits.
@@ -69,11 +70,12 @@ fn worst_relative_diff(ours: &[Vec<f32>], theirs: &[f32]) -> f32 {
 #[ignore = "real model + onnxruntime: run by tools/test.sh"]
 fn two_blocks_decode_with_the_cache_as_without_it_and_plan_once() {
     let dir = tempfile::tempdir().unwrap();
-    let session = import(dir.path(), Some(2));
+    let decoder = import(dir.path(), Some(2));
+    let session = decoder.session();
     // The whole sequence in one run against prefill + one token at a time.
     let tail = [28i64, 253, 2593];
-    let mut whole = Generator::new(&session).unwrap();
-    let mut stepwise = Generator::new(&session).unwrap();
+    let mut whole = Generator::new(&decoder);
+    let mut stepwise = Generator::new(&decoder);
     stepwise.feed(&PROMPT).unwrap();
     for (step, &id) in tail.iter().enumerate() {
         let all: Vec<i64> = PROMPT.iter().chain(&tail[..=step]).copied().collect();
@@ -84,11 +86,11 @@ fn two_blocks_decode_with_the_cache_as_without_it_and_plan_once() {
     }
     // Prefill, the first decode step, then one plan for every longer past.
     let plans = session.plans_made();
-    let (tokens, _) = generate(&session, &PROMPT, 12);
+    let (tokens, _) = generate(&decoder, &PROMPT, 12);
     assert_eq!(tokens.len(), 12);
     assert!(session.plans_made() <= plans + 1, "{} plans after {plans} for 12 more tokens", session.plans_made());
     // The same tokens and logits as onnxruntime's.
-    let (ours, our_logits) = generate(&session, &PROMPT, 8);
+    let (ours, our_logits) = generate(&decoder, &PROMPT, 8);
     let (theirs, their_logits) = onnxruntime_generate(&dir.path().join("model.onnx"), &PROMPT, 8, dir.path());
     assert_eq!(ours, theirs);
     let diff = worst_relative_diff(&our_logits, &their_logits);
@@ -124,14 +126,15 @@ fn two_blocks_decode_with_the_cache_as_without_it_and_plan_once() {
     .unwrap();
     assert!(bench["pp_tokens_per_s"].as_f64().unwrap() > 0.0 && bench["tg_tokens_per_s"].as_f64().unwrap() > 0.0, "{bench}");
     assert_eq!(bench["plans_made_after_warmup"], 0, "{bench}");
+    assert_eq!(bench["cache_appended_in_place"], true, "{bench}");
 }
 
 #[test]
 #[ignore = "real model + onnxruntime: run by tools/test.sh"]
 fn the_whole_model_generates_what_onnxruntime_does() {
     let dir = tempfile::tempdir().unwrap();
-    let session = import(dir.path(), None);
-    let (ours, our_logits) = generate(&session, &PROMPT, 16);
+    let decoder = import(dir.path(), None);
+    let (ours, our_logits) = generate(&decoder, &PROMPT, 16);
     let (theirs, their_logits) = onnxruntime_generate(&dir.path().join("model.onnx"), &PROMPT, 16, dir.path());
     let diff = worst_relative_diff(&our_logits, &their_logits);
     println!("30 blocks, 16 greedy tokens: {ours:?}, logits within {diff:.2e} of onnxruntime's (relative to the scale)");

@@ -4,12 +4,12 @@
 //! graph output. The fused step takes the place of the chain's last step, where all of its
 //! inputs exist.
 
-use crate::ops::array::{Gather, Transpose};
+use crate::ops::array::{Gather, Transpose, Unsqueeze};
 use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Clip, Unary};
 use crate::ops::epilogue::Epilogue;
-use crate::ops::matmul::{Gemm, MatMul, PackedMatMul};
+use crate::ops::matmul::{Gemm, MatMul, PackedMatMul, View};
 use crate::ops::matmul_nbits::BlockQuantizedMatMul;
 use crate::ops::norm::{MaskedSoftmax, Softmax};
 use crate::ops::qbinary::QLinearBinary;
@@ -76,7 +76,7 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], ex
             packed_f16_matmul,
             compact_weights,
             matmul_integer_to_float,
-            transposed_matmul_operand,
+            viewed_matmul_operand,
             masked_softmax,
             elementwise_chain,
         ];
@@ -577,25 +577,49 @@ fn elementwise_chain(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     Some((absorbed, step))
 }
 
-/// The op type of a MatMul that reads an operand through a permutation.
-const TRANSPOSED_MATMUL: &str = "Transpose→MatMul";
+/// The op type of a MatMul that reads an operand through a view.
+const VIEWED_MATMUL: &str = "Transpose→MatMul";
 
-/// `Transpose → MatMul` (either operand) → the MatMul reading the Transpose's input through
-/// its perm (no copy; attention's head splits are these).
-fn transposed_matmul_operand(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+/// `Transpose | Unsqueeze`, each the sole reader of the last, with a Transpose among them →
+/// `MatMul` (either operand) → the MatMul reading the first step's input through their
+/// [`View`] (no copy: attention's head splits, and a token-major KV cache read in the
+/// graph's `[batch, heads, past, head_dim]`).
+fn viewed_matmul_operand(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     let (steps, facts, readers) = (g.steps, g.facts, g.readers);
-    let step = steps[i].as_ref().filter(|s| s.op_type == "Transpose")?;
-    let (src, value) = (step.inputs.first().copied().flatten()?, step.outputs.first().copied().flatten()?);
-    let rank = facts[src].shape.len();
-    let perm = (step.op.as_ref() as &dyn Any).downcast_ref::<Transpose>()?.perm(rank).ok()?;
-    let j = readers.sole[value]?;
-    let reader = steps[j].as_ref().filter(|s| s.op_type == "MatMul" || s.op_type == TRANSPOSED_MATMUL)?;
+    let src = steps[i].as_ref()?.inputs.first().copied().flatten()?;
+    let (mut view, mut absorbed, mut transposes) = (View::identity(facts[src].shape.len()), Vec::new(), 0);
+    let (mut j, mut value) = (i, src);
+    let reader = loop {
+        let step = steps[j].as_ref()?;
+        let input = step.inputs.first().copied().flatten()?;
+        let op = step.op.as_ref() as &dyn Any;
+        if let Some(t) = op.downcast_ref::<Transpose>() {
+            view = view.transposed(&t.perm(facts[input].shape.len()).ok()?);
+            transposes += 1;
+        } else if let Some(u) = op.downcast_ref::<Unsqueeze>() {
+            let axes = step.inputs.get(1).copied().flatten().map(|a| &facts[a]);
+            view = view.unsqueezed(&u.inserted_axes(facts[input].shape.len(), axes).ok()?);
+        } else if absorbed.is_empty() {
+            return None;
+        } else if step.op_type == "MatMul" || step.op_type == VIEWED_MATMUL {
+            break step;
+        } else {
+            return None;
+        }
+        absorbed.push(j);
+        value = step.outputs.first().copied().flatten()?;
+        j = readers.sole[value]?;
+    };
     let matmul = (reader.op.as_ref() as &dyn Any).downcast_ref::<MatMul>()?;
-    let which = reader.inputs.iter().position(|&s| s == Some(value)).filter(|&w| w < 2 && rank >= 2)?;
+    let which = reader.inputs.iter().position(|&s| s == Some(value)).filter(|&w| w < 2 && facts[value].shape.len() >= 2)?;
+    if transposes == 0 {
+        return None;
+    }
     let mut inputs = reader.inputs.clone();
     inputs[which] = Some(src);
-    let op: Arc<dyn Op> = Arc::new(matmul.with_perm(which, perm));
-    Some((vec![i, j], Step { node: reader.node.clone(), op_type: TRANSPOSED_MATMUL.into(), op, inputs, outputs: reader.outputs.clone() }))
+    absorbed.push(j);
+    let op: Arc<dyn Op> = Arc::new(matmul.with_view(which, view));
+    Some((absorbed, Step { node: reader.node.clone(), op_type: VIEWED_MATMUL.into(), op, inputs, outputs: reader.outputs.clone() }))
 }
 
 /// `[elementwise steps →] Add(mask) → Softmax(last axis)`, or the steps without the mask →

@@ -43,6 +43,11 @@ impl Model {
         Ok(Model { graph, file })
     }
 
+    /// This model with its graph rewritten (the weights stay where they are).
+    pub(crate) fn with_graph(self, graph: Graph) -> Model {
+        Model { graph, file: self.file }
+    }
+
     /// The graph inputs the caller feeds.
     pub fn inputs(&self) -> &[ValueInfo] {
         &self.graph.inputs
@@ -444,9 +449,21 @@ pub(crate) fn execute(
     }
     for (i, step) in plan.steps.iter().enumerate() {
         let started = std::time::Instant::now();
+        // Input 0 by value when this step is its last reader (and reads it once): an op may
+        // then write into its storage (a KV cache's Concat appends in place).
+        let first = match step.inputs.first() {
+            Some(&Some(s))
+                if step.op.reuses_first_input()
+                    && plan.free_after[i].contains(&s)
+                    && step.inputs.iter().filter(|&&x| x == Some(s)).count() == 1 =>
+            {
+                values[s].take()
+            }
+            _ => None,
+        };
         let outputs = {
-            let args: Vec<Option<&Tensor>> = step
-                .inputs
+            let skip = first.is_some() as usize;
+            let args: Vec<Option<&Tensor>> = step.inputs[skip..]
                 .iter()
                 .map(|s| {
                     s.map(|s| {
@@ -458,7 +475,11 @@ pub(crate) fn execute(
                     .transpose()
                 })
                 .collect::<Result<_>>()?;
-            step.op.eval(&args, pool).map_err(|e| e.in_node(&step.node, &step.op_type))?
+            match first {
+                Some(first) => step.op.eval_taking_first(first, &args, pool),
+                None => step.op.eval(&args, pool),
+            }
+            .map_err(|e| e.in_node(&step.node, &step.op_type))?
         };
         if let Some(times) = profile.as_deref_mut() {
             times.push(StepTime { node: step.node.clone(), op_type: step.op_type.clone(), duration: started.elapsed() });

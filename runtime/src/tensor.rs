@@ -469,6 +469,21 @@ impl Tensor {
         }
     }
 
+    /// Elements the storage has room for without moving: an owned vector's capacity (at
+    /// least [`Tensor::len`]).
+    pub fn capacity(&self) -> usize {
+        macro_rules! capacity {
+            ($($v:ident),*) => {
+                match &self.data {
+                    $(TensorData::$v(Buffer::Owned(v)) => v.capacity(),)*
+                    TensorData::Bool(v) => v.capacity(),
+                    _ => self.len(),
+                }
+            };
+        }
+        capacity!(F32, U8, I8, I32, I64, F16, F64)
+    }
+
     /// Whether the storage is owned by this tensor alone (not mapped, not shared with a
     /// reshaped alias): only such storage may be recycled.
     pub fn is_unique(&self) -> bool {

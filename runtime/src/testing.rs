@@ -14,6 +14,38 @@ pub fn add_one_model() -> Vec<u8> {
         .to_bytes()
 }
 
+/// Size of [`bigram_decoder`]'s vocabulary.
+pub const BIGRAM_VOCAB: usize = 8;
+
+/// A toy decoder in Optimum's names: after token `t` the most likely next token is
+/// `(3t + 1) mod 8`, and its cache (one KV head of width 1) holds every token fed so far, as
+/// floats. With `past_shape_output`, it also outputs the shape of layer 0's past keys, a
+/// second reader of the cache that keeps it from being made token-major.
+pub fn bigram_decoder(past_shape_output: bool) -> Vec<u8> {
+    const V: usize = BIGRAM_VOCAB;
+    let table: Vec<f32> = (0..V * V).map(|i| if i % V == (3 * (i / V) + 1) % V { 5.0 } else { (i % V) as f32 * 0.1 }).collect();
+    let mut m = ModelBuilder::new(17)
+        .input_named("input_ids", DataType::I64, &["batch", "sequence"])
+        .input_named("attention_mask", DataType::I64, &["batch", "total"])
+        .input_named("position_ids", DataType::I64, &["batch", "sequence"])
+        .initializer("table", &Tensor::from_vec(vec![V, V], table).expect("a V × V table"))
+        .initializer("axes", &Tensor::from_vec(vec![2], vec![1i64, 3]).expect("two axes"))
+        .node("Gather", &["table", "input_ids"], &["logits"], vec![])
+        .node("Cast", &["input_ids"], &["ids"], vec![("to", Attr::Int(1))])
+        .node("Unsqueeze", &["ids", "axes"], &["new"], vec![]);
+    for kind in ["key", "value"] {
+        let (past, present) = (format!("past_key_values.0.{kind}"), format!("present.0.{kind}"));
+        m = m
+            .input_named(&past, DataType::F32, &["batch", "1", "past", "1"])
+            .node("Concat", &[&past, "new"], &[&present], vec![("axis", Attr::Int(2))])
+            .output_named(&present, DataType::F32, &["batch", "1", "total", "1"]);
+    }
+    if past_shape_output {
+        m = m.node("Shape", &["past_key_values.0.key"], &["past_shape"], vec![]).output_named("past_shape", DataType::I64, &["4"]);
+    }
+    m.output_named("logits", DataType::F32, &["batch", "sequence", "8"]).to_bytes()
+}
+
 /// Writes named tensors to `dir` in the plain format the C and Java wrapper tests read and
 /// write: `dir/<manifest>` has one line per tensor, `name dtype-code rank dims… file`, and
 /// each file holds the raw little-endian elements.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use distq_io::atomic_file::write_atomically;
 use distq_runtime::bench::{BenchOptions, BenchReport, EnergySource};
 use distq_runtime::energy::Method;
-use distq_runtime::generate::Generator;
+use distq_runtime::generate::Decoder;
 use distq_runtime::onnx::proto::tensor_proto::DataLocation;
 use distq_runtime::{Model, Session, Tensor};
 use serde_json::{Value, json};
@@ -108,33 +108,31 @@ pub fn run(args: Args) -> Result<()> {
         EnergyArg::Odpm => EnergySource::Only(Method::Odpm),
         EnergyArg::Model => EnergySource::Only(Method::Model),
     };
-    if args.input.is_empty() && args.vs.is_none() {
-        let started = Instant::now();
-        let session = Session::load(&args.model).with_context(|| format!("{}: cannot load", args.model.display()))?;
-        if Generator::new(&session).is_ok() {
-            ensure!(args.prompt_tokens >= 1 && args.gen_tokens >= 1, "--prompt-tokens and --gen-tokens must be at least 1");
-            let threads = args.threads.unwrap_or_else(distq_runtime::performance_cores);
-            let bench = DecoderBench {
-                prompt_tokens: args.prompt_tokens,
-                gen_tokens: args.gen_tokens,
-                iters: args.iters,
-                warmup: args.warmup,
-                threads,
-            };
-            let mut report = bench_decoder::run(&session, started.elapsed().as_secs_f64() * 1e3, &bench, matches!(args.json, Some(None)))?;
-            report["machine"] = machine();
-            let text = serde_json::to_string_pretty(&report)?;
-            match &args.json {
-                Some(None) => say!("{text}"),
-                Some(Some(path)) => write_atomically(path, |f| Ok(f.write_all(text.as_bytes())?))?,
-                None => {}
-            }
-            return Ok(());
+    let (model, load_ms) = load(&args.model)?;
+    if args.input.is_empty() && args.vs.is_none() && Decoder::accepts(&model) {
+        let decoder = Decoder::new(model)?;
+        ensure!(args.prompt_tokens >= 1 && args.gen_tokens >= 1, "--prompt-tokens and --gen-tokens must be at least 1");
+        let threads = args.threads.unwrap_or_else(distq_runtime::performance_cores);
+        let bench = DecoderBench {
+            prompt_tokens: args.prompt_tokens,
+            gen_tokens: args.gen_tokens,
+            iters: args.iters,
+            warmup: args.warmup,
+            threads,
+        };
+        let mut report = bench_decoder::run(&decoder, load_ms, &bench, matches!(args.json, Some(None)))?;
+        report["machine"] = machine();
+        let text = serde_json::to_string_pretty(&report)?;
+        match &args.json {
+            Some(None) => say!("{text}"),
+            Some(Some(path)) => write_atomically(path, |f| Ok(f.write_all(text.as_bytes())?))?,
+            None => {}
         }
+        return Ok(());
     }
     let options = BenchOptions { iters: args.iters, warmup: args.warmup, energy, sysfs: args.sysfs.clone() };
-    let this = measure(&args.model, &args, &options)?;
-    let other = args.vs.as_ref().map(|p| measure(p, &args, &options)).transpose()?;
+    let this = measure(&args.model, (model, load_ms), &args, &options)?;
+    let other = args.vs.as_ref().map(|p| measure(p, load(p)?, &args, &options)).transpose()?;
     let mut out = entry(&this);
     if let Some(o) = &other {
         out["vs"] = entry(o);
@@ -163,10 +161,15 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn measure(path: &Path, args: &Args, options: &BenchOptions) -> Result<Measured> {
+/// The model at `path` and the milliseconds its load took.
+fn load(path: &Path) -> Result<(Model, f64)> {
     let started = Instant::now();
     let model = Model::load(path).with_context(|| format!("{}: cannot load", path.display()))?;
-    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok((model, started.elapsed().as_secs_f64() * 1e3))
+}
+
+/// Benchmarks `model`, loaded from `path` in `load_ms`.
+fn measure(path: &Path, (model, load_ms): (Model, f64), args: &Args, options: &BenchOptions) -> Result<Measured> {
     let model_bytes = bytes_on_disk(path, &model)?;
     let inputs = if args.input.is_empty() {
         let shapes: Vec<_> = args.shape.iter().map(|s| inputs::parse_shape(s)).collect::<Result<_>>()?;

@@ -4,9 +4,8 @@
 
 use crate::cli::say;
 use anyhow::Result;
-use distq_runtime::Session;
 use distq_runtime::bench::peak_rss_bytes;
-use distq_runtime::generate::{GenerateOptions, Generator};
+use distq_runtime::generate::{Decoder, GenerateOptions, Generator};
 use serde_json::{Value, json};
 
 /// What to run.
@@ -24,7 +23,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the benchmark; returns its JSON and prints a table unless `quiet`.
-pub fn run(session: &Session, load_ms: f64, b: &DecoderBench, quiet: bool) -> Result<Value> {
+pub fn run(decoder: &Decoder, load_ms: f64, b: &DecoderBench, quiet: bool) -> Result<Value> {
+    let session = decoder.session();
     session.set_threads(b.threads);
     // A prompt of ordinary token ids (the speed does not depend on which).
     let prompt: Vec<i64> = (0..b.prompt_tokens as i64).map(|i| 100 + (i * 7919) % 10_000).collect();
@@ -32,11 +32,11 @@ pub fn run(session: &Session, load_ms: f64, b: &DecoderBench, quiet: bool) -> Re
     let (mut pp, mut tg, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
     let plans_before = session.plans_made();
     for _ in 0..b.warmup {
-        Generator::new(session)?.generate(&prompt, &options, |_| true)?;
+        Generator::new(decoder).generate(&prompt, &options, |_| true)?;
     }
     let plans_warm = session.plans_made();
     for _ in 0..b.iters {
-        let done = Generator::new(session)?.generate(&prompt, &options, |_| true)?;
+        let done = Generator::new(decoder).generate(&prompt, &options, |_| true)?;
         let decode: f64 = done.decode.iter().map(|d| d.as_secs_f64()).sum();
         pp.push(b.prompt_tokens as f64 / done.prefill.as_secs_f64());
         tg.push(done.decode.len() as f64 / decode.max(f64::MIN_POSITIVE));
@@ -52,6 +52,7 @@ pub fn run(session: &Session, load_ms: f64, b: &DecoderBench, quiet: bool) -> Re
         "time_to_first_token_ms": median(ttft),
         "plans_made_in_warmup": plans_warm - plans_before,
         "plans_made_after_warmup": session.plans_made() - plans_warm,
+        "cache_appended_in_place": decoder.appends_in_place(),
         "peak_rss_bytes": peak_rss_bytes(),
     });
     if !quiet {
@@ -60,6 +61,7 @@ pub fn run(session: &Session, load_ms: f64, b: &DecoderBench, quiet: bool) -> Re
         say!("tg{:<4} tokens/s       {:.1}", b.gen_tokens, report["tg_tokens_per_s"].as_f64().unwrap_or(0.0));
         say!("time to first token ms {:.1}", report["time_to_first_token_ms"].as_f64().unwrap_or(0.0));
         say!("plans (warm-up, after) {}, {}", report["plans_made_in_warmup"], report["plans_made_after_warmup"]);
+        say!("cache appended in place {}", decoder.appends_in_place());
         say!("peak RSS MB            {:.1}", peak_rss_bytes().unwrap_or(0) as f64 / 1e6);
     }
     Ok(report)

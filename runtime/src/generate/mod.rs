@@ -2,18 +2,22 @@
 //! `distq import` writes): inputs `input_ids`, `attention_mask`, `position_ids` (optional)
 //! and `past_key_values.{i}.key` / `.value`; outputs `logits` and `present.{i}.key` / `.value`.
 //!
-//! A [`Generator`] holds one sequence's cache: the prompt runs in one pass (prefill), then
-//! one token per run (decode), each run's `present` values becoming the next run's past. The
-//! session plans the growing past once (see [`Session::plans_made`]).
+//! A [`Decoder`] is the model made ready for that: its cache token-major (see
+//! `token_major`), so that each run appends to the cache in place. A [`Generator`] holds one
+//! sequence's cache over it: the prompt runs in one pass (prefill), then one token per run
+//! (decode), each run's `present` values becoming the next run's past. The session plans the
+//! growing past once (see [`Session::plans_made`]).
 
 mod sampling;
+mod token_major;
 
 pub use sampling::{Sampler, Sampling};
 
 use crate::error::{Error, Result};
-use crate::graph::Dim;
-use crate::session::Session;
+use crate::graph::{Dim, ValueInfo};
+use crate::session::{Model, Session};
 use crate::tensor::{DataType, Tensor};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A decoder's cache layout, read from its declared inputs.
@@ -23,11 +27,12 @@ struct Layout {
     kv_heads: usize,
     head_dim: usize,
     positions: bool,
+    /// The cache is `[past, 1, kv_heads, head_dim]` (else Optimum's `[1, kv_heads, past, head_dim]`).
+    token_major: bool,
 }
 
 impl Layout {
-    fn of(session: &Session) -> Result<Layout> {
-        let inputs = session.model().inputs();
+    fn of(inputs: &[ValueInfo]) -> Result<Layout> {
         let bad = |reason: String| Error::InvalidModel(format!("not a decoder with a KV cache: {reason}"));
         for name in ["input_ids", "attention_mask"] {
             if !inputs.iter().any(|i| i.name == name) {
@@ -41,8 +46,13 @@ impl Layout {
             Some(Dim::Fixed(n)) => Ok(n),
             other => Err(bad(format!("dim {d} of 'past_key_values.0.key' is {other:?}, a fixed size is needed"))),
         };
-        let layout =
-            Layout { layers, kv_heads: fixed(1)?, head_dim: fixed(3)?, positions: inputs.iter().any(|i| i.name == "position_ids") };
+        let layout = Layout {
+            layers,
+            kv_heads: fixed(1)?,
+            head_dim: fixed(3)?,
+            positions: inputs.iter().any(|i| i.name == "position_ids"),
+            token_major: false,
+        };
         for i in 0..layers {
             for kind in ["key", "value"] {
                 let name = format!("past_key_values.{i}.{kind}");
@@ -52,6 +62,65 @@ impl Layout {
             }
         }
         Ok(layout)
+    }
+
+    /// The shape of a cache holding `past` tokens.
+    fn cache_shape(&self, past: usize) -> Vec<usize> {
+        if self.token_major { vec![past, 1, self.kv_heads, self.head_dim] } else { vec![1, self.kv_heads, past, self.head_dim] }
+    }
+}
+
+/// A decoder model ready to generate with: one per model, shared by any number of
+/// [`Generator`]s (sequences).
+///
+/// ```no_run
+/// let decoder = distq_runtime::generate::Decoder::load("decoder/model.onnx")?;
+/// decoder.session().set_threads(2);
+/// assert!(decoder.appends_in_place());
+/// # Ok::<(), distq_runtime::Error>(())
+/// ```
+pub struct Decoder {
+    session: Session,
+    layout: Layout,
+}
+
+impl Decoder {
+    /// Makes `model` a decoder; fails when it is not one in Optimum's names. When every
+    /// layer's `present` is the plain `Concat(past, new)` over the sequence axis (what
+    /// `distq import` and Optimum's exports write), the cache is made token-major so that
+    /// runs append to it in place; otherwise it is kept as the graph has it, and each run
+    /// copies it (see [`Decoder::appends_in_place`]).
+    pub fn new(model: Model) -> Result<Decoder> {
+        let mut layout = Layout::of(model.inputs())?;
+        let model = match token_major::token_major(model.graph(), layout.layers) {
+            Some(graph) => {
+                layout.token_major = true;
+                model.with_graph(graph)
+            }
+            None => model,
+        };
+        Ok(Decoder { session: Session::new(model), layout })
+    }
+
+    /// [`Decoder::new`] on the ONNX file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Decoder> {
+        Decoder::new(Model::load(path)?)
+    }
+
+    /// Whether `model` is a decoder [`Decoder::new`] accepts.
+    pub fn accepts(model: &Model) -> bool {
+        Layout::of(model.inputs()).is_ok()
+    }
+
+    /// The session the decoder runs in (threads, plans made).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Whether runs append the new tokens' keys and values to the cache in place (else the
+    /// graph's Concat copies the whole cache on every run).
+    pub fn appends_in_place(&self) -> bool {
+        self.layout.token_major
     }
 }
 
@@ -98,24 +167,21 @@ pub enum End {
     Cancelled,
 }
 
-/// One sequence's decoding state over a session of a decoder.
-pub struct Generator<'s> {
-    session: &'s Session,
-    layout: Layout,
-    /// Per layer, key then value: `[1, kv_heads, past, head_dim]`.
+/// One sequence's decoding state over a [`Decoder`].
+pub struct Generator<'d> {
+    decoder: &'d Decoder,
+    /// Per layer, key then value, in the decoder's cache layout.
     cache: Vec<Tensor>,
     past: usize,
     max_context: usize,
 }
 
-impl<'s> Generator<'s> {
-    /// A generator with an empty cache; fails when the session's model is not a decoder in
-    /// Optimum's names.
-    pub fn new(session: &'s Session) -> Result<Generator<'s>> {
-        let layout = Layout::of(session)?;
-        let mut g = Generator { session, layout, cache: Vec::new(), past: 0, max_context: usize::MAX };
+impl<'d> Generator<'d> {
+    /// A generator with an empty cache.
+    pub fn new(decoder: &'d Decoder) -> Generator<'d> {
+        let mut g = Generator { decoder, cache: Vec::new(), past: 0, max_context: usize::MAX };
         g.reset();
-        Ok(g)
+        g
     }
 
     /// Refuses runs that would make the context (cached and new tokens) longer than `tokens`.
@@ -130,9 +196,30 @@ impl<'s> Generator<'s> {
 
     /// Empties the cache (a new conversation).
     pub fn reset(&mut self) {
-        let empty = Tensor::from_vec(vec![1, self.layout.kv_heads, 0, self.layout.head_dim], Vec::<f32>::new()).expect("an empty tensor");
-        self.cache = vec![empty; 2 * self.layout.layers];
+        let empty = Tensor::from_vec(self.decoder.layout.cache_shape(0), Vec::<f32>::new()).expect("an empty tensor");
+        self.cache = vec![empty; 2 * self.decoder.layout.layers];
         self.past = 0;
+    }
+
+    /// Tokens the cache holds room for before its storage must grow (a token-major cache
+    /// grows in place, doubling; Optimum's layout is copied on every run, so it has none
+    /// spare).
+    pub fn cache_room(&self) -> usize {
+        let per_token = self.decoder.layout.kv_heads * self.decoder.layout.head_dim;
+        self.cache.iter().map(|t| t.capacity() / per_token.max(1)).min().unwrap_or(0)
+    }
+
+    /// Makes room in the cache for `tokens` in all, so that runs up to that length do not
+    /// move it (only a token-major cache keeps the room between runs).
+    pub fn reserve(&mut self, tokens: usize) {
+        let layout = &self.decoder.layout;
+        let (past, per_token) = (self.past, layout.kv_heads * layout.head_dim);
+        for t in self.cache.iter_mut() {
+            let taken = std::mem::replace(t, Tensor::scalar(0f32));
+            let mut v = taken.into_vec::<f32>().expect("the cache is float");
+            v.reserve_exact((tokens * per_token).saturating_sub(v.len()));
+            *t = Tensor::from_vec(layout.cache_shape(past), v).expect("the same elements");
+        }
     }
 
     /// Runs `tokens` after the cached ones and caches them; returns the logits after the last.
@@ -147,15 +234,16 @@ impl<'s> Generator<'s> {
                 reason: format!("{} cached and {} new tokens exceed the maximum context of {}", self.past, tokens.len(), self.max_context),
             });
         }
+        let layout = &self.decoder.layout;
         let ids = |v: Vec<i64>| Tensor::from_vec(vec![1, v.len()], v).expect("a row of ids");
         let mut inputs = vec![("input_ids".to_string(), ids(tokens.to_vec())), ("attention_mask".to_string(), ids(vec![1; total]))];
-        if self.layout.positions {
+        if layout.positions {
             inputs.push(("position_ids".to_string(), ids((self.past as i64..total as i64).collect())));
         }
         for (i, t) in self.cache.drain(..).enumerate() {
             inputs.push((format!("past_key_values.{}.{}", i / 2, if i % 2 == 0 { "key" } else { "value" }), t));
         }
-        let outputs = self.session.run(inputs);
+        let outputs = self.decoder.session.run(inputs);
         let mut outputs = match outputs {
             Ok(o) => o,
             Err(e) => {
@@ -165,13 +253,13 @@ impl<'s> Generator<'s> {
             }
         };
         let mut logits = None;
-        let mut cache = vec![None; 2 * self.layout.layers];
+        let mut cache = vec![None; 2 * layout.layers];
         for (name, t) in outputs.drain(..) {
             if name == "logits" {
                 logits = Some(t);
             } else if let Some((layer, kind)) = name.strip_prefix("present.").and_then(|r| r.split_once('.')) {
                 let layer: usize = layer.parse().map_err(|_| Error::InvalidModel(format!("output '{name}' names no layer")))?;
-                if layer < self.layout.layers {
+                if layer < layout.layers {
                     cache[2 * layer + (kind == "value") as usize] = Some(t);
                 }
             }
@@ -197,8 +285,8 @@ impl<'s> Generator<'s> {
     ///
     /// ```no_run
     /// use distq_runtime::generate::{GenerateOptions, Generator};
-    /// let session = distq_runtime::Session::load("decoder/model.onnx")?;
-    /// let mut generator = Generator::new(&session)?;
+    /// let decoder = distq_runtime::generate::Decoder::load("decoder/model.onnx")?;
+    /// let mut generator = Generator::new(&decoder);
     /// let done = generator.generate(&[504, 3575, 282, 4649, 314], &GenerateOptions::default(), |token| {
     ///     println!("{token}");
     ///     true
@@ -216,6 +304,7 @@ impl<'s> Generator<'s> {
             end: End::MaxTokens,
         };
         let started = Instant::now();
+        self.reserve((self.past + prompt.len() + options.max_tokens).min(self.max_context));
         let mut logits = self.feed(prompt)?;
         done.prefill = started.elapsed();
         while done.tokens.len() < options.max_tokens {
@@ -237,5 +326,28 @@ impl<'s> Generator<'s> {
             done.decode.push(started.elapsed());
         }
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_major_cache_grows_in_place() {
+        let decoder = Decoder::new(Model::from_bytes(crate::testing::bigram_decoder(false)).unwrap()).unwrap();
+        let mut generator = Generator::new(&decoder);
+        generator.reserve(16);
+        let storage = |g: &Generator| g.cache.iter().map(|t| t.as_slice::<f32>().unwrap().as_ptr()).collect::<Vec<_>>();
+        let reserved = storage(&generator);
+        generator.feed(&[1, 2]).unwrap();
+        for token in 0..10 {
+            generator.feed(&[token % 8]).unwrap();
+        }
+        // Twelve runs appended in the storage reserved before the first: nothing was copied.
+        assert_eq!(storage(&generator), reserved);
+        let fed: Vec<f32> = [1., 2.].into_iter().chain((0..10).map(|t| (t % 8) as f32)).collect();
+        assert_eq!(generator.cache[0].shape(), [12, 1, 1, 1]);
+        assert_eq!(generator.cache[1].as_slice::<f32>().unwrap(), fed);
     }
 }

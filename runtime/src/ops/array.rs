@@ -185,6 +185,19 @@ pub struct Unsqueeze {
     axes: Option<Vec<i64>>,
 }
 
+impl Unsqueeze {
+    /// The output axes that are inserted, ascending, for an input of rank `rank` (`axes`:
+    /// the opset-13 input).
+    pub(crate) fn inserted_axes(&self, rank: usize, axes: Option<&Fact>) -> Result<Vec<usize>> {
+        let axes = axes_of(&self.axes, axes)?;
+        let rank = rank + axes.len();
+        let mut axes = axes.iter().map(|&a| normalize_axis(a, rank)).collect::<Result<Vec<_>>>()?;
+        axes.sort_unstable();
+        ensure!(axes.windows(2).all(|w| w[0] != w[1]), "axes {axes:?} repeat");
+        Ok(axes)
+    }
+}
+
 impl Op for Unsqueeze {
     fn is_view(&self) -> bool {
         true
@@ -192,13 +205,9 @@ impl Op for Unsqueeze {
 
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let x = required(inputs, 0)?;
-        let axes = axes_of(&self.axes, optional(inputs, 1))?;
-        let rank = x.shape.len() + axes.len();
-        let mut axes = axes.iter().map(|&a| normalize_axis(a, rank)).collect::<Result<Vec<_>>>()?;
-        axes.sort_unstable();
-        ensure!(axes.windows(2).all(|w| w[0] != w[1]), "axes {axes:?} repeat");
+        let axes = self.inserted_axes(x.shape.len(), optional(inputs, 1))?;
         let mut dims = x.shape.iter();
-        let shape = (0..rank).map(|i| if axes.contains(&i) { 1 } else { *dims.next().unwrap_or(&1) }).collect();
+        let shape = (0..x.shape.len() + axes.len()).map(|i| if axes.contains(&i) { 1 } else { *dims.next().unwrap_or(&1) }).collect();
         Ok(vec![Fact::new(x.dtype, shape)])
     }
 
@@ -351,6 +360,11 @@ pub struct Transpose {
 }
 
 impl Transpose {
+    /// A transpose by `perm`.
+    pub(crate) fn new(perm: &[usize]) -> Transpose {
+        Transpose { perm: Some(perm.iter().map(|&p| p as i64).collect()) }
+    }
+
     /// The permutation for a rank-`rank` input (the reversal when the attribute is absent).
     pub(crate) fn perm(&self, rank: usize) -> Result<Vec<usize>> {
         let perm: Vec<usize> = match &self.perm {
@@ -483,9 +497,7 @@ impl Op for Concat {
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let fs: Vec<Option<Fact>> = inputs.iter().map(|t| t.map(|t| Fact::new(t.dtype(), t.shape().to_vec()))).collect();
-        let shape = self.infer(&fs.iter().map(|f| f.as_ref()).collect::<Vec<_>>())?.remove(0).shape;
-        let axis = normalize_axis(self.axis, shape.len())?;
+        let (shape, axis) = self.output_shape(inputs)?;
         let outer: usize = shape[..axis].iter().product();
         let first = required(inputs, 0)?;
         with_elements!(first, |_v: &[T]| {
@@ -501,6 +513,47 @@ impl Op for Concat {
             }
             Ok(vec![out(shape, dst)?])
         })
+    }
+
+    fn reuses_first_input(&self) -> bool {
+        true
+    }
+
+    /// Along the outermost axis with more than one element (a token-major KV cache: `[past,
+    /// batch, heads, head_dim]`), the output is input 0 followed by the others: input 0's
+    /// unshared storage grows in place, amortized, instead of being copied on every run.
+    fn eval_taking_first(&self, first: Tensor, rest: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let inputs: Vec<Option<&Tensor>> = std::iter::once(Some(&first)).chain(rest.iter().copied()).collect();
+        let (shape, axis) = self.output_shape(&inputs)?;
+        if !first.is_unique() || shape[..axis].iter().any(|&d| d != 1) || first.dtype() == DataType::Bool {
+            return self.eval(&inputs, pool);
+        }
+        with_elements!(&first, |_v: &[T]| {
+            let parts = (0..rest.len()).map(|i| required(rest, i)?.as_slice::<T>()).collect::<Result<Vec<_>>>()?;
+            let mut dst = first.into_vec::<T>()?;
+            parts.iter().for_each(|p| dst.extend_from_slice(p));
+            Ok(vec![out(shape, dst)?])
+        })
+    }
+}
+
+impl Concat {
+    /// Concatenation along `axis` (negative counts from the end).
+    pub(crate) fn new(axis: i64) -> Concat {
+        Concat { axis }
+    }
+
+    /// The axis as the node gives it.
+    pub(crate) fn axis(&self) -> i64 {
+        self.axis
+    }
+
+    /// The output shape and the axis, checking the inputs.
+    fn output_shape(&self, inputs: &[Option<&Tensor>]) -> Result<(Vec<usize>, usize)> {
+        let fs: Vec<Option<Fact>> = inputs.iter().map(|t| t.map(|t| Fact::new(t.dtype(), t.shape().to_vec()))).collect();
+        let shape = self.infer(&fs.iter().map(|f| f.as_ref()).collect::<Vec<_>>())?.remove(0).shape;
+        let axis = normalize_axis(self.axis, shape.len())?;
+        Ok((shape, axis))
     }
 }
 

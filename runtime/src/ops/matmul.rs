@@ -115,38 +115,80 @@ fn sgemm_rows(alpha: f32, a: Matrix, b: Matrix, beta: f32, c: &mut [f32]) {
 }
 
 /// `MatMul(a, b)` with numpy semantics (1-D promotion, broadcast batch dims). Made by fusion,
-/// an operand may be read through an axis permutation (`Transpose → MatMul`: attention's
-/// head split), which costs nothing here: the GEMM reads any strides and packs its panels
-/// the same way, so the result is bit-identical to transposing first.
+/// an operand may be read through a [`View`] (`Transpose`s and `Unsqueeze`s → MatMul:
+/// attention's head split, a token-major KV cache read as `[batch, heads, past, head_dim]`),
+/// which costs nothing here: the GEMM reads any strides and packs its panels the same way,
+/// so the result is bit-identical to materialising the view first.
 #[derive(Debug, Default)]
 pub struct MatMul {
-    /// Per operand (A, B): the `Transpose` perm its input is read through.
-    perms: [Option<Vec<usize>>; 2],
+    /// Per operand (A, B): the view its input is read through.
+    views: [Option<View>; 2],
+}
+
+/// A tensor read with unit axes appended (`units` of them) and then its axes permuted: what
+/// any chain of `Transpose` and `Unsqueeze` makes of it, without a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct View {
+    units: usize,
+    perm: Vec<usize>,
+}
+
+impl View {
+    /// The tensor as it is, of rank `rank`.
+    pub(crate) fn identity(rank: usize) -> View {
+        View { units: 0, perm: (0..rank).collect() }
+    }
+
+    /// This view, then `Transpose(perm)`.
+    pub(crate) fn transposed(&self, perm: &[usize]) -> View {
+        View { units: self.units, perm: perm.iter().map(|&p| self.perm[p]).collect() }
+    }
+
+    /// This view, then `Unsqueeze` inserting the (ascending) output axes `axes`.
+    pub(crate) fn unsqueezed(&self, axes: &[usize]) -> View {
+        let source_rank = self.perm.len() - self.units;
+        let (mut units, mut kept) = (self.units, self.perm.iter());
+        let perm = (0..self.perm.len() + axes.len())
+            .map(|a| {
+                if axes.contains(&a) {
+                    units += 1;
+                    source_rank + units - 1
+                } else {
+                    *kept.next().expect("one kept axis per axis not inserted")
+                }
+            })
+            .collect();
+        View { units, perm }
+    }
+
+    /// The shape and element strides of a dense tensor of `shape` read through this view.
+    fn apply(&self, shape: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
+        ensure!(self.perm.len() == shape.len() + self.units, "a rank-{} operand read through view {self:?}", shape.len());
+        let extended: Vec<usize> = shape.iter().copied().chain(std::iter::repeat_n(1, self.units)).collect();
+        let dense = super::strides(&extended);
+        Ok((self.perm.iter().map(|&p| extended[p]).collect(), self.perm.iter().map(|&p| dense[p]).collect()))
+    }
 }
 
 impl MatMul {
-    /// Whether both operands are read as they are (no Transpose folded in).
+    /// Whether both operands are read as they are (no view folded in).
     pub(crate) fn is_plain(&self) -> bool {
-        self.perms.iter().all(Option::is_none)
+        self.views.iter().all(Option::is_none)
     }
 
-    /// This MatMul with operand `which` (0 = A, 1 = B) read through `perm`.
-    pub(crate) fn with_perm(&self, which: usize, perm: Vec<usize>) -> MatMul {
-        let mut perms = self.perms.clone();
-        perms[which] = Some(perm);
-        MatMul { perms }
+    /// This MatMul with operand `which` (0 = A, 1 = B) read through `view`.
+    pub(crate) fn with_view(&self, which: usize, view: View) -> MatMul {
+        let mut views = self.views.clone();
+        views[which] = Some(view);
+        MatMul { views }
     }
 
     /// Operand `which` as the MatMul sees it: its shape and element strides.
     fn operand(&self, which: usize, shape: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
-        let dense = super::strides(shape);
-        Ok(match &self.perms[which] {
-            None => (shape.to_vec(), dense),
-            Some(perm) => {
-                ensure!(perm.len() == shape.len(), "operand {which} of rank {} read through perm {perm:?}", shape.len());
-                (perm.iter().map(|&p| shape[p]).collect(), perm.iter().map(|&p| dense[p]).collect())
-            }
-        })
+        match &self.views[which] {
+            None => Ok((shape.to_vec(), super::strides(shape))),
+            Some(view) => view.apply(shape),
+        }
     }
 }
 
@@ -208,7 +250,7 @@ impl Op for MatMul {
         let (ra, rb) = (a2.len(), b2.len());
         let (m, k, n) = (a2[ra - 2], a2[ra - 1], b2[rb - 1]);
         let mut c = pool.overwritable(numel(&shape)?);
-        if rb == 2 && self.perms[0].is_none() {
+        if rb == 2 && self.views[0].is_none() {
             // Weights shared by every batch: one tall GEMM instead of many small ones.
             let rows = a2[..ra - 1].iter().product();
             let b = Matrix { data: bv, rows: k, cols: n, row_stride: sb[0], col_stride: sb[1] };

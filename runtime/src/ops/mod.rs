@@ -161,6 +161,17 @@ pub trait Op: std::any::Any + Send + Sync + std::fmt::Debug {
     fn is_view(&self) -> bool {
         false
     }
+    /// True when the op can write its output into input 0's storage when it is handed over
+    /// (see [`Op::eval_taking_first`]).
+    fn reuses_first_input(&self) -> bool {
+        false
+    }
+    /// [`Op::eval`] with input 0 given by value: the executor hands it over when this step is
+    /// its last reader and [`Op::reuses_first_input`] says so. `rest` holds inputs 1 onwards.
+    fn eval_taking_first(&self, first: Tensor, rest: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let inputs: Vec<Option<&Tensor>> = std::iter::once(Some(&first)).chain(rest.iter().copied()).collect();
+        self.eval(&inputs, pool)
+    }
     /// True when the op takes 4-bit constants packed as they are (see [`DataType::U4`]); the
     /// planner widens them to bytes for every other op.
     fn reads_four_bit(&self) -> bool {

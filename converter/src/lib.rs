@@ -9,3 +9,4 @@ pub mod models;
 pub mod native_lib;
 pub mod quantize;
 pub mod reference;
+pub mod text;

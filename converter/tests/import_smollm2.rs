@@ -10,6 +10,7 @@ mod common;
 
 use common::{max_diff, model, python_tool};
 use distq_converter::import::import_gguf;
+use distq_converter::text::TextModel;
 use distq_io::npz::read_npz;
 use distq_runtime::Tensor;
 use distq_runtime::generate::{Decoder, Generator, Sampler, Sampling};
@@ -134,12 +135,41 @@ fn two_blocks_decode_with_the_cache_as_without_it_and_plan_once() {
 fn the_whole_model_generates_what_onnxruntime_does() {
     let dir = tempfile::tempdir().unwrap();
     let decoder = import(dir.path(), None);
-    let (ours, our_logits) = generate(&decoder, &PROMPT, 16);
-    let (theirs, their_logits) = onnxruntime_generate(&dir.path().join("model.onnx"), &PROMPT, 16, dir.path());
-    let diff = worst_relative_diff(&our_logits, &their_logits);
-    println!("30 blocks, 16 greedy tokens: {ours:?}, logits within {diff:.2e} of onnxruntime's (relative to the scale)");
-    assert_eq!(ours, theirs, "greedy tokens differ from onnxruntime's");
-    assert!(diff <= 1e-3, "logits differ from onnxruntime's by {diff} of their scale");
-    // " Paris" follows the prompt.
-    assert_eq!(ours[0], 7042, "the first token is not ' Paris'");
+    let text = TextModel::beside(&dir.path().join("model.onnx")).unwrap();
+    // The imported tokenizer: the prompt's ids as SmolLM2's vocabulary has them, its special
+    // tokens whole in a chat prompt.
+    assert_eq!(text.encode("The capital of France is").unwrap(), PROMPT);
+    let chat = text.chat_prompt("What is the capital of France?").unwrap();
+    assert!(chat.starts_with("<|im_start|>system\n") && chat.ends_with("<|im_start|>assistant\n"), "{chat:?}");
+    let chat_ids = text.encode(&chat).unwrap();
+    assert_eq!((chat_ids[0], chat_ids.iter().filter(|&&t| t == 2).count()), (1, 2), "{chat_ids:?}");
+    let prompts = ["The capital of France is".to_string(), chat, "def fibonacci(n):".to_string()];
+    for prompt in &prompts {
+        let ids = text.encode(prompt).unwrap();
+        let (ours, our_logits) = generate(&decoder, &ids, 64);
+        let (theirs, their_logits) = onnxruntime_generate(&dir.path().join("model.onnx"), &ids, 64, dir.path());
+        let diff = worst_relative_diff(&our_logits, &their_logits);
+        let mut stream = text.text_stream();
+        let said: String = ours.iter().map(|&t| stream.push(t).unwrap()).collect();
+        println!(
+            "30 blocks, 64 greedy tokens after {prompt:?}: {said:?}, logits within {diff:.2e} of onnxruntime's (relative to the scale)"
+        );
+        assert_eq!(ours, theirs, "greedy tokens differ from onnxruntime's after {prompt:?}");
+        assert!(diff <= 1e-3, "logits differ from onnxruntime's by {diff} of their scale after {prompt:?}");
+        if prompt.starts_with("The capital") {
+            assert!(said.starts_with(" Paris"), "{said:?}");
+        }
+    }
+    // `distq generate` streams the chat answer and reports its speed.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_distq"))
+        .args(["generate", dir.path().join("model.onnx").to_str().unwrap(), "--prompt", "What is the capital of France?", "--chat"])
+        .args(["--max-tokens", "32", "--threads", "1"])
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("Paris") && !out.contains("<|im_end|>"), "{out}");
+    for line in ["prefill tokens/s", "decode tokens/s", "time to first token ms", "peak RSS MB", "ended by an end-of-sequence token"] {
+        assert!(err.contains(line), "no '{line}' in {err}");
+    }
 }

@@ -5,6 +5,7 @@ mod bench_decoder;
 pub mod convert;
 pub mod demo;
 pub mod distill;
+mod generate;
 mod import;
 mod inspect;
 mod progress;
@@ -47,6 +48,9 @@ enum Command {
     /// Import a pre-trained language model (a Llama-family GGUF file) as an ONNX decoder
     /// with a KV cache.
     Import(import::Args),
+    /// Generate text with a decoder (an imported language model), streamed as it is made,
+    /// then its speed and peak memory.
+    Generate(generate::Args),
 }
 
 /// Writes one line to stdout. A closed pipe (`distq inspect m.onnx | head`) is not an
@@ -76,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Import(a) => import::run(a),
+        Command::Generate(a) => generate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,7 @@ pub fn read(path: &Path, max_layers: Option<usize>) -> Result<(LlamaWeights, Vec
         kv_heads: int("attention.head_count_kv")?,
         rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
         rms_eps: float("attention.layer_norm_rms_epsilon")?,
+        context: int("context_length").unwrap_or(2048),
         vocab: 0,
     };
     ensure!(
@@ -78,6 +79,13 @@ pub fn read(path: &Path, max_layers: Option<usize>) -> Result<(LlamaWeights, Vec
         false => None,
     };
     Ok((LlamaWeights { config, embedding, layers, final_norm, output }, precisions))
+}
+
+/// The vocabulary of the GGUF file at `path` (its metadata, read again: no weights).
+pub fn vocabulary(path: &Path) -> Result<super::tokenizer::Vocabulary> {
+    let mut file = BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let content = Content::read(&mut file).with_context(|| format!("{}: not a GGUF file", path.display()))?;
+    super::tokenizer::vocabulary(&content, path)
 }
 
 /// A metadata integer of any width.

@@ -24,11 +24,30 @@ pub struct LlamaConfig {
     pub vocab: usize,
     pub rope_theta: f32,
     pub rms_eps: f32,
+    /// The context the model was trained for (positions).
+    pub context: usize,
 }
 
 impl LlamaConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden / self.heads
+    }
+
+    /// Hugging Face's `config.json` for these sizes.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.ffn,
+            "num_attention_heads": self.heads,
+            "num_hidden_layers": self.layers,
+            "num_key_value_heads": self.kv_heads,
+            "max_position_embeddings": self.context,
+            "rms_norm_eps": self.rms_eps,
+            "rope_theta": self.rope_theta,
+            "vocab_size": self.vocab,
+        })
     }
 }
 

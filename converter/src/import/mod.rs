@@ -8,6 +8,7 @@
 
 pub mod gguf;
 pub mod llama;
+pub mod tokenizer;
 
 use crate::quantize::writer::write_model;
 use anyhow::{Context, Result};
@@ -23,11 +24,15 @@ pub struct Imported {
 }
 
 /// Imports the GGUF file `gguf` into `out_dir/model.onnx` (weights in `model.onnx.data`),
-/// keeping its first `max_layers` blocks when given.
+/// keeping its first `max_layers` blocks when given, with its vocabulary and chat template
+/// beside it (see [`tokenizer`]).
 pub fn import_gguf(gguf: &Path, out_dir: &Path, max_layers: Option<usize>) -> Result<Imported> {
     let (weights, source_precisions) = gguf::read(gguf, max_layers)?;
     let model = llama::decoder(&weights)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let bytes = write_model(&out_dir.join("model.onnx"), &model, true)?;
+    tokenizer::write(&gguf::vocabulary(gguf)?, out_dir)?;
+    let config = serde_json::to_string_pretty(&weights.config.to_json())?;
+    distq_io::atomic_file::write_atomically(&out_dir.join("config.json"), |f| Ok(std::io::Write::write_all(f, config.as_bytes())?))?;
     Ok(Imported { config: weights.config, source_precisions, bytes })
 }

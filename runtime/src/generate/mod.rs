@@ -9,9 +9,11 @@
 //! growing past once (see [`Session::plans_made`]).
 
 mod sampling;
+mod stop;
 mod token_major;
 
 pub use sampling::{Sampler, Sampling};
+pub use stop::StopStrings;
 
 use crate::error::{Error, Result};
 use crate::graph::{Dim, ValueInfo};

@@ -20,6 +20,9 @@ def main(model, tokens, count, out, threads="1"):
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # Blocked int8/int4 DequantizeLinear -> MatMul would become MatMulNBits with 8-bit
+    # activations; level 0 keeps the weights' dequantized f32 arithmetic (the reference).
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     past = {i.name: np.zeros([d if isinstance(d, int) else (1 if "batch" in d else 0) for d in i.shape], np.float32)

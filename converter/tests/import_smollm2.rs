@@ -9,7 +9,7 @@
 mod common;
 
 use common::{max_diff, model, python_tool};
-use distq_converter::import::import_gguf;
+use distq_converter::import::{WeightFormat, import_gguf};
 use distq_converter::text::TextModel;
 use distq_io::npz::read_npz;
 use distq_runtime::Tensor;
@@ -37,7 +37,11 @@ fn generate(decoder: &Decoder, prompt: &[i64], count: usize) -> (Vec<i64>, Vec<V
 }
 
 fn import(dir: &Path, layers: Option<usize>) -> Decoder {
-    let imported = import_gguf(&model(GGUF), dir, layers).unwrap();
+    import_as(dir, layers, WeightFormat::F32)
+}
+
+fn import_as(dir: &Path, layers: Option<usize>, format: WeightFormat) -> Decoder {
+    let imported = import_gguf(&model(GGUF), dir, layers, format).unwrap();
     assert_eq!((imported.config.hidden, imported.config.heads, imported.config.kv_heads, imported.config.vocab), (576, 9, 3, 49152));
     let decoder = Decoder::load(dir.join("model.onnx")).unwrap();
     assert!(decoder.appends_in_place(), "the imported cache is not appended in place");
@@ -128,6 +132,29 @@ fn two_blocks_decode_with_the_cache_as_without_it_and_plan_once() {
     assert!(bench["pp_tokens_per_s"].as_f64().unwrap() > 0.0 && bench["tg_tokens_per_s"].as_f64().unwrap() > 0.0, "{bench}");
     assert_eq!(bench["plans_made_after_warmup"], 0, "{bench}");
     assert_eq!(bench["cache_appended_in_place"], true, "{bench}");
+}
+
+#[test]
+#[ignore = "real model + onnxruntime: run by tools/test.sh"]
+fn two_blocks_in_int8_and_int4_blocks_match_onnxruntime() {
+    for format in [WeightFormat::Int8, WeightFormat::Int4] {
+        let dir = tempfile::tempdir().unwrap();
+        let decoder = import_as(dir.path(), Some(2), format);
+        let (theirs, their_logits) = onnxruntime_generate(&dir.path().join("model.onnx"), &PROMPT, 8, dir.path());
+        // The integer GEMM quantizes activations per row and block of 32 (as llama.cpp does
+        // for Q8_0 and Q4_0 weights; onnxruntime dequantizes the weights to f32).
+        let (ours, our_logits) = generate(&decoder, &PROMPT, 8);
+        let diff = worst_relative_diff(&our_logits, &their_logits);
+        // The file's float arithmetic, asked for: onnxruntime's logits.
+        decoder.session().set_exact(true);
+        let (exact, exact_logits) = generate(&decoder, &PROMPT, 8);
+        let exact_diff = worst_relative_diff(&exact_logits, &their_logits);
+        println!("2 blocks, {format:?}: {ours:?} ({exact:?} exact), logits within {diff:.2e} ({exact_diff:.2e} exact) of onnxruntime's");
+        assert_eq!(exact, theirs, "{format:?}");
+        assert!(exact_diff <= 1e-4, "{format:?}: exact logits differ from onnxruntime's by {exact_diff} of their scale");
+        assert_eq!(ours[0], theirs[0], "{format:?}");
+        assert!(diff <= 2e-2, "{format:?}: logits differ from onnxruntime's by {diff} of their scale");
+    }
 }
 
 #[test]

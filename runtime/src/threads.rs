@@ -110,6 +110,11 @@ pub(crate) struct Columns<'a, T> {
 }
 
 impl<T> Columns<'_, T> {
+    /// Columns in the chunk.
+    pub(crate) fn width(&self) -> usize {
+        self.len
+    }
+
     /// The chunk's columns of row `r`.
     ///
     /// # Panics

@@ -1,7 +1,7 @@
 //! `distq import`: a pre-trained model from another format as an ONNX decoder.
 
 use crate::cli::say;
-use crate::import::import_gguf;
+use crate::import::{WeightFormat, import_gguf};
 use anyhow::{Result, ensure};
 use std::path::PathBuf;
 
@@ -15,11 +15,15 @@ pub struct Args {
     /// Keep only the first N blocks (a smaller model of the same family, for tests).
     #[arg(long)]
     layers: Option<usize>,
+    /// How weight matrices are stored: f32, or int8 / int4 blocks of 32 (GGUF's Q8_0 / Q4_0,
+    /// exact from such files).
+    #[arg(long, value_enum, default_value = "f32")]
+    weights: WeightFormat,
 }
 
 pub fn run(args: Args) -> Result<()> {
     ensure!(args.layers != Some(0), "--layers must be at least 1");
-    let imported = import_gguf(&args.model, &args.output, args.layers)?;
+    let imported = import_gguf(&args.model, &args.output, args.layers, args.weights)?;
     let c = &imported.config;
     say!(
         "{} blocks, width {}, feed-forward {}, {} heads ({} KV), vocabulary {}, rope θ {}, RMS ε {}",
@@ -33,7 +37,7 @@ pub fn run(args: Args) -> Result<()> {
         c.rms_eps
     );
     for (kind, precision) in &imported.source_precisions {
-        say!("  {kind}: {precision} in the source, f32 in the ONNX file");
+        say!("  {kind}: {precision}");
     }
     say!("wrote {} ({:.1} MB)", args.output.join("model.onnx").display(), imported.bytes as f64 / 1e6);
     Ok(())

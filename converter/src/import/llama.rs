@@ -1,4 +1,4 @@
-//! A Llama-family decoder written as standard ONNX (opset 17) with a KV cache, in Optimum's
+//! A Llama-family decoder written as standard ONNX (opset 21) with a KV cache, in Optimum's
 //! names: inputs `input_ids`, `attention_mask`, `position_ids`, `past_key_values.{i}.key` /
 //! `.value`; outputs `logits`, `present.{i}.key` / `.value`.
 //!
@@ -7,10 +7,14 @@
 //! `MatMul` over `[batch, kv_heads, heads / kv_heads, …]` (the shared K/V are never
 //! repeated), the causal and padding mask, the output projection, and a SwiGLU feed-forward.
 //! The output projection is the embedding table (`Gemm` with `transB`) when tied.
+//!
+//! Weight matrices are f32 initializers, or int8 / int4 blocks of 32 along K with a scale
+//! each, read through a blocked `DequantizeLinear` (GGUF's Q8_0 / Q4_0 exactly).
 
 use anyhow::{Result, ensure};
+use distq_runtime::nibbles::pack_u4;
 use distq_runtime::onnx::build::{Attr, ModelBuilder};
-use distq_runtime::onnx::proto::ModelProto;
+use distq_runtime::onnx::proto::{ModelProto, TensorProto};
 use distq_runtime::{DataType, Tensor};
 
 /// The architecture's sizes.
@@ -51,28 +55,62 @@ impl LlamaConfig {
     }
 }
 
-/// One block's weights, row-major `[out, in]` as Hugging Face stores them.
+/// A weight matrix `[rows, cols]` (Hugging Face's `[out, in]`), row-major.
+pub enum Matrix {
+    F32(Vec<f32>),
+    /// In blocks of 32 along each row.
+    Blocks(Blocks),
+}
+
+/// Blocks of 32 values of a row, each block with its scale: value = scale · q.
+pub struct Blocks {
+    /// 8 (q in −128..=127) or 4 (q in −8..=7).
+    pub bits: u8,
+    /// `rows × cols / 32`.
+    pub scales: Vec<f32>,
+    /// `rows × cols`.
+    pub values: Vec<i8>,
+}
+
+/// Values per block of [`Blocks`].
+pub const BLOCK: usize = 32;
+
+impl Matrix {
+    /// The matrix with row `r` taken from row `order[r]`.
+    pub fn rows_permuted(self, order: &[usize]) -> Matrix {
+        fn permute<T: Copy>(v: &[T], order: &[usize]) -> Vec<T> {
+            let cols = v.len() / order.len();
+            order.iter().flat_map(|&r| v[r * cols..][..cols].iter().copied()).collect()
+        }
+        match self {
+            Matrix::F32(v) => Matrix::F32(permute(&v, order)),
+            Matrix::Blocks(b) => Matrix::Blocks(Blocks { scales: permute(&b.scales, order), values: permute(&b.values, order), ..b }),
+        }
+    }
+}
+
+/// One block's weights.
 pub struct Layer {
     pub attn_norm: Vec<f32>,
-    pub q: Vec<f32>,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    pub o: Vec<f32>,
+    pub q: Matrix,
+    pub k: Matrix,
+    pub v: Matrix,
+    pub o: Matrix,
     pub ffn_norm: Vec<f32>,
-    pub gate: Vec<f32>,
-    pub up: Vec<f32>,
-    pub down: Vec<f32>,
+    pub gate: Matrix,
+    pub up: Matrix,
+    pub down: Matrix,
 }
 
 /// The whole model's weights.
 pub struct LlamaWeights {
     pub config: LlamaConfig,
     /// `[vocab, hidden]`.
-    pub embedding: Vec<f32>,
+    pub embedding: Matrix,
     pub layers: Vec<Layer>,
     pub final_norm: Vec<f32>,
     /// `[vocab, hidden]`, when not tied to the embedding.
-    pub output: Option<Vec<f32>>,
+    pub output: Option<Matrix>,
 }
 
 /// Names the graph's values: one prefix per block, a counter within.
@@ -86,8 +124,8 @@ impl Names {
 }
 
 /// `[rows, cols]` → `[cols, rows]`.
-fn transposed(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
+fn transposed<T: Copy + Default>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::default(); w.len()];
     for r in 0..rows {
         for c in 0..cols {
             t[c * rows + r] = w[r * cols + c];
@@ -100,19 +138,61 @@ fn ints(values: &[i64]) -> Tensor {
     Tensor::from_vec(vec![values.len()], values.to_vec()).expect("a 1-D tensor")
 }
 
-/// The decoder as an ONNX model (f32 weights).
+/// Defines value `name` as `matrix` (`[rows, cols]`): as stored, or transposed to `[cols,
+/// rows]` (a MatMul's `K × N`) when `transpose`. Blocks stay blocks along the matrix's rows
+/// (K), dequantized by a `DequantizeLinear` the runtime fuses into its integer GEMM.
+fn matrix_value(m: ModelBuilder, name: &str, matrix: &Matrix, rows: usize, cols: usize, transpose: bool) -> Result<ModelBuilder> {
+    let shape = |r: usize, c: usize| if transpose { vec![c, r] } else { vec![r, c] };
+    let Matrix::Blocks(b) = matrix else {
+        let Matrix::F32(v) = matrix else { unreachable!("two kinds") };
+        ensure!(v.len() == rows * cols, "{name}: {} values for {rows} × {cols}", v.len());
+        let v = if transpose { transposed(v, rows, cols) } else { v.clone() };
+        return Ok(m.initializer(name, &Tensor::from_vec(shape(rows, cols), v)?));
+    };
+    ensure!(
+        cols.is_multiple_of(BLOCK) && b.values.len() == rows * cols && b.scales.len() == rows * cols / BLOCK,
+        "{name}: {} values and {} scales for {rows} × {cols} in blocks of {BLOCK}",
+        b.values.len(),
+        b.scales.len()
+    );
+    let (values, scales) = if transpose {
+        (transposed(&b.values, rows, cols), transposed(&b.scales, rows, cols / BLOCK))
+    } else {
+        (b.values.clone(), b.scales.clone())
+    };
+    let (q, scale) = (format!("{name}.quantized"), format!("{name}.scale"));
+    let m = match b.bits {
+        8 => m.initializer(&q, &Tensor::from_vec(shape(rows, cols), values)?),
+        _ => m.initializer_proto(TensorProto {
+            name: Some(q.clone()),
+            dims: shape(rows, cols).iter().map(|&d| d as i64).collect(),
+            data_type: Some(DataType::I4.onnx_code()),
+            raw_data: Some(pack_u4(&values.iter().map(|&v| v as u8 & 0x0f).collect::<Vec<_>>()).into()),
+            ..Default::default()
+        }),
+    };
+    let axis = if transpose { 0 } else { 1 };
+    Ok(m.initializer(&scale, &Tensor::from_vec(shape(rows, cols / BLOCK), scales)?).node(
+        "DequantizeLinear",
+        &[&q, &scale],
+        &[name],
+        vec![("axis", Attr::Int(axis)), ("block_size", Attr::Int(BLOCK as i64))],
+    ))
+}
+
+/// The decoder as an ONNX model.
 pub fn decoder(w: &LlamaWeights) -> Result<ModelProto> {
     let c = &w.config;
     let (hd, group) = (c.head_dim(), c.heads / c.kv_heads);
     ensure!(hd.is_multiple_of(2), "head dim {hd} is odd: no rotary halves");
-    ensure!(w.embedding.len() == c.vocab * c.hidden, "embedding of {} values for {} × {}", w.embedding.len(), c.vocab, c.hidden);
     let f32t = |shape: Vec<usize>, v: Vec<f32>| Tensor::from_vec(shape, v).expect("sizes checked");
     let inv_freq: Vec<f32> = (0..hd / 2).map(|j| 1.0 / c.rope_theta.powf(2.0 * j as f32 / hd as f32)).collect();
-    let mut m = ModelBuilder::new(17)
+    let mut m = ModelBuilder::new(21)
         .input_named("input_ids", DataType::I64, &["batch_size", "sequence_length"])
         .input_named("attention_mask", DataType::I64, &["batch_size", "total_sequence_length"])
-        .input_named("position_ids", DataType::I64, &["batch_size", "sequence_length"])
-        .initializer("embed_tokens", &f32t(vec![c.vocab, c.hidden], w.embedding.clone()))
+        .input_named("position_ids", DataType::I64, &["batch_size", "sequence_length"]);
+    m = matrix_value(m, "embed_tokens", &w.embedding, c.vocab, c.hidden, false)?;
+    m = m
         .initializer("inv_freq", &f32t(vec![hd / 2], inv_freq))
         .initializer("eps", &Tensor::scalar(c.rms_eps))
         .initializer("zero_f", &Tensor::scalar(0f32))
@@ -167,16 +247,16 @@ pub fn decoder(w: &LlamaWeights) -> Result<ModelProto> {
     let mut h = "h_0".to_string();
     for (i, layer) in w.layers.iter().enumerate() {
         let p = format!("layers.{i}");
-        let weight = |m: ModelBuilder, name: &str, values: &[f32], rows: usize, cols: usize| {
-            m.initializer(&format!("{p}.{name}"), &f32t(vec![cols, rows], transposed(values, rows, cols)))
+        let weight = |m: ModelBuilder, name: &str, matrix: &Matrix, rows: usize, cols: usize| {
+            matrix_value(m, &format!("{p}.{name}"), matrix, rows, cols, true)
         };
-        m = weight(m, "q_proj", &layer.q, c.hidden, c.hidden);
-        m = weight(m, "k_proj", &layer.k, c.kv_heads * hd, c.hidden);
-        m = weight(m, "v_proj", &layer.v, c.kv_heads * hd, c.hidden);
-        m = weight(m, "o_proj", &layer.o, c.hidden, c.hidden);
-        m = weight(m, "gate_proj", &layer.gate, c.ffn, c.hidden);
-        m = weight(m, "up_proj", &layer.up, c.ffn, c.hidden);
-        m = weight(m, "down_proj", &layer.down, c.hidden, c.ffn);
+        m = weight(m, "q_proj", &layer.q, c.hidden, c.hidden)?;
+        m = weight(m, "k_proj", &layer.k, c.kv_heads * hd, c.hidden)?;
+        m = weight(m, "v_proj", &layer.v, c.kv_heads * hd, c.hidden)?;
+        m = weight(m, "o_proj", &layer.o, c.hidden, c.hidden)?;
+        m = weight(m, "gate_proj", &layer.gate, c.ffn, c.hidden)?;
+        m = weight(m, "up_proj", &layer.up, c.ffn, c.hidden)?;
+        m = weight(m, "down_proj", &layer.down, c.hidden, c.ffn)?;
         m = m
             .initializer(&format!("{p}.input_layernorm"), &f32t(vec![c.hidden], layer.attn_norm.clone()))
             .initializer(&format!("{p}.post_attention_layernorm"), &f32t(vec![c.hidden], layer.ffn_norm.clone()));
@@ -266,7 +346,7 @@ pub fn decoder(w: &LlamaWeights) -> Result<ModelProto> {
     (m, x) = rms_norm(m, &mut names, &h, "norm");
     let table = match &w.output {
         Some(out) => {
-            m = m.initializer("lm_head", &f32t(vec![c.vocab, c.hidden], out.clone()));
+            m = matrix_value(m, "lm_head", out, c.vocab, c.hidden, false)?;
             "lm_head"
         }
         None => "embed_tokens",
@@ -286,7 +366,7 @@ fn rms_norm(m: ModelBuilder, names: &mut Names, x: &str, weight: &str) -> (Model
         (names.next("sq"), names.next("mean"), names.next("shifted"), names.next("root"), names.next("normed"), names.next("rms"));
     let m = m
         .node("Mul", &[x, x], &[&sq], vec![])
-        .node("ReduceMean", &[&sq], &[&mean], vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))])
+        .node("ReduceMean", &[&sq, "axes_last"], &[&mean], vec![("keepdims", Attr::Int(1))])
         .node("Add", &[&mean, "eps"], &[&shifted], vec![])
         .node("Sqrt", &[&shifted], &[&root], vec![])
         .node("Div", &[x, &root], &[&normed], vec![])

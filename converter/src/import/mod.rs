@@ -2,13 +2,16 @@
 //! ONNX decoder with a KV cache that the runtime (and onnxruntime) runs.
 //!
 //! Today: Llama-family GGUF files (SmolLM2, TinyLlama, Llama), read with candle's GGUF reader.
-//! Every weight is dequantized to f32: GGUF's Q4_1 and Q8_0 blocks carry an offset or scale
-//! per 32 values that ONNX's int4 / int8 blocks hold only approximately, so f32 keeps the
-//! file's model exactly (`distq quantize` lowers it again, measured).
+//! Weight matrices are written in the [`WeightFormat`] asked for: f32 (the file's model
+//! exactly, whatever its blocks), or int8 / int4 blocks of 32 with a scale each, which hold
+//! GGUF's Q8_0 / Q4_0 exactly (other block types, such as Q4_1 with its per-block offset, are
+//! requantized to them by ggml's reference quantizer, and the import says so per tensor).
 
 pub mod gguf;
 pub mod llama;
 pub mod tokenizer;
+
+pub use gguf::WeightFormat;
 
 use crate::quantize::writer::write_model;
 use anyhow::{Context, Result};
@@ -26,8 +29,8 @@ pub struct Imported {
 /// Imports the GGUF file `gguf` into `out_dir/model.onnx` (weights in `model.onnx.data`),
 /// keeping its first `max_layers` blocks when given, with its vocabulary and chat template
 /// beside it (see [`tokenizer`]).
-pub fn import_gguf(gguf: &Path, out_dir: &Path, max_layers: Option<usize>) -> Result<Imported> {
-    let (weights, source_precisions) = gguf::read(gguf, max_layers)?;
+pub fn import_gguf(gguf: &Path, out_dir: &Path, max_layers: Option<usize>, format: WeightFormat) -> Result<Imported> {
+    let (weights, source_precisions) = gguf::read(gguf, max_layers, format)?;
     let model = llama::decoder(&weights)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let bytes = write_model(&out_dir.join("model.onnx"), &model, true)?;

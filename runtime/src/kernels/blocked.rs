@@ -130,22 +130,36 @@ pub fn gemm_block_scaled(
     let n = b.cols();
     let rows = a.data.len().checked_div(a.stride).unwrap_or(0);
     assert!(a.stride == b.packed.k() && c.len() == rows * n, "gemm_block_scaled: activations and output do not fit the weights");
-    crate::threads::for_row_ranges(c, n, kernel.block_mr(), rows * n * a.stride, |row0, c| block_tiles(kernel, a, row0, b, c, &epilogue));
+    let work = rows * n * a.stride;
+    if rows < 2 * kernel.block_mr() {
+        // A decoder's tokens: too few rows to share, so threads take columns (panels).
+        crate::threads::for_column_ranges(c, n, kernel.nr(), work, |col0, c| {
+            let cols = col0..col0 + c.width();
+            block_tiles(kernel, a, 0, rows, b, cols, &mut |r, col, acc| epilogue(r, col, acc, &mut c.row(r)[col - col0..][..acc.len()]))
+        });
+        return;
+    }
+    crate::threads::for_row_ranges(c, n, kernel.block_mr(), work, |row0, c| {
+        let rows = c.len() / n.max(1);
+        block_tiles(kernel, a, row0, rows, b, 0..n, &mut |r, col, acc| epilogue(row0 + r, col, acc, &mut c[r * n + col..][..acc.len()]))
+    });
 }
 
 crate::simd::widest_fn! {
-    /// Output rows `row0..` (`c`, whole rows) in blocks of rows prepared once for the kernel,
-    /// each block panel by panel, tile by tile, each tile through the epilogue.
+    /// Rows `row0..row0 + m` of the product, columns `cols`, in blocks of rows prepared once
+    /// for the kernel, each block panel by panel, tile by tile; `emit(r, col, sums)` takes
+    /// each tile row (row `row0 + r`, from column `col`).
     fn block_tiles(
         kernel: &dyn GemmU8I8,
         a: &QuantizedRows,
         row0: usize,
+        m: usize,
         b: &BlockScaledI8,
-        c: &mut [f32],
-        epilogue: &(impl Fn(usize, usize, &[f32], &mut [f32]) + Sync),
+        cols: std::ops::Range<usize>,
+        emit: &mut dyn FnMut(usize, usize, &[f32]),
     ) {
-    let (n, nr, mr, blocks) = (b.cols(), kernel.nr(), kernel.block_mr(), b.blocks());
-    let (m, k4, terms) = (c.len() / n.max(1), b.block / 4, blocks * nr);
+    let (nr, mr, blocks) = (kernel.nr(), kernel.block_mr(), b.blocks());
+    let (n, k4, terms) = (cols.end, b.block / 4, blocks * nr);
     let mut acc = vec![0f32; mr * nr];
     let bytes = kernel.block_activation_bytes();
     let (block, stride) = (row_block(mr, a.stride * bytes, n * size_of::<f32>()), a.stride * bytes);
@@ -153,9 +167,9 @@ crate::simd::widest_fn! {
     for block0 in (0..m).step_by(block) {
         let block_end = m.min(block0 + block);
         let data = kernel_rows(bytes, &a.data[(row0 + block0) * a.stride..(row0 + block_end) * a.stride], &mut wide);
-        for col0 in (0..n).step_by(nr) {
+        for col0 in cols.clone().step_by(nr) {
             let panel = b.packed.panel(col0);
-            let cols = nr.min(n - col0);
+            let width = nr.min(n - col0);
             let (init, w) = (&b.block_terms[col0 / nr * terms..][..terms], &b.scales[col0 / nr * terms..][..terms]);
             for tile_row in (block0..block_end).step_by(mr) {
                 let count = mr.min(block_end - tile_row);
@@ -163,7 +177,7 @@ crate::simd::widest_fn! {
                 let scales = BlockScales { a: &a.scales[(row0 + tile_row) * blocks..], a_stride: blocks, w, small_weights: b.small_weights };
                 kernel.tile_block_scaled(rows, panel, k4, blocks, init, scales, &mut acc);
                 for r in 0..count {
-                    epilogue(row0 + tile_row + r, col0, &acc[r * nr..][..cols], &mut c[(tile_row + r) * n + col0..][..cols]);
+                    emit(tile_row + r, col0, &acc[r * nr..][..width]);
                 }
             }
         }

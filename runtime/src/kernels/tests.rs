@@ -158,6 +158,9 @@ fn every_kernel_computes_block_scaled_products_exactly() {
         (100, 4, 3, 8, 16),
         (256, 64, 150, 60, 127),
         (96, 32, 4, 16, -15),
+        // A decoder's token and a few: threads split the columns.
+        (1024, 32, 1, 500, 15),
+        (512, 32, 3, 333, 127),
     ]
     .iter()
     .enumerate()

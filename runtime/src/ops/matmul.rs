@@ -272,10 +272,15 @@ impl Op for MatMul {
                     bo += idx * b_batch[d];
                 }
                 let b = Matrix { data: &bv[bo.min(bv.len())..], rows: k, cols: n, row_stride: sb[rb - 2], col_stride: sb[rb - 1] };
+                let a = Matrix { data: &av[ao.min(av.len())..], rows: m, cols: k, row_stride: sa[ra - 2], col_stride: sa[ra - 1] };
+                if m <= SKINNY_ROWS && (b.row_stride == 1 || b.col_stride == 1) {
+                    // A decoder's token against its cache: B streamed once, never packed.
+                    sgemm(1.0, a, b, 0.0, c);
+                    continue;
+                }
                 if packed.as_ref().is_none_or(|(at, _)| *at != bo) {
                     packed = Some((bo, PackedF32::new(kernel, b)));
                 }
-                let a = Matrix { data: &av[ao.min(av.len())..], rows: m, cols: k, row_stride: sa[ra - 2], col_stride: sa[ra - 1] };
                 let (_, b) = packed.as_ref().expect("packed above");
                 gemm_f32(kernel, a, b, c);
             }

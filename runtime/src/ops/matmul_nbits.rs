@@ -305,9 +305,13 @@ impl BlockQuantizedMatMul {
     }
 
     /// Whether every `q − zero_point` fits in i8: always for 4-bit values (their differences
-    /// lie in −15..=15), else as [`Self::differences`] finds.
+    /// lie in −15..=15) and for int8 ones without zero points, else as [`Self::differences`]
+    /// finds.
     pub(crate) fn fits(&self, q: &Tensor, zero: Option<&Tensor>) -> Result<bool> {
-        if q.dtype().is_four_bit() && zero.is_none_or(|z| z.dtype().is_four_bit()) {
+        // 4-bit values, and int8 values without zero points (GGUF's Q8_0), need no look: the
+        // planner asks on every plan, and a language model holds 10⁸ weights.
+        let symmetric_int8 = q.dtype() == DataType::I8 && zero.is_none();
+        if symmetric_int8 || (q.dtype().is_four_bit() && zero.is_none_or(|z| z.dtype().is_four_bit())) {
             return Ok(true);
         }
         Ok(self.differences(q, zero)?.is_some())

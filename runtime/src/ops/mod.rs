@@ -22,7 +22,7 @@ pub mod rnn;
 use crate::error::{Error, Result, bail, ensure};
 use crate::onnx::attrs::Attrs;
 use crate::tensor::{DataType, Element, Tensor, checked_numel};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// What the planner knows about a value before running: dtype, concrete shape, and the value
@@ -69,7 +69,13 @@ impl Fact {
 /// returns each tensor here after its last use, as the plan's liveness says).
 #[derive(Default)]
 pub struct BufferPool {
-    free: Vec<Tensor>,
+    /// Dead buffers by dtype code, element count and age.
+    free: BTreeMap<(i32, usize, u64), Tensor>,
+    /// The same buffers by age, oldest first: when the pool is full, the oldest make room,
+    /// so that a decoder's sizes, which grow every token, do not fill it with sizes no op
+    /// asks for again.
+    ages: BTreeMap<u64, (i32, usize)>,
+    given: u64,
     free_bytes: usize,
     /// Most bytes kept for reuse (the plan's arena size): beyond it dead buffers are freed.
     budget: usize,
@@ -89,18 +95,20 @@ impl BufferPool {
     /// of its own size to a fresh allocation, and the pool then holds both (on MiniLM's
     /// int8/int4 model, up to 2× slack peaked 12 MB higher for no speed-up).
     fn recycled<T: Element>(&mut self, len: usize) -> Option<Vec<T>> {
-        let best = self
-            .free
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.dtype() == T::DTYPE && t.len() >= len && t.len() <= len.max(64))
-            .min_by_key(|(_, t)| t.len())
-            .map(|(i, _)| i)?;
-        let t = self.free.swap_remove(best);
-        self.free_bytes -= t.byte_len();
+        let code = T::DTYPE.onnx_code();
+        let (&key, _) = self.free.range((code, len, 0)..=(code, len.max(64), u64::MAX)).next()?;
+        let t = self.remove(key);
         let v = t.into_vec::<T>().ok()?;
         self.reused += 1;
         Some(v)
+    }
+
+    /// Takes the buffer under `key` out of the pool.
+    fn remove(&mut self, key: (i32, usize, u64)) -> Tensor {
+        let t = self.free.remove(&key).expect("a pooled buffer");
+        self.ages.remove(&key.2);
+        self.free_bytes -= t.byte_len();
+        t
     }
 
     /// An empty vector with room for at least `len` elements, recycled when possible.
@@ -133,12 +141,22 @@ impl BufferPool {
         v
     }
 
-    /// Hands a dead tensor's storage back (mapped or still shared storage is simply dropped).
+    /// Hands a dead tensor's storage back (mapped or still shared storage is simply dropped);
+    /// the oldest buffers are freed to keep the pool within its budget.
     pub fn give(&mut self, t: Tensor) {
-        if t.is_unique() && t.len() >= 64 && self.free_bytes + t.byte_len() <= self.budget {
-            self.free_bytes += t.byte_len();
-            self.free.push(t);
+        if !t.is_unique() || t.len() < 64 || t.byte_len() > self.budget {
+            return;
         }
+        while self.free_bytes + t.byte_len() > self.budget
+            && let Some((&age, &(code, len))) = self.ages.iter().next()
+        {
+            self.remove((code, len, age));
+        }
+        self.given += 1;
+        let key = (t.dtype().onnx_code(), t.len(), self.given);
+        self.free_bytes += t.byte_len();
+        self.ages.insert(key.2, (key.0, key.1));
+        self.free.insert(key, t);
     }
 }
 

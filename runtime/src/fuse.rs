@@ -11,10 +11,11 @@ use crate::ops::elementwise::{Binary, Clip, Unary};
 use crate::ops::epilogue::Epilogue;
 use crate::ops::matmul::{Gemm, MatMul, PackedMatMul, View};
 use crate::ops::matmul_nbits::BlockQuantizedMatMul;
-use crate::ops::norm::{MaskedSoftmax, Softmax};
+use crate::ops::norm::{LayerNorm, MaskedSoftmax, Softmax};
 use crate::ops::qbinary::QLinearBinary;
 use crate::ops::qconv::QLinearConv;
 use crate::ops::quant::{Bounds, CompactWeights, DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
+use crate::ops::reduce::Reduce;
 use crate::ops::{Fact, Op, normalize_axis};
 use crate::plan::Step;
 use crate::tensor::DataType;
@@ -77,6 +78,7 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], ex
             compact_weights,
             matmul_integer_to_float,
             viewed_matmul_operand,
+            rms_norm,
             masked_softmax,
             elementwise_chain,
         ];
@@ -622,6 +624,56 @@ fn viewed_matmul_operand(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     Some((absorbed, Step { node: reader.node.clone(), op_type: VIEWED_MATMUL.into(), op, inputs, outputs: reader.outputs.clone() }))
 }
 
+/// A decoder's RMSNorm spelled out, `Mul(x, x) | Pow(x, 2) → ReduceMean(last axis) → Add(ε)
+/// → Sqrt → Div(x, ·) → Mul(weight)`, each the sole reader of the last → one
+/// RMSNormalization step ([`LayerNorm`] uncentered). It multiplies by 1/root instead of
+/// dividing by the root, and sums in lanes: off in exact sessions.
+fn rms_norm(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, facts, readers) = (g.steps, g.facts, g.readers);
+    if g.exact {
+        return None;
+    }
+    let op = |s: &Step| (s.op.as_ref() as &dyn Any).downcast_ref::<Binary>().copied();
+    let output = |s: &Step| s.outputs.first().copied().flatten();
+    let scalar = |slot: usize| facts[slot].value.as_ref().filter(|v| v.len() == 1).and_then(|v| v.to_f32s().ok()).map(|v| v[0]);
+    let square = steps[i].as_ref()?;
+    let x = match (op(square)?, &square.inputs[..]) {
+        (Binary::Mul, [Some(a), Some(b)]) if a == b => *a,
+        (Binary::Pow, [Some(a), Some(e)]) if scalar(*e) == Some(2.0) => *a,
+        _ => return None,
+    };
+    let rank = facts[x].shape.len();
+    (facts[x].dtype == DataType::F32 && rank > 0).then_some(())?;
+    let next = |slot: usize| readers.sole[slot].and_then(|j| Some((j, steps[j].as_ref()?)));
+    let (mean_at, mean) = next(output(square)?)?;
+    let reduce = (mean.op.as_ref() as &dyn Any).downcast_ref::<Reduce>()?;
+    reduce.is_mean_over_last_axis(rank, mean.inputs.get(1).copied().flatten().map(|a| &facts[a])).then_some(())?;
+    let (add_at, add) = next(output(mean)?)?;
+    let epsilon = match (op(add)?, &add.inputs[..]) {
+        (Binary::Add, [Some(m), Some(e)]) | (Binary::Add, [Some(e), Some(m)]) if Some(*m) == output(mean) => scalar(*e)?,
+        _ => return None,
+    };
+    let (sqrt_at, sqrt) = next(output(add)?)?;
+    ((sqrt.op.as_ref() as &dyn Any).downcast_ref::<Unary>() == Some(&Unary::Sqrt)).then_some(())?;
+    let (div_at, div) = next(output(sqrt)?)?;
+    (op(div)? == Binary::Div && div.inputs[..] == [Some(x), output(sqrt)]).then_some(())?;
+    let (scale_at, scale) = next(output(div)?)?;
+    let weight = match (op(scale)?, &scale.inputs[..]) {
+        (Binary::Mul, [Some(n), Some(w)]) | (Binary::Mul, [Some(w), Some(n)]) if Some(*n) == output(div) => *w,
+        _ => return None,
+    };
+    (facts[weight].value.is_some() && facts[weight].shape.iter().product::<usize>() == facts[x].shape[rank - 1]).then_some(())?;
+    let op: Arc<dyn Op> = Arc::new(LayerNorm::rms_over_last_axis(epsilon));
+    let step = Step {
+        node: scale.node.clone(),
+        op_type: "RMSNormalization".into(),
+        op,
+        inputs: vec![Some(x), Some(weight)],
+        outputs: vec![output(scale), None, None],
+    };
+    Some((vec![i, mean_at, add_at, sqrt_at, div_at, scale_at], step))
+}
+
 /// `[elementwise steps →] Add(mask) → Softmax(last axis)`, or the steps without the mask →
 /// one [`MaskedSoftmax`] (attention's `Mul(1/√d) → Add(mask) → Softmax`).
 fn masked_softmax(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
@@ -900,6 +952,47 @@ mod tests {
         for name in ["scores", "y"] {
             let pick = |r: &[(String, Tensor)]| r.iter().find(|(n, _)| n == name).unwrap().1.clone();
             assert_eq!(pick(&got).as_slice::<f32>().unwrap(), pick(&want).as_slice::<f32>().unwrap(), "{name}");
+        }
+    }
+
+    /// A decoder's RMSNorm spelled out (`Mul(x, x)` or `Pow(x, 2)`, ReduceMean with axes as
+    /// an attribute or an input), over `[2, 3, 8]`.
+    fn spelled_rms_norm(pow: bool, opset: i64) -> Session {
+        let weight = Tensor::from_vec(vec![8], values(8, 5)).unwrap();
+        let mut m = ModelBuilder::new(opset)
+            .input("x", DataType::F32, &[2, 3, 8])
+            .initializer("w", &weight)
+            .initializer("eps", &Tensor::scalar(1e-5f32))
+            .initializer("two", &Tensor::scalar(2f32))
+            .initializer("last", &Tensor::from_vec(vec![1], vec![-1i64]).unwrap());
+        m = if pow { m.node("Pow", &["x", "two"], &["sq"], vec![]) } else { m.node("Mul", &["x", "x"], &["sq"], vec![]) };
+        m = if opset >= 18 {
+            m.node("ReduceMean", &["sq", "last"], &["mean"], vec![])
+        } else {
+            m.node("ReduceMean", &["sq"], &["mean"], vec![("axes", Attr::Ints(vec![2]))])
+        };
+        let m = m
+            .node("Add", &["eps", "mean"], &["shifted"], vec![])
+            .node("Sqrt", &["shifted"], &["root"], vec![])
+            .node("Div", &["x", "root"], &["normed"], vec![])
+            .node("Mul", &["normed", "w"], &["y"], vec![])
+            .output("y", DataType::F32, &[2, 3, 8]);
+        Session::new(Model::from_bytes(m.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn spelled_out_rms_norms_fuse_into_one_step() {
+        let shapes = [(DataType::F32, vec![2, 3, 8])];
+        let x = Tensor::from_vec(vec![2, 3, 8], values(48, 1)).unwrap();
+        for (pow, opset) in [(false, 21), (true, 17)] {
+            let (fused, exact) = (spelled_rms_norm(pow, opset), spelled_rms_norm(pow, opset));
+            exact.set_exact(true);
+            assert_eq!(plan_ops(&fused, &shapes), ["RMSNormalization"]);
+            assert!(!plan_ops(&exact, &shapes).contains(&"RMSNormalization".to_string()), "exact sessions keep the steps");
+            let run = |s: &Session| s.run(vec![("x", x.clone())]).unwrap()[0].1.as_slice::<f32>().unwrap().to_vec();
+            for (f, e) in run(&fused).iter().zip(run(&exact)) {
+                assert!((f - e).abs() <= 1e-6 * e.abs().max(1.0), "{f} vs {e}");
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A loaded model: the graph IR with weights mapped from the file.
@@ -76,6 +76,8 @@ pub struct Session {
     plans: Mutex<PlanCache>,
     /// Plans made so far (each shape or family planned once).
     plans_made: AtomicUsize,
+    /// Nanoseconds spent in [`Session::plan_for`].
+    planning_nanos: AtomicU64,
     /// The ops of its plans, shared between them (with the weights they pack).
     ops: OpMemo,
     /// Dead activation buffers kept between runs, so steady-state runs allocate (and the OS
@@ -156,6 +158,7 @@ impl Session {
             model: Arc::new(model),
             plans: Mutex::new(PlanCache::default()),
             plans_made: AtomicUsize::new(0),
+            planning_nanos: AtomicU64::new(0),
             ops: OpMemo::default(),
             pool: Mutex::new(BufferPool::default()),
             threads: AtomicUsize::new(crate::performance_cores()),
@@ -331,6 +334,19 @@ impl Session {
     /// decoder's past length, say), the plan made serves every later growth as well: see
     /// [`Session::plans_made`].
     pub fn plan_for(&self, inputs: &[(DataType, Vec<usize>)]) -> Result<Arc<Plan>> {
+        let started = std::time::Instant::now();
+        let plan = self.cached_or_new_plan(inputs);
+        self.planning_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        plan
+    }
+
+    /// The time runs have spent finding or making their plans. Once a decoder's growing past
+    /// has its family plan, each token's share is a cache lookup.
+    pub fn planning_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.planning_nanos.load(Ordering::Relaxed))
+    }
+
+    fn cached_or_new_plan(&self, inputs: &[(DataType, Vec<usize>)]) -> Result<Arc<Plan>> {
         let key = inputs.to_vec();
         let partner = {
             let cache = self.plans.lock().unwrap_or_else(|e| e.into_inner());

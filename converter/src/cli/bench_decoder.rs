@@ -35,9 +35,18 @@ pub fn run(decoder: &Decoder, load_ms: f64, b: &DecoderBench, quiet: bool) -> Re
         Generator::new(decoder).generate(&prompt, &options, |_| true)?;
     }
     let plans_warm = session.plans_made();
+    let mut planning = Vec::new();
     for _ in 0..b.iters {
-        let done = Generator::new(decoder).generate(&prompt, &options, |_| true)?;
+        let mut generator = Generator::new(decoder);
+        let planned = session.planning_time();
+        let mut prefill_planned = None;
+        let done = generator.generate(&prompt, &options, |_| {
+            prefill_planned.get_or_insert(session.planning_time());
+            true
+        })?;
         let decode: f64 = done.decode.iter().map(|d| d.as_secs_f64()).sum();
+        let decode_planning = session.planning_time() - prefill_planned.unwrap_or(planned);
+        planning.push(decode_planning.as_secs_f64() * 1e6 / done.decode.len().max(1) as f64);
         pp.push(b.prompt_tokens as f64 / done.prefill.as_secs_f64());
         tg.push(done.decode.len() as f64 / decode.max(f64::MIN_POSITIVE));
         ttft.push(done.prefill.as_secs_f64() * 1e3);
@@ -52,6 +61,7 @@ pub fn run(decoder: &Decoder, load_ms: f64, b: &DecoderBench, quiet: bool) -> Re
         "time_to_first_token_ms": median(ttft),
         "plans_made_in_warmup": plans_warm - plans_before,
         "plans_made_after_warmup": session.plans_made() - plans_warm,
+        "planning_us_per_decode_step": median(planning),
         "cache_appended_in_place": decoder.appends_in_place(),
         "peak_rss_bytes": peak_rss_bytes(),
     });
@@ -61,6 +71,7 @@ pub fn run(decoder: &Decoder, load_ms: f64, b: &DecoderBench, quiet: bool) -> Re
         say!("tg{:<4} tokens/s       {:.1}", b.gen_tokens, report["tg_tokens_per_s"].as_f64().unwrap_or(0.0));
         say!("time to first token ms {:.1}", report["time_to_first_token_ms"].as_f64().unwrap_or(0.0));
         say!("plans (warm-up, after) {}, {}", report["plans_made_in_warmup"], report["plans_made_after_warmup"]);
+        say!("planning µs per token  {:.1}", report["planning_us_per_decode_step"].as_f64().unwrap_or(0.0));
         say!("cache appended in place {}", decoder.appends_in_place());
         say!("peak RSS MB            {:.1}", peak_rss_bytes().unwrap_or(0) as f64 / 1e6);
     }

@@ -14,6 +14,8 @@ pub const OPS: &[(&str, Importer)] = &[
     ("BatchNormalization", |c| Ok(Box::new(BatchNorm { epsilon: c.attrs.float("epsilon", 1e-5)? }))),
     ("LayerNormalization", |c| import_layer_norm(c, true)),
     ("RMSNormalization", |c| import_layer_norm(c, false)),
+    // onnxruntime-genai's decoders: RMSNormalization under its contrib name.
+    ("com.microsoft::SimplifiedLayerNormalization", |c| import_layer_norm(c, false)),
     ("Softmax", |c| import_softmax(c, false)),
     ("LogSoftmax", |c| import_softmax(c, true)),
 ];
@@ -61,6 +63,13 @@ pub struct LayerNorm {
     epsilon: f32,
     /// Subtracts the mean (LayerNormalization); without, the root mean square normalizes.
     centered: bool,
+}
+
+impl LayerNorm {
+    /// RMSNormalization over the last axis (what fusion makes of a decoder's spelled-out norm).
+    pub(crate) fn rms_over_last_axis(epsilon: f32) -> LayerNorm {
+        LayerNorm { axis: -1, epsilon, centered: false }
+    }
 }
 
 fn import_layer_norm(c: &ImportCtx, centered: bool) -> Result<Box<dyn Op>> {

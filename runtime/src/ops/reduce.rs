@@ -75,6 +75,11 @@ impl Reduce {
         Ok(Some(v))
     }
 
+    /// Whether this is a mean over the last axis of a rank-`rank` input, its dim kept.
+    pub(crate) fn is_mean_over_last_axis(&self, rank: usize, axes_input: Option<&Fact>) -> bool {
+        self.kind == Reduction::Mean && self.keep_dims && rank > 0 && self.axes(rank, axes_input).ok().flatten() == Some(vec![rank - 1])
+    }
+
     fn out_shape(&self, shape: &[usize], axes: &[usize]) -> Vec<usize> {
         shape.iter().enumerate().filter_map(|(i, &d)| if axes.contains(&i) { self.keep_dims.then_some(1) } else { Some(d) }).collect()
     }

@@ -4,7 +4,7 @@
 //! graph output. The fused step takes the place of the chain's last step, where all of its
 //! inputs exist.
 
-use crate::ops::array::{Gather, Transpose, Unsqueeze};
+use crate::ops::array::{Concat, Gather, Transpose, Unsqueeze};
 use crate::ops::chain::{Chain, ChainStep, chains_binary};
 use crate::ops::conv::Conv;
 use crate::ops::elementwise::{Binary, Clip, Unary};
@@ -16,6 +16,7 @@ use crate::ops::qbinary::QLinearBinary;
 use crate::ops::qconv::QLinearConv;
 use crate::ops::quant::{Bounds, CompactWeights, DequantizeLinear, DequantizedGather, MatMulInteger, MatMulIntegerToFloat, QLinearMatMul};
 use crate::ops::reduce::Reduce;
+use crate::ops::rotary::RotaryHalves;
 use crate::ops::{Fact, Op, normalize_axis};
 use crate::plan::Step;
 use crate::tensor::DataType;
@@ -79,6 +80,7 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], ex
             matmul_integer_to_float,
             viewed_matmul_operand,
             rms_norm,
+            rotary_halves,
             masked_softmax,
             elementwise_chain,
         ];
@@ -674,6 +676,66 @@ fn rms_norm(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     Some((vec![i, mean_at, add_at, sqrt_at, div_at, scale_at], step))
 }
 
+/// Hugging Face's rotary embedding spelled out: `Slice(x, half..) → Neg`, `Slice(x, ..half)`,
+/// `Concat(−x₂, x₁, last axis) → Mul(sin)`, `Mul(x, cos)`, `Add` → one [`RotaryHalves`] step
+/// (matched from the Neg; the same arithmetic, so exact sessions fuse it too).
+fn rotary_halves(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let (steps, facts, readers) = (g.steps, g.facts, g.readers);
+    let output = |s: &Step| s.outputs.first().copied().flatten();
+    let binary = |s: &Step| (s.op.as_ref() as &dyn Any).downcast_ref::<Binary>().copied();
+    let neg = steps[i].as_ref().filter(|s| (s.op.as_ref() as &dyn Any).downcast_ref::<Unary>() == Some(&Unary::Neg))?;
+    let ints = |slot: Option<usize>| slot.and_then(|s| facts[s].value.as_ref()?.to_i64s().ok());
+    // A Slice of x's last axis from `start`, step 1, writing `slot` (read only by the pattern).
+    let half_of = |slot: usize, start: i64| -> Option<(usize, usize)> {
+        let at = readers.writer[slot]?;
+        let slice = steps[at].as_ref().filter(|s| s.op_type == "Slice")?;
+        let x = slice.inputs.first().copied().flatten()?;
+        let (rank, width) = (facts[x].shape.len(), *facts[x].shape.last()?);
+        let last_axis = matches!(ints(slice.inputs.get(3).copied().flatten())?[..], [a] if a == -1 || a == rank as i64 - 1);
+        let unit_steps = slice.inputs.get(4).copied().flatten().is_none_or(|s| ints(Some(s)).as_deref() == Some(&[1]));
+        let halves = facts[slot].shape[..] == [&facts[x].shape[..rank - 1], &[width / 2]].concat() && width % 2 == 0;
+        (ints(slice.inputs.get(1).copied().flatten())? == [start] && last_axis && unit_steps && halves).then_some((at, x))
+    };
+    let neg_out = output(neg)?;
+    let width = *facts[neg_out].shape.last()? * 2;
+    let second_half = neg.inputs.first().copied().flatten().filter(|&h| readers.sole[h] == Some(i))?;
+    let (second_at, x) = half_of(second_half, (width / 2) as i64)?;
+    let concat_at = readers.sole[neg_out]?;
+    let concat = steps[concat_at].as_ref().filter(|s| s.op_type == "Concat")?;
+    let [Some(negated), Some(first_half)] = concat.inputs[..] else { return None };
+    let axis = (concat.op.as_ref() as &dyn Any).downcast_ref::<Concat>()?.axis();
+    (negated == neg_out && (axis == -1 || axis == facts[x].shape.len() as i64 - 1)).then_some(())?;
+    let (first_at, x1_source) = half_of(first_half, 0)?;
+    (x1_source == x && readers.sole[first_half] == Some(concat_at)).then_some(())?;
+    let rotated = output(concat)?;
+    let sin_at = readers.sole[rotated]?;
+    let sin_mul = steps[sin_at].as_ref().filter(|s| binary(s) == Some(Binary::Mul))?;
+    let sin = match sin_mul.inputs[..] {
+        [Some(r), Some(s)] if r == rotated => s,
+        _ => return None,
+    };
+    let add_at = readers.sole[output(sin_mul)?]?;
+    let add = steps[add_at].as_ref().filter(|s| binary(s) == Some(Binary::Add))?;
+    let [Some(a), Some(b)] = add.inputs[..] else { return None };
+    let cos_product = if Some(b) == output(sin_mul) { a } else { b };
+    let cos_at = readers.writer[cos_product]?;
+    let cos_mul = steps[cos_at].as_ref().filter(|s| binary(s) == Some(Binary::Mul) && readers.sole[cos_product] == Some(add_at))?;
+    let cos = match cos_mul.inputs[..] {
+        [Some(v), Some(c)] if v == x => c,
+        _ => return None,
+    };
+    let step = Step {
+        node: add.node.clone(),
+        op_type: "RotaryEmbedding(halves)".into(),
+        op: Arc::new(RotaryHalves),
+        inputs: vec![Some(x), Some(cos), Some(sin)],
+        outputs: add.outputs.clone(),
+    };
+    let mut absorbed = vec![first_at, second_at, i, concat_at, sin_at, cos_at, add_at];
+    absorbed.sort_unstable();
+    Some((absorbed, step))
+}
+
 /// `[elementwise steps →] Add(mask) → Softmax(last axis)`, or the steps without the mask →
 /// one [`MaskedSoftmax`] (attention's `Mul(1/√d) → Add(mask) → Softmax`).
 fn masked_softmax(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
@@ -994,6 +1056,49 @@ mod tests {
                 assert!((f - e).abs() <= 1e-6 * e.abs().max(1.0), "{f} vs {e}");
             }
         }
+    }
+
+    /// Hugging Face's rotary embedding as `distq import` writes it, on `[2, 3, 4, 8]` with cos
+    /// and sin `[2, 1, 4, 8]`; with `expose` the rotated halves are a graph output (the
+    /// reference: nothing fuses).
+    fn spelled_rotary(expose: bool) -> Session {
+        let ints = |v: &[i64]| Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap();
+        let mut m = ModelBuilder::new(17)
+            .input("x", DataType::F32, &[2, 3, 4, 8])
+            .input("cos", DataType::F32, &[2, 1, 4, 8])
+            .input("sin", DataType::F32, &[2, 1, 4, 8])
+            .initializer("zero", &ints(&[0]))
+            .initializer("mid", &ints(&[4]))
+            .initializer("end", &ints(&[i64::MAX]))
+            .initializer("last", &ints(&[-1]))
+            .node("Slice", &["x", "zero", "mid", "last"], &["x1"], vec![])
+            .node("Slice", &["x", "mid", "end", "last"], &["x2"], vec![])
+            .node("Neg", &["x2"], &["neg"], vec![])
+            .node("Concat", &["neg", "x1"], &["rot"], vec![("axis", Attr::Int(-1))])
+            .node("Mul", &["x", "cos"], &["a"], vec![])
+            .node("Mul", &["rot", "sin"], &["b"], vec![])
+            .node("Add", &["a", "b"], &["y"], vec![])
+            .output("y", DataType::F32, &[2, 3, 4, 8]);
+        if expose {
+            m = m.output("rot", DataType::F32, &[2, 3, 4, 8]);
+        }
+        Session::new(Model::from_bytes(m.to_bytes()).unwrap())
+    }
+
+    #[test]
+    fn spelled_out_rotary_embeddings_fuse_bit_identically() {
+        let shapes = [(DataType::F32, vec![2, 3, 4, 8]), (DataType::F32, vec![2, 1, 4, 8]), (DataType::F32, vec![2, 1, 4, 8])];
+        let (fused, split) = (spelled_rotary(false), spelled_rotary(true));
+        assert_eq!(plan_ops(&fused, &shapes), ["RotaryEmbedding(halves)"]);
+        assert!(plan_ops(&split, &shapes).len() >= 6);
+        let inputs: Vec<(&str, Tensor)> = shapes
+            .iter()
+            .zip(["x", "cos", "sin"])
+            .enumerate()
+            .map(|(i, ((_, s), n))| (n, Tensor::from_vec(s.clone(), values(s.iter().product(), i + 2)).unwrap()))
+            .collect();
+        let y = |s: &Session| s.run(inputs.clone()).unwrap().iter().find(|(n, _)| n == "y").unwrap().1.as_slice::<f32>().unwrap().to_vec();
+        assert_eq!(y(&fused), y(&split));
     }
 
     /// Static QDQ as onnxruntime's quantizer writes it: `Q → DQ → Conv|MatMul → Q → DQ`,

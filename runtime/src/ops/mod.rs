@@ -18,6 +18,7 @@ pub mod quant;
 pub mod reduce;
 pub mod resize;
 pub mod rnn;
+pub mod rotary;
 
 use crate::error::{Error, Result, bail, ensure};
 use crate::onnx::attrs::Attrs;

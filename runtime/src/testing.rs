@@ -14,15 +14,12 @@ pub fn add_one_model() -> Vec<u8> {
         .to_bytes()
 }
 
-/// Size of [`bigram_decoder`]'s vocabulary.
-pub const BIGRAM_VOCAB: usize = 8;
-
-/// A toy decoder in Optimum's names: after token `t` the most likely next token is
+/// A toy decoder in Optimum's names, of 8 tokens: after token `t` the most likely next token is
 /// `(3t + 1) mod 8`, and its cache (one KV head of width 1) holds every token fed so far, as
 /// floats. With `past_shape_output`, it also outputs the shape of layer 0's past keys, a
 /// second reader of the cache that keeps it from being made token-major.
 pub fn bigram_decoder(past_shape_output: bool) -> Vec<u8> {
-    const V: usize = BIGRAM_VOCAB;
+    const V: usize = 8;
     let table: Vec<f32> = (0..V * V).map(|i| if i % V == (3 * (i / V) + 1) % V { 5.0 } else { (i % V) as f32 * 0.1 }).collect();
     let mut m = ModelBuilder::new(17)
         .input_named("input_ids", DataType::I64, &["batch", "sequence"])

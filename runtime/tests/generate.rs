@@ -3,9 +3,10 @@
 
 use distq_runtime::Model;
 use distq_runtime::generate::{Decoder, End, GenerateOptions, Generator, Sampling};
-use distq_runtime::testing::{BIGRAM_VOCAB, bigram_decoder};
+use distq_runtime::testing::bigram_decoder;
 
-const VOCAB: usize = BIGRAM_VOCAB;
+/// The bigram decoder's vocabulary.
+const VOCAB: usize = 8;
 
 fn bigram(past_shape_output: bool) -> Decoder {
     let decoder = Decoder::new(Model::from_bytes(bigram_decoder(past_shape_output)).unwrap()).unwrap();

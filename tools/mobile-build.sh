@@ -26,8 +26,11 @@ rustup target add "${phone_targets[@]}"
 cargo check -q -p distq-android -p distq-ios --lib --target-dir target/mobile-check "${phone_targets[@]/#/--target=}"
 
 source tools/cross-env.sh
-echo "=== link libdistq_jni.so (mobile profile) for aarch64 Linux"
-$CARGO build -q --profile mobile -p distq-android --target aarch64-unknown-linux-gnu --target-dir target/cross
+echo "=== link libdistq_jni.so (mobile profile) for aarch64 Linux, segments aligned to 16 KiB pages"
+# Android's arm64 libraries are linked for 16 KiB pages (the NDK's default since r28, and what
+# Android 15 devices with 16 KiB pages load); GNU ld's aarch64 default pads segments to 64 KiB.
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-Wl,-z,max-page-size=16384" \
+  $CARGO build -q --profile mobile -p distq-android --target aarch64-unknown-linux-gnu --target-dir target/cross
 
 size() { stat -c %s "$1" | awk -v f="$1" '{ printf "%-58s %9d bytes (%.2f MB)\n", f, $1, $1 / 1048576 }'; }
 echo "=== sizes (stripped: the mobile profile strips symbols)"

@@ -23,7 +23,7 @@ pub mod rotary;
 use crate::error::{Error, Result, bail, ensure};
 use crate::onnx::attrs::Attrs;
 use crate::tensor::{DataType, Element, Tensor, checked_numel};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// What the planner knows about a value before running: dtype, concrete shape, and the value
@@ -70,12 +70,8 @@ impl Fact {
 /// returns each tensor here after its last use, as the plan's liveness says).
 #[derive(Default)]
 pub struct BufferPool {
-    /// Dead buffers by dtype code, element count and age.
-    free: BTreeMap<(i32, usize, u64), Tensor>,
-    /// The same buffers by age, oldest first: when the pool is full, the oldest make room,
-    /// so that a decoder's sizes, which grow every token, do not fill it with sizes no op
-    /// asks for again.
-    ages: BTreeMap<u64, (i32, usize)>,
+    /// Dead buffers sorted by dtype code, element count and age (when given).
+    free: Vec<((i32, usize, u64), Tensor)>,
     given: u64,
     free_bytes: usize,
     /// Most bytes kept for reuse (the plan's arena size): beyond it dead buffers are freed.
@@ -97,17 +93,20 @@ impl BufferPool {
     /// int8/int4 model, up to 2× slack peaked 12 MB higher for no speed-up).
     fn recycled<T: Element>(&mut self, len: usize) -> Option<Vec<T>> {
         let code = T::DTYPE.onnx_code();
-        let (&key, _) = self.free.range((code, len, 0)..=(code, len.max(64), u64::MAX)).next()?;
-        let t = self.remove(key);
+        let at = self.free.partition_point(|(key, _)| *key < (code, len, 0));
+        let ((c, l, _), _) = self.free.get(at)?;
+        if (*c, *l) > (code, len.max(64)) {
+            return None;
+        }
+        let t = self.remove(at);
         let v = t.into_vec::<T>().ok()?;
         self.reused += 1;
         Some(v)
     }
 
-    /// Takes the buffer under `key` out of the pool.
-    fn remove(&mut self, key: (i32, usize, u64)) -> Tensor {
-        let t = self.free.remove(&key).expect("a pooled buffer");
-        self.ages.remove(&key.2);
+    /// Takes the buffer at `at` out of the pool.
+    fn remove(&mut self, at: usize) -> Tensor {
+        let (_, t) = self.free.remove(at);
         self.free_bytes -= t.byte_len();
         t
     }
@@ -148,16 +147,18 @@ impl BufferPool {
         if !t.is_unique() || t.len() < 64 || t.byte_len() > self.budget {
             return;
         }
+        // The oldest buffers make room: a decoder's sizes grow every token, and sizes no op
+        // asks for again would otherwise fill the pool (and every lookup would pass them).
         while self.free_bytes + t.byte_len() > self.budget
-            && let Some((&age, &(code, len))) = self.ages.iter().next()
+            && let Some(oldest) = self.free.iter().enumerate().min_by_key(|(_, ((_, _, age), _))| *age).map(|(i, _)| i)
         {
-            self.remove((code, len, age));
+            self.remove(oldest);
         }
         self.given += 1;
         let key = (t.dtype().onnx_code(), t.len(), self.given);
         self.free_bytes += t.byte_len();
-        self.ages.insert(key.2, (key.0, key.1));
-        self.free.insert(key, t);
+        let at = self.free.partition_point(|(k, _)| *k < key);
+        self.free.insert(at, (key, t));
     }
 }
 
@@ -186,16 +187,24 @@ pub trait Op: std::any::Any + Send + Sync + std::fmt::Debug {
         false
     }
     /// [`Op::eval`] with input 0 given by value: the executor hands it over when this step is
-    /// its last reader and [`Op::reuses_first_input`] says so. `rest` holds inputs 1 onwards.
+    /// its last reader and [`Op::reuses_first_input`] says so (only then is this called).
+    /// `rest` holds inputs 1 onwards.
     fn eval_taking_first(&self, first: Tensor, rest: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
-        let inputs: Vec<Option<&Tensor>> = std::iter::once(Some(&first)).chain(rest.iter().copied()).collect();
-        self.eval(&inputs, pool)
+        // Every op type has this body: kept to a call, out of line (a phone's library size).
+        let _ = (first, rest, pool);
+        Err(not_taking_first_input())
     }
     /// True when the op takes 4-bit constants packed as they are (see [`DataType::U4`]); the
     /// planner widens them to bytes for every other op.
     fn reads_four_bit(&self) -> bool {
         false
     }
+}
+
+/// The error of [`Op::eval_taking_first`] on an op that does not take its input by value.
+#[cold]
+fn not_taking_first_input() -> Error {
+    Error::Op("the op was handed its first input by value, which it does not take (executor bug)".into())
 }
 
 /// Arithmetic of one op evaluation, by the precision the runtime computes it in (fp16

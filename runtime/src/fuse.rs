@@ -405,8 +405,8 @@ fn dequantized_gather(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
 }
 
 /// `MatMul(A, DequantizeLinear(constant K × N, blocks along K))`, or `Gemm(A,
-/// DequantizeLinear(constant), C?)` with weights blocked along K (`N × K` with `transB`),
-/// whose weights minus their zero points fit in i8 (4-bit weights always do) →
+/// DequantizeLinear(constant), C?)` with 8- or 4-bit weights blocked along K (`N × K` with
+/// `transB`) →
 /// [`BlockQuantizedMatMul`], the integer GEMM with activations quantized per row and block
 /// (onnxruntime's int8 compute for this form). Changes the arithmetic: off in exact sessions,
 /// which keep the folded float weights.
@@ -431,10 +431,9 @@ fn block_quantized_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
         None => None,
     };
     let q_value = g.facts[q].value.as_deref()?;
-    let fits = op.fits(q_value, zero_value).ok()?;
     let op = op.per_column_if_exact(q_value, g.facts[scale].value.as_deref()?, zero_value);
     let k_axis = if transposed { 1 } else { 0 };
-    (fits && g.facts[a].dtype == DataType::F32 && normalize_axis(axis, 2).ok()? == k_axis).then_some(())?;
+    (g.facts[a].dtype == DataType::F32 && normalize_axis(axis, 2).ok()? == k_axis).then_some(())?;
     let (mut absorbed, mut inputs, mut out) =
         (vec![i], vec![Some(a), Some(q), Some(scale), zero], step.outputs.first().copied().flatten()?);
     let n = *g.facts[out].shape.last()?;

@@ -55,18 +55,6 @@ impl PackedI8 {
     pub fn cols(&self) -> usize {
         self.zeros.len()
     }
-
-    /// Name of the kernel the panels are laid out for.
-    pub(crate) fn kernel(&self) -> &'static str {
-        self.kernel
-    }
-
-    /// The packed panel holding columns `col0..col0 + nr` (`col0` a multiple of `nr`):
-    /// `[k/4][nr][4]`.
-    pub(crate) fn panel(&self, col0: usize) -> &[i8] {
-        let len = self.k.div_ceil(4) * self.nr * 4;
-        &self.panels[col0 / self.nr * len..][..len]
-    }
 }
 
 /// `c[m, n] = Σ_k (a[m, k] − a_zero) · (b[k, n] − b.zeros[n])` for u8 activations `a`

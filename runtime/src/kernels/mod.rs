@@ -87,86 +87,169 @@ pub trait GemmU8I8: Send + Sync {
         self.mr()
     }
 
-    /// Bytes per activation value in the rows [`GemmU8I8::tile_block_scaled`] reads (see
-    /// [`GemmU8I8::activation_bytes`]). Kernels with their own block-scaled tile read the u8
-    /// values as they are.
-    fn block_activation_bytes(&self) -> usize {
-        self.activation_bytes()
-    }
-
-    /// The block-scaled tile of [`blocked`]: `k` in `blocks` blocks of `k4` groups, and for
-    /// every row `r` of `a` and column `j < nr`, from `acc[r·nr + j] = 0`, block by block in
+    /// The block-scaled tile of [`blocked`]: `k` in `blocks` blocks of `k4` groups of 4, and
+    /// for every row `r` of `a` and column `j < nr`, from `acc[r·nr + j] = 0`, block by block in
     /// order,
-    /// `acc[r·nr + j] += f32(init[blk·nr + j] + Σ_{p ∈ blk} (a[r, p] − a_bias) · panel[p, j]) · (a_scales[r·a_stride + blk] · w_scales[blk·nr + j])`,
-    /// each `+=` an f32 multiply then an add (no fused multiply-add: every kernel gives the
-    /// same bits). The tile overwrites `acc`. Kernels whose tile keeps only the integer sums
-    /// in registers leave the default: one [`GemmU8I8::tile`] per block.
+    /// `acc[r·nr + j] += f32(Σ_{p ∈ blk} a.q[r, p] · u[p, j] − zeros[blk·nr + j] · a.sums[r, blk]) · (a.scales[r, blk] · w.scales[blk·nr + j])`,
+    /// the integer sum exact (wrapping in i32), each `+=` an f32 multiply then an add (no fused
+    /// multiply-add: every kernel gives the same bits). The tile overwrites `acc`.
+    ///
+    /// The default runs [`GemmU8I8::tile`] once per block, on the weights as `u − 128` in i8
+    /// (always in range) and the activations as `q + 128` in u8, and adds
+    /// `(128 − zero) · Σ q` back. Kernels with a tile of their own read the packed bytes as
+    /// they are.
     ///
     /// # Panics
     /// When the slices are too short for the shapes or `rows > block_mr`.
-    #[allow(clippy::too_many_arguments)]
-    fn tile_block_scaled(&self, a: TileRows, panel: &[i8], k4: usize, blocks: usize, init: &[i32], scales: BlockScales, acc: &mut [f32]) {
-        check_block_tile(self, a, panel, k4, blocks, init, scales, acc);
-        let (nr, block_len, bytes) = (self.nr(), k4 * self.nr() * 4, self.activation_bytes());
-        let mut sums = [0i32; MAX_TILE];
+    fn tile_block_scaled(&self, a: BlockRows, w: BlockPanel, k4: usize, blocks: usize, acc: &mut [f32]) {
+        check_block_tile(self, a, w, k4, blocks, acc);
+        let (nr, bytes, len) = (self.nr(), self.activation_bytes(), 4 * k4);
+        let shift = 128 - self.a_bias();
+        let mut shifted = Vec::with_capacity(a.count * len * blocks);
+        for r in 0..a.count {
+            shifted.extend(a.q[r * a.stride..][..len * blocks].iter().map(|&q| (q as i32 + 128) as u8));
+        }
+        let mut wide = Vec::new();
+        let shifted = kernel_rows(bytes, &shifted, &mut wide);
+        let (mut panel, mut init, mut sums) = (vec![0i8; len * nr], vec![0i32; nr], [0i32; MAX_TILE]);
         acc[..a.count * nr].fill(0.0);
         for blk in 0..blocks {
-            let rows = TileRows { data: &a.data[4 * k4 * blk * bytes..], ..a };
-            self.tile(rows, &panel[blk * block_len..][..block_len], k4, &init[blk * nr..][..nr], &mut sums);
+            init.fill(0);
+            for p in 0..len {
+                for j in 0..nr {
+                    let v = (w.value(k4, blk, p, j, nr) as i32 - 128) as i8;
+                    panel[(p / 4 * nr + j) * 4 + p % 4] = v;
+                    init[j] -= shift * v as i32;
+                }
+            }
+            let rows = TileRows { data: &shifted[len * blk * bytes..], stride: len * blocks * bytes, count: a.count };
+            self.tile(rows, &panel, k4, &init, &mut sums);
             for r in 0..a.count {
-                let a_scale = scales.a[r * scales.a_stride + blk];
-                let w = &scales.w[blk * nr..][..nr];
-                for ((acc, &s), &w) in acc[r * nr..][..nr].iter_mut().zip(&sums[r * nr..]).zip(w) {
-                    *acc += s as f32 * (a_scale * w);
+                let (q_sum, a_scale) = (a.sums[r * a.blocks_stride + blk], a.scales[r * a.blocks_stride + blk]);
+                for j in 0..nr {
+                    let s = sums[r * nr + j].wrapping_add((128 - w.zeros.at(blk * nr + j) as i32).wrapping_mul(q_sum));
+                    acc[r * nr + j] += s as f32 * (a_scale * w.scales.at(blk * nr + j));
                 }
             }
         }
     }
 }
 
-/// The scales of a block-scaled tile: the activations' `a[r·a_stride + blk]` and the
-/// weights' `w[blk·nr + j]`; and whether the weights are small.
+/// The activation rows of a block-scaled tile: i8 values with each block's sum and scale.
 #[derive(Clone, Copy, Debug)]
-pub struct BlockScales<'a> {
-    /// Per row and block.
-    pub a: &'a [f32],
-    /// Distance between rows in `a`.
-    pub a_stride: usize,
-    /// Per block and panel column.
-    pub w: &'a [f32],
-    /// Every weight within ±15 (4-bit values minus their zero points), which lets a kernel sum
-    /// u8 · i8 products in i16 without saturating.
-    pub small_weights: bool,
+pub struct BlockRows<'a> {
+    /// The values, from the first row's start.
+    pub q: &'a [i8],
+    /// Distance between rows in `q` (whole blocks).
+    pub stride: usize,
+    /// Number of rows (1 ..= the kernel's `block_mr`).
+    pub count: usize,
+    /// `Σ q` per row and block, `sums[r·blocks_stride + blk]`.
+    pub sums: &'a [i32],
+    /// Scale per row and block, as `sums`.
+    pub scales: &'a [f32],
+    /// Distance between rows in `sums` and `scales`.
+    pub blocks_stride: usize,
 }
 
-/// The largest weight magnitude of [`BlockScales::small_weights`]: a pair of u8 · i8 products
-/// then stays within ±7650, four pairs within i16.
-pub(crate) const SMALL_WEIGHT: i32 = 15;
+/// One panel of [`blocked::BlockScaledWeights`]: `nr` columns, block by block.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockPanel<'a> {
+    /// Per block, `[k4][nr][4]` bytes, or for 4-bit values `[k4/2][nr][4]` with groups `2t`
+    /// in the low nibbles and `2t + 1` in the high ones.
+    pub values: &'a [u8],
+    /// Unsigned zero point per block and column.
+    pub zeros: BlockZeros<'a>,
+    /// Scale per block and column.
+    pub scales: BlockWeightScales<'a>,
+    /// Values stored as nibbles.
+    pub four_bit: bool,
+}
+
+/// The unsigned zero points of a panel's blocks: one for all (symmetric blocks, as GGUF's),
+/// or one per block and column, `[blk·nr + j]`.
+#[derive(Clone, Copy, Debug)]
+pub enum BlockZeros<'a> {
+    /// The same everywhere.
+    Same(u8),
+    /// Per block and column.
+    PerBlock(&'a [u8]),
+}
+
+impl BlockZeros<'_> {
+    /// The zero point at `i = blk·nr + j`.
+    pub fn at(&self, i: usize) -> u8 {
+        match *self {
+            BlockZeros::Same(z) => z,
+            BlockZeros::PerBlock(z) => z[i],
+        }
+    }
+}
+
+/// The weight scales of a panel's blocks, `[blk·nr + j]`: as f16 bits when every one is exact
+/// in f16 (GGUF's are f16), which saves 2 bytes a block; else f32.
+#[derive(Clone, Copy, Debug)]
+pub enum BlockWeightScales<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// f16 bit patterns.
+    F16(&'a [u16]),
+}
+
+impl BlockWeightScales<'_> {
+    /// The scale at `i = blk·nr + j`.
+    pub fn at(&self, i: usize) -> f32 {
+        match *self {
+            BlockWeightScales::F32(s) => s[i],
+            BlockWeightScales::F16(s) => half::f16::from_bits(s[i]).to_f32(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match *self {
+            BlockWeightScales::F32(s) => s.len(),
+            BlockWeightScales::F16(s) => s.len(),
+        }
+    }
+}
+
+impl BlockPanel<'_> {
+    /// Bytes of one block of the panel.
+    pub fn block_bytes(&self, k4: usize, nr: usize) -> usize {
+        if self.four_bit { k4 / 2 * nr * 4 } else { k4 * nr * 4 }
+    }
+
+    /// Value `p` of block `blk` in column `j` (the scalar definition every tile reproduces).
+    pub fn value(&self, k4: usize, blk: usize, p: usize, j: usize, nr: usize) -> u8 {
+        let block = &self.values[blk * self.block_bytes(k4, nr)..];
+        let (group, within) = (p / 4, p % 4);
+        if self.four_bit {
+            (block[(group / 2 * nr + j) * 4 + within] >> (4 * (group % 2))) & 15
+        } else {
+            block[(group * nr + j) * 4 + within]
+        }
+    }
+}
 
 /// Most accumulators of a tile, `mr · nr` (8 rows of 48 columns).
 const MAX_TILE: usize = 8 * 48;
 
-/// The bounds of a block-scaled tile: those of [`check_tile`] over the whole `k`, one `init`
-/// and one weight scale per block and column, an activation scale per row and block, and
-/// `rows ≤ block_mr`.
-#[allow(clippy::too_many_arguments)]
-pub fn check_block_tile<K: GemmU8I8 + ?Sized>(
-    kernel: &K,
-    a: TileRows,
-    panel: &[i8],
-    k4: usize,
-    blocks: usize,
-    init: &[i32],
-    scales: BlockScales,
-    acc: &[f32],
-) {
-    let (nr, rows, name) = (kernel.nr(), a.count, kernel.name());
-    let row_bytes = 4 * k4 * blocks * kernel.block_activation_bytes();
+/// The bounds of a block-scaled tile: `1 ≤ rows ≤ block_mr`, each row holds the blocks'
+/// values, a sum and a scale per row and block, the panel `blocks` blocks (`k4` even for 4-bit
+/// values), a zero point and a scale per block and column, and `acc` `rows·nr` values.
+pub fn check_block_tile<K: GemmU8I8 + ?Sized>(kernel: &K, a: BlockRows, w: BlockPanel, k4: usize, blocks: usize, acc: &[f32]) {
+    let (nr, rows, name, len) = (kernel.nr(), a.count, kernel.name(), 4 * k4 * blocks);
     assert!((1..=kernel.block_mr()).contains(&rows) && rows * nr <= MAX_TILE, "{name}: {rows} rows in a block-scaled tile");
-    assert!(a.stride >= row_bytes && a.data.len() >= (rows - 1) * a.stride + row_bytes, "{name}: activations too short");
-    assert_eq!(panel.len(), blocks * k4 * nr * 4, "{name}: panel size");
-    assert!(init.len() >= blocks * nr && scales.w.len() >= blocks * nr, "{name}: per-block terms");
-    assert!(scales.a_stride >= blocks && scales.a.len() >= (rows - 1) * scales.a_stride + blocks, "{name}: activation scales");
+    assert!(a.stride >= len && a.q.len() >= (rows - 1) * a.stride + len, "{name}: activations too short");
+    let terms = (rows - 1) * a.blocks_stride + blocks;
+    assert!(a.blocks_stride >= blocks && a.sums.len() >= terms && a.scales.len() >= terms, "{name}: activation sums and scales");
+    assert!(!w.four_bit || k4.is_multiple_of(2), "{name}: 4-bit blocks of {k4} groups");
+    assert_eq!(w.values.len(), blocks * w.block_bytes(k4, nr), "{name}: panel size");
+    let zeros = match w.zeros {
+        BlockZeros::Same(_) => blocks * nr,
+        BlockZeros::PerBlock(z) => z.len(),
+    };
+    assert!(zeros >= blocks * nr && w.scales.len() >= blocks * nr, "{name}: per-block terms");
     assert!(acc.len() >= rows * nr, "{name}: accumulator size");
 }
 
@@ -286,32 +369,24 @@ macro_rules! impl_gemm_kernel {
                 $block_mr
             }
 
-            fn block_activation_bytes(&self) -> usize {
-                1
-            }
-
             fn tile_block_scaled(
                 &self,
-                a: $crate::kernels::TileRows,
-                panel: &[i8],
+                a: $crate::kernels::BlockRows,
+                w: $crate::kernels::BlockPanel,
                 k4: usize,
                 blocks: usize,
-                init: &[i32],
-                scales: $crate::kernels::BlockScales,
                 acc: &mut [f32],
             ) {
-                $crate::kernels::check_block_tile(self, a, panel, k4, blocks, init, scales, acc);
-                let (rows, lda) = (a.count, a.stride);
-                let (a, panel, init, acc) = (a.data.as_ptr(), panel.as_ptr(), init.as_ptr(), acc.as_mut_ptr());
-                let (a_scales, a_stride, w_scales, small) = (scales.a.as_ptr(), scales.a_stride, scales.w.as_ptr(), scales.small_weights);
+                $crate::kernels::check_block_tile(self, a, w, k4, blocks, acc);
+                let acc = acc.as_mut_ptr();
                 // Safety: constructing the kernel proved its CPU features; `check_block_tile`
                 // proved the bounds its loads and stores assume.
                 unsafe {
-                    match rows {
-                        1 => $block_tile::<1>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, small, acc),
-                        2 if $block_mr >= 2 => $block_tile::<2>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, small, acc),
-                        3 if $block_mr >= 3 => $block_tile::<3>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, small, acc),
-                        4 if $block_mr >= 4 => $block_tile::<4>(a, lda, panel, k4, blocks, init, a_scales, a_stride, w_scales, small, acc),
+                    match a.count {
+                        1 => $block_tile::<1>(a, w, k4, blocks, acc),
+                        2 if $block_mr >= 2 => $block_tile::<2>(a, w, k4, blocks, acc),
+                        3 if $block_mr >= 3 => $block_tile::<3>(a, w, k4, blocks, acc),
+                        4 if $block_mr >= 4 => $block_tile::<4>(a, w, k4, blocks, acc),
                         _ => unreachable!("check_block_tile bounds rows by block_mr ≤ 4"),
                     }
                 }

@@ -1,7 +1,7 @@
 //! The shared table: every kernel this CPU runs, driven by the GEMM driver, against a naive
 //! triple loop, bit for bit, on random data and on edge shapes and values.
 
-use super::blocked::{BlockScaledI8, gemm_block_scaled, quantize_rows};
+use super::blocked::{BlockScaledWeights, gemm_block_scaled, quantize_rows};
 use super::gemm::{PackedI8, gemm_u8i8};
 use super::{GemmU8I8, gemm_u8i8_kernels};
 
@@ -137,43 +137,64 @@ fn every_kernel_wraps_like_the_oracle_past_i32() {
 /// bit for bit — the block sums are exact and the f32 combination runs in the same order.
 #[test]
 fn every_kernel_computes_block_scaled_products_exactly() {
-    // (k, block, m, n, largest weight): k a multiple of the block or not, one block, blocks
-    // of one group, blocks of 5 and 9 groups (i16 sums of small weights run 4 groups at a
-    // time), a case big enough to split over 3 threads, one whose rows span several of the
-    // drivers' row blocks, the last one short; weights within ±15 (4-bit values minus zero
-    // points: the small-weight tiles) and full-range (8-bit blocks); last, the extremes that
-    // small-weight sums must hold without saturating: every activation at 255 (+127 + 128),
-    // and the weights all +15 in even columns, all −15 in odd ones.
-    for (case, &(k, block, m, n, largest)) in [
-        (64usize, 32usize, 5usize, 17usize, 15i32),
-        (40, 32, 9, 3, 15),
-        (384, 32, 1, 49, 15),
-        (100, 4, 3, 8, 15),
-        (7, 8, 2, 5, 15),
-        (60, 20, 4, 9, 15),
-        (72, 36, 3, 11, 15),
-        (256, 64, 150, 60, 15),
-        (4096, 32, 21, 9, 15),
-        (64, 32, 5, 17, 127),
-        (100, 4, 3, 8, 16),
-        (256, 64, 150, 60, 127),
-        (96, 32, 4, 16, -15),
+    // (k, block, m, n, 4-bit, zero points): k a multiple of the block or not, one block, blocks
+    // of one or two groups, blocks of 5 and 9 groups, 4-bit blocks of 16 groups (the AVX2
+    // tile widens its i16 sums every 8), a case big enough to split over 3 threads, one whose
+    // rows span several of the drivers' row blocks, the last one short; zero points the
+    // middle (GGUF's symmetric blocks), random, or 0 and 255 (8-bit values minus them span
+    // −255..=255), each with scales stored as f16 and as f32; last, the extremes: every
+    // activation at ±127 and every weight at its largest or smallest value.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Zeros {
+        Middle,
+        Random,
+        Ends,
+        Extremes,
+    }
+    use Zeros::*;
+    for (case, &(k, block, m, n, four_bit, zeros)) in [
+        (64usize, 32usize, 5usize, 17usize, true, Middle),
+        (40, 32, 9, 3, true, Random),
+        (384, 32, 1, 49, true, Middle),
+        (100, 8, 3, 8, true, Random),
+        (7, 8, 2, 5, true, Middle),
+        (128, 64, 4, 9, true, Random),
+        (60, 20, 4, 9, false, Random),
+        (72, 36, 3, 11, false, Middle),
+        (256, 64, 150, 60, true, Middle),
+        (4096, 32, 21, 9, false, Middle),
+        (64, 32, 5, 17, false, Ends),
+        (100, 4, 3, 8, false, Random),
+        (256, 64, 150, 60, false, Random),
+        (96, 32, 4, 16, false, Extremes),
+        (96, 32, 4, 16, true, Extremes),
         // A decoder's token and a few: threads split the columns.
-        (1024, 32, 1, 500, 15),
-        (512, 32, 3, 333, 127),
+        (1024, 32, 1, 500, true, Middle),
+        (512, 32, 3, 333, false, Random),
     ]
     .iter()
     .enumerate()
     {
         let blocks = k.div_ceil(block);
         let seed = case as u64 * 7 + 1;
-        let extremes = largest < 0;
-        let a: Vec<f32> = bytes(m * k, seed).into_iter().map(|v| if extremes { 1.0 } else { (v as f32 - 127.5) / 17.0 }).collect();
-        let w: Vec<i8> = match extremes {
-            true => (0..k * n).map(|i| if i % n % 2 == 0 { -largest } else { largest } as i8).collect(),
-            false => bytes(k * n, seed + 1).into_iter().map(|v| ((v as i32 % (2 * largest + 1)) - largest) as i8).collect(),
+        let top = if four_bit { 15 } else { 255 };
+        let a: Vec<f32> = match zeros {
+            Extremes => (0..m * k).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }).collect(),
+            _ => bytes(m * k, seed).into_iter().map(|v| (v as f32 - 127.5) / 17.0).collect(),
         };
-        let scales: Vec<f32> = bytes(blocks * n, seed + 2).into_iter().map(|v| (v as f32 + 1.0) / 512.0).collect();
+        let u: Vec<u8> = match zeros {
+            Extremes => (0..k * n).map(|i| if i % n % 2 == 0 { top } else { 0 }).collect(),
+            _ => bytes(k * n, seed + 1).into_iter().map(|v| v & top).collect(),
+        };
+        let z: Vec<u8> = match zeros {
+            Middle => vec![top / 2 + 1; blocks * n],
+            Random => bytes(blocks * n, seed + 3).into_iter().map(|v| v & top).collect(),
+            Ends => (0..blocks * n).map(|i| if i % 2 == 0 { 0 } else { top }).collect(),
+            Extremes => (0..blocks * n).map(|i| if i % 2 == 0 { 0 } else { top }).collect(),
+        };
+        // Scales exact in f16 (stored so) in even cases, not in odd ones (stored as f32).
+        let inexact = if case % 2 == 1 { 1.0001 } else { 1.0 };
+        let scales: Vec<f32> = bytes(blocks * n, seed + 2).into_iter().map(|v| (v as f32 + 1.0) / 512.0 * inexact).collect();
         let qa = quantize_rows(&a, k, block);
         let mut want = vec![0f32; m * n];
         for r in 0..m {
@@ -181,7 +202,7 @@ fn every_kernel_computes_block_scaled_products_exactly() {
                 let mut acc = 0f32;
                 for blk in 0..blocks {
                     let s: i32 = (blk * block..((blk + 1) * block).min(k))
-                        .map(|p| (qa.data[r * qa.stride + p] as i32 - 128) * w[p * n + j] as i32)
+                        .map(|p| qa.q[r * qa.stride + p] as i32 * (u[p * n + j] as i32 - z[blk * n + j] as i32))
                         .sum();
                     acc += s as f32 * (qa.scales[r * blocks + blk] * scales[blk * n + j]);
                 }
@@ -189,10 +210,11 @@ fn every_kernel_computes_block_scaled_products_exactly() {
             }
         }
         for kernel in gemm_u8i8_kernels() {
-            let b = BlockScaledI8::from_fn(kernel.as_ref(), k, n, block, |p, j| w[p * n + j], |blk, j| scales[blk * n + j]);
+            let (value, zero, scale) = (|p, j| u[p * n + j], |blk, j| z[blk * n + j], |blk, j| scales[blk * n + j]);
+            let b = BlockScaledWeights::from_fn(kernel.as_ref(), k, n, block, four_bit, value, zero, scale);
             let mut c = vec![f32::NAN; m * n];
             crate::threads::with(3, || gemm_block_scaled(kernel.as_ref(), &qa, &b, &mut c, |_, _, v, out| out.copy_from_slice(v)));
-            assert_eq!(c, want, "{} on case {case} (k {k}, block {block}, m {m}, n {n})", kernel.name());
+            assert_eq!(c, want, "{} on case {case} (k {k}, block {block}, m {m}, n {n}, 4-bit {four_bit})", kernel.name());
         }
     }
 }
@@ -205,7 +227,8 @@ fn activation_blocks_quantize_symmetrically_per_block() {
     let q = quantize_rows(&a, 10, 4);
     assert_eq!(q.stride, 12);
     assert_eq!(q.scales, [2.0 / 127.0, 0.0, 3.0 / 127.0]);
-    let values: Vec<i32> = q.data.iter().map(|&v| v as i32 - 128).collect();
+    assert_eq!(q.sums, [64 - 32 + 16 + 127, 0, -127 + 2]);
+    let values: Vec<i32> = q.q.iter().map(|&v| v as i32).collect();
     // 1·63.5 = 63.5 → 64 (even), −0.5·63.5 = −31.75 → −32, 0.25·63.5 = 15.875 → 16; padding 0.
     assert_eq!(values, [64, -32, 16, 127, 0, 0, 0, 0, -127, 2, 0, 0]);
 }

@@ -2,7 +2,7 @@
 //! CPUs without AVX-512) and AVX-512 VNNI (`vpdpbusd` on zmm). Each group of 4 `k` values of
 //! a column is one i32 lane; an activation row's 4 bytes are broadcast to every lane.
 
-use super::{group, impl_gemm_kernel};
+use super::{BlockWeightScales, BlockZeros, group, impl_gemm_kernel};
 use std::arch::x86_64::*;
 
 /// AVX2 (8 columns × 6 rows): i16 activations (widened once per block of rows by the
@@ -13,9 +13,9 @@ use std::arch::x86_64::*;
 pub struct Avx2(());
 
 impl Avx2 {
-    /// `Some` only on a CPU with AVX2.
+    /// `Some` only on a CPU with AVX2 and F16C (every one has both).
     pub fn new() -> Option<Avx2> {
-        is_x86_feature_detected!("avx2").then_some(Avx2(()))
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")).then_some(Avx2(()))
     }
 }
 
@@ -25,7 +25,7 @@ impl_gemm_kernel!(Avx2, "x86-avx2-gemm-u8i8", nr = 8, mr = 6, a_bias = 0, activa
 unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, k4: usize, init: *const i32, acc: *mut i32) {
     // Safety: the caller checked the bounds of k4 groups; init holds 8 values, acc R rows of 8.
     unsafe {
-        let c = sums_avx2::<R, 2>(a, lda, panel, 0..k4);
+        let c = sums_avx2::<R>(a, lda, panel, 0..k4);
         let init = _mm256_loadu_si256(init.cast());
         for (r, c) in c.iter().enumerate() {
             _mm256_storeu_si256(acc.add(8 * r).cast(), _mm256_add_epi32(columns_avx2(c), init));
@@ -36,21 +36,15 @@ unsafe fn tile_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, 
 /// The exact i32 sums of R rows × 8 columns over the groups `groups` of `k`, per row two
 /// vectors whose lanes pair up: `[c0 c0 c1 c1 | c2 c2 c3 c3]` and the same for columns 4–7
 /// (one lane for `k0·k1`, one for `k2·k3` of each group; see [`columns_avx2`]). Per group: 2
-/// panel loads widened to i16, and per row one 8-byte broadcast and 2 `vpmaddwd`. Activations
-/// of `BYTES` = 2 are i16 already; of 1, u8 widened here (the block-scaled tile's rare wide
-/// weights).
+/// panel loads widened to i16, and per row one 8-byte broadcast (the activations are i16
+/// already) and 2 `vpmaddwd`.
 ///
 /// # Safety
 /// The panel holds the groups (32 bytes each); every row, `lda` bytes apart, their 4 values
 /// each.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn sums_avx2<const R: usize, const BYTES: usize>(
-    a: *const u8,
-    lda: usize,
-    panel: *const i8,
-    groups: std::ops::Range<usize>,
-) -> [[__m256i; 2]; R] {
+unsafe fn sums_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, groups: std::ops::Range<usize>) -> [[__m256i; 2]; R] {
     let mut c = [[_mm256_setzero_si256(); 2]; R];
     for g in groups {
         // Safety (every access): as the caller guarantees.
@@ -59,10 +53,7 @@ unsafe fn sums_avx2<const R: usize, const BYTES: usize>(
             (_mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())), _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16).cast())))
         };
         for (r, c) in c.iter_mut().enumerate() {
-            let av = match BYTES {
-                2 => _mm256_set1_epi64x(unsafe { a.add(r * lda + 8 * g).cast::<i64>().read_unaligned() }),
-                _ => _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(unsafe { group(a, r * lda + 4 * g) } as i32))),
-            };
+            let av = _mm256_set1_epi64x(unsafe { a.add(r * lda + 8 * g).cast::<i64>().read_unaligned() });
             c[0] = _mm256_add_epi32(c[0], _mm256_madd_epi16(av, b_lo));
             c[1] = _mm256_add_epi32(c[1], _mm256_madd_epi16(av, b_hi));
         }
@@ -78,81 +69,76 @@ fn columns_avx2(c: &[__m256i; 2]) -> __m256i {
     _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(c[0], c[1]))
 }
 
-/// The exact i32 sums of R rows × 8 columns (one vector per row, lanes in column order) over
-/// the groups `groups` of `k`, for weights within ±[`SMALL_WEIGHT`](super::SMALL_WEIGHT) and
-/// u8 activations: `vpmaddubsw` makes 32 products a µop (against `vpmaddwd`'s 16), summed in
-/// pairs into i16 that cannot saturate (|a0·w0 + a1·w1| ≤ 2·255·15 = 7650), four groups
-/// added in i16 (≤ 30600), then widened once by `vpmaddwd` with ones.
-///
-/// # Safety
-/// The panel holds the groups (32 bytes each); every row, `lda` bytes apart, their 4 bytes
-/// each.
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn small_sums_avx2<const R: usize>(a: *const u8, lda: usize, panel: *const i8, groups: std::ops::Range<usize>) -> [__m256i; R] {
-    let ones = _mm256_set1_epi16(1);
-    let mut c = [_mm256_setzero_si256(); R];
-    let mut g0 = groups.start;
-    while g0 < groups.end {
-        let mut pairs = [_mm256_setzero_si256(); R];
-        for g in g0..groups.end.min(g0 + 4) {
-            // Safety (every access): as the caller guarantees.
-            let b = unsafe { _mm256_loadu_si256(panel.add(32 * g).cast()) };
-            for (r, pairs) in pairs.iter_mut().enumerate() {
-                let av = _mm256_set1_epi32(unsafe { group(a, r * lda + 4 * g) } as i32);
-                *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(av, b));
-            }
-        }
-        for (c, &pairs) in c.iter_mut().zip(&pairs) {
-            *c = _mm256_add_epi32(*c, _mm256_madd_epi16(pairs, ones));
-        }
-        g0 += 4;
-    }
-    c
-}
-
-/// The block-scaled tile (4 rows × 8 columns) on u8 activations: per block, the exact i32
-/// sums of each row (by [`small_sums_avx2`] for small weights, else [`sums_avx2`] reduced),
-/// converted and scaled into 4 ymm of f32 sums, so nothing leaves the registers between
-/// blocks. Multiply then add, as the default tile does: the same bits.
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_tile_avx2<const R: usize>(
-    a: *const u8,
-    lda: usize,
-    panel: *const i8,
-    k4: usize,
-    blocks: usize,
-    init: *const i32,
-    a_scales: *const f32,
-    a_stride: usize,
-    w_scales: *const f32,
-    small: bool,
-    acc: *mut f32,
-) {
-    // Safety (every access): the caller checked blocks·k4 groups of 32 panel bytes, 8 init and
-    // weight scales per block, `blocks` activation scales per row, R rows of `blocks·4·k4`
-    // bytes, and R rows of 8 in acc.
+/// The block-scaled tile (4 rows × 8 columns) on i8 activations, per block: the exact i32
+/// sums of each row, converted and scaled into 4 ymm of f32 sums, so nothing leaves the
+/// registers between blocks. Multiply then add, as the default tile does: the same bits.
+/// 4-bit values are the unsigned operand of `vpmaddubsw` as they are (pairs within
+/// 2·15·127, eight groups within i16 before `vpmaddwd` widens them); 8-bit ones, up to 255,
+/// would saturate it, so they go as `v = u − 128` by the sign trick (`|v| · sign(v)·q`, pairs
+/// within 2·128·127) and `128 · Σq` is added back with the zero point's term.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn block_tile_avx2<const R: usize>(a: super::BlockRows, w: super::BlockPanel, k4: usize, blocks: usize, acc: *mut f32) {
+    let (q, lda, block_bytes) = (a.q.as_ptr().cast::<u8>(), a.stride, w.block_bytes(k4, 8));
+    let (ones, low, flip) = (_mm256_set1_epi16(1), _mm256_set1_epi8(15), _mm256_set1_epi8(-128));
+    let shift = if w.four_bit { 0 } else { 128 };
     let mut sums = [_mm256_setzero_ps(); R];
     for blk in 0..blocks {
-        let groups = blk * k4..(blk + 1) * k4;
-        let (c, init, w) = unsafe {
-            (
-                match small {
-                    true => small_sums_avx2::<R>(a, lda, panel, groups),
-                    false => sums_avx2::<R, 1>(a, lda, panel, groups).map(|c| columns_avx2(&c)),
-                },
-                _mm256_loadu_si256(init.add(8 * blk).cast()),
-                _mm256_loadu_ps(w_scales.add(8 * blk)),
-            )
+        // Safety (every access): check_block_tile proved `blocks` blocks of the panel, 8 zero
+        // points and scales per block, R rows of `blocks·4·k4` values with their sums and
+        // scales, and R rows of 8 in acc.
+        let panel = unsafe { w.values.as_ptr().add(blk * block_bytes) };
+        let mut c: [__m256i; R] = std::array::from_fn(|r| {
+            let q_sum = a.sums[r * a.blocks_stride + blk];
+            match w.zeros {
+                BlockZeros::Same(z) => _mm256_set1_epi32(q_sum.wrapping_mul(shift - z as i32)),
+                BlockZeros::PerBlock(zeros) => {
+                    let z = unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(zeros.as_ptr().add(8 * blk).cast())) };
+                    _mm256_mullo_epi32(_mm256_sub_epi32(_mm256_set1_epi32(shift), z), _mm256_set1_epi32(q_sum))
+                }
+            }
+        });
+        let row = |r: usize, g: usize| unsafe { group(q, r * lda + 4 * (blk * k4 + g)) } as i32;
+        if w.four_bit {
+            for g0 in (0..k4).step_by(8) {
+                let mut pairs = [_mm256_setzero_si256(); R];
+                for t in (g0..k4.min(g0 + 8)).step_by(2) {
+                    let b = unsafe { _mm256_loadu_si256(panel.add(16 * t).cast()) };
+                    let (even, odd) = (_mm256_and_si256(b, low), _mm256_and_si256(_mm256_srli_epi16::<4>(b), low));
+                    for (r, pairs) in pairs.iter_mut().enumerate() {
+                        let products = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(even, _mm256_set1_epi32(row(r, t))),
+                            _mm256_maddubs_epi16(odd, _mm256_set1_epi32(row(r, t + 1))),
+                        );
+                        *pairs = _mm256_add_epi16(*pairs, products);
+                    }
+                }
+                for (c, &pairs) in c.iter_mut().zip(&pairs) {
+                    *c = _mm256_add_epi32(*c, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        } else {
+            for g in 0..k4 {
+                let v = unsafe { _mm256_xor_si256(_mm256_loadu_si256(panel.add(32 * g).cast()), flip) };
+                let magnitude = _mm256_abs_epi8(v);
+                for (r, c) in c.iter_mut().enumerate() {
+                    let signed = _mm256_sign_epi8(_mm256_set1_epi32(row(r, g)), v);
+                    *c = _mm256_add_epi32(*c, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones));
+                }
+            }
+        }
+        let w_scale = unsafe {
+            match w.scales {
+                BlockWeightScales::F32(s) => _mm256_loadu_ps(s.as_ptr().add(8 * blk)),
+                BlockWeightScales::F16(s) => _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(8 * blk).cast())),
+            }
         };
         for (r, (sum, &c)) in sums.iter_mut().zip(&c).enumerate() {
-            let a_scale = _mm256_set1_ps(unsafe { *a_scales.add(r * a_stride + blk) });
-            let exact = _mm256_cvtepi32_ps(_mm256_add_epi32(c, init));
-            *sum = _mm256_add_ps(*sum, _mm256_mul_ps(exact, _mm256_mul_ps(a_scale, w)));
+            let a_scale = _mm256_set1_ps(a.scales[r * a.blocks_stride + blk]);
+            *sum = _mm256_add_ps(*sum, _mm256_mul_ps(_mm256_cvtepi32_ps(c), _mm256_mul_ps(a_scale, w_scale)));
         }
     }
     for (r, &s) in sums.iter().enumerate() {
+        // Safety: acc holds R rows of 8.
         unsafe { _mm256_storeu_ps(acc.add(8 * r), s) };
     }
 }
@@ -263,45 +249,71 @@ unsafe fn sums_avx512vnni<const R: usize>(
     c
 }
 
-/// The block-scaled tile (4 rows × 48 columns): per block, 12 zmm of exact i32 sums, then
-/// converted and scaled into 12 zmm of f32 sums, so nothing leaves the registers between
-/// blocks. Multiply then add, as the default tile does: the same bits.
+/// The block-scaled tile (4 rows × 48 columns): per block, 12 zmm of exact i32 sums
+/// (`vpdpbusd` takes the unsigned values as they are, 4-bit ones split from their bytes),
+/// started at the zero points' `−z · Σq`, then converted and scaled into 12 zmm of f32 sums,
+/// so nothing leaves the registers between blocks. Multiply then add, as the default tile
+/// does: the same bits.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_tile_avx512vnni<const R: usize>(
-    a: *const u8,
-    lda: usize,
-    panel: *const i8,
-    k4: usize,
-    blocks: usize,
-    init: *const i32,
-    a_scales: *const f32,
-    a_stride: usize,
-    w_scales: *const f32,
-    _small: bool,
-    acc: *mut f32,
-) {
-    // Safety (every access): the caller checked blocks·k4 groups of 192 panel bytes, 48 init
-    // and weight scales per block, `blocks` activation scales per row, and R rows of 48 in acc.
+unsafe fn block_tile_avx512vnni<const R: usize>(a: super::BlockRows, w: super::BlockPanel, k4: usize, blocks: usize, acc: *mut f32) {
+    let (q, lda, block_bytes) = (a.q.as_ptr().cast::<u8>(), a.stride, w.block_bytes(k4, 48));
+    let low = _mm512_set1_epi8(15);
     let mut sums = [[_mm512_setzero_ps(); 3]; R];
     for blk in 0..blocks {
-        let c = unsafe { sums_avx512vnni::<R>(a, lda, panel, blk * k4..(blk + 1) * k4, init.add(48 * blk)) };
-        let w = unsafe {
-            let w = w_scales.add(48 * blk);
-            [_mm512_loadu_ps(w), _mm512_loadu_ps(w.add(16)), _mm512_loadu_ps(w.add(32))]
-        };
+        // Safety (every access): check_block_tile proved `blocks` blocks of the panel, 48 zero
+        // points and scales per block, R rows of `blocks·4·k4` values with their sums and
+        // scales, and R rows of 48 in acc.
+        let panel = unsafe { w.values.as_ptr().add(blk * block_bytes) };
+        let mut c: [[__m512i; 3]; R] = std::array::from_fn(|r| {
+            let q_sum = a.sums[r * a.blocks_stride + blk];
+            match w.zeros {
+                BlockZeros::Same(z) => [_mm512_set1_epi32(q_sum.wrapping_mul(-(z as i32))); 3],
+                BlockZeros::PerBlock(zeros) => std::array::from_fn(|v| {
+                    let z = unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(zeros.as_ptr().add(48 * blk + 16 * v).cast())) };
+                    _mm512_mullo_epi32(z, _mm512_set1_epi32(q_sum.wrapping_neg()))
+                }),
+            }
+        });
+        let row = |r: usize, g: usize| _mm512_set1_epi32(unsafe { group(q, r * lda + 4 * (blk * k4 + g)) } as i32);
+        if w.four_bit {
+            for t in (0..k4).step_by(2) {
+                let b: [__m512i; 3] = std::array::from_fn(|v| unsafe { _mm512_loadu_si512(panel.add(96 * t + 64 * v).cast()) });
+                let (even, odd) = (b.map(|b| _mm512_and_si512(b, low)), b.map(|b| _mm512_and_si512(_mm512_srli_epi16::<4>(b), low)));
+                for (r, c) in c.iter_mut().enumerate() {
+                    let (a_even, a_odd) = (row(r, t), row(r, t + 1));
+                    for v in 0..3 {
+                        c[v] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c[v], even[v], a_even), odd[v], a_odd);
+                    }
+                }
+            }
+        } else {
+            for g in 0..k4 {
+                let b: [__m512i; 3] = std::array::from_fn(|v| unsafe { _mm512_loadu_si512(panel.add(192 * g + 64 * v).cast()) });
+                for (r, c) in c.iter_mut().enumerate() {
+                    let av = row(r, g);
+                    for (c, &b) in c.iter_mut().zip(&b) {
+                        *c = _mm512_dpbusd_epi32(*c, b, av);
+                    }
+                }
+            }
+        }
+        let w_scale: [__m512; 3] = std::array::from_fn(|v| unsafe {
+            match w.scales {
+                BlockWeightScales::F32(s) => _mm512_loadu_ps(s.as_ptr().add(48 * blk + 16 * v)),
+                BlockWeightScales::F16(s) => _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(48 * blk + 16 * v).cast())),
+            }
+        });
         for (r, (sums, c)) in sums.iter_mut().zip(&c).enumerate() {
-            let a_scale = _mm512_set1_ps(unsafe { *a_scales.add(r * a_stride + blk) });
-            for ((sum, &c), &w) in sums.iter_mut().zip(c).zip(&w) {
+            let a_scale = _mm512_set1_ps(a.scales[r * a.blocks_stride + blk]);
+            for ((sum, &c), &w) in sums.iter_mut().zip(c).zip(&w_scale) {
                 *sum = _mm512_add_ps(*sum, _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(a_scale, w)));
             }
         }
     }
     for (r, sums) in sums.iter().enumerate() {
         for (v, &s) in sums.iter().enumerate() {
-            unsafe {
-                _mm512_storeu_ps(acc.add(48 * r + 16 * v), s);
-            }
+            // Safety: acc holds R rows of 48.
+            unsafe { _mm512_storeu_ps(acc.add(48 * r + 16 * v), s) };
         }
     }
 }

@@ -14,7 +14,7 @@ use super::matmul::{Matrix, sgemm, weights_product_shape};
 use super::{BufferPool, Fact, ImportCtx, Importer, Op, PreparedWeights, expect_dtype, numel, optional, out, required};
 use crate::error::{Error, Result, ensure};
 use crate::kernels::best_gemm_u8i8;
-use crate::kernels::blocked::{BlockScaledI8, gemm_block_scaled, quantize_rows};
+use crate::kernels::blocked::{BlockScaledWeights, gemm_block_scaled, quantize_rows};
 use crate::kernels::gemm::{PackedI8, gemm_u8i8_with};
 use crate::nibbles::unpack_u4;
 use crate::tensor::{DataType, Tensor};
@@ -58,9 +58,9 @@ pub struct MatMulNBits {
     int8_compute: bool,
     /// Zero point of each (row, block) as f32, unpacked on first use.
     zeros: PreparedWeights<Vec<f32>>,
-    /// For int8 compute, the weights minus their zero points packed for the integer kernels
-    /// (`None` when that is not exact: float zero points, or 8-bit differences beyond i8).
-    int8: PreparedWeights<Option<BlockScaledI8>>,
+    /// For int8 compute, the weights and zero points packed for the integer kernels (`None`
+    /// for float zero points, which the integer sums cannot carry).
+    int8: PreparedWeights<Option<BlockScaledWeights>>,
 }
 
 impl MatMulNBits {
@@ -94,25 +94,23 @@ impl MatMulNBits {
 }
 
 impl MatMulNBits {
-    /// The weights for the block-scaled integer GEMM, if exact: `q − zero` in i8 per value.
-    fn block_scaled(&self, packed: &[u8], scales: &[f32], zeros: Option<&Tensor>) -> Result<Option<BlockScaledI8>> {
+    /// The weights for the block-scaled integer GEMM, if exact: unsigned values with their
+    /// zero points, 4-bit ones kept as nibbles.
+    fn block_scaled(&self, packed: &[u8], scales: &[f32], zeros: Option<&Tensor>) -> Result<Option<BlockScaledWeights>> {
         if zeros.is_some_and(|z| z.dtype() == DataType::F32) || !self.block.is_multiple_of(4) {
             return Ok(None);
         }
         let zero_points = self.zero_points(zeros)?;
         let (k, n, blocks, bits, block) = (self.k, self.n, self.blocks(), self.bits, self.block);
         let blob = block * bits / 8;
-        let value = |j: usize, p: usize| -> i32 {
+        let value = |p: usize, j: usize| -> u8 {
             let (blk, within) = (p / block, p % block);
             let blob_bytes = &packed[(j * blocks + blk) * blob..];
-            let q = if bits == 8 { blob_bytes[within] as i32 } else { crate::nibbles::get(blob_bytes, within, false) };
-            q - zero_points[j * blocks + blk] as i32
+            if bits == 8 { blob_bytes[within] } else { crate::nibbles::get(blob_bytes, within, false) as u8 }
         };
-        if (0..n).any(|j| (0..k).any(|p| i8::try_from(value(j, p)).is_err())) {
-            return Ok(None);
-        }
-        let kernel = best_gemm_u8i8();
-        Ok(Some(BlockScaledI8::from_fn(kernel, k, n, block, |p, j| value(j, p) as i8, |blk, j| scales[j * blocks + blk])))
+        let four_bit = bits == 4 && block.is_multiple_of(8);
+        let zero = |blk: usize, j: usize| zero_points[j * blocks + blk] as u8;
+        Ok(Some(BlockScaledWeights::from_fn(best_gemm_u8i8(), k, n, block, four_bit, value, zero, |blk, j| scales[j * blocks + blk])))
     }
 }
 
@@ -304,49 +302,25 @@ impl BlockQuantizedMatMul {
         if self.transposed { j * blocks + blk } else { blk * n + j }
     }
 
-    /// Whether every `q − zero_point` fits in i8: always for 4-bit values (their differences
-    /// lie in −15..=15) and for int8 ones without zero points, else as [`Self::differences`]
-    /// finds.
-    pub(crate) fn fits(&self, q: &Tensor, zero: Option<&Tensor>) -> Result<bool> {
-        // 4-bit values, and int8 values without zero points (GGUF's Q8_0), need no look: the
-        // planner asks on every plan, and a language model holds 10⁸ weights.
-        let symmetric_int8 = q.dtype() == DataType::I8 && zero.is_none();
-        if symmetric_int8 || (q.dtype().is_four_bit() && zero.is_none_or(|z| z.dtype().is_four_bit())) {
-            return Ok(true);
-        }
-        Ok(self.differences(q, zero)?.is_some())
-    }
-
-    /// `q − zero_point` of the weights in blocks of `block` along K, in their stored order,
-    /// if every difference fits in i8 (the integer kernels' operand; always so for 4-bit
-    /// values).
-    fn differences(&self, q: &Tensor, zero: Option<&Tensor>) -> Result<Option<Vec<i8>>> {
-        // Values as i32 one at a time: the weights are not copied wider than bytes.
-        fn values(t: &Tensor) -> Result<Box<dyn Iterator<Item = i32> + '_>> {
-            Ok(match t.dtype() {
-                DataType::U8 => Box::new(t.as_slice::<u8>()?.iter().map(|&v| v as i32)),
-                DataType::U4 | DataType::I4 => {
-                    let (packed, signed) = (t.as_nibbles()?, t.dtype() == DataType::I4);
-                    Box::new((0..t.len()).map(move |i| crate::nibbles::get(packed, i, signed)))
-                }
-                _ => Box::new(t.as_slice::<i8>()?.iter().map(|&v| v as i32)),
-            })
-        }
+    /// `q − zero_point` of 4-bit weights in their stored order (the per-column form's
+    /// operand).
+    fn differences(&self, q: &Tensor, zero: Option<&Tensor>) -> Result<Vec<i8>> {
         let (k, n) = self.k_n(q.shape())?;
         let blocks = k.div_ceil(self.block);
-        let zeros = zero.map(|z| values(z).map(Iterator::collect::<Vec<i32>>)).transpose()?;
+        let (values, zeros) = (StoredValues::of(q)?, zero.map(StoredValues::of).transpose()?);
         ensure!(
-            zeros.as_ref().is_none_or(|z| z.len() == blocks * n),
+            zero.is_none_or(|z| z.len() == blocks * n),
             "zero point holds {} values; {} expected",
-            zeros.as_ref().map_or(0, Vec::len),
+            zero.map_or(0, Tensor::len),
             blocks * n
         );
-        let differences = values(q)?.enumerate().map(|(i, v)| {
-            let (p, j) = if self.transposed { (i % k, i / k) } else { (i / n, i % n) };
-            let zero = zeros.as_ref().map_or(0, |z| z[self.parameter_at(p / self.block, j, blocks, n)]);
-            i8::try_from(v - zero).ok()
-        });
-        Ok(differences.collect())
+        Ok((0..q.len())
+            .map(|i| {
+                let (p, j) = if self.transposed { (i % k, i / k) } else { (i / n, i % n) };
+                let zero = zeros.as_ref().map_or(values.zero(), |z| z.get(self.parameter_at(p / self.block, j, blocks, n)));
+                (values.get(i) as i32 - zero as i32) as i8
+            })
+            .collect())
     }
 
     fn pack(&self, q: &Tensor, scale: &Tensor, zero: Option<&Tensor>) -> Result<PackedBlocks> {
@@ -354,23 +328,68 @@ impl BlockQuantizedMatMul {
         let scales = scale.as_slice::<f32>()?;
         let blocks = k.div_ceil(self.block);
         ensure!(scales.len() == blocks * n, "scale holds {} values; {blocks} blocks × N {n} expected", scales.len());
-        let w = self.differences(q, zero)?.ok_or_else(|| Error::Op("weights minus zero points leave i8".into()))?;
-        let weight = |p, j| w[self.weight_at(p, j, k, n)];
+        ensure!(
+            zero.is_none_or(|z| z.len() == blocks * n),
+            "zero point holds {} values; {} expected",
+            zero.map_or(0, Tensor::len),
+            blocks * n
+        );
         if self.per_column {
+            let w = self.differences(q, zero)?;
+            let weight = |p, j| w[self.weight_at(p, j, k, n)];
             let not_exact = || Error::Op("block scales are not powers of two apart".into());
             let (bases, shifts) = self.per_column_scales(q.shape(), scale)?.ok_or_else(not_exact)?;
             let shifted = |p: usize, j: usize| weight(p, j) << shifts[self.parameter_at(p / self.block, j, blocks, n)];
             return Ok(PackedBlocks::PerColumn { weights: PackedI8::from_fn(best_gemm_u8i8(), k, vec![0; n], shifted), scales: bases });
         }
+        ensure!(zero.is_none_or(|z| z.dtype() == q.dtype()), "zero point of another type than the weights ({})", q.dtype());
+        let (values, zeros) = (StoredValues::of(q)?, zero.map(StoredValues::of).transpose()?);
+        let value = |p, j| values.get(self.weight_at(p, j, k, n));
+        let zero = |blk, j| zeros.as_ref().map_or(values.zero(), |z| z.get(self.parameter_at(blk, j, blocks, n)));
         let scale = |blk, j| scales[self.parameter_at(blk, j, blocks, n)];
-        Ok(PackedBlocks::Blocks(BlockScaledI8::from_fn(best_gemm_u8i8(), k, n, self.block, weight, scale)))
+        let four_bit = q.dtype().is_four_bit() && self.block.is_multiple_of(8);
+        Ok(PackedBlocks::Blocks(BlockScaledWeights::from_fn(best_gemm_u8i8(), k, n, self.block, four_bit, value, zero, scale)))
+    }
+}
+
+/// Stored integer values read as unsigned ones: u8 and uint4 as they are, int8 + 128 and
+/// int4 + 8 (the top bit flipped), so that `u − z` is the stored difference.
+enum StoredValues<'a> {
+    Bytes { bytes: &'a [u8], flip: u8 },
+    Nibbles { packed: &'a [u8], flip: u8 },
+}
+
+impl StoredValues<'_> {
+    fn of(t: &Tensor) -> Result<StoredValues<'_>> {
+        Ok(match t.dtype() {
+            DataType::U8 => StoredValues::Bytes { bytes: t.as_slice::<u8>()?, flip: 0 },
+            DataType::I8 => StoredValues::Bytes { bytes: t.as_le_bytes(), flip: 0x80 },
+            DataType::U4 => StoredValues::Nibbles { packed: t.as_nibbles()?, flip: 0 },
+            DataType::I4 => StoredValues::Nibbles { packed: t.as_nibbles()?, flip: 8 },
+            other => return Err(Error::Op(format!("{other} weights; 8- or 4-bit integers expected"))),
+        })
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> u8 {
+        match *self {
+            StoredValues::Bytes { bytes, flip } => bytes[i] ^ flip,
+            StoredValues::Nibbles { packed, flip } => ((packed[i / 2] >> (4 * (i % 2))) & 15) ^ flip,
+        }
+    }
+
+    /// The default zero point (a stored 0).
+    fn zero(&self) -> u8 {
+        match *self {
+            StoredValues::Bytes { flip, .. } | StoredValues::Nibbles { flip, .. } => flip,
+        }
     }
 }
 
 /// A [`BlockQuantizedMatMul`]'s packed weights.
 enum PackedBlocks {
     /// Scaled block by block.
-    Blocks(BlockScaledI8),
+    Blocks(BlockScaledWeights),
     /// Int8 per column, with the column scales.
     PerColumn { weights: PackedI8, scales: Vec<f32> },
 }
@@ -433,7 +452,7 @@ impl Op for BlockQuantizedMatMul {
                 let rows = quantize_rows(a.as_slice::<f32>()?, k, k.max(1));
                 gemm_u8i8_with(
                     best_gemm_u8i8(),
-                    &rows.data,
+                    &rows.offset_u8(),
                     128,
                     weights,
                     &mut y,
@@ -482,14 +501,14 @@ mod tests {
     }
 
     /// `accuracy_level` 4: int8 activations per block on the integer kernels, close to the
-    /// f32 path; 8-bit weights whose differences to the zero point leave i8 fall back to it.
+    /// f32 path, 8-bit weights with zero point 0 too (their differences span 0..=255); float
+    /// zero points, which integer sums cannot carry, fall back to it.
     #[test]
     fn int8_compute_is_close_to_f32_and_exact_when_it_falls_back() {
         let (m, k, n, block) = (3usize, 96usize, 10usize, 32usize);
         let blocks = k / block;
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-        // (bits, zero points 0 instead of the default): 8-bit values up to 255 minus 0 leave i8.
-        for (bits, zero_is_0) in [(4usize, false), (8, false), (8, true)] {
+        for (bits, zeros) in [(4usize, None), (8, None), (8, Some(DataType::U8)), (4, Some(DataType::F32))] {
             let blob = block * bits / 8;
             let b: Vec<u8> = (0..n * blocks * blob).map(|i| (i * 151 % 256) as u8).collect();
             let scales: Vec<f32> = (0..n * blocks).map(|i| 0.01 + 0.002 * i as f32).collect();
@@ -502,14 +521,18 @@ mod tests {
                 zeros: PreparedWeights::default(),
                 int8: PreparedWeights::default(),
             };
-            let zeros = zero_is_0.then(|| Tensor::from_vec(vec![n * blocks], vec![0u8; n * blocks]).unwrap());
+            let zeros = zeros.map(|dtype| match dtype {
+                DataType::U8 => Tensor::from_vec(vec![n * blocks], vec![0u8; n * blocks]).unwrap(),
+                _ => Tensor::from_vec(vec![n * blocks], vec![7.5f32; n * blocks]).unwrap(),
+            });
+            let float_zeros = zeros.as_ref().is_some_and(|z| z.dtype() == DataType::F32);
             let inputs =
                 [f32t(&[m, k], &a), Some(Tensor::from_vec(vec![n, blocks, blob], b.clone()).unwrap()), f32t(&[n * blocks], &scales), zeros];
             let exact = run(&op(false), &inputs).unwrap().remove(0);
             let int8 = run(&op(true), &inputs).unwrap().remove(0);
             let (exact, int8) = (exact.as_slice::<f32>().unwrap(), int8.as_slice::<f32>().unwrap());
-            if zero_is_0 {
-                assert_eq!(int8, exact, "8-bit weights beyond i8 must run in f32");
+            if float_zeros {
+                assert_eq!(int8, exact, "float zero points must run in f32");
                 continue;
             }
             let scale = exact.iter().map(|v| v.abs()).fold(0.0, f32::max);

@@ -13,6 +13,7 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 thread_local! {
     static THREADS: Cell<usize> = const { Cell::new(1) };
@@ -20,7 +21,28 @@ thread_local! {
 
 /// Work below this many multiply-adds stays on one thread: waking a worker costs more than it
 /// saves.
-const MIN_WORK_PER_THREAD: usize = 1 << 19;
+const MIN_WORK_PER_THREAD: usize = 1 << 17;
+
+/// How long a thread polls for what it waits for (a worker for a job, a caller for its last
+/// chunk) before it sleeps: a decoder's token runs about a hundred split ops some tens of µs
+/// apart, and waking a sleeping thread costs about as much again each time.
+const POLL: Duration = Duration::from_micros(100);
+
+/// Polls `ready` for up to [`POLL`]; whether it became true.
+fn poll(ready: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+        if start.elapsed() > POLL {
+            return ready();
+        }
+    }
+}
 
 /// Chunks per thread: enough that a slow thread's share is taken over by the others, few
 /// enough that taking one costs nothing.
@@ -147,7 +169,9 @@ struct Job {
     run: *const (dyn Fn(usize) + Sync),
     chunks: usize,
     next: AtomicUsize,
-    done: Mutex<usize>,
+    /// Chunks finished; the last one notifies `finished` under `sleep`.
+    done: AtomicUsize,
+    sleep: Mutex<()>,
     finished: Condvar,
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
@@ -169,9 +193,8 @@ impl Job {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(i))) {
                 self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(panic);
             }
-            let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-            *done += 1;
-            if *done == self.chunks {
+            if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.chunks {
+                let _sleep = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
                 self.finished.notify_all();
             }
         }
@@ -181,13 +204,23 @@ impl Job {
 /// The workers: a queue of tickets, each inviting one worker to help with a job.
 struct Pool {
     tickets: Mutex<VecDeque<Arc<Job>>>,
+    /// The queue's length, for workers polling without the lock.
+    pending: AtomicUsize,
+    /// Workers asleep on `ready` (changed under the `tickets` lock).
+    sleepers: AtomicUsize,
     ready: Condvar,
     workers: Mutex<usize>,
 }
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool { tickets: Mutex::new(VecDeque::new()), ready: Condvar::new(), workers: Mutex::new(0) })
+    POOL.get_or_init(|| Pool {
+        tickets: Mutex::new(VecDeque::new()),
+        pending: AtomicUsize::new(0),
+        sleepers: AtomicUsize::new(0),
+        ready: Condvar::new(),
+        workers: Mutex::new(0),
+    })
 }
 
 impl Pool {
@@ -206,13 +239,17 @@ impl Pool {
 
     fn serve(&self) {
         loop {
+            poll(|| self.pending.load(Ordering::Acquire) > 0);
             let job = {
                 let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
-                    match tickets.pop_front() {
-                        Some(job) => break job,
-                        None => tickets = self.ready.wait(tickets).unwrap_or_else(|e| e.into_inner()),
+                    if let Some(job) = tickets.pop_front() {
+                        self.pending.store(tickets.len(), Ordering::Release);
+                        break job;
                     }
+                    self.sleepers.fetch_add(1, Ordering::Relaxed);
+                    tickets = self.ready.wait(tickets).unwrap_or_else(|e| e.into_inner());
+                    self.sleepers.fetch_sub(1, Ordering::Relaxed);
                 }
             };
             job.work();
@@ -228,23 +265,36 @@ fn run_chunks(threads: usize, chunks: usize, run: &(dyn Fn(usize) + Sync)) {
     // Safety (lifetime erasure): see `Job::run`; this function waits for every chunk below.
     let run: *const (dyn Fn(usize) + Sync + '_) = run;
     let run = unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(run) };
-    let job =
-        Arc::new(Job { run, chunks, next: AtomicUsize::new(0), done: Mutex::new(0), finished: Condvar::new(), panic: Mutex::new(None) });
+    let job = Arc::new(Job {
+        run,
+        chunks,
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        sleep: Mutex::new(()),
+        finished: Condvar::new(),
+        panic: Mutex::new(None),
+    });
     {
         let mut tickets = pool.tickets.lock().unwrap_or_else(|e| e.into_inner());
         // Tickets of finished jobs (taken by no worker in time) are dropped here.
         tickets.retain(|j| j.next.load(Ordering::Relaxed) < j.chunks);
         tickets.extend(std::iter::repeat_n(job.clone(), threads - 1));
+        pool.pending.store(tickets.len(), Ordering::Release);
+        // Polling workers see `pending`; only sleeping ones need the (system) call.
+        if pool.sleepers.load(Ordering::Relaxed) > 0 {
+            pool.ready.notify_all();
+        }
     }
-    pool.ready.notify_all();
     // The caller's chunks run with one thread, as the workers' do: a kernel inside a chunk
     // does not split again.
     with(1, || job.work());
-    let mut done = job.done.lock().unwrap_or_else(|e| e.into_inner());
-    while *done < chunks {
-        done = job.finished.wait(done).unwrap_or_else(|e| e.into_inner());
+    let finished = || job.done.load(Ordering::Acquire) >= chunks;
+    if !poll(finished) {
+        let mut sleep = job.sleep.lock().unwrap_or_else(|e| e.into_inner());
+        while !finished() {
+            sleep = job.finished.wait(sleep).unwrap_or_else(|e| e.into_inner());
+        }
     }
-    drop(done);
     if let Some(panic) = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
         resume_unwind(panic);
     }

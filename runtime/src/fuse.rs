@@ -75,7 +75,7 @@ pub(crate) fn fuse(steps: Vec<Step>, facts: &[Fact], graph_outputs: &[usize], ex
             qdq_binary,
             dequantized_gather,
             block_quantized_matmul,
-            packed_f16_matmul,
+            packed_matmul,
             compact_weights,
             matmul_integer_to_float,
             viewed_matmul_operand,
@@ -470,27 +470,38 @@ fn block_quantized_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
     Some((absorbed, Step { node: step.node.clone(), op_type, op, inputs, outputs: vec![Some(tail.out)] }))
 }
 
-/// `MatMul(A, Cast(float16 constant K × N))` → [`PackedMatMul`]: the weights packed once
-/// into the f32 kernel's panels, instead of expanded and packed again on every run.
-fn packed_f16_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
-    let step = g.steps[i].as_ref().filter(|s| s.op_type == "MatMul")?;
-    (step.op.as_ref() as &dyn Any).downcast_ref::<MatMul>().filter(|m| m.is_plain())?;
+/// `MatMul(A, W)` or `Gemm(A, W)` (plain, `transB`, no C) with constant weights, float32 or
+/// `Cast(float16 constant)` → [`PackedMatMul`]: the weights packed once into the f32
+/// kernel's panels, instead of expanded and packed again on every run (and by every
+/// thread). Small constants (under 4 Ki values) are left as they are.
+fn packed_matmul(g: &Planned, i: usize) -> Option<(Vec<usize>, Step)> {
+    let step = g.steps[i].as_ref()?;
+    let transposed = match step.op_type.as_str() {
+        "MatMul" => (step.op.as_ref() as &dyn Any).downcast_ref::<MatMul>().filter(|m| m.is_plain()).map(|_| false)?,
+        "Gemm" => (step.op.as_ref() as &dyn Any).downcast_ref::<Gemm>()?.plain().filter(|&t| t)?,
+        _ => return None,
+    };
     let (a, w) = match step.inputs.as_slice() {
         [Some(a), Some(w)] => (*a, *w),
         _ => return None,
     };
-    let cast = g.expanded.get(&w).filter(|s| s.op_type == "Cast")?;
-    let source = cast.inputs.first().copied().flatten().filter(|&s| g.facts[s].dtype == DataType::F16 && g.facts[s].shape.len() == 2)?;
+    // A float32 constant of the file, or the float16 one a folded Cast expands (weights
+    // folded out of DequantizeLinear are left to the compact forms).
+    let (source, fused) = match g.expanded.get(&w) {
+        Some(cast) if cast.op_type == "Cast" => {
+            (cast.inputs.first().copied().flatten().filter(|&s| g.facts[s].dtype == DataType::F16)?, "Cast→PackedMatMul")
+        }
+        Some(_) => return None,
+        None => (w, "PackedMatMul"),
+    };
+    let facts = &g.facts[source];
+    let big = facts.shape.len() == 2 && facts.shape.iter().product::<usize>() >= 4096;
+    (big && facts.value.is_some() && g.facts[a].dtype == DataType::F32).then_some(())?;
+    let op_type = if transposed { format!("{fused}(transB)") } else { fused.to_string() };
     let inputs = vec![Some(a), Some(source)];
     Some((
         vec![i],
-        Step {
-            node: step.node.clone(),
-            op_type: "Cast→PackedMatMul".into(),
-            op: Arc::new(PackedMatMul::default()),
-            inputs,
-            outputs: step.outputs.clone(),
-        },
+        Step { node: step.node.clone(), op_type, op: Arc::new(PackedMatMul::new(transposed)), inputs, outputs: step.outputs.clone() },
     ))
 }
 
@@ -1353,8 +1364,10 @@ mod tests {
     /// on the integer kernels, close to it. Neither plan holds the f32 weights.
     #[test]
     fn weight_only_quantized_matmul_keeps_weights_quantized() {
+        // 5 rows: a prompt's, which the float weights' packed tiles and the expanded weights'
+        // GEMM sum alike (a token's few rows stream expanded weights in another order).
         let (k, n, block) = (80usize, 64usize, 32usize);
-        let x = Tensor::from_vec(vec![3, k], (0..3 * k).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap();
+        let x = Tensor::from_vec(vec![5, k], (0..5 * k).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap();
         for (exact, fused_op, tolerance) in [(true, "DequantizeLinear→MatMul", 0.0), (false, "DequantizeLinear→BlockQuantizedMatMul", 0.01)]
         {
             let (expand, dequantized) = blocked_weights_model(k, n, block);

@@ -303,20 +303,43 @@ pub(crate) fn weights_product_shape(a: &Fact, w: &Fact) -> Result<Vec<usize>> {
     Ok(shape)
 }
 
-/// `MatMul(A, W)` with constant `K × N` float16 weights (`Cast` from a float16 constant),
-/// packed once into the f32 kernel's panels on first use: no per-run expansion or packing.
-/// Made by the planner's fusion pass, not imported.
+/// `MatMul(A, W)` with constant `K × N` weights, float32 or float16 (`Cast` from a float16
+/// constant), or `Gemm(A, W)` with `transB` and `N × K` ones, packed once into the f32
+/// kernel's panels on first use: no per-run expansion or packing, and a decoder's token
+/// streams each panel's weights contiguously, panels shared among the threads. Made by the
+/// planner's fusion pass, not imported.
 /// Inputs: `(A, W)`, `A` of shape `[.., K]`.
 #[derive(Debug, Default)]
 pub struct PackedMatMul {
+    /// Weights stored `N × K` (a Gemm's `transB`).
+    transposed: bool,
     weights: PreparedWeights<PackedF32>,
 }
 
 impl PackedMatMul {
-    fn pack(w: &Tensor) -> Result<PackedF32> {
-        let w32 = super::elementwise::cast(w, DataType::F32)?;
-        let [k, n] = w32.shape()[..] else { unreachable!("infer checked K × N weights") };
-        Ok(PackedF32::new(best_gemm_f32(), Matrix::dense(w32.as_slice::<f32>()?, k, n)))
+    /// The step for weights stored `N × K` when `transposed`, else `K × N`.
+    pub(crate) fn new(transposed: bool) -> PackedMatMul {
+        PackedMatMul { transposed, weights: PreparedWeights::default() }
+    }
+
+    /// K and N of the weights' shape.
+    fn k_n(&self, shape: &[usize]) -> Result<(usize, usize)> {
+        match (shape, self.transposed) {
+            ([k, n], false) | ([n, k], true) => Ok((*k, *n)),
+            _ => Err(crate::error::Error::Op(format!("weights of shape {shape:?}; 2-D expected"))),
+        }
+    }
+
+    fn pack(&self, w: &Tensor) -> Result<PackedF32> {
+        let (k, n) = self.k_n(w.shape())?;
+        let w32 = if w.dtype() == DataType::F32 {
+            std::borrow::Cow::Borrowed(w)
+        } else {
+            std::borrow::Cow::Owned(super::elementwise::cast(w, DataType::F32)?)
+        };
+        let values = w32.as_slice::<f32>()?;
+        let b = if self.transposed { Matrix::dense(values, n, k).t() } else { Matrix::dense(values, k, n) };
+        Ok(PackedF32::new(best_gemm_f32(), b))
     }
 }
 
@@ -327,14 +350,15 @@ impl Op for PackedMatMul {
 
     fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
         let w = required(inputs, 1)?;
-        expect_dtype(w, &[DataType::F16], "weights")?;
-        Ok(vec![Fact::new(DataType::F32, weights_product_shape(required(inputs, 0)?, w)?)])
+        expect_dtype(w, &[DataType::F32, DataType::F16], "weights")?;
+        let (k, n) = self.k_n(&w.shape)?;
+        Ok(vec![Fact::new(DataType::F32, weights_product_shape(required(inputs, 0)?, &Fact::new(w.dtype, vec![k, n]))?)])
     }
 
     fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
         let (a, w) = (required(inputs, 0)?, required(inputs, 1)?);
-        let weights = self.weights.get(w, || Self::pack(w))?;
-        let (k, n) = (w.shape()[0], w.shape()[1]);
+        let weights = self.weights.get(w, || self.pack(w))?;
+        let (k, n) = self.k_n(w.shape())?;
         let mut shape = a.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = n;
         let rows = numel(&a.shape()[..a.shape().len() - 1])?;

@@ -143,6 +143,26 @@ pub fn sgemm(kernel: &dyn GemmF32, a: Matrix, b: &PackedF32, c: &mut [f32]) {
     if n == 0 {
         return;
     }
+    if m < 2 * kernel.mr() {
+        // A decoder's tokens: too few rows to share, so threads take panels of columns, each
+        // streaming its own panels' contiguous weights. Every weight read from memory is one
+        // multiply-add per row there: its work counts as a tall product's 16.
+        crate::threads::for_column_ranges(c, n, b.nr, 16 * n * k, |col0, c| {
+            let mut edge = vec![0.0; kernel.mr() * b.nr];
+            for col in (col0..col0 + c.width()).step_by(b.nr) {
+                let cols = b.nr.min(n - col);
+                for row0 in (0..m).step_by(kernel.mr()) {
+                    let rows = kernel.mr().min(m - row0);
+                    let data = &a.data[(row0 * a.row_stride).min(a.data.len())..];
+                    kernel.tile(Matrix { data, rows, ..a }, b.panel(col), &mut edge, b.nr);
+                    for (r, values) in edge.chunks_exact(b.nr).take(rows).enumerate() {
+                        c.row(row0 + r)[col - col0..][..cols].copy_from_slice(&values[..cols]);
+                    }
+                }
+            }
+        });
+        return;
+    }
     crate::threads::for_row_ranges(c, n, kernel.mr(), m * n * k, |row0, c| {
         let rows = c.len() / n;
         let data = &a.data[(row0 * a.row_stride).min(a.data.len())..];

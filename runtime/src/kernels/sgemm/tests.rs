@@ -103,6 +103,27 @@ fn threads_split_rows_without_changing_results() {
 }
 
 #[test]
+fn a_few_rows_split_columns_and_sum_as_inside_a_tall_product() {
+    // A decoder's token or two: threads take panels of columns; each row's values are those
+    // the same row gets among many (split by rows).
+    let (m, k, n) = (40, 300, 1000);
+    let (a, b) = (values(m * k, 10), values(k * n, 11));
+    for kernel in gemm_f32_kernels() {
+        let packed = PackedF32::new(kernel.as_ref(), Matrix::dense(&b, k, n));
+        let product = |rows: usize, threads| {
+            let mut c = vec![0f32; rows * n];
+            crate::threads::with(threads, || sgemm(kernel.as_ref(), Matrix::dense(&a, rows, k), &packed, &mut c));
+            c
+        };
+        let tall = product(m, 2);
+        for rows in [1, 2, 3] {
+            assert_eq!(product(rows, 1), product(rows, 3), "{}: {rows} rows", kernel.name());
+            assert_eq!(product(rows, 2), tall[..rows * n], "{}: {rows} rows against a tall product", kernel.name());
+        }
+    }
+}
+
+#[test]
 #[should_panic(expected = "out of bounds")]
 fn an_operand_past_its_data_is_refused() {
     let kernel = super::best_gemm_f32();

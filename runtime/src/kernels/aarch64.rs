@@ -124,7 +124,88 @@ impl DotProd {
 }
 
 lane_dot_tile!(tile_sdot, "neon,dotprod", "sdot", 0x80);
-impl_gemm_kernel!(DotProd, "aarch64-dotprod-gemm-u8i8", nr = 8, mr = 8, a_bias = 128, activation_bytes = 1, tile_sdot);
+impl_gemm_kernel!(
+    DotProd,
+    "aarch64-dotprod-gemm-u8i8",
+    nr = 8,
+    mr = 8,
+    a_bias = 128,
+    activation_bytes = 1,
+    tile_sdot,
+    block_mr = 4,
+    block_tile_sdot
+);
+
+/// `c += Σ_{i<4} b[4j + i] · a[i]` per lane j: one `sdot` by element 0 of `a`.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+fn sdot(c: &mut int32x4_t, b: int8x16_t, a: int8x16_t) {
+    // Safety: the instruction exists under the features this function is compiled for.
+    unsafe { asm!("sdot {c:v}.4s, {b:v}.16b, {a:v}.4b[0]", c = inout(vreg) *c, b = in(vreg) b, a = in(vreg) a, options(pure, nomem, nostack)) };
+}
+
+/// The block-scaled tile (4 rows × 8 columns) on `sdot`, i8 · i8: 4-bit values are i8 as they
+/// are; 8-bit ones go as `u − 128` (the top bit flipped), with `128 · Σq` added back in the
+/// zero points' term. Per block, the exact i32 sums start at that term, then are converted
+/// and scaled into f32 sums, multiply then add, as the default tile does: the same bits.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn block_tile_sdot<const R: usize>(a: super::BlockRows, w: super::BlockPanel, k4: usize, blocks: usize, acc: *mut f32) {
+    let (q, lda, block_bytes) = (a.q.as_ptr().cast::<u8>(), a.stride, w.block_bytes(k4, 8));
+    let (low, flip) = (vdupq_n_u8(15), vdupq_n_u8(0x80));
+    let shift = if w.four_bit { 0 } else { 128 };
+    let mut sums = [[vdupq_n_f32(0.0); 2]; R];
+    for blk in 0..blocks {
+        // Safety (every access): check_block_tile proved `blocks` blocks of the panel, 8 zero
+        // points and scales per block, R rows of `blocks·4·k4` values with their sums and
+        // scales, and R rows of 8 in acc.
+        let panel = unsafe { w.values.as_ptr().add(blk * block_bytes) };
+        let mut c: [[int32x4_t; 2]; R] = std::array::from_fn(|r| {
+            let q_sum = a.sums[r * a.blocks_stride + blk];
+            let term: [i32; 8] = std::array::from_fn(|j| q_sum.wrapping_mul(shift - w.zeros.at(8 * blk + j) as i32));
+            // Safety: term holds 8 values.
+            unsafe { [vld1q_s32(term.as_ptr()), vld1q_s32(term.as_ptr().add(4))] }
+        });
+        let row = |r: usize, g: usize| vreinterpretq_s8_u32(vdupq_n_u32(unsafe { group(q, r * lda + 4 * (blk * k4 + g)) }));
+        if w.four_bit {
+            for t in (0..k4).step_by(2) {
+                let b = unsafe { [vld1q_u8(panel.add(32 * t)), vld1q_u8(panel.add(32 * t + 16))] };
+                let (even, odd) = (b.map(|b| vreinterpretq_s8_u8(vandq_u8(b, low))), b.map(|b| vreinterpretq_s8_u8(vshrq_n_u8::<4>(b))));
+                for (r, c) in c.iter_mut().enumerate() {
+                    let (a_even, a_odd) = (row(r, t), row(r, t + 1));
+                    for h in 0..2 {
+                        sdot(&mut c[h], even[h], a_even);
+                        sdot(&mut c[h], odd[h], a_odd);
+                    }
+                }
+            }
+        } else {
+            for g in 0..k4 {
+                let b = unsafe { [vld1q_u8(panel.add(32 * g)), vld1q_u8(panel.add(32 * g + 16))] }.map(|b| vreinterpretq_s8_u8(veorq_u8(b, flip)));
+                for (r, c) in c.iter_mut().enumerate() {
+                    let av = row(r, g);
+                    sdot(&mut c[0], b[0], av);
+                    sdot(&mut c[1], b[1], av);
+                }
+            }
+        }
+        let scales: [f32; 8] = std::array::from_fn(|j| w.scales.at(8 * blk + j));
+        // Safety: scales holds 8 values.
+        let w_scale = unsafe { [vld1q_f32(scales.as_ptr()), vld1q_f32(scales.as_ptr().add(4))] };
+        for (r, (sums, c)) in sums.iter_mut().zip(&c).enumerate() {
+            let a_scale = vdupq_n_f32(a.scales[r * a.blocks_stride + blk]);
+            for h in 0..2 {
+                sums[h] = vaddq_f32(sums[h], vmulq_f32(vcvtq_f32_s32(c[h]), vmulq_f32(a_scale, w_scale[h])));
+            }
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        // Safety: acc holds R rows of 8.
+        unsafe {
+            vst1q_f32(acc.add(8 * r), sums[0]);
+            vst1q_f32(acc.add(8 * r + 4), sums[1]);
+        }
+    }
+}
 
 /// i8mm (ARMv8.6+, 8 columns × 8 rows): the matrix instruction `usmmla` multiplies a 2 × 8
 /// block of u8 activations (two rows, 8 `k` values) by a 2 × 8 block of i8 weights (two
@@ -132,13 +213,24 @@ impl_gemm_kernel!(DotProd, "aarch64-dotprod-gemm-u8i8", nr = 8, mr = 8, a_bias =
 pub struct I8mm(());
 
 impl I8mm {
-    /// `Some` only on a CPU with the i8mm extension.
+    /// `Some` only on a CPU with the i8mm extension (and dotprod, which every such CPU has:
+    /// the block-scaled tile is `sdot`'s).
     pub fn new() -> Option<I8mm> {
-        is_aarch64_feature_detected!("i8mm").then_some(I8mm(()))
+        (is_aarch64_feature_detected!("i8mm") && is_aarch64_feature_detected!("dotprod")).then_some(I8mm(()))
     }
 }
 
-impl_gemm_kernel!(I8mm, "aarch64-i8mm-gemm-u8i8", nr = 8, mr = 8, a_bias = 0, activation_bytes = 1, tile_usmmla);
+impl_gemm_kernel!(
+    I8mm,
+    "aarch64-i8mm-gemm-u8i8",
+    nr = 8,
+    mr = 8,
+    a_bias = 0,
+    activation_bytes = 1,
+    tile_usmmla,
+    block_mr = 4,
+    block_tile_sdot
+);
 
 /// The `usmmla` tile. Accumulator `c[p][q]` holds rows `2p, 2p + 1` × columns `2q, 2q + 1`
 /// as `[r0·c0, r0·c1, r1·c0, r1·c1]`. Two of the panel's groups of 4 `k` values become one

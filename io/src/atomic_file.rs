@@ -24,3 +24,8 @@ pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut File) -> Result<()>)
     }
     result
 }
+
+/// [`write_atomically`] of `text` (a JSON report, a config, an SVG).
+pub fn write_text_atomically(path: &Path, text: &str) -> Result<()> {
+    write_atomically(path, |f| Ok(std::io::Write::write_all(f, text.as_bytes())?))
+}

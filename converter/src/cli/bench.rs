@@ -7,7 +7,7 @@ use super::bench_decoder::{self, DecoderBench};
 use super::say;
 use crate::inputs;
 use anyhow::{Context, Result, ensure};
-use distq_io::atomic_file::write_atomically;
+use distq_io::atomic_file::write_text_atomically;
 use distq_runtime::bench::{BenchOptions, BenchReport, EnergySource};
 use distq_runtime::energy::Method;
 use distq_runtime::generate::Decoder;
@@ -15,7 +15,6 @@ use distq_runtime::onnx::proto::tensor_proto::DataLocation;
 use distq_runtime::{Model, Session, Tensor};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -125,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
         let text = serde_json::to_string_pretty(&report)?;
         match &args.json {
             Some(None) => say!("{text}"),
-            Some(Some(path)) => write_atomically(path, |f| Ok(f.write_all(text.as_bytes())?))?,
+            Some(Some(path)) => write_text_atomically(path, &text)?,
             None => {}
         }
         return Ok(());
@@ -147,7 +146,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(None) => say!("{}", serde_json::to_string_pretty(&out)?),
         Some(Some(path)) => {
             let text = serde_json::to_string_pretty(&out)?;
-            write_atomically(path, |f| Ok(f.write_all(text.as_bytes())?))?;
+            write_text_atomically(path, &text)?;
         }
         None => {}
     }
@@ -156,7 +155,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(path) = &args.plot {
         let svg = svg(&this, other.as_ref());
-        write_atomically(path, |f| Ok(f.write_all(svg.as_bytes())?))?;
+        write_text_atomically(path, &svg)?;
     }
     Ok(())
 }

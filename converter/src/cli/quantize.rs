@@ -10,9 +10,9 @@ use crate::quantize::report::Report;
 use crate::quantize::weights::Precision;
 use crate::quantize::{Config, Outcome, quantize, writer};
 use anyhow::{Context, Result, ensure};
-use distq_io::atomic_file::write_atomically;
+use distq_io::atomic_file::write_text_atomically;
 use distq_runtime::Model;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// Precision choices on the command line.
@@ -136,10 +136,10 @@ impl QuantizeFlags {
         say!("wrote {}", output.display());
         if let Some(path) = &self.report {
             let json = serde_json::to_string_pretty(&report)?;
-            write_atomically(path, |f| Ok(f.write_all(json.as_bytes())?))?;
+            write_text_atomically(path, &json)?;
         }
         if let Some(path) = &self.plot {
-            write_atomically(path, |f| Ok(f.write_all(report.svg().as_bytes())?))?;
+            write_text_atomically(path, &report.svg())?;
         }
         Ok(report)
     }

@@ -4,6 +4,7 @@
 //! ONNX's blocked DequantizeLinear holds exactly).
 
 use super::llama::{Blocks, Layer, LlamaConfig, LlamaWeights, Matrix};
+use super::tokenizer::Vocabulary;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -38,10 +39,14 @@ impl WeightFormat {
     }
 }
 
+/// Per kind of tensor, its precision in the file and in the import.
+pub type Precisions = Vec<(String, String)>;
+
 /// The model in `path`, at most `max_layers` of its blocks (all when `None`: a slice of the
 /// first blocks is a smaller model of the same family, for tests), its matrices in `format`.
-/// Returns the weights and, per kind of tensor, its precision in the file and in the import.
-pub fn read(path: &Path, max_layers: Option<usize>, format: WeightFormat) -> Result<(LlamaWeights, Vec<(String, String)>)> {
+/// Returns the weights, per kind of tensor its precision in the file and in the import, and
+/// the tokenizer's vocabulary (the file's metadata is read once).
+pub fn read(path: &Path, max_layers: Option<usize>, format: WeightFormat) -> Result<(LlamaWeights, Precisions, Vocabulary)> {
     let mut file = BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
     let content = Content::read(&mut file).with_context(|| format!("{}: not a GGUF file", path.display()))?;
     let meta = |key: &str| content.metadata.get(key).with_context(|| format!("{}: no metadata '{key}'", path.display()));
@@ -125,7 +130,8 @@ pub fn read(path: &Path, max_layers: Option<usize>, format: WeightFormat) -> Res
         true => Some(matrix("output.weight")?.0),
         false => None,
     };
-    Ok((LlamaWeights { config, embedding, layers, final_norm, output }, precisions))
+    let vocabulary = super::tokenizer::vocabulary(&content, path)?;
+    Ok((LlamaWeights { config, embedding, layers, final_norm, output }, precisions, vocabulary))
 }
 
 /// `q` as a matrix in `format`: f32, or its blocks (requantized by candle, ggml's reference
@@ -156,13 +162,6 @@ fn to_matrix(q: QTensor, format: WeightFormat) -> Result<Matrix> {
         }
     }
     Ok(Matrix::Blocks(Blocks { bits, scales, values }))
-}
-
-/// The vocabulary of the GGUF file at `path` (its metadata, read again: no weights).
-pub fn vocabulary(path: &Path) -> Result<super::tokenizer::Vocabulary> {
-    let mut file = BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
-    let content = Content::read(&mut file).with_context(|| format!("{}: not a GGUF file", path.display()))?;
-    super::tokenizer::vocabulary(&content, path)
 }
 
 /// A metadata integer of any width.

@@ -30,12 +30,12 @@ pub struct Imported {
 /// keeping its first `max_layers` blocks when given, with its vocabulary and chat template
 /// beside it (see [`tokenizer`]).
 pub fn import_gguf(gguf: &Path, out_dir: &Path, max_layers: Option<usize>, format: WeightFormat) -> Result<Imported> {
-    let (weights, source_precisions) = gguf::read(gguf, max_layers, format)?;
+    let (weights, source_precisions, vocabulary) = gguf::read(gguf, max_layers, format)?;
     let model = llama::decoder(&weights)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let bytes = write_model(&out_dir.join("model.onnx"), &model, true)?;
-    tokenizer::write(&gguf::vocabulary(gguf)?, out_dir)?;
+    tokenizer::write(&vocabulary, out_dir)?;
     let config = serde_json::to_string_pretty(&weights.config.to_json())?;
-    distq_io::atomic_file::write_atomically(&out_dir.join("config.json"), |f| Ok(std::io::Write::write_all(f, config.as_bytes())?))?;
+    distq_io::atomic_file::write_text_atomically(&out_dir.join("config.json"), &config)?;
     Ok(Imported { config: weights.config, source_precisions, bytes })
 }

@@ -101,7 +101,7 @@ pub fn write(vocabulary: &Vocabulary, dir: &Path) -> Result<()> {
         ("tokenizer_config.json", serde_json::to_string_pretty(&config)?),
         ("generation_config.json", serde_json::to_string_pretty(&generation)?),
     ] {
-        distq_io::atomic_file::write_atomically(&dir.join(name), |f| Ok(std::io::Write::write_all(f, text.as_bytes())?))?;
+        distq_io::atomic_file::write_text_atomically(&dir.join(name), &text)?;
     }
     Ok(())
 }

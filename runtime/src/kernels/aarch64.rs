@@ -141,7 +141,9 @@ impl_gemm_kernel!(
 #[inline]
 fn sdot(c: &mut int32x4_t, b: int8x16_t, a: int8x16_t) {
     // Safety: the instruction exists under the features this function is compiled for.
-    unsafe { asm!("sdot {c:v}.4s, {b:v}.16b, {a:v}.4b[0]", c = inout(vreg) *c, b = in(vreg) b, a = in(vreg) a, options(pure, nomem, nostack)) };
+    unsafe {
+        asm!("sdot {c:v}.4s, {b:v}.16b, {a:v}.4b[0]", c = inout(vreg) *c, b = in(vreg) b, a = in(vreg) a, options(pure, nomem, nostack))
+    };
 }
 
 /// The block-scaled tile (4 rows × 8 columns) on `sdot`, i8 · i8: 4-bit values are i8 as they
@@ -168,7 +170,8 @@ unsafe fn block_tile_sdot<const R: usize>(a: super::BlockRows, w: super::BlockPa
         let row = |r: usize, g: usize| vreinterpretq_s8_u32(vdupq_n_u32(unsafe { group(q, r * lda + 4 * (blk * k4 + g)) }));
         if w.four_bit {
             for t in (0..k4).step_by(2) {
-                let b = unsafe { [vld1q_u8(panel.add(32 * t)), vld1q_u8(panel.add(32 * t + 16))] };
+                // Groups t and t + 1 share one 32-byte group of nibbles.
+                let b = unsafe { [vld1q_u8(panel.add(16 * t)), vld1q_u8(panel.add(16 * t + 16))] };
                 let (even, odd) = (b.map(|b| vreinterpretq_s8_u8(vandq_u8(b, low))), b.map(|b| vreinterpretq_s8_u8(vshrq_n_u8::<4>(b))));
                 for (r, c) in c.iter_mut().enumerate() {
                     let (a_even, a_odd) = (row(r, t), row(r, t + 1));
@@ -180,7 +183,8 @@ unsafe fn block_tile_sdot<const R: usize>(a: super::BlockRows, w: super::BlockPa
             }
         } else {
             for g in 0..k4 {
-                let b = unsafe { [vld1q_u8(panel.add(32 * g)), vld1q_u8(panel.add(32 * g + 16))] }.map(|b| vreinterpretq_s8_u8(veorq_u8(b, flip)));
+                let b = unsafe { [vld1q_u8(panel.add(32 * g)), vld1q_u8(panel.add(32 * g + 16))] }
+                    .map(|b| vreinterpretq_s8_u8(veorq_u8(b, flip)));
                 for (r, c) in c.iter_mut().enumerate() {
                     let av = row(r, g);
                     sdot(&mut c[0], b[0], av);

@@ -9,4 +9,3 @@ pub mod models;
 pub mod native_lib;
 pub mod quantize;
 pub mod reference;
-pub mod text;

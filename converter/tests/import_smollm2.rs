@@ -10,9 +10,9 @@ mod common;
 
 use common::{max_diff, model, python_tool};
 use distq_converter::import::{WeightFormat, import_gguf};
-use distq_converter::text::TextModel;
 use distq_io::npz::read_npz;
 use distq_runtime::Tensor;
+use distq_runtime::generate::text::TextModel;
 use distq_runtime::generate::{Decoder, Generator, Sampler, Sampling};
 use std::ffi::OsStr;
 use std::path::Path;

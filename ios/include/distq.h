@@ -59,6 +59,16 @@ typedef enum {
   DISTQ_STATUS_INTERNAL = 8,
 } DistqStatus;
 
+// Why a generation ended.
+typedef enum {
+  // `max_tokens` were made.
+  DISTQ_GENERATE_END_MAX_TOKENS = 0,
+  // The model ended its text (an end-of-sequence token).
+  DISTQ_GENERATE_END_STOP_TOKEN = 1,
+  // The callback returned non-zero.
+  DISTQ_GENERATE_END_STOPPED = 2,
+} DistqGenerateEnd;
+
 // Where a benchmark's energy figure came from.
 typedef enum {
   // The energy model (operation counts × per-operation energies): no sensor was readable.
@@ -71,6 +81,11 @@ typedef enum {
   DISTQ_ENERGY_METHOD_ODPM = 3,
 } DistqEnergyMethod;
 
+// A language model ready to generate text (opaque: a `DistqGenerator*` is a
+// generation-checked handle). Create with `distq_generator_load`; free with
+// `distq_generator_free`. Several threads may generate with one generator at once.
+typedef struct DistqGenerator DistqGenerator;
+
 // The outputs of one run (opaque: a generation-checked handle, like `DistqSession*`), in the
 // model's output order. Free with `distq_outputs_free`.
 typedef struct DistqOutputs DistqOutputs;
@@ -79,6 +94,49 @@ typedef struct DistqOutputs DistqOutputs;
 // not an address). Create with `distq_session_load` or `distq_session_from_bytes`; free with
 // `distq_session_free`.
 typedef struct DistqSession DistqSession;
+
+// How `distq_generate` runs; `distq_generate_options_default` gives greedy decoding of up to
+// 256 tokens.
+typedef struct {
+  // Most tokens to generate.
+  uint32_t max_tokens;
+  // 0 picks the most likely token (greedy); above 0, tokens are drawn at this temperature.
+  float temperature;
+  // Only the `top_k` most likely tokens are candidates (0: all).
+  uint32_t top_k;
+  // Only the most likely tokens whose probabilities add up to `top_p` (1: all).
+  float top_p;
+  // Only tokens at least `min_p` times as likely as the most likely one (0: all).
+  float min_p;
+  // Seed of the draws: the same seed gives the same text.
+  uint64_t seed;
+  // Non-zero: the prompt is a user's message, put in the model's chat template.
+  int32_t chat;
+  // Threads (0: the performance cores).
+  uint32_t threads;
+  // Most tokens in the context, prompt included (0: what the model's config.json says,
+  // else unbounded); a longer generation fails with a message saying so.
+  uint32_t max_context;
+} DistqGenerateOptions;
+
+// Receives each piece of generated text as it is made: `len` bytes of UTF-8 at `text` (not
+// NUL-terminated, valid during the call only) and the `user_data` given to `distq_generate`.
+// Returns 0 to go on, anything else to stop the generation.
+typedef int32_t (*DistqTextCallback)(const char *text, size_t len, void *user_data);
+
+// What a generation made and how fast.
+typedef struct {
+  // Tokens of the prompt.
+  uint32_t prompt_tokens;
+  // Tokens generated.
+  uint32_t generated_tokens;
+  // The prompt's pass: the time to the first token, in milliseconds.
+  double time_to_first_token_ms;
+  // Tokens per second of the token-by-token decoding (0 when nothing was decoded).
+  double decode_tokens_per_s;
+  // Why it ended.
+  DistqGenerateEnd end;
+} DistqGenerateStats;
 
 // A tensor as the ABI passes it. As an input the caller fills it in and keeps the memory
 // valid for the call; as an output view the library fills it in, valid until the owning
@@ -144,6 +202,36 @@ const char *distq_version(void);
 // The message of the most recent failed call on this thread (`""` if none). The pointer is
 // valid until the next failing call on the same thread.
 const char *distq_last_error(void);
+
+// Greedy decoding of up to 256 tokens, no chat template, the performance cores.
+DistqGenerateOptions distq_generate_options_default(void);
+
+// Loads the decoder at `model_path` (an ONNX file with a KV cache in Optimum's names) and
+// the tokenizer files beside it (`tokenizer.json`, and `tokenizer_config.json`,
+// `generation_config.json`, `config.json` when present).
+//
+// # Safety
+// `model_path` must be a NUL-terminated string; `out` must point to writable storage.
+DistqStatus distq_generator_load(const char *model_path, DistqGenerator **out);
+
+// Generates text after `prompt` (UTF-8), calling `on_text` (may be NULL) with each piece as
+// it is made, until `options->max_tokens`, the model's end of text, or `on_text` returning
+// non-zero. `options` NULL means the defaults. `stats` (may be NULL) receives what was made.
+//
+// # Safety
+// `prompt` must be a NUL-terminated string; `options` and `stats`, when not NULL, must point
+// to a readable options struct and writable storage; `on_text` must be safe to call with
+// `user_data` from this thread for the duration of the call.
+DistqStatus distq_generate(const DistqGenerator *generator,
+                           const char *prompt,
+                           const DistqGenerateOptions *options,
+                           DistqTextCallback on_text,
+                           void *user_data,
+                           DistqGenerateStats *stats);
+
+// Frees a generator (NULL, or a freed or forged handle, is ignored). Generations running on
+// it in other threads finish first.
+void distq_generator_free(DistqGenerator *generator);
 
 // Runs the model on `count` named inputs and gives the outputs through `out`. Inputs are
 // read in place during the call (no copy) and may be reused or freed when it returns.

@@ -42,6 +42,25 @@ fn c_program_runs_a_model_and_survives_every_misuse() {
     assert!(stdout.contains(", 0 failed"), "{stdout}");
 }
 
+/// Generation from C on the toy bigram decoder (after token `t`, `3t + 1 mod 8`) and its
+/// word-level tokenizer: the text streams to the callback piece by piece, and the callback
+/// stops it.
+#[test]
+fn c_program_streams_generated_text_and_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path());
+    let model = dir.path().join("model.onnx");
+    std::fs::write(&model, distq_runtime::testing::bigram_decoder(false)).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), distq_runtime::testing::bigram_tokenizer_json()).unwrap();
+    let generate = |stop_after: &str| {
+        let output = Command::new(&exe).arg("generate").arg(&model).args(["w2", "4", stop_after]).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(generate("0"), "w7| w6| w3| w2|\ntokens: 1 prompt, 4 generated, end 0\n");
+    assert_eq!(generate("2"), "w7| w6|\ntokens: 1 prompt, 2 generated, end 2\n");
+}
+
 /// The bundled CNN run from 8 C threads at once on one session (each run also splitting its
 /// kernels over 2 threads): every run's outputs equal the first run's byte for byte, and the
 /// first run's equal the Rust API's.

@@ -83,6 +83,10 @@ pub enum Error {
     /// Benchmark options that cannot be run (no timed iterations).
     #[error("benchmark: {0}")]
     Benchmark(String),
+    /// A language model's text side: its tokenizer or chat template files are missing or
+    /// malformed, or a prompt or token cannot be encoded or decoded.
+    #[error("{0}")]
+    Text(String),
 }
 
 impl Error {

@@ -14,6 +14,18 @@ pub fn add_one_model() -> Vec<u8> {
         .to_bytes()
 }
 
+/// A `tokenizer.json` for [`bigram_decoder`]: its 8 tokens are the words `w0`..`w7`, split at
+/// whitespace (word-level, no decoder: text pieces after the first start with a space).
+pub fn bigram_tokenizer_json() -> String {
+    let vocab: Vec<String> = (0..8).map(|i| format!("\"w{i}\": {i}")).collect();
+    format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {{"type": "WhitespaceSplit"}}, "post_processor": null, "decoder": null,
+        "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "w0"}}}}"#,
+        vocab.join(", ")
+    )
+}
+
 /// A toy decoder in Optimum's names, of 8 tokens: after token `t` the most likely next token is
 /// `(3t + 1) mod 8`, and its cache (one KV head of width 1) holds every token fed so far, as
 /// floats. With `past_shape_output`, it also outputs the shape of layer 0's past keys, a

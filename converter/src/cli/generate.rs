@@ -1,10 +1,10 @@
 //! `distq generate`: text from a decoder, streamed to stdout as it is made; the speed
 //! (prefill and decode tokens/s, time to first token) and peak memory after it, on stderr.
 
-use crate::text::TextModel;
 use anyhow::{Context, Result, ensure};
 use distq_runtime::bench::peak_rss_bytes;
-use distq_runtime::generate::{Decoder, End, GenerateOptions, Generator, Sampling, StopStrings};
+use distq_runtime::generate::text::TextModel;
+use distq_runtime::generate::{Decoder, End, GenerateOptions, Generator, Sampling};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -50,9 +50,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     ensure!(args.threads != Some(0), "--threads must be at least 1");
-    ensure!(args.temperature >= 0.0 && args.temperature.is_finite(), "--temperature {} must be 0 or more", args.temperature);
-    ensure!(args.top_p > 0.0 && args.top_p <= 1.0, "--top-p {} must be in (0, 1]", args.top_p);
-    ensure!((0.0..=1.0).contains(&args.min_p), "--min-p {} must be in [0, 1]", args.min_p);
+    let sampling = Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, min_p: args.min_p, seed: args.seed };
+    sampling.check()?;
     let text = TextModel::beside(&args.model)?;
     let decoder = Decoder::load(&args.model).with_context(|| format!("{}: cannot load", args.model.display()))?;
     decoder.session().set_threads(args.threads.unwrap_or_else(distq_runtime::performance_cores));
@@ -63,37 +62,13 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(context) = args.max_context.or(text.context) {
         generator.set_max_context(context);
     }
-    let options = GenerateOptions {
-        max_tokens: args.max_tokens,
-        sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, min_p: args.min_p, seed: args.seed },
-        stop_tokens: text.stop_tokens().to_vec(),
-    };
-    let (mut stream, mut stops) = (text.text_stream(), StopStrings::new(args.stop.clone()));
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, stop_tokens: text.stop_tokens().to_vec() };
     let mut out = std::io::stdout().lock();
-    let mut failure = None;
-    let mut stopped_by_text = false;
-    let done = generator.generate(&prompt, &options, |token| {
-        let step = stream.push(token).map(|piece| {
-            let (shown, stop) = stops.push(&piece);
-            // A closed stdout (`| head`) ends the generation like a stop string.
-            let open = out.write_all(shown.as_bytes()).and_then(|_| out.flush()).is_ok();
-            open && !stop
-        });
-        match step {
-            Ok(go_on) => {
-                stopped_by_text |= !go_on;
-                go_on
-            }
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        }
+    let (done, _) = text.generate(&mut generator, &prompt, &options, args.stop.clone(), |piece| {
+        // A closed stdout (`| head`) ends the generation like a stop string.
+        out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok()
     })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let _ = writeln!(out, "{}", if stopped_by_text { String::new() } else { stops.finish() });
+    let _ = writeln!(out);
     let decode: f64 = done.decode.iter().map(|d| d.as_secs_f64()).sum();
     let end = match done.end {
         End::MaxTokens => "the maximum tokens",

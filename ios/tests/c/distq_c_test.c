@@ -7,6 +7,11 @@
  *                                      with THREADS, then runs the same inputs on the same
  *                                      session from THREADS threads at once, and every output
  *                                      must equal the first run's byte for byte
+ *   distq_c_test generate MODEL.onnx PROMPT MAX_TOKENS STOP_AFTER
+ *                                      greedy text after PROMPT, streamed to stdout piece by
+ *                                      piece (each piece then a '|'); the callback stops the
+ *                                      generation after STOP_AFTER pieces (0: never); then
+ *                                      "tokens: P prompt, G generated, end E" on a line
  *
  * inputs.txt: one line per input, "name dtype rank d0 .. dn file" (file: raw little-endian
  * elements, relative to DIR). outputs.txt: the same format, files written beside it. */
@@ -292,10 +297,40 @@ static int run(const char *model_path, const char *dir, int threads) {
   return status;
 }
 
+/* Prints each piece and counts it; non-zero (stop) once `*(int *)user_data` pieces came. */
+static int32_t print_piece(const char *text, size_t len, void *user_data) {
+  int *left = (int *)user_data;
+  fwrite(text, 1, len, stdout);
+  fputs("|", stdout);
+  fflush(stdout);
+  return --*left == 0;
+}
+
+static int generate(const char *model_path, const char *prompt, int max_tokens, int stop_after) {
+  DistqGenerator *generator = NULL;
+  if (distq_generator_load(model_path, &generator) != DISTQ_STATUS_OK) {
+    fprintf(stderr, "load: %s\n", distq_last_error());
+    return 1;
+  }
+  DistqGenerateOptions options = distq_generate_options_default();
+  options.max_tokens = (uint32_t)max_tokens;
+  DistqGenerateStats stats;
+  int left = stop_after;
+  DistqStatus status = distq_generate(generator, prompt, &options, print_piece, &left, &stats);
+  distq_generator_free(generator);
+  if (status != DISTQ_STATUS_OK) {
+    fprintf(stderr, "generate: %s\n", distq_last_error());
+    return 1;
+  }
+  printf("\ntokens: %u prompt, %u generated, end %d\n", stats.prompt_tokens, stats.generated_tokens, (int)stats.end);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "misuse") == 0) return misuse(argv[2]);
   if (argc == 4 && strcmp(argv[1], "run") == 0) return run(argv[2], argv[3], 0);
   if (argc == 5 && strcmp(argv[1], "run") == 0) return run(argv[2], argv[3], atoi(argv[4]));
-  fprintf(stderr, "usage: %s misuse ADD_ONE.onnx | run MODEL.onnx DIR [THREADS]\n", argv[0]);
+  if (argc == 6 && strcmp(argv[1], "generate") == 0) return generate(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+  fprintf(stderr, "usage: %s misuse ADD_ONE.onnx | run MODEL.onnx DIR [THREADS] | generate MODEL.onnx PROMPT MAX_TOKENS STOP_AFTER\n", argv[0]);
   return 2;
 }

@@ -21,6 +21,8 @@
 //!   [`DistqStatus::Internal`] (the wrappers are built with `panic = "unwind"` for this).
 
 mod borrow;
+#[cfg(feature = "text")]
+mod generate;
 mod handles;
 mod outputs;
 mod session;
@@ -28,6 +30,8 @@ mod session;
 mod tests;
 
 pub use borrow::{BorrowedInput, benchmark_borrowed, run_borrowed, shape_of};
+#[cfg(feature = "text")]
+pub use generate::*;
 pub use outputs::*;
 pub use session::*;
 
@@ -71,7 +75,7 @@ pub enum DistqStatus {
 pub fn status_of(error: &Error) -> DistqStatus {
     match error {
         Error::Io { .. } => DistqStatus::Io,
-        Error::Decode { .. } | Error::InvalidModel(_) | Error::ExternalData { .. } => DistqStatus::InvalidModel,
+        Error::Decode { .. } | Error::InvalidModel(_) | Error::ExternalData { .. } | Error::Text(_) => DistqStatus::InvalidModel,
         Error::Unsupported { .. } | Error::UnsupportedFeature(_) => DistqStatus::Unsupported,
         Error::Input { .. } => DistqStatus::Input,
         Error::Node { .. } | Error::Op(_) | Error::Energy { .. } => DistqStatus::Runtime,

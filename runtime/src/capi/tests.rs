@@ -299,3 +299,109 @@ fn version_is_the_crate_version() {
     // Safety: a static NUL-terminated string.
     assert_eq!(unsafe { CStr::from_ptr(distq_version()) }.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
+
+/// Generation through the ABI, on the toy bigram decoder (after token `t`, `3t + 1 mod 8`)
+/// with a word-level tokenizer of its 8 tokens `w0`..`w7`.
+#[cfg(feature = "text")]
+mod generation {
+    use super::*;
+
+    fn generator_dir(with_tokenizer: bool) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), crate::testing::bigram_decoder(false)).unwrap();
+        if with_tokenizer {
+            std::fs::write(dir.path().join("tokenizer.json"), crate::testing::bigram_tokenizer_json()).unwrap();
+        }
+        dir
+    }
+
+    fn load(dir: &tempfile::TempDir) -> (DistqStatus, *mut DistqGenerator) {
+        let path = std::ffi::CString::new(dir.path().join("model.onnx").to_str().unwrap()).unwrap();
+        let mut generator = null_mut();
+        // Safety: a valid path and out pointer.
+        (unsafe { distq_generator_load(path.as_ptr(), &mut generator) }, generator)
+    }
+
+    /// Collects the pieces; stops (returns 1) once it holds `stop_after` of them.
+    struct Pieces {
+        text: Vec<String>,
+        stop_after: usize,
+    }
+
+    unsafe extern "C" fn collect(text: *const c_char, len: usize, user_data: *mut c_void) -> i32 {
+        // Safety: the ABI passes `len` bytes of UTF-8 and our `Pieces`.
+        let (bytes, pieces) = unsafe { (std::slice::from_raw_parts(text.cast::<u8>(), len), &mut *user_data.cast::<Pieces>()) };
+        pieces.text.push(String::from_utf8(bytes.to_vec()).unwrap());
+        i32::from(pieces.text.len() >= pieces.stop_after)
+    }
+
+    fn generate(
+        generator: *mut DistqGenerator,
+        prompt: &CStr,
+        options: &DistqGenerateOptions,
+        stop_after: usize,
+    ) -> (DistqStatus, Pieces, DistqGenerateStats) {
+        let mut pieces = Pieces { text: Vec::new(), stop_after };
+        let mut stats = DistqGenerateStats {
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            time_to_first_token_ms: 0.0,
+            decode_tokens_per_s: 0.0,
+            end: DistqGenerateEnd::MaxTokens,
+        };
+        let user_data = (&mut pieces as *mut Pieces).cast();
+        // Safety: valid strings, options, callback state and stats for the call.
+        let status = unsafe { distq_generate(generator, prompt.as_ptr(), options, Some(collect), user_data, &mut stats) };
+        (status, pieces, stats)
+    }
+
+    #[test]
+    fn text_streams_to_the_callback_which_can_stop_it() {
+        let dir = generator_dir(true);
+        let (status, generator) = load(&dir);
+        assert_eq!(status, DistqStatus::Ok, "{}", last_error());
+        let options = DistqGenerateOptions { max_tokens: 4, ..distq_generate_options_default() };
+        // After w2: 7, 6, 3, 2; word-level pieces are joined by spaces.
+        let (status, pieces, stats) = generate(generator, c"w2", &options, usize::MAX);
+        assert_eq!(status, DistqStatus::Ok, "{}", last_error());
+        assert_eq!(pieces.text.concat(), "w7 w6 w3 w2");
+        assert_eq!(pieces.text.len(), 4, "one piece per token: {:?}", pieces.text);
+        assert_eq!((stats.prompt_tokens, stats.generated_tokens, stats.end), (1, 4, DistqGenerateEnd::MaxTokens));
+        assert!(stats.time_to_first_token_ms > 0.0 && stats.decode_tokens_per_s > 0.0);
+
+        let (status, pieces, stats) = generate(generator, c"w2 w7", &options, 2);
+        assert_eq!(status, DistqStatus::Ok, "{}", last_error());
+        assert_eq!(pieces.text.concat(), "w6 w3");
+        assert_eq!((stats.prompt_tokens, stats.generated_tokens, stats.end), (2, 2, DistqGenerateEnd::Stopped));
+
+        // NULL options mean the defaults (greedy, 256 tokens), NULL callback and stats are fine.
+        // Safety: a valid prompt; the rest NULL.
+        assert_eq!(unsafe { distq_generate(generator, c"w1".as_ptr(), null(), None, null_mut(), null_mut()) }, DistqStatus::Ok);
+        distq_generator_free(generator);
+    }
+
+    #[test]
+    fn bad_arguments_and_files_are_named() {
+        let (status, generator) = load(&generator_dir(false));
+        assert_eq!((status, generator), (DistqStatus::InvalidModel, null_mut()));
+        assert!(last_error().contains("tokenizer.json"), "{}", last_error());
+
+        let dir = generator_dir(true);
+        let (_, generator) = load(&dir);
+        let defaults = distq_generate_options_default();
+        // Safety: NULL prompt (reported), the rest valid.
+        assert_eq!(unsafe { distq_generate(generator, null(), &defaults, None, null_mut(), null_mut()) }, DistqStatus::NullArgument);
+        let zero_top_p = DistqGenerateOptions { top_p: 0.0, ..defaults };
+        assert_eq!(generate(generator, c"w2", &zero_top_p, 9).0, DistqStatus::InvalidArgument);
+        assert!(last_error().contains("top-p 0"), "{}", last_error());
+        let chat = DistqGenerateOptions { chat: 1, ..defaults };
+        assert_eq!(generate(generator, c"w2", &chat, 9).0, DistqStatus::InvalidModel);
+        assert!(last_error().contains("no chat_template"), "{}", last_error());
+        let short_context = DistqGenerateOptions { max_context: 3, ..defaults };
+        assert_eq!(generate(generator, c"w2", &short_context, 99).0, DistqStatus::Input);
+        assert!(last_error().contains("context"), "{}", last_error());
+        distq_generator_free(generator);
+        assert_eq!(generate(generator, c"w2", &defaults, 9).0, DistqStatus::InvalidArgument, "a freed generator");
+        distq_generator_free(generator);
+    }
+}

@@ -10,6 +10,8 @@
 
 mod sampling;
 mod stop;
+#[cfg(feature = "text")]
+pub mod text;
 mod token_major;
 
 pub use sampling::{Sampler, Sampling};

@@ -24,6 +24,18 @@ impl Default for Sampling {
     }
 }
 
+impl Sampling {
+    /// Whether the values make sense: a temperature of 0 or more, `top_p` in (0, 1], `min_p`
+    /// in [0, 1].
+    pub fn check(&self) -> crate::error::Result<()> {
+        let Sampling { temperature: t, top_p, min_p, .. } = *self;
+        crate::error::ensure!(t >= 0.0 && t.is_finite(), "temperature {t} must be 0 or more");
+        crate::error::ensure!(top_p > 0.0 && top_p <= 1.0, "top-p {top_p} must be in (0, 1]");
+        crate::error::ensure!((0.0..=1.0).contains(&min_p), "min-p {min_p} must be in [0, 1]");
+        Ok(())
+    }
+}
+
 /// A [`Sampling`] with its generator's state.
 pub struct Sampler {
     sampling: Sampling,

@@ -3,12 +3,29 @@
 //! (`tokenizer.json`), the chat template and special tokens (`tokenizer_config.json`), the
 //! end-of-sequence tokens (`generation_config.json`) and the context (`config.json`).
 
-use anyhow::{Context, Result, bail};
+use super::{GenerateOptions, Generation, Generator, StopStrings};
+use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
+/// An [`Error::Text`] from a message.
+fn text_error(message: impl Into<String>) -> Error {
+    Error::Text(message.into())
+}
+
 /// A decoder's tokenizer and chat conventions.
+///
+/// ```no_run
+/// use distq_runtime::generate::text::TextModel;
+/// let text = TextModel::beside("smollm2/model.onnx".as_ref())?;
+/// let prompt = text.encode(&text.chat_prompt("What is the capital of France?")?)?;
+/// let mut stream = text.text_stream();
+/// for token in [504, 3575] {
+///     print!("{}", stream.push(token)?);
+/// }
+/// # Ok::<(), distq_runtime::Error>(())
+/// ```
 pub struct TextModel {
     tokenizer: Tokenizer,
     dir: PathBuf,
@@ -25,9 +42,9 @@ pub struct TextModel {
 fn optional_json(dir: &Path, name: &str) -> Result<Option<Value>> {
     let path = dir.join(name);
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?)),
+        Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| text_error(format!("{}: not JSON: {e}", path.display())))?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(source) => Err(Error::Io { path, source }),
     }
 }
 
@@ -46,9 +63,10 @@ impl TextModel {
         let dir = model.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let path = dir.join("tokenizer.json");
         if !path.exists() {
-            bail!("{}: no tokenizer beside the model (`distq import` writes one; Hugging Face exports hold one)", path.display());
+            let why = "no tokenizer beside the model (`distq import` writes one; Hugging Face exports hold one)";
+            return Err(text_error(format!("{}: {why}", path.display())));
         }
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let tokenizer = Tokenizer::from_file(&path).map_err(|e| text_error(format!("{}: {e}", path.display())))?;
         let config = optional_json(&dir, "tokenizer_config.json")?.unwrap_or(Value::Null);
         let generation = optional_json(&dir, "generation_config.json")?.unwrap_or(Value::Null);
         let model_config = optional_json(&dir, "config.json")?.unwrap_or(Value::Null);
@@ -79,33 +97,71 @@ impl TextModel {
     /// The token ids of `text` (special tokens written in it, such as `<|im_start|>`, are
     /// single tokens), after the BOS token when the model wants one.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let encoding = self.tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| text_error(format!("tokenizing the prompt: {e}")))?;
         let bos = self.bos_token.as_deref().filter(|_| self.add_bos).and_then(|t| self.tokenizer.token_to_id(t));
         Ok(bos.into_iter().chain(encoding.get_ids().iter().copied()).map(i64::from).collect())
     }
 
     /// `user`'s message in the model's chat template, ready for the assistant's answer.
     pub fn chat_prompt(&self, user: &str) -> Result<String> {
-        let template = self.chat_template.as_deref().with_context(|| {
-            format!("{}: no chat_template in tokenizer_config.json; run without --chat", self.dir.join("tokenizer_config.json").display())
+        let template = self.chat_template.as_deref().ok_or_else(|| {
+            text_error(format!("{}: no chat_template; give the prompt as it is", self.dir.join("tokenizer_config.json").display()))
         })?;
         let mut env = minijinja::Environment::new();
         env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
         });
-        env.add_template("chat", template).context("the chat template does not parse")?;
+        let template_error = |e: minijinja::Error| text_error(format!("the chat template: {e}"));
+        env.add_template("chat", template).map_err(template_error)?;
         let context = minijinja::context! {
             messages => vec![minijinja::context! { role => "user", content => user }],
             add_generation_prompt => true,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        env.get_template("chat")?.render(context).context("rendering the chat template")
+        env.get_template("chat").and_then(|t| t.render(context)).map_err(template_error)
     }
 
     /// Tokens that end a generation (the EOS tokens).
     pub fn stop_tokens(&self) -> &[i64] {
         &self.stop_tokens
+    }
+
+    /// Generates after the token ids `prompt`, streaming text: each piece goes to `on_text`
+    /// as soon as no stop string can start in it, and `on_text` returning false ends the
+    /// generation ([`End::Cancelled`](super::End::Cancelled)), as a stop string does (it is not
+    /// shown). Text held back for a stop string that did not come is flushed at the end.
+    /// Returns the generation and whether text (a stop string or `on_text`) ended it.
+    pub fn generate(
+        &self,
+        generator: &mut Generator,
+        prompt: &[i64],
+        options: &GenerateOptions,
+        stop_strings: Vec<String>,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<(Generation, bool)> {
+        let (mut stream, mut stops) = (self.text_stream(), StopStrings::new(stop_strings));
+        let (mut failure, mut ended_by_text) = (None, false);
+        let generation = generator.generate(prompt, options, |token| match stream.push(token) {
+            Ok(piece) => {
+                let (shown, stop) = stops.push(&piece);
+                let go_on = (shown.is_empty() || on_text(&shown)) && !stop;
+                ended_by_text |= !go_on;
+                go_on
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let rest = if ended_by_text { String::new() } else { stops.finish() };
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+        Ok((generation, ended_by_text))
     }
 
     /// A decoder of a token stream into text pieces (bytes of a character split across tokens
@@ -130,7 +186,7 @@ pub struct TextStream<'t>(
 impl TextStream<'_> {
     /// The text `token` adds (empty while it ends inside a character).
     pub fn push(&mut self, token: i64) -> Result<String> {
-        let id = u32::try_from(token).with_context(|| format!("token {token} is not a vocabulary index"))?;
-        Ok(self.0.step(id).map_err(|e| anyhow::anyhow!("decoding token {token}: {e}"))?.unwrap_or_default())
+        let id = u32::try_from(token).map_err(|_| text_error(format!("token {token} is not a vocabulary index")))?;
+        Ok(self.0.step(id).map_err(|e| text_error(format!("decoding token {token}: {e}")))?.unwrap_or_default())
     }
 }

@@ -9,7 +9,8 @@
 mod common;
 
 use common::{max_diff, model, python_tool};
-use distq_converter::import::{WeightFormat, import_gguf};
+use distq_converter::import::llama::Matrix;
+use distq_converter::import::{WeightFormat, gguf, import as import_model};
 use distq_io::npz::read_npz;
 use distq_runtime::Tensor;
 use distq_runtime::generate::text::TextModel;
@@ -41,7 +42,7 @@ fn import(dir: &Path, layers: Option<usize>) -> Decoder {
 }
 
 fn import_as(dir: &Path, layers: Option<usize>, format: WeightFormat) -> Decoder {
-    let imported = import_gguf(&model(GGUF), dir, layers, format).unwrap();
+    let imported = import_model(&model(GGUF), dir, layers, format).unwrap();
     assert_eq!((imported.config.hidden, imported.config.heads, imported.config.kv_heads, imported.config.vocab), (576, 9, 3, 49152));
     let decoder = Decoder::load(dir.join("model.onnx")).unwrap();
     assert!(decoder.appends_in_place(), "the imported cache is not appended in place");
@@ -199,4 +200,63 @@ fn the_whole_model_generates_what_onnxruntime_does() {
     for line in ["prefill tokens/s", "decode tokens/s", "time to first token ms", "peak RSS MB", "ended by an end-of-sequence token"] {
         assert!(err.contains(line), "no '{line}' in {err}");
     }
+}
+
+/// A Hugging Face folder made from the GGUF's first 2 blocks (config.json, the weights in two
+/// safetensors shards under Hugging Face's names, the tokenizer files) imports as the GGUF
+/// does: the same greedy tokens from bit-identical logits, and the same tokenizer.
+#[test]
+#[ignore = "real model: run by tools/test.sh"]
+fn a_hugging_face_folder_imports_as_its_gguf_does() {
+    let (from_gguf, folder, from_folder) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let reference = import(from_gguf.path(), Some(2));
+    let (weights, _, _) = gguf::read(&model(GGUF), Some(2), WeightFormat::F32).unwrap();
+    let c = &weights.config;
+    let tensor = |m: &Matrix, rows: usize| {
+        let Matrix::F32(v) = m else { panic!("an f32 import") };
+        candle_core::Tensor::from_vec(v.clone(), (rows, v.len() / rows), &candle_core::Device::Cpu).unwrap()
+    };
+    let vector = |v: &[f32]| candle_core::Tensor::from_vec(v.to_vec(), v.len(), &candle_core::Device::Cpu).unwrap();
+    let kv = c.kv_heads * c.head_dim();
+    let mut shards = [std::collections::HashMap::new(), std::collections::HashMap::new()];
+    shards[0].insert("model.embed_tokens.weight".to_string(), tensor(&weights.embedding, c.vocab));
+    shards[1].insert("model.norm.weight".to_string(), vector(&weights.final_norm));
+    for (i, layer) in weights.layers.iter().enumerate() {
+        let p = |part: &str| format!("model.layers.{i}.{part}.weight");
+        let shard = &mut shards[i];
+        shard.insert(p("input_layernorm"), vector(&layer.attn_norm));
+        shard.insert(p("post_attention_layernorm"), vector(&layer.ffn_norm));
+        for (part, m, rows) in [
+            ("self_attn.q_proj", &layer.q, c.hidden),
+            ("self_attn.k_proj", &layer.k, kv),
+            ("self_attn.v_proj", &layer.v, kv),
+            ("self_attn.o_proj", &layer.o, c.hidden),
+            ("mlp.gate_proj", &layer.gate, c.ffn),
+            ("mlp.up_proj", &layer.up, c.ffn),
+            ("mlp.down_proj", &layer.down, c.hidden),
+        ] {
+            shard.insert(p(part), tensor(m, rows));
+        }
+    }
+    for (i, shard) in shards.iter().enumerate() {
+        candle_core::safetensors::save(shard, folder.path().join(format!("model-0000{}-of-00002.safetensors", i + 1))).unwrap();
+    }
+    let mut config = c.to_json();
+    config["tie_word_embeddings"] = true.into();
+    std::fs::write(folder.path().join("config.json"), config.to_string()).unwrap();
+    for name in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(from_gguf.path().join(name), folder.path().join(name)).unwrap();
+    }
+
+    let imported = import_model(folder.path(), from_folder.path(), None, WeightFormat::F32).unwrap();
+    assert_eq!(imported.config.layers, 2);
+    let decoder = Decoder::load(from_folder.path().join("model.onnx")).unwrap();
+    decoder.session().set_threads(1);
+    let ((tokens, logits), (want_tokens, want_logits)) = (generate(&decoder, &PROMPT, 8), generate(&reference, &PROMPT, 8));
+    assert_eq!(tokens, want_tokens);
+    assert!(logits == want_logits, "logits differ from the GGUF import's");
+    let text = |dir: &Path| TextModel::beside(&dir.join("model.onnx")).unwrap().encode("The capital of France is").unwrap();
+    assert_eq!(text(from_folder.path()), text(from_gguf.path()));
+    assert_eq!(text(from_folder.path()), PROMPT);
+    println!("Hugging Face folder of 2 blocks: {tokens:?}, logits identical to the GGUF import's");
 }

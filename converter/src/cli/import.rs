@@ -1,13 +1,14 @@
 //! `distq import`: a pre-trained model from another format as an ONNX decoder.
 
 use crate::cli::say;
-use crate::import::{WeightFormat, import_gguf};
+use crate::import::{WeightFormat, import};
 use anyhow::{Result, ensure};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The source model: a Llama-family GGUF file.
+    /// The source model: a Llama-family GGUF file, or a Hugging Face folder (config.json,
+    /// *.safetensors, tokenizer.json).
     model: PathBuf,
     /// Output folder: model.onnx and its weights, model.onnx.data.
     #[arg(short, long)]
@@ -23,7 +24,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     ensure!(args.layers != Some(0), "--layers must be at least 1");
-    let imported = import_gguf(&args.model, &args.output, args.layers, args.weights)?;
+    let imported = import(&args.model, &args.output, args.layers, args.weights)?;
     let c = &imported.config;
     say!(
         "{} blocks, width {}, feed-forward {}, {} heads ({} KV), vocabulary {}, rope θ {}, RMS ε {}",

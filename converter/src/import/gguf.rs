@@ -136,7 +136,7 @@ pub fn read(path: &Path, max_layers: Option<usize>, format: WeightFormat) -> Res
 
 /// `q` as a matrix in `format`: f32, or its blocks (requantized by candle, ggml's reference
 /// quantizer, when the file holds another type).
-fn to_matrix(q: QTensor, format: WeightFormat) -> Result<Matrix> {
+pub(super) fn to_matrix(q: QTensor, format: WeightFormat) -> Result<Matrix> {
     let Some(target) = format.blocks(q.dtype()) else { return Ok(Matrix::F32(flat(&q.dequantize(&Device::Cpu)?)?)) };
     let q = if q.dtype() == target { q } else { QTensor::quantize(&q.dequantize(&Device::Cpu)?, target)? };
     let raw = q.data()?;
@@ -177,7 +177,7 @@ fn to_u64(v: &Value) -> Result<u64> {
     })
 }
 
-fn flat(t: &Tensor) -> Result<Vec<f32>> {
+pub(super) fn flat(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
 }
 

@@ -260,3 +260,30 @@ fn a_hugging_face_folder_imports_as_its_gguf_does() {
     assert_eq!(text(from_folder.path()), PROMPT);
     println!("Hugging Face folder of 2 blocks: {tokens:?}, logits identical to the GGUF import's");
 }
+
+/// Prompts of 5, 2 and 7 tokens run together, the shorter ones padded and masked: each
+/// sequence's logits at every step of a greedy generation are its logits alone.
+#[test]
+#[ignore = "real model: run by tools/test.sh"]
+fn a_batch_of_prompts_decodes_as_each_prompt_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let decoder = import(dir.path(), Some(2));
+    let prompts: [&[i64]; 3] = [&PROMPT, &PROMPT[..2], &[1, 2, 3, 4, 5, 6, 7]];
+    let alone: Vec<(Vec<i64>, Vec<Vec<f32>>)> = prompts.iter().map(|p| generate(&decoder, p, 6)).collect();
+    let mut generator = Generator::batch(&decoder, 3);
+    let mut greedy: Vec<Sampler> = prompts.iter().map(|_| Sampler::new(Sampling::default())).collect();
+    let mut logits = generator.feed_batch(&prompts).unwrap();
+    let mut worst = 0f32;
+    for step in 0..6 {
+        let mut next = Vec::new();
+        for (s, (tokens, want)) in alone.iter().enumerate() {
+            worst = worst.max(relative_diff(&logits[s], &want[step]));
+            let token = greedy[s].pick(&logits[s]) as i64;
+            assert_eq!(token, tokens[step], "sequence {s}, step {step}");
+            next.push([token]);
+        }
+        logits = generator.feed_batch(&next.iter().map(|t| t.as_slice()).collect::<Vec<_>>()).unwrap();
+    }
+    assert!(worst <= 1e-5, "batched logits differ from each sequence's alone by {worst:.2e}");
+    println!("3 prompts (5, 2, 7 tokens) in one batch, 6 greedy steps: logits within {worst:.2e} of each alone");
+}

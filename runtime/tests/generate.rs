@@ -88,3 +88,44 @@ fn stops_cancellation_and_context_limits() {
     let err = Decoder::new(encoder).err().unwrap().to_string();
     assert!(err.contains("not a decoder") && err.contains("input_ids"), "{err}");
 }
+
+/// Sequences of different prompt lengths generated together: each gets the tokens it gets
+/// alone; one ends at a stop token, one is cancelled, the others run on; the cache holds
+/// every sequence's tokens, padding first.
+#[test]
+fn a_batch_generates_what_each_sequence_generates_alone() {
+    for past_shape_output in [false, true] {
+        let decoder = bigram(past_shape_output);
+        let prompts: [&[i64]; 3] = [&[2], &[5, 3, 0], &[1, 6]];
+        let options = GenerateOptions { max_tokens: 6, stop_tokens: vec![4], ..GenerateOptions::default() };
+        let alone: Vec<Vec<i64>> =
+            prompts.iter().map(|p| Generator::new(&decoder).generate(p, &options, |_| true).unwrap().tokens).collect();
+        let mut generator = Generator::batch(&decoder, 3);
+        let mut streamed = vec![Vec::new(); 3];
+        // Sequence 2 is cancelled at its third token.
+        let done = generator
+            .generate_batch(&prompts, &options, |s, t| {
+                streamed[s].push(t);
+                !(s == 2 && streamed[s].len() == 3)
+            })
+            .unwrap();
+        assert_eq!(done[0].tokens, alone[0]);
+        assert_eq!(done[1].tokens, alone[1]);
+        assert_eq!(done[2].tokens, alone[2][..3]);
+        assert_eq!(streamed.iter().map(Vec::len).collect::<Vec<_>>(), [done[0].tokens.len(), done[1].tokens.len(), 3]);
+        let ends: Vec<End> = done.iter().map(|d| d.end).collect();
+        let stopped_at_4 = |tokens: &[i64]| tokens.len() < 6;
+        assert_eq!(ends[2], End::Cancelled);
+        for s in 0..2 {
+            assert_eq!(ends[s], if stopped_at_4(&alone[s]) { End::StopToken } else { End::MaxTokens }, "sequence {s}: {:?}", alone[s]);
+        }
+        assert!(ends.contains(&End::StopToken), "the prompts reach the stop token: {alone:?}");
+        // One prefill of the longest prompt, then a run per step until the last sequence ends.
+        let longest = done.iter().map(|d| d.tokens.len()).max().unwrap();
+        assert_eq!(generator.past(), 3 + longest.min(5));
+        let mut one = Generator::batch(&decoder, 2);
+        let refused = one.feed(&[1]).unwrap_err().to_string();
+        assert!(refused.contains("one sequence's tokens for 2 sequences"), "{refused}");
+        assert!(one.feed_batch(&[&[1], &[]]).unwrap_err().to_string().contains("no tokens"));
+    }
+}

@@ -31,7 +31,8 @@ struct Layout {
     kv_heads: usize,
     head_dim: usize,
     positions: bool,
-    /// The cache is `[past, 1, kv_heads, head_dim]` (else Optimum's `[1, kv_heads, past, head_dim]`).
+    /// The cache is `[past, batch, kv_heads, head_dim]` (else Optimum's `[batch, kv_heads, past,
+    /// head_dim]`).
     token_major: bool,
 }
 
@@ -68,9 +69,9 @@ impl Layout {
         Ok(layout)
     }
 
-    /// The shape of a cache holding `past` tokens.
-    fn cache_shape(&self, past: usize) -> Vec<usize> {
-        if self.token_major { vec![past, 1, self.kv_heads, self.head_dim] } else { vec![1, self.kv_heads, past, self.head_dim] }
+    /// The shape of a cache holding `past` tokens of `batch` sequences.
+    fn cache_shape(&self, past: usize, batch: usize) -> Vec<usize> {
+        if self.token_major { vec![past, batch, self.kv_heads, self.head_dim] } else { vec![batch, self.kv_heads, past, self.head_dim] }
     }
 }
 
@@ -171,19 +172,29 @@ pub enum End {
     Cancelled,
 }
 
-/// One sequence's decoding state over a [`Decoder`].
+/// The decoding state of one sequence, or of a batch of them run together, over a
+/// [`Decoder`].
 pub struct Generator<'d> {
     decoder: &'d Decoder,
     /// Per layer, key then value, in the decoder's cache layout.
     cache: Vec<Tensor>,
     past: usize,
+    /// Per sequence, the attention mask of the cached tokens (0: padding before a shorter
+    /// prompt).
+    masks: Vec<Vec<i64>>,
     max_context: usize,
 }
 
 impl<'d> Generator<'d> {
-    /// A generator with an empty cache.
+    /// A generator of one sequence with an empty cache.
     pub fn new(decoder: &'d Decoder) -> Generator<'d> {
-        let mut g = Generator { decoder, cache: Vec::new(), past: 0, max_context: usize::MAX };
+        Generator::batch(decoder, 1)
+    }
+
+    /// A generator of `sequences` sequences run together (at least 1), each row of every run
+    /// one sequence's: prompts of different lengths are padded before their start and masked.
+    pub fn batch(decoder: &'d Decoder, sequences: usize) -> Generator<'d> {
+        let mut g = Generator { decoder, cache: Vec::new(), past: 0, masks: vec![Vec::new(); sequences.max(1)], max_context: usize::MAX };
         g.reset();
         g
     }
@@ -200,16 +211,17 @@ impl<'d> Generator<'d> {
 
     /// Empties the cache (a new conversation).
     pub fn reset(&mut self) {
-        let empty = Tensor::from_vec(self.decoder.layout.cache_shape(0), Vec::<f32>::new()).expect("an empty tensor");
+        let empty = Tensor::from_vec(self.decoder.layout.cache_shape(0, self.masks.len()), Vec::<f32>::new()).expect("an empty tensor");
         self.cache = vec![empty; 2 * self.decoder.layout.layers];
         self.past = 0;
+        self.masks.iter_mut().for_each(Vec::clear);
     }
 
     /// Tokens the cache holds room for before its storage must grow (a token-major cache
     /// grows in place, doubling; Optimum's layout is copied on every run, so it has none
     /// spare).
     pub fn cache_room(&self) -> usize {
-        let per_token = self.decoder.layout.kv_heads * self.decoder.layout.head_dim;
+        let per_token = self.masks.len() * self.decoder.layout.kv_heads * self.decoder.layout.head_dim;
         self.cache.iter().map(|t| t.capacity() / per_token.max(1)).min().unwrap_or(0)
     }
 
@@ -217,32 +229,68 @@ impl<'d> Generator<'d> {
     /// move it (only a token-major cache keeps the room between runs).
     pub fn reserve(&mut self, tokens: usize) {
         let layout = &self.decoder.layout;
-        let (past, per_token) = (self.past, layout.kv_heads * layout.head_dim);
+        let (past, batch) = (self.past, self.masks.len());
+        let per_token = batch * layout.kv_heads * layout.head_dim;
         for t in self.cache.iter_mut() {
             let taken = std::mem::replace(t, Tensor::scalar(0f32));
             let mut v = taken.into_vec::<f32>().expect("the cache is float");
             v.reserve_exact((tokens * per_token).saturating_sub(v.len()));
-            *t = Tensor::from_vec(layout.cache_shape(past), v).expect("the same elements");
+            *t = Tensor::from_vec(layout.cache_shape(past, batch), v).expect("the same elements");
         }
     }
 
     /// Runs `tokens` after the cached ones and caches them; returns the logits after the last.
+    /// For a generator of one sequence (see [`Generator::feed_batch`]).
     pub fn feed(&mut self, tokens: &[i64]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::Input { name: "input_ids".into(), reason: "no tokens to run".into() });
-        }
-        let total = self.past + tokens.len();
-        if total > self.max_context {
+        if self.masks.len() != 1 {
             return Err(Error::Input {
                 name: "input_ids".into(),
-                reason: format!("{} cached and {} new tokens exceed the maximum context of {}", self.past, tokens.len(), self.max_context),
+                reason: format!("one sequence's tokens for {} sequences", self.masks.len()),
             });
         }
+        Ok(self.feed_batch(&[tokens])?.remove(0))
+    }
+
+    /// Runs each sequence's `tokens` after its cached ones (one slice per sequence, at least
+    /// one token each; shorter ones are padded before their start and masked) and caches them;
+    /// returns each sequence's logits after its last token.
+    pub fn feed_batch(&mut self, tokens: &[&[i64]]) -> Result<Vec<Vec<f32>>> {
+        let batch = self.masks.len();
+        let input_error = |reason: String| Error::Input { name: "input_ids".into(), reason };
+        if tokens.len() != batch {
+            return Err(input_error(format!("tokens of {} sequences for {batch}", tokens.len())));
+        }
+        if tokens.iter().any(|t| t.is_empty()) {
+            return Err(input_error("no tokens to run".into()));
+        }
+        let length = tokens.iter().map(|t| t.len()).max().unwrap_or(0);
+        let total = self.past + length;
+        if total > self.max_context {
+            return Err(input_error(format!(
+                "{} cached and {length} new tokens exceed the maximum context of {}",
+                self.past, self.max_context
+            )));
+        }
+        // Each row padded before its tokens; positions count each sequence's own tokens
+        // (padding gets 1, as Hugging Face's models give it: masked, it matters nowhere).
+        let (mut ids, mut positions) = (Vec::with_capacity(batch * length), Vec::with_capacity(batch * length));
+        for (row, mask) in tokens.iter().zip(&mut self.masks) {
+            let padding = length - row.len();
+            let mut seen = mask.iter().sum::<i64>();
+            ids.extend(std::iter::repeat_n(0, padding).chain(row.iter().copied()));
+            mask.extend(std::iter::repeat_n(0, padding).chain(std::iter::repeat_n(1, row.len())));
+            positions.extend(std::iter::repeat_n(1, padding));
+            positions.extend(row.iter().map(|_| {
+                seen += 1;
+                seen - 1
+            }));
+        }
         let layout = &self.decoder.layout;
-        let ids = |v: Vec<i64>| Tensor::from_vec(vec![1, v.len()], v).expect("a row of ids");
-        let mut inputs = vec![("input_ids".to_string(), ids(tokens.to_vec())), ("attention_mask".to_string(), ids(vec![1; total]))];
+        let rows = |v: Vec<i64>| Tensor::from_vec(vec![batch, v.len() / batch], v).expect("rows of ids");
+        let mask = self.masks.concat();
+        let mut inputs = vec![("input_ids".to_string(), rows(ids)), ("attention_mask".to_string(), rows(mask))];
         if layout.positions {
-            inputs.push(("position_ids".to_string(), ids((self.past as i64..total as i64).collect())));
+            inputs.push(("position_ids".to_string(), rows(positions)));
         }
         for (i, t) in self.cache.drain(..).enumerate() {
             inputs.push((format!("past_key_values.{}.{}", i / 2, if i % 2 == 0 { "key" } else { "value" }), t));
@@ -273,15 +321,16 @@ impl<'d> Generator<'d> {
             cache.into_iter().enumerate().map(|(i, t)| t.ok_or_else(|| missing(format!("present.{}.*", i / 2)))).collect::<Result<_>>()?;
         self.past = total;
         let logits = logits.ok_or_else(|| missing("logits".into()))?;
-        if logits.dtype() != DataType::F32 || logits.shape().len() != 3 {
+        if logits.dtype() != DataType::F32 || logits.shape().len() != 3 || logits.shape()[..2] != [batch, length] {
             return Err(Error::InvalidModel(format!(
-                "logits are {}{:?}; float [1, tokens, vocabulary] expected",
+                "logits are {}{:?}; float [{batch}, {length}, vocabulary] expected",
                 logits.dtype(),
                 logits.shape()
             )));
         }
-        let all = logits.as_slice::<f32>()?;
-        Ok(all[all.len() - logits.shape()[2]..].to_vec())
+        // Each row's last position: its last token (padding comes first).
+        let (all, vocabulary) = (logits.as_slice::<f32>()?, logits.shape()[2]);
+        Ok((0..batch).map(|b| all[((b + 1) * length - 1) * vocabulary..][..vocabulary].to_vec()).collect())
     }
 
     /// Generates after `prompt` (run after what is cached): prefill, then a token at a time.
@@ -299,35 +348,64 @@ impl<'d> Generator<'d> {
     /// # Ok::<(), distq_runtime::Error>(())
     /// ```
     pub fn generate(&mut self, prompt: &[i64], options: &GenerateOptions, mut on_token: impl FnMut(i64) -> bool) -> Result<Generation> {
-        let mut sampler = Sampler::new(options.sampling.clone());
-        let mut done = Generation {
-            tokens: Vec::new(),
-            prompt_tokens: prompt.len(),
-            prefill: Duration::ZERO,
-            decode: Vec::new(),
-            end: End::MaxTokens,
-        };
+        Ok(self.generate_batch(&[prompt], options, |_, token| on_token(token))?.remove(0))
+    }
+
+    /// Generates after each sequence's prompt at once (one prompt per sequence of the
+    /// generator), the prompts in one run, then a token of every sequence per run. Each
+    /// sequence gets the tokens it would alone (its own sampler, from the same seed); a
+    /// sequence that ends (a stop token, `max_tokens`, or `on_token(sequence, token)`
+    /// returning false) is run along until all have, its tokens no longer picked.
+    pub fn generate_batch(
+        &mut self,
+        prompts: &[&[i64]],
+        options: &GenerateOptions,
+        mut on_token: impl FnMut(usize, i64) -> bool,
+    ) -> Result<Vec<Generation>> {
+        let mut samplers: Vec<Sampler> = prompts.iter().map(|_| Sampler::new(options.sampling.clone())).collect();
+        let mut done: Vec<Generation> = prompts
+            .iter()
+            .map(|p| Generation {
+                tokens: Vec::new(),
+                prompt_tokens: p.len(),
+                prefill: Duration::ZERO,
+                decode: Vec::new(),
+                end: End::MaxTokens,
+            })
+            .collect();
         let started = Instant::now();
-        self.reserve((self.past + prompt.len() + options.max_tokens).min(self.max_context));
-        let mut logits = self.feed(prompt)?;
-        done.prefill = started.elapsed();
-        while done.tokens.len() < options.max_tokens {
-            let token = sampler.pick(&logits) as i64;
-            if options.stop_tokens.contains(&token) {
-                done.end = End::StopToken;
-                break;
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        self.reserve((self.past + longest + options.max_tokens).min(self.max_context));
+        let mut logits = self.feed_batch(prompts)?;
+        let prefill = started.elapsed();
+        let mut active: Vec<bool> = vec![options.max_tokens > 0; prompts.len()];
+        let mut last: Vec<i64> = prompts.iter().map(|p| p.last().copied().unwrap_or(0)).collect();
+        done.iter_mut().for_each(|d| d.prefill = prefill);
+        while active.iter().any(|&a| a) {
+            for (s, (d, active)) in done.iter_mut().zip(active.iter_mut()).enumerate().filter(|(_, (_, a))| **a) {
+                let token = samplers[s].pick(&logits[s]) as i64;
+                if options.stop_tokens.contains(&token) {
+                    (d.end, *active) = (End::StopToken, false);
+                    continue;
+                }
+                d.tokens.push(token);
+                last[s] = token;
+                if !on_token(s, token) {
+                    (d.end, *active) = (End::Cancelled, false);
+                } else if d.tokens.len() == options.max_tokens {
+                    *active = false;
+                }
             }
-            done.tokens.push(token);
-            if !on_token(token) {
-                done.end = End::Cancelled;
-                break;
-            }
-            if done.tokens.len() == options.max_tokens {
+            if !active.iter().any(|&a| a) {
                 break;
             }
             let started = Instant::now();
-            logits = self.feed(&[token])?;
-            done.decode.push(started.elapsed());
+            let step: Vec<[i64; 1]> = last.iter().map(|&t| [t]).collect();
+            logits = self.feed_batch(&step.iter().map(|t| t.as_slice()).collect::<Vec<_>>())?;
+            let took = started.elapsed();
+            for (d, _) in done.iter_mut().zip(&active).filter(|(_, a)| **a) {
+                d.decode.push(took);
+            }
         }
         Ok(done)
     }

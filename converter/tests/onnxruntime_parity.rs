@@ -116,3 +116,71 @@ fn decode_encode_is_byte_identical() {
         println!("{rel}: {} bytes round-trip byte-identically", original.len());
     }
 }
+
+/// onnxruntime's decoder contrib ops (what its fusions and its genai model builder write),
+/// on small random graphs: SkipLayerNormalization (with beta and bias) and
+/// SkipSimplifiedLayerNormalization (with bias; skip repeated over the batch), every output
+/// within 1e-5 of the output's scale.
+#[test]
+#[ignore = "onnxruntime: run by tools/test.sh"]
+fn contrib_decoder_ops_match_onnxruntime() {
+    use distq_runtime::onnx::build::{Attr, ModelBuilder};
+    use distq_runtime::onnx::proto::OperatorSetIdProto;
+    use distq_runtime::{DataType, Tensor};
+    let random = |n: usize, seed: u32| -> Vec<f32> {
+        (0..n as u32).map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0).collect()
+    };
+    let (batch, seq, hidden) = (2usize, 3usize, 16usize);
+    let dir = tempfile::tempdir().unwrap();
+    // (op, skip shape, with beta, with bias)
+    let cases: [(&str, Vec<usize>, bool); 2] =
+        [("SkipLayerNormalization", vec![batch, seq, hidden], true), ("SkipSimplifiedLayerNormalization", vec![seq, hidden], false)];
+    for (op, skip_shape, beta) in cases {
+        let dims = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+        let (shape, stat) = ([batch, seq, hidden], [batch, seq, 1]);
+        let mut inputs = vec!["x", "skip", "gamma"];
+        if beta {
+            inputs.push("beta");
+        }
+        inputs.push("bias");
+        let mut b = ModelBuilder::new(17)
+            .input("x", DataType::F32, &dims(&shape))
+            .input("skip", DataType::F32, &dims(&skip_shape))
+            .initializer("gamma", &Tensor::from_vec(vec![hidden], random(hidden, 1)).unwrap())
+            .initializer("beta", &Tensor::from_vec(vec![hidden], random(hidden, 2)).unwrap())
+            .initializer("bias", &Tensor::from_vec(vec![hidden], random(hidden, 3)).unwrap())
+            .node(op, &inputs, &["y", "mean", "inv_std", "sum"], vec![("epsilon", Attr::Float(1e-5))])
+            .output("y", DataType::F32, &dims(&shape))
+            .output("sum", DataType::F32, &dims(&shape));
+        if beta {
+            b = b.output("mean", DataType::F32, &dims(&stat)).output("inv_std", DataType::F32, &dims(&stat));
+        } else {
+            b = b.output("inv_std", DataType::F32, &dims(&stat));
+        }
+        let mut proto = b.build();
+        let graph = proto.graph.as_mut().unwrap();
+        graph.node[0].domain = Some("com.microsoft".into());
+        if !beta {
+            // The simplified norm has no mean: onnxruntime leaves that output unnamed.
+            graph.node[0].output[1] = String::new();
+        }
+        proto.opset_import.push(OperatorSetIdProto { domain: Some("com.microsoft".into()), version: Some(1) });
+        let path = dir.path().join(format!("{op}.onnx"));
+        std::fs::write(&path, prost::Message::encode_to_vec(&proto)).unwrap();
+        let feeds = vec![
+            ("x".to_string(), Tensor::from_vec(shape.to_vec(), random(batch * seq * hidden, 4)).unwrap()),
+            ("skip".to_string(), Tensor::from_vec(skip_shape.clone(), random(skip_shape.iter().product(), 5)).unwrap()),
+        ];
+        let inputs_path = dir.path().join(format!("{op}.npz"));
+        distq_io::npz::write_npz(&inputs_path, &feeds).unwrap();
+        let ours = Session::load(&path).unwrap().run(feeds).unwrap();
+        let theirs = onnxruntime_outputs(&path, &inputs_path);
+        assert_eq!(ours.len(), theirs.len(), "{op}: output count");
+        for (name, a) in &ours {
+            let b = &theirs.iter().find(|(n, _)| n == name).unwrap().1;
+            let (diff, scale) = max_diff(a, b);
+            println!("{op} '{name}': max |ours - onnxruntime| {diff:.2e} (scale {scale:.2e})");
+            assert!(diff <= 1e-5 * scale.max(1e-3), "{op} output '{name}': {diff} against scale {scale}");
+        }
+    }
+}

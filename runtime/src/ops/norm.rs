@@ -16,6 +16,11 @@ pub const OPS: &[(&str, Importer)] = &[
     ("RMSNormalization", |c| import_layer_norm(c, false)),
     // onnxruntime-genai's decoders: RMSNormalization under its contrib name.
     ("com.microsoft::SimplifiedLayerNormalization", |c| import_layer_norm(c, false)),
+    // onnxruntime's fusions (and its genai model builder): the residual Add before the norm.
+    ("com.microsoft::SkipLayerNormalization", |c| Ok(Box::new(SkipNorm { epsilon: c.attrs.float("epsilon", 1e-12)?, centered: true }))),
+    ("com.microsoft::SkipSimplifiedLayerNormalization", |c| {
+        Ok(Box::new(SkipNorm { epsilon: c.attrs.float("epsilon", 1e-12)?, centered: false }))
+    }),
     ("Softmax", |c| import_softmax(c, false)),
     ("LogSoftmax", |c| import_softmax(c, true)),
 ];
@@ -109,6 +114,72 @@ impl Op for LayerNorm {
         let mut stat = x.shape().to_vec();
         stat[axis..].iter_mut().for_each(|d| *d = 1);
         Ok(vec![out(x.shape().to_vec(), y)?, out(stat.clone(), means)?, out(stat, inv_stds)?])
+    }
+}
+
+/// com.microsoft `SkipLayerNormalization(input, skip, gamma, beta?, bias?)` and
+/// `SkipSimplifiedLayerNormalization(input, skip, gamma, bias?)`: `s = input + skip (+ bias)`
+/// normalized over the last axis (centered, or by its root mean square), as LayerNorm does.
+/// Outputs: the normalized `s`, its mean and 1/σ per row, and `s` itself (the residual stream
+/// the next block adds to). `skip` is as large as `input` or a suffix of it, repeated.
+#[derive(Debug)]
+pub struct SkipNorm {
+    epsilon: f32,
+    centered: bool,
+}
+
+impl SkipNorm {
+    /// Input slots of the optional beta and bias.
+    fn beta_bias(&self) -> (Option<usize>, usize) {
+        if self.centered { (Some(3), 4) } else { (None, 3) }
+    }
+}
+
+impl Op for SkipNorm {
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let (x, skip) = (required(inputs, 0)?, required(inputs, 1)?);
+        expect_dtype(x, &[DataType::F32], "input")?;
+        expect_dtype(skip, &[DataType::F32], "skip")?;
+        let hidden = *x.shape.last().ok_or_else(|| crate::error::Error::Op("input is a scalar; [.., hidden] expected".into()))?;
+        let suffix = skip.shape.iter().skip_while(|&&d| d == 1).copied().collect::<Vec<_>>();
+        ensure!(
+            x.shape.ends_with(&suffix) && skip.shape.last() == Some(&hidden),
+            "skip of shape {:?} does not repeat over input of shape {:?}",
+            skip.shape,
+            x.shape
+        );
+        let (beta, bias) = self.beta_bias();
+        for (slot, what) in [(Some(2), "gamma"), (beta, "beta"), (Some(bias), "bias")] {
+            if let Some(p) = slot.and_then(|i| optional(inputs, i)) {
+                ensure!(p.shape.iter().product::<usize>() == hidden, "{what} of shape {:?}; {hidden} values expected", p.shape);
+            }
+        }
+        let mut stat = x.shape.clone();
+        *stat.last_mut().expect("checked above") = 1;
+        let f = |shape: &Vec<usize>| Fact::new(DataType::F32, shape.clone());
+        Ok(vec![f(&x.shape), f(&stat), f(&stat), f(&x.shape)])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let (x, skip) = (required(inputs, 0)?, required(inputs, 1)?.as_slice::<f32>()?);
+        let hidden = *x.shape().last().unwrap_or(&1);
+        let (beta, bias) = self.beta_bias();
+        let param = |slot: Option<usize>| slot.and_then(|i| optional(inputs, i)).map(|t| t.as_slice::<f32>()).transpose();
+        let (gamma, beta, bias) = (required(inputs, 2)?.as_slice::<f32>()?, param(beta)?, param(Some(bias))?);
+        let mut sum = pool.take(x.len());
+        for x in x.as_slice::<f32>()?.chunks(skip.len().max(1)) {
+            sum.extend(x.iter().zip(skip).map(|(x, s)| x + s));
+        }
+        if let Some(bias) = bias {
+            for row in sum.chunks_mut(hidden.max(1)) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+        }
+        let mut y = pool.take(x.len());
+        let (means, inv_stds) = layer_norm_rows(&sum, hidden, gamma, beta, self.epsilon, self.centered, &mut y);
+        let mut stat = x.shape().to_vec();
+        *stat.last_mut().unwrap_or(&mut 0) = 1;
+        Ok(vec![out(x.shape().to_vec(), y)?, out(stat.clone(), means)?, out(stat, inv_stds)?, out(x.shape().to_vec(), sum)?])
     }
 }
 

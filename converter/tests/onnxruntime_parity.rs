@@ -117,70 +117,117 @@ fn decode_encode_is_byte_identical() {
     }
 }
 
+/// A one-node graph of onnxruntime's contrib op `op` (built by `graph`, its node put in the
+/// com.microsoft domain) on `feeds`, in our runtime and in onnxruntime: every output within
+/// 1e-5 of its scale.
+fn contrib_parity(
+    dir: &std::path::Path,
+    case: &str,
+    graph: distq_runtime::onnx::build::ModelBuilder,
+    feeds: Vec<(String, distq_runtime::Tensor)>,
+) {
+    let mut proto = graph.build();
+    proto.graph.as_mut().unwrap().node[0].domain = Some("com.microsoft".into());
+    proto.opset_import.push(distq_runtime::onnx::proto::OperatorSetIdProto { domain: Some("com.microsoft".into()), version: Some(1) });
+    let path = dir.join(format!("{case}.onnx"));
+    std::fs::write(&path, prost::Message::encode_to_vec(&proto)).unwrap();
+    let inputs_path = dir.join(format!("{case}.npz"));
+    distq_io::npz::write_npz(&inputs_path, &feeds).unwrap();
+    let ours = Session::load(&path).unwrap().run(feeds).unwrap();
+    let theirs = onnxruntime_outputs(&path, &inputs_path);
+    assert_eq!(ours.len(), theirs.len(), "{case}: output count");
+    for (name, a) in &ours {
+        let b = &theirs.iter().find(|(n, _)| n == name).unwrap().1;
+        let (diff, scale) = max_diff(a, b);
+        println!("{case} '{name}': max |ours - onnxruntime| {diff:.2e} (scale {scale:.2e})");
+        assert!(diff <= 1e-5 * scale.max(1e-3), "{case} output '{name}': {diff} against scale {scale}");
+    }
+}
+
+/// Deterministic values in [−2, 2).
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32).map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0).collect()
+}
+
 /// onnxruntime's decoder contrib ops (what its fusions and its genai model builder write),
 /// on small random graphs: SkipLayerNormalization (with beta and bias) and
-/// SkipSimplifiedLayerNormalization (with bias; skip repeated over the batch), every output
-/// within 1e-5 of the output's scale.
+/// SkipSimplifiedLayerNormalization (with bias; skip repeated over the batch).
 #[test]
 #[ignore = "onnxruntime: run by tools/test.sh"]
-fn contrib_decoder_ops_match_onnxruntime() {
+fn contrib_norms_match_onnxruntime() {
     use distq_runtime::onnx::build::{Attr, ModelBuilder};
-    use distq_runtime::onnx::proto::OperatorSetIdProto;
     use distq_runtime::{DataType, Tensor};
-    let random = |n: usize, seed: u32| -> Vec<f32> {
-        (0..n as u32).map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0).collect()
-    };
     let (batch, seq, hidden) = (2usize, 3usize, 16usize);
     let dir = tempfile::tempdir().unwrap();
-    // (op, skip shape, with beta, with bias)
-    let cases: [(&str, Vec<usize>, bool); 2] =
-        [("SkipLayerNormalization", vec![batch, seq, hidden], true), ("SkipSimplifiedLayerNormalization", vec![seq, hidden], false)];
-    for (op, skip_shape, beta) in cases {
-        let dims = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    let dims = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    for (op, skip_shape, centered) in
+        [("SkipLayerNormalization", vec![batch, seq, hidden], true), ("SkipSimplifiedLayerNormalization", vec![seq, hidden], false)]
+    {
         let (shape, stat) = ([batch, seq, hidden], [batch, seq, 1]);
-        let mut inputs = vec!["x", "skip", "gamma"];
-        if beta {
-            inputs.push("beta");
-        }
-        inputs.push("bias");
-        let mut b = ModelBuilder::new(17)
+        let inputs: &[&str] = if centered { &["x", "skip", "gamma", "beta", "bias"] } else { &["x", "skip", "gamma", "bias"] };
+        // The simplified norm has no mean: onnxruntime leaves that output unnamed.
+        let outputs: &[&str] = if centered { &["y", "mean", "inv_std", "sum"] } else { &["y", "", "inv_std", "sum"] };
+        let mut graph = ModelBuilder::new(17)
             .input("x", DataType::F32, &dims(&shape))
             .input("skip", DataType::F32, &dims(&skip_shape))
-            .initializer("gamma", &Tensor::from_vec(vec![hidden], random(hidden, 1)).unwrap())
-            .initializer("beta", &Tensor::from_vec(vec![hidden], random(hidden, 2)).unwrap())
-            .initializer("bias", &Tensor::from_vec(vec![hidden], random(hidden, 3)).unwrap())
-            .node(op, &inputs, &["y", "mean", "inv_std", "sum"], vec![("epsilon", Attr::Float(1e-5))])
+            .initializer("gamma", &Tensor::from_vec(vec![hidden], values(hidden, 1)).unwrap())
+            .initializer("beta", &Tensor::from_vec(vec![hidden], values(hidden, 2)).unwrap())
+            .initializer("bias", &Tensor::from_vec(vec![hidden], values(hidden, 3)).unwrap())
+            .node(op, inputs, outputs, vec![("epsilon", Attr::Float(1e-5))])
             .output("y", DataType::F32, &dims(&shape))
-            .output("sum", DataType::F32, &dims(&shape));
-        if beta {
-            b = b.output("mean", DataType::F32, &dims(&stat)).output("inv_std", DataType::F32, &dims(&stat));
-        } else {
-            b = b.output("inv_std", DataType::F32, &dims(&stat));
+            .output("sum", DataType::F32, &dims(&shape))
+            .output("inv_std", DataType::F32, &dims(&stat));
+        if centered {
+            graph = graph.output("mean", DataType::F32, &dims(&stat));
         }
-        let mut proto = b.build();
-        let graph = proto.graph.as_mut().unwrap();
-        graph.node[0].domain = Some("com.microsoft".into());
-        if !beta {
-            // The simplified norm has no mean: onnxruntime leaves that output unnamed.
-            graph.node[0].output[1] = String::new();
-        }
-        proto.opset_import.push(OperatorSetIdProto { domain: Some("com.microsoft".into()), version: Some(1) });
-        let path = dir.path().join(format!("{op}.onnx"));
-        std::fs::write(&path, prost::Message::encode_to_vec(&proto)).unwrap();
         let feeds = vec![
-            ("x".to_string(), Tensor::from_vec(shape.to_vec(), random(batch * seq * hidden, 4)).unwrap()),
-            ("skip".to_string(), Tensor::from_vec(skip_shape.clone(), random(skip_shape.iter().product(), 5)).unwrap()),
+            ("x".to_string(), Tensor::from_vec(shape.to_vec(), values(batch * seq * hidden, 4)).unwrap()),
+            ("skip".to_string(), Tensor::from_vec(skip_shape.clone(), values(skip_shape.iter().product(), 5)).unwrap()),
         ];
-        let inputs_path = dir.path().join(format!("{op}.npz"));
-        distq_io::npz::write_npz(&inputs_path, &feeds).unwrap();
-        let ours = Session::load(&path).unwrap().run(feeds).unwrap();
-        let theirs = onnxruntime_outputs(&path, &inputs_path);
-        assert_eq!(ours.len(), theirs.len(), "{op}: output count");
-        for (name, a) in &ours {
-            let b = &theirs.iter().find(|(n, _)| n == name).unwrap().1;
-            let (diff, scale) = max_diff(a, b);
-            println!("{op} '{name}': max |ours - onnxruntime| {diff:.2e} (scale {scale:.2e})");
-            assert!(diff <= 1e-5 * scale.max(1e-3), "{op} output '{name}': {diff} against scale {scale}");
-        }
+        contrib_parity(dir.path(), op, graph, feeds);
+    }
+}
+
+/// onnxruntime's contrib RotaryEmbedding: a 3-D input with its head size from the caches,
+/// positions per token; a 4-D input, interleaved pairs, one position offset; and a 3-D input
+/// with 2 heads of which 4 of 8 values rotate.
+#[test]
+#[ignore = "onnxruntime: run by tools/test.sh"]
+fn contrib_rotary_embedding_matches_onnxruntime() {
+    use distq_runtime::onnx::build::{Attr, ModelBuilder};
+    use distq_runtime::{DataType, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let dims = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    // (case, input shape, positions, cache width, [interleaved, num_heads, rotary dim])
+    let cases = [
+        ("rotary_3d", vec![2, 3, 32], vec![0, 1, 2, 7, 8, 9], 4, [0, 0, 0]),
+        ("rotary_4d_interleaved", vec![2, 2, 3, 8], vec![5], 4, [1, 0, 0]),
+        ("rotary_partial", vec![2, 3, 16], vec![3, 4, 5, 0, 1, 2], 2, [0, 2, 4]),
+    ];
+    for (case, shape, positions, half, [interleaved, heads, rotary_dim]) in cases {
+        let cache = 16usize;
+        let angles: Vec<f32> = (0..cache * half).map(|i| (i / half) as f32 / (1.0 + (i % half) as f32)).collect();
+        let position_shape = if positions.len() == 1 { vec![1] } else { vec![shape[0], positions.len() / shape[0]] };
+        let graph = ModelBuilder::new(17)
+            .input("x", DataType::F32, &dims(&shape))
+            .input("positions", DataType::I64, &dims(&position_shape))
+            .initializer("cos", &Tensor::from_vec(vec![cache, half], angles.iter().map(|a| a.cos()).collect()).unwrap())
+            .initializer("sin", &Tensor::from_vec(vec![cache, half], angles.iter().map(|a| a.sin()).collect()).unwrap())
+            .node(
+                "RotaryEmbedding",
+                &["x", "positions", "cos", "sin"],
+                &["y"],
+                vec![
+                    ("interleaved", Attr::Int(interleaved)),
+                    ("num_heads", Attr::Int(heads)),
+                    ("rotary_embedding_dim", Attr::Int(rotary_dim)),
+                ],
+            )
+            .output("y", DataType::F32, &dims(&shape));
+        let feeds = vec![
+            ("x".to_string(), Tensor::from_vec(shape.clone(), values(shape.iter().product(), 6)).unwrap()),
+            ("positions".to_string(), Tensor::from_vec(position_shape, positions).unwrap()),
+        ];
+        contrib_parity(dir.path(), case, graph, feeds);
     }
 }

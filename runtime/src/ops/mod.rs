@@ -307,6 +307,7 @@ fn registry() -> &'static HashMap<&'static str, Importer> {
             quant::OPS,
             qconv::OPS,
             matmul_nbits::OPS,
+            rotary::OPS,
         ] {
             for &(name, importer) in family {
                 map.insert(name, importer);

@@ -231,3 +231,87 @@ fn contrib_rotary_embedding_matches_onnxruntime() {
         contrib_parity(dir.path(), case, graph, feeds);
     }
 }
+
+/// onnxruntime's contrib GroupQueryAttention (4 query heads over 2 KV heads of 16): a prompt
+/// without a cache and a token after a cache of 5 (2 sequences each), and Q, K, V packed in
+/// one input with the rotary embedding of Q and K done by the op (a prompt, and a token after
+/// a cache of 3).
+#[test]
+#[ignore = "onnxruntime: run by tools/test.sh"]
+fn contrib_group_query_attention_matches_onnxruntime() {
+    use distq_runtime::onnx::build::{Attr, ModelBuilder};
+    use distq_runtime::{DataType, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let (q_heads, kv_heads, head) = (4usize, 2usize, 16usize);
+    // (case, new tokens, cached tokens, packed with rotary)
+    let cases = [
+        ("gqa_prompt", 4usize, 0usize, false),
+        ("gqa_token", 1, 5, false),
+        ("gqa_packed_rotary_prompt", 3, 0, true),
+        ("gqa_packed_rotary_token", 1, 3, true),
+    ];
+    for (case, new, past, packed) in cases {
+        // onnxruntime runs a rotary prompt of several tokens for one sequence only.
+        let batch = if packed { 1 } else { 2 };
+        let total = past + new;
+        let width = if packed { (q_heads + 2 * kv_heads) * head } else { q_heads * head };
+        let mut graph = ModelBuilder::new(17)
+            .input("query", DataType::F32, &[batch as i64, new as i64, width as i64])
+            .input("seqlens_k", DataType::I32, &[batch as i64])
+            .input("total_sequence_length", DataType::I32, &[]);
+        let mut feeds = vec![
+            ("query".to_string(), Tensor::from_vec(vec![batch, new, width], values(batch * new * width, 7)).unwrap()),
+            ("seqlens_k".to_string(), Tensor::from_vec(vec![batch], vec![total as i32 - 1; batch]).unwrap()),
+            ("total_sequence_length".to_string(), Tensor::from_vec(vec![], vec![total as i32]).unwrap()),
+        ];
+        let kv_width = kv_heads * head;
+        if !packed {
+            graph = graph.input("key", DataType::F32, &[batch as i64, new as i64, kv_width as i64]).input(
+                "value",
+                DataType::F32,
+                &[batch as i64, new as i64, kv_width as i64],
+            );
+            for (name, seed) in [("key", 8), ("value", 9)] {
+                feeds.push((name.to_string(), Tensor::from_vec(vec![batch, new, kv_width], values(batch * new * kv_width, seed)).unwrap()));
+            }
+        }
+        if past > 0 {
+            let shape = [batch as i64, kv_heads as i64, past as i64, head as i64];
+            graph = graph.input("past_key", DataType::F32, &shape).input("past_value", DataType::F32, &shape);
+            for (name, seed) in [("past_key", 10), ("past_value", 11)] {
+                let n = batch * kv_heads * past * head;
+                feeds.push((name.to_string(), Tensor::from_vec(vec![batch, kv_heads, past, head], values(n, seed)).unwrap()));
+            }
+        }
+        let (cache, half) = (16usize, head / 2);
+        let angles: Vec<f32> = (0..cache * half).map(|i| (i / half) as f32 / (1.0 + (i % half) as f32)).collect();
+        graph = graph
+            .initializer("cos", &Tensor::from_vec(vec![cache, half], angles.iter().map(|a| a.cos()).collect()).unwrap())
+            .initializer("sin", &Tensor::from_vec(vec![cache, half], angles.iter().map(|a| a.sin()).collect()).unwrap());
+        let opt = |present: bool, name: &'static str| if present { name } else { "" };
+        let inputs = [
+            "query",
+            opt(!packed, "key"),
+            opt(!packed, "value"),
+            opt(past > 0, "past_key"),
+            opt(past > 0, "past_value"),
+            "seqlens_k",
+            "total_sequence_length",
+            opt(packed, "cos"),
+            opt(packed, "sin"),
+        ];
+        let inputs: Vec<&str> = inputs[..if packed { 9 } else { 7 }].to_vec();
+        let attrs = vec![
+            ("num_heads", Attr::Int(q_heads as i64)),
+            ("kv_num_heads", Attr::Int(kv_heads as i64)),
+            ("do_rotary", Attr::Int(packed as i64)),
+        ];
+        let present = [batch as i64, kv_heads as i64, total as i64, head as i64];
+        graph = graph
+            .node("GroupQueryAttention", &inputs, &["output", "present_key", "present_value"], attrs)
+            .output("output", DataType::F32, &[batch as i64, new as i64, (q_heads * head) as i64])
+            .output("present_key", DataType::F32, &present)
+            .output("present_value", DataType::F32, &present);
+        contrib_parity(dir.path(), case, graph, feeds);
+    }
+}

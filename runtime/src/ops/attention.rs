@@ -11,7 +11,35 @@ use crate::error::{Result, ensure};
 use crate::tensor::{DataType, Tensor};
 
 /// The ops of this family.
-pub const OPS: &[(&str, Importer)] = &[("Attention", import)];
+pub const OPS: &[(&str, Importer)] = &[("Attention", import), ("com.microsoft::GroupQueryAttention", import_group_query)];
+
+fn import_group_query(c: &ImportCtx) -> Result<Box<dyn Op>> {
+    let heads = |key: &str| -> Result<usize> {
+        let v = c.attrs.int(key, 0)?;
+        ensure!(v > 0, "attribute {key} is {v}; a positive head count is needed");
+        Ok(v as usize)
+    };
+    for (key, what) in [("smooth_softmax", "smooth softmax"), ("qk_output", "the scores output")] {
+        if c.attrs.int(key, 0)? != 0 {
+            return Err(super::unsupported_attr(what.into()));
+        }
+    }
+    let scale = c.attrs.float("scale", 0.0)?;
+    let (q_heads, kv_heads) = (heads("num_heads")?, heads("kv_num_heads")?);
+    Ok(Box::new(GroupQueryAttention {
+        attention: Attention {
+            causal: true,
+            q_heads: Some(q_heads),
+            kv_heads: Some(kv_heads),
+            scale: (scale != 0.0).then_some(scale),
+            softcap: c.attrs.float("softcap", 0.0)?,
+            scores_mode: 0,
+            left_window: c.attrs.int("local_window_size", -1)?,
+            right_window: -1,
+        },
+        rotary: (c.attrs.int("do_rotary", 0)? != 0).then(|| c.attrs.int("rotary_interleaved", 0).map(|i| i != 0)).transpose()?,
+    }))
+}
 
 fn import(c: &ImportCtx) -> Result<Box<dyn Op>> {
     let heads = |key: &str| -> Result<Option<usize>> {
@@ -302,6 +330,98 @@ impl Op for Attention {
     }
 }
 
+/// com.microsoft `GroupQueryAttention(query, key?, value?, past_key?, past_value?, seqlens_k,
+/// total_sequence_length, cos_cache?, sin_cache?)` → `(output, present_key, present_value)`,
+/// what onnxruntime-genai's model builder writes for a decoder's attention: 3-D inputs (or Q,
+/// K and V packed in `query`), the new keys and values after the cache, a causal frontier
+/// after it, optionally the rotary embedding of Q and K at their positions first. It runs as
+/// [`Attention`] does. Sequences of a batch must be equally long (`seqlens_k` all
+/// `total_sequence_length − 1`, which is the cache plus the new tokens): padded batches and a
+/// cache buffer longer than its contents are refused.
+#[derive(Debug)]
+pub struct GroupQueryAttention {
+    attention: Attention,
+    /// With rotary embedding: whether its pairs are interleaved.
+    rotary: Option<bool>,
+}
+
+impl GroupQueryAttention {
+    /// Q, K and V: separate, or split from a packed `query`.
+    fn split(&self, inputs: &[Option<&Tensor>]) -> Result<[Tensor; 3]> {
+        let q = required(inputs, 0)?;
+        if let (Some(k), Some(v)) = (optional(inputs, 1), optional(inputs, 2)) {
+            return Ok([q.clone(), k.clone(), v.clone()]);
+        }
+        let (qh, kvh) = (self.attention.q_heads.unwrap_or(1), self.attention.kv_heads.unwrap_or(1));
+        let [batch, seq, width] = q.shape()[..] else {
+            return Err(crate::error::Error::Op(format!("packed query of shape {:?}", q.shape())));
+        };
+        ensure!(width.is_multiple_of(qh + 2 * kvh), "packed query width {width} is not {qh} + 2 × {kvh} heads");
+        let head = width / (qh + 2 * kvh);
+        let values = q.as_slice::<f32>()?;
+        let part = |from: usize, heads: usize| -> Result<Tensor> {
+            let v: Vec<f32> = values.chunks_exact(width).flat_map(|row| row[from * head..(from + heads) * head].iter().copied()).collect();
+            Tensor::from_vec(vec![batch, seq, heads * head], v)
+        };
+        Ok([part(0, qh)?, part(qh, kvh)?, part(qh + kvh, kvh)?])
+    }
+
+    /// The cache's length, checking that every sequence is the cache plus the new tokens.
+    fn past(&self, inputs: &[Option<&Tensor>], new: usize) -> Result<usize> {
+        let past = optional(inputs, 3).map_or(0, |p| p.shape().get(2).copied().unwrap_or(0));
+        let total = required(inputs, 6)?.to_i64s()?;
+        let lengths = required(inputs, 5)?.to_i64s()?;
+        ensure!(total.len() == 1, "total_sequence_length holds {} values; one expected", total.len());
+        if total[0] != (past + new) as i64 || lengths.iter().any(|&l| l + 1 != total[0]) {
+            return Err(super::unsupported_attr(format!(
+                "sequences of other lengths than the cache ({past}) plus the new tokens ({new}): seqlens_k {lengths:?}, total_sequence_length {}",
+                total[0]
+            )));
+        }
+        Ok(past)
+    }
+}
+
+impl Op for GroupQueryAttention {
+    fn work(&self, inputs: &[Option<&Fact>], outputs: &[Fact]) -> super::Work {
+        self.attention.work(inputs, outputs)
+    }
+
+    fn infer(&self, inputs: &[Option<&Fact>]) -> Result<Vec<Fact>> {
+        let q = required(inputs, 0)?;
+        expect_dtype(q, &[DataType::F32], "query")?;
+        let (qh, kvh) = (self.attention.q_heads.unwrap_or(1), self.attention.kv_heads.unwrap_or(1));
+        let [batch, seq, width] = q.shape[..] else {
+            return Err(crate::error::Error::Op(format!("query of shape {:?}; 3-D expected", q.shape)));
+        };
+        let head = match optional(inputs, 1) {
+            Some(_) => width / qh,
+            None => width / (qh + 2 * kvh),
+        };
+        let past = optional(inputs, 3).map_or(0, |p| p.shape.get(2).copied().unwrap_or(0));
+        let present = Fact::new(DataType::F32, vec![batch, kvh, past + seq, head]);
+        Ok(vec![Fact::new(DataType::F32, vec![batch, seq, qh * head]), present.clone(), present])
+    }
+
+    fn eval(&self, inputs: &[Option<&Tensor>], pool: &mut BufferPool) -> Result<Vec<Tensor>> {
+        let [mut q, mut k, v] = self.split(inputs)?;
+        let past = self.past(inputs, q.shape()[1])?;
+        if let Some(interleaved) = self.rotary {
+            let (cos, sin) = (required(inputs, 7)?, required(inputs, 8)?);
+            let offset = Tensor::from_vec(vec![1], vec![past as i64])?;
+            let rotate = |x: &Tensor, heads: usize, pool: &mut BufferPool| -> Result<Tensor> {
+                let rotary = super::rotary::RotaryEmbedding::new(interleaved, heads, 2 * cos.shape().get(1).copied().unwrap_or(0));
+                Ok(rotary.eval(&[Some(x), Some(&offset), Some(cos), Some(sin)], pool)?.remove(0))
+            };
+            q = rotate(&q, self.attention.q_heads.unwrap_or(1), pool)?;
+            k = rotate(&k, self.attention.kv_heads.unwrap_or(1), pool)?;
+        }
+        let mut outputs = self.attention.eval(&[Some(&q), Some(&k), Some(&v), None, optional(inputs, 3), optional(inputs, 4)], pool)?;
+        outputs.truncate(3);
+        Ok(outputs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
@@ -363,5 +483,18 @@ mod tests {
         let (p, r) = ((1f32 / 2f32.sqrt()).exp(), 1f32);
         let first = [(p * 1. + r * 5.) / (p + r), (p * 2. + r * 6.) / (p + r)];
         assert_close(&y, &[1, 1, 4], &[first[0], first[1], 0., 0.]);
+    }
+
+    /// GroupQueryAttention refuses sequences that are not the cache plus the new tokens (a
+    /// padded batch), by name, rather than attend to the wrong keys.
+    #[test]
+    fn group_query_attention_refuses_padded_batches() {
+        let op = GroupQueryAttention { attention: Attention { q_heads: Some(2), kv_heads: Some(1), ..attention(true) }, rotary: None };
+        let (q, k, v) = (f32t(&[2, 1, 4], &[0.5; 8]), f32t(&[2, 1, 2], &[1.0; 4]), f32t(&[2, 1, 2], &[2.0; 4]));
+        let ints = |shape: &[usize], v: Vec<i32>| Some(Tensor::from_vec(shape.to_vec(), v).unwrap());
+        let ok = run(&op, &[q.clone(), k.clone(), v.clone(), None, None, ints(&[2], vec![0, 0]), ints(&[], vec![1])]).unwrap();
+        assert_close(&ok[0], &[2, 1, 4], &[2.0; 8]);
+        let padded = run(&op, &[q, k, v, None, None, ints(&[2], vec![0, 1]), ints(&[], vec![2])]).unwrap_err().to_string();
+        assert!(padded.contains("seqlens_k [0, 1]"), "{padded}");
     }
 }

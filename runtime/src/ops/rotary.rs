@@ -46,6 +46,12 @@ pub struct RotaryEmbedding {
 }
 
 impl RotaryEmbedding {
+    /// Rotation of the first `rotary_dim` values of each of `num_heads` heads (for 3-D input;
+    /// 0s as in the attributes).
+    pub(crate) fn new(interleaved: bool, num_heads: usize, rotary_dim: usize) -> RotaryEmbedding {
+        RotaryEmbedding { interleaved, num_heads, rotary_dim }
+    }
+
     /// (batch, seq, heads, head_size, rotary_dim) of an input of shape `x` with caches
     /// `half` wide.
     fn dims(&self, x: &[usize], half: usize) -> Result<(usize, usize, usize, usize, usize)> {

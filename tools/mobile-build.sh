@@ -13,7 +13,8 @@
 # Then it links the `mobile` profile library this machine can produce, with Debian's cross
 # toolchain (tools/cross-env.sh), and checks its size:
 #   libdistq_jni.so for aarch64 Linux: the Android arm64 library's code, linked against glibc
-#     instead of bionic (the closest link possible without an NDK), budget 2 MB stripped.
+#     instead of bionic (the closest link possible without an NDK), budget 3 MB stripped (the
+#     cap issue 22 sets for the library with generation).
 # Alone on 2 cores this script takes under 3 minutes. Checking against std built from source
 # (-Zbuild-std) instead cost 526 CPU-seconds against 93; generating code for each phone
 # target as well (the iOS archive with fat LTO) took over 19 minutes, for no more proof.
@@ -35,10 +36,10 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-Wl,-z,max-page-si
 size() { stat -c %s "$1" | awk -v f="$1" '{ printf "%-58s %9d bytes (%.2f MB)\n", f, $1, $1 / 1048576 }'; }
 echo "=== sizes (stripped: the mobile profile strips symbols)"
 size target/cross/aarch64-unknown-linux-gnu/mobile/libdistq_jni.so
-limit=$((2 * 1024 * 1024))
+limit=$((3 * 1024 * 1024))
 arm64=$(stat -c %s target/cross/aarch64-unknown-linux-gnu/mobile/libdistq_jni.so)
 if [ "$arm64" -gt "$limit" ]; then
-  echo "the arm64 JNI library is $arm64 bytes, over the 2 MB budget" >&2
+  echo "the arm64 JNI library is $arm64 bytes, over the 3 MB budget" >&2
   exit 1
 fi
 echo "=== mobile-build OK"

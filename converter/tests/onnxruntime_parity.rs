@@ -200,7 +200,7 @@ fn contrib_rotary_embedding_matches_onnxruntime() {
     let dims = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
     // (case, input shape, positions, cache width, [interleaved, num_heads, rotary dim])
     let cases = [
-        ("rotary_3d", vec![2, 3, 32], vec![0, 1, 2, 7, 8, 9], 4, [0, 0, 0]),
+        ("rotary_3d", vec![2, 3, 32], vec![0i64, 1, 2, 7, 8, 9], 4, [0, 0, 0]),
         ("rotary_4d_interleaved", vec![2, 2, 3, 8], vec![5], 4, [1, 0, 0]),
         ("rotary_partial", vec![2, 3, 16], vec![3, 4, 5, 0, 1, 2], 2, [0, 2, 4]),
     ];

@@ -338,8 +338,19 @@ impl PackedMatMul {
             std::borrow::Cow::Owned(super::elementwise::cast(w, DataType::F32)?)
         };
         let values = w32.as_slice::<f32>()?;
-        let b = if self.transposed { Matrix::dense(values, n, k).t() } else { Matrix::dense(values, k, n) };
-        Ok(PackedF32::new(best_gemm_f32(), b))
+        if !self.transposed {
+            return Ok(PackedF32::new(best_gemm_f32(), Matrix::dense(values, k, n)));
+        }
+        // Stored N × K, each panel's columns are whole rows of the file: their pages go back
+        // as they are packed, so that a language model's output table (113 MB for SmolLM2)
+        // is not resident twice while its copy is made.
+        let (bytes, width) = (w.as_le_bytes(), w.as_le_bytes().len() / w.len().max(1));
+        let release = |columns: std::ops::Range<usize>| {
+            if w.is_mapped() {
+                crate::onnx::release_pages(&bytes[columns.start * k * width..columns.end * k * width]);
+            }
+        };
+        Ok(PackedF32::new_reporting(best_gemm_f32(), Matrix::dense(values, n, k).t(), release))
     }
 }
 

@@ -101,6 +101,15 @@ impl PackedF32 {
     /// # Panics
     /// When `b` is out of its bounds.
     pub fn new(kernel: &dyn GemmF32, b: Matrix) -> PackedF32 {
+        PackedF32::new_reporting(kernel, b, |_| {})
+    }
+
+    /// Packs `b`, calling `packed(columns)` after each panel's columns are packed (a caller
+    /// whose columns are contiguous rows of a mapped file hands their pages back as it goes).
+    ///
+    /// # Panics
+    /// When `b` is out of its bounds.
+    pub fn new_reporting(kernel: &dyn GemmF32, b: Matrix, mut packed: impl FnMut(std::ops::Range<usize>)) -> PackedF32 {
         assert!(b.in_bounds(), "PackedF32: b out of bounds");
         let (k, n, nr) = (b.rows, b.cols, kernel.nr());
         let mut panels = vec![0f32; n.div_ceil(nr) * k * nr];
@@ -120,6 +129,7 @@ impl PackedF32 {
                     }
                 }
             }
+            packed(col0..col0 + cols);
         }
         PackedF32 { panels, kernel: kernel.name(), nr, k, n }
     }
